@@ -1,0 +1,82 @@
+// RMSNorm with optional fused residual add:  r = x + residual;  out = r * rsqrt(mean(r^2) + eps) * w.
+// One block per row. The summed row is kept in shared memory as float so the second pass
+// (scale and store) does not re-read device memory: the kernel moves each byte once.
+#pragma once
+#include "trtdsl/common.cuh"
+
+namespace trtdsl {
+
+template <typename T, int VEC, bool RESIDUAL>
+__global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
+                               T* out, T* residual_out, int64_t hidden, int64_t x_stride,
+                               int64_t res_stride, int64_t out_stride, int64_t res_out_stride, float eps) {
+  extern __shared__ float row_cache[];
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  const T* xr = x + row * x_stride;
+  const int64_t nvec = hidden / VEC;
+  float sumsq = 0.f;
+  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+    Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
+    Vec<T, VEC> rv;
+    if (RESIDUAL) rv = load_vec<T, VEC>(residual + row * res_stride + i * VEC);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      float val = to_float(xv.v[k]);
+      if (RESIDUAL) {
+        // The new residual is stored in T, so normalize the rounded value (what the next layer sees).
+        rv.v[k] = from_float<T>(val + to_float(rv.v[k]));
+        val = to_float(rv.v[k]);
+      }
+      row_cache[i * VEC + k] = val;
+      sumsq += val * val;
+    }
+    if (RESIDUAL) store_vec<T, VEC>(residual_out + row * res_out_stride + i * VEC, rv);
+  }
+  sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
+  const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
+  T* outr = out + row * out_stride;
+  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+    Vec<T, VEC> wv = load_vec<T, VEC>(weight + i * VEC), ov;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) ov.v[k] = from_float<T>(row_cache[i * VEC + k] * inv * to_float(wv.v[k]));
+    store_vec<T, VEC>(outr + i * VEC, ov);
+  }
+}
+
+// Largest row (in floats) the shared-memory row cache accepts; Hopper allows 227 KB per block.
+constexpr int64_t kRmsnormMaxHidden = 48 * 1024;
+
+template <typename T, int VEC, bool RES>
+int launch_rmsnorm_v(const T* x, const T* res, const T* w, T* out, T* res_out, int64_t rows, int64_t hidden,
+                     int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, cudaStream_t stream) {
+  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
+  auto kernel = rmsnorm_kernel<T, VEC, RES>;
+  if (smem > 48 * 1024 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
+          cudaSuccess)
+    return kErrLaunch;
+  const int64_t nvec = hidden / VEC;
+  const int threads = nvec >= 1024 ? 1024 : static_cast<int>(((nvec + 31) / 32) * 32);
+  kernel<<<static_cast<unsigned>(rows), threads, smem, stream>>>(x, res, w, out, res_out, hidden, xs, rs, os,
+                                                                  ros, eps);
+  return launch_status();
+}
+
+// Picks 16-byte vectors when every pointer, stride and the hidden size allow them, else scalars.
+template <typename T>
+int launch_rmsnorm(const T* x, const T* res, const T* w, T* out, T* res_out, int64_t rows, int64_t hidden,
+                   int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  if (rows == 0) return kOk;
+  bool vec = hidden % V == 0 && xs % V == 0 && os % V == 0 && aligned16(x) && aligned16(w) && aligned16(out);
+  if (res) vec = vec && rs % V == 0 && ros % V == 0 && aligned16(res) && aligned16(res_out);
+  if (res) {
+    return vec ? launch_rmsnorm_v<T, V, true>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
+               : launch_rmsnorm_v<T, 1, true>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream);
+  }
+  return vec ? launch_rmsnorm_v<T, V, false>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
+             : launch_rmsnorm_v<T, 1, false>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream);
+}
+
+}  // namespace trtdsl

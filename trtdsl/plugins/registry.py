@@ -1,0 +1,57 @@
+"""The plugin registry: a plugin is a named layer with attributes, an output-shape rule and a torch
+reference implementation, so every network runs everywhere (the CPU executor runs the reference).
+Fast implementations (CUDA kernels, TensorRT plugins) register against the same name later."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import PluginError
+
+__all__ = ["PluginSpec", "register_plugin", "get_plugin", "registered_plugins"]
+
+ShapeRule = Callable[[list, dict], list]  # (input Tensors, fields) -> [(DType, shape), ...]
+Reference = Callable[..., Any]  # (list[torch.Tensor], fields, hints) -> torch.Tensor | list
+
+
+@dataclass
+class PluginSpec:
+    """A plugin kind. ``mutates`` lists the inputs it writes in place (e.g. the K/V cache)."""
+
+    name: str
+    shape_rule: ShapeRule
+    reference: Reference
+    version: str = "1"
+    mutates: tuple[int, ...] = ()
+    doc: str = ""
+    # Device implementations by device type ("cuda"), registered by kernel packages.
+    implementations: dict[str, Reference] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, PluginSpec] = {}
+
+
+def register_plugin(spec: PluginSpec) -> PluginSpec:
+    """Register (or re-register, e.g. on module reload) a plugin kind by name."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_plugin(name: str) -> PluginSpec:
+    if name not in _REGISTRY:
+        _load_builtin_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise PluginError(f"unknown plugin {name!r}; registered plugins: {sorted(_REGISTRY)}") from None
+
+
+def registered_plugins() -> dict[str, PluginSpec]:
+    _load_builtin_plugins()
+    return dict(_REGISTRY)
+
+
+def _load_builtin_plugins() -> None:
+    # Importing the package registers the built-in plugins (attention, ...).
+    from .. import plugins  # noqa: F401
