@@ -134,9 +134,12 @@ def test_lru_eviction_order_is_least_recently_freed_tail_first():
     s = kv.stats()
     assert (s.evictions, s.evictable_blocks, s.cached_blocks) == (2, 2, 2)
     # a's prefix is gone, b's is intact.
-    assert kv.allocate("e", [1, 2, 3, 4, 0]) == 0
-    kv.free("e")
+    assert kv._match_prefix([1, 2, 3, 4, 0]) == []
+    assert [b for b, _ in kv._match_prefix([5, 6, 7, 8, 0])] == [2, 3]
+    kv.free("c")
+    kv.free("d")
     assert kv.allocate("f", [5, 6, 7, 8, 0]) == 4
+    assert kv.block_table("f") == [2, 3, 1]
     kv.check_invariants()
 
 
