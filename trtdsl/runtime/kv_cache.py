@@ -217,6 +217,10 @@ class KVCacheManager:
         """Whether ``num_tokens`` fresh tokens fit, ignoring prefix reuse (conservative)."""
         return blocks_for_tokens(num_tokens, self.tokens_per_block) <= self.num_free_blocks
 
+    def match_prefix_tokens(self, token_ids: Sequence[int]) -> int:
+        """How many tokens ``allocate(token_ids)`` would reuse right now (a pure peek)."""
+        return len(self._match_prefix(token_ids)) * self.tokens_per_block
+
     def num_blocks_needed(self, token_ids: Sequence[int], total_tokens: int | None = None) -> int:
         """By how much ``num_free_blocks`` would drop if ``allocate(token_ids)`` were followed by
         ``ensure_capacity(total_tokens)`` (default ``len(token_ids)``): new blocks plus reused
