@@ -100,8 +100,8 @@ def run_reduce(layer: Layer, ins: list, env: Env, ctx: dict) -> list:
     axes, keep = list(layer.attrs["axes"]), layer.attrs["keep_dims"]
     if not axes:
         return [x]
-    if op == "sum":
-        return [x.sum(dim=axes, keepdim=keep)]
+    if op == "sum":  # torch sums integers in int64; the IR keeps the input dtype
+        return [x.sum(dim=axes, keepdim=keep).to(x.dtype)]
     if op == "avg":
         return [x.mean(dim=axes, keepdim=keep)]
     if op in ("max", "min"):
@@ -110,7 +110,7 @@ def run_reduce(layer: Layer, ins: list, env: Env, ctx: dict) -> list:
         out = x
         for a in sorted(axes, reverse=True):
             out = out.prod(dim=a, keepdim=keep)
-        return [out]
+        return [out.to(x.dtype)]
     raise BackendError(f"torch executor: unknown reduce op {op!r}")
 
 
