@@ -356,6 +356,58 @@ import builtins  # noqa: E402
 
 builtins_slice = builtins.slice
 
+# -- Tensor operators and methods (they call the ops above; checked here as users write them) ---------
+case("op_arith", (), {"a": In(F32, ("n", 1, 3)), "b": In(F32, ("m", 3), positive)},
+     lambda a, b: [a + b, a - b, a * b, a / b, b ** 2.0, -a, 1.0 - a, 2.0 * a, 1.0 / b, 2.0 ** a, a + 1],
+     lambda a, b: [a + b, a - b, a * b, a / b, b ** 2.0, -a, 1.0 - a, 2.0 * a, 1.0 / b, 2.0 ** a, a + 1])
+case("op_floordiv_int", (), {"a": In(I32, ("n", 3)), "b": In(I32, (3,), nonzero_ints)},
+     lambda a, b: [a // b, 7 // b, a // 2], lambda a, b: [a // b, 7 // b, a // 2])
+case("op_matmul", (), {"a": In(F32, ("n", 3)), "b": In(F32, (3, 2))}, lambda a, b: [a @ b, a.matmul(b)],
+     lambda a, b: [a @ b, a @ b])
+case("op_compare", (), {"a": In(I32, ("n", 3)), "b": In(I32, (3,))},
+     lambda a, b: [a < b, a <= b, a > b, a >= b, a == b, a != b, a == 1, a.eq(b), a.ne(b)],
+     lambda a, b: [a < b, a <= b, a > b, a >= b, a == b, a != b, a == 1, a == b, a != b])
+case("op_logical", (), {"a": In(BOOL, ("n", 3)), "b": In(BOOL, (3,))},
+     lambda a, b: [a & b, a | b, a ^ b, ~a], lambda a, b: [a & b, a | b, a ^ b, ~a])
+case("op_index_negative", (), _X3, lambda x: [x[-1], x[:, -1], x[..., -2:], x[::2, 1, -3]],
+     lambda x: [x[-1], x[:, -1], x[..., -2:], x[::2, 1, -3]])
+case("op_index_symbolic", (), {"x": In(F32, ("n", 3)), "y": In(F32, ("m", 3))},
+     lambda x, y: [x[: x.shape[0] - 1], x[1: x.shape[0]]], lambda x, y: [x[:-1], x[1:]],
+     sizes=({"n": 3, "m": 2}, {"n": 6, "m": 4}))
+_ANY_BOUND = In(I32, (), lambda s, d: torch.randint(-9, 9, s).to(d))
+case("op_index_tensor_bounds", (), {"x": In(F32, ("n", 3)), "s": _ANY_BOUND, "i": In(I64, (2,), index_gen(3))},
+     lambda x, s, i: [x[s:], x[:s], x[1:s], x[s:-1], x[:, i]],
+     lambda x, s, i: [x[int(s):], x[:int(s)], x[1:int(s)], x[int(s):-1], x[:, i]],
+     sizes=({"n": 5}, {"n": 7}, {"n": 4}, {"n": 8}))
+case("op_methods", (), _X3,
+     lambda x: [x.view(-1, 6), x.reshape(x.shape[0], 6), x.permute(1, 2, 0), x.transpose(1, 2),
+                x.cast("float16"), x.to(trtdsl.bfloat16), x.unsqueeze(0), x.flatten(1),
+                x.softmax(-1), x.sum(-1), x.mean(1), x.max(-1), x.min(0), x.exp(), x.abs().sqrt()],
+     lambda x: [x.view(-1, 6), x.reshape(-1, 6), x.permute(1, 2, 0), x.transpose(1, 2), x.half(),
+                x.bfloat16(), x.unsqueeze(0), x.flatten(1), x.softmax(-1), x.sum(-1), x.mean(1),
+                x.amax(-1), x.amin(0), x.exp(), x.abs().sqrt()])
+case("op_split_chunk_squeeze_expand", (), {"x": In(F32, ("n", 1, 4))},
+     lambda x: [*x.split([1, 3], -1), *x.chunk(2, -1), x.squeeze(1), x.expand(-1, 3, 4)],
+     lambda x: [*x.split([1, 3], -1), *x.chunk(2, -1), x.squeeze(1), x.expand(-1, 3, 4)])
+
+
+@covers()
+def test_tensor_shape_dtype_and_python_protocols() -> None:
+    net = trtdsl.Network("props")
+    x = net.add_input("x", "bfloat16", ["n", 4])
+    assert x.dtype is trtdsl.bfloat16 and x.ndim == 2
+    assert repr(x.shape) == "(n, 4)" and x.shape[1] == 4 and x.size(1) == 4
+    y = x.view(x.shape[0] * 4)
+    assert repr(y.shape) == "(4*n,)"
+    with pytest.raises(trtdsl.errors.NetworkError, match="truth value"):
+        bool(x > 0.0)
+    with pytest.raises(trtdsl.errors.NetworkError, match="not static"):
+        len(x)
+    assert len(net.add_input("z", "int32", [3])) == 3
+    assert {x: 1}[x] == 1 and x in [x]  # hashing and containers go by identity
+
+
+
 
 @pytest.mark.parametrize("c", CASES, ids=[c.id for c in CASES])
 def test_op_against_torch(c: Case) -> None:

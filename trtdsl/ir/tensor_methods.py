@@ -31,7 +31,12 @@ def install() -> None:
         "unsqueeze": F.unsqueeze, "squeeze": F.squeeze, "flatten": F.flatten, "expand": F.expand,
         "cast": F.cast, "to": F.cast, "softmax": F.softmax, "sum": F.sum, "mean": F.mean,
         "max": F.max, "min": F.min, "exp": F.exp, "sqrt": F.sqrt, "split": F.split, "chunk": F.chunk,
-        "matmul": F.matmul,
+        "matmul": F.matmul, "abs": F.abs, "neg": F.neg, "log": F.log, "rsqrt": F.rsqrt,
+        "reciprocal": F.reciprocal, "sin": F.sin, "cos": F.cos, "relu": F.relu, "sigmoid": F.sigmoid,
+        "tanh": F.tanh, "pow": F.pow, "clamp": F.clamp, "masked_fill": F.masked_fill, "prod": F.prod,
+        "argmax": F.argmax, "topk": F.topk, "cumsum": F.cumsum, "gather": F.gather,
+        "index_select": F.index_select, "unbind": F.unbind, "log_softmax": F.log_softmax,
+        "add": F.add, "sub": F.sub, "mul": F.mul, "div": F.div,
     }
     for name, fn in methods.items():
         setattr(Tensor, name, fn)

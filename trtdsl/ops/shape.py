@@ -172,7 +172,7 @@ def slice(x: Tensor, dim: int, start: Any = None, end: Any = None, step: int = 1
     axis = normalize_axis(dim, x.ndim, "slice", x)
     size = x.shape[axis]
     if isinstance(start, Tensor) or isinstance(end, Tensor):
-        return _dynamic_slice(x, axis, start, end)
+        return _dynamic_slice(x, axis, start, end, step)
     if not isinstance(step, int) or step <= 0:
         raise op_error(ShapeError, "slice", f"step must be a positive int, got {step!r}", [x])
     lo = _resolve_bound(start, size, 0)
@@ -205,18 +205,36 @@ def _resolve_bound(bound: Any, size: Dim, default: Dim) -> Dim:
     return dim_add(size, bound) if bound < 0 else bound
 
 
-def _dynamic_slice(x: Tensor, axis: int, start: Any, end: Any) -> Tensor:
-    """Slice along ``axis`` with run-time bounds given as 0-d/1-element int tensors."""
+def _dynamic_slice(x: Tensor, axis: int, start: Any, end: Any, step: int) -> Tensor:
+    """Slice along ``axis`` with run-time bounds given as 0-d/1-element int tensors.
+
+    Bounds follow Python: negative ones count from the end, and both are clamped into
+    ``[0, size]`` (with layers, since their values are only known at run time)."""
     net = x.network
-    bounds = [b for b in (start, end) if isinstance(b, Tensor)]
-    if any(b.dtype not in (DType.int32, DType.int64) for b in bounds):
-        raise op_error(DTypeError, "slice", "dynamic slice bounds must be int32/int64 tensors", [x, start, end])
-    from .elementwise import cast, sub
+    if step != 1:
+        raise op_error(ShapeError, "slice", f"step {step} with tensor bounds; only step 1 is "
+                       "supported when a bound is a Tensor", [x])
+    for b in (start, end):
+        if isinstance(b, Tensor) and (b.dtype not in (DType.int32, DType.int64) or
+                                      not (b.ndim == 0 or b.shape == (1,))):
+            raise op_error(DTypeError, "slice", "tensor slice bounds must be 0-d or [1] int32/int64 "
+                           f"tensors, got {b.dtype.value}{b.shape}", [x, b])
+        if b is not None and not isinstance(b, (Tensor, int)):
+            raise op_error(ShapeError, "slice", f"bound {b!r} mixed with a tensor bound must be an "
+                           "int or a Tensor", [x])
+    from .elementwise import add, cast, lt, maximum, minimum, sub, where
     from .nn import shape_of
-    lo = cast(reshape(as_tensor(0 if start is None else start, net, op="slice"), 1), DType.int64)
     full = shape_of(x)
-    hi = slice(full, 0, axis, axis + 1) if end is None else cast(reshape(as_tensor(end, net, op="slice"), 1), DType.int64)
-    length = sub(hi, lo)
+    size = slice(full, 0, axis, axis + 1)  # int64 [1]
+
+    def bound(b: Any) -> Tensor:
+        t = cast(reshape(as_tensor(b, net, op="slice"), 1), DType.int64)
+        t = where(lt(t, 0), add(t, size), t)
+        return minimum(maximum(t, 0), size)
+
+    lo = as_tensor(torch.zeros(1, dtype=torch.int64), net) if start is None else bound(start)
+    hi = size if end is None else bound(end)
+    length = maximum(sub(hi, lo), 0)
     zero = as_tensor(torch.zeros(1, dtype=torch.int64), net)
     starts = cat([lo if i == axis else zero for i in range(x.ndim)], 0)
     sizes = cat([length if i == axis else slice(full, 0, i, i + 1) for i in range(x.ndim)], 0)
