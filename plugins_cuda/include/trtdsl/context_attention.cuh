@@ -1,0 +1,107 @@
+// Context-phase attention: every query token of a packed step attends causally to its sequence's
+// paged K/V (which already holds this step's keys, written by rope_kv). Flash-attention style:
+// a block takes 64 query rows of one kv head and streams 64-key tiles through shared memory
+// (cp.async, two stages). GQA is packed into the rows: row r of sequence s is (token r / G, query
+// head kh * G + r % G), so each K/V tile loaded serves all G query heads that read it.
+#pragma once
+#include "trtdsl/attention_mma.cuh"
+
+namespace trtdsl {
+
+struct AttentionParams {
+  const void* q; int64_t q_stride;   // [tokens, H, D] (head stride D), token stride in elements
+  const void* cache_layer;           // kv_cache[layer_idx]: [num_blocks, 2, KVH, tpb, D]
+  const int* seq_lens; const int* past_lens; const int* cu_seqlens; int batch;
+  const int* block_tables; int64_t bt_stride;
+  void* out; int64_t out_stride;     // [tokens, H * D], token stride in elements
+  int num_heads, num_kv_heads, head_dim, tokens_per_block;
+  float scale_log2;                  // softmax_scale * log2(e)
+  // decode only: split-K partials
+  float* ws_o; float* ws_ml; int kv_chunk; int max_splits;
+};
+
+namespace attn {
+constexpr int kCtxBM = 64, kCtxBN = 64, kCtxWarps = 4;
+template <int D> constexpr int ctx_smem_bytes() { return 2 * 2 * kCtxBN * (D + 8) * 2; }
+}  // namespace attn
+
+template <typename T, int D>
+__global__ void __launch_bounds__(128) context_attention_kernel(AttentionParams p) {
+  using namespace attn;
+  constexpr int LD = D + 8, TILE = kCtxBN * LD;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);  // [stage][K|V][BN][LD]
+  const int s = blockIdx.z, kh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
+  // Reversed so the longest causal rows (the most tiles) start first and the tail is short.
+  const int n = p.seq_lens[s], rows = n * G, m0 = (gridDim.x - 1 - blockIdx.x) * kCtxBM;
+  if (m0 >= rows) return;  // grid is sized from the host's max_q_len bound
+  const int past = p.past_lens[s], start = p.cu_seqlens[s];
+  const int kv_end = past + min(rows - 1, m0 + kCtxBM - 1) / G + 1;
+  const int min_lim = past + m0 / G;  // tiles entirely at or below it need no causal mask
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int r0 = m0 + warp * 16 + (lane >> 2), r1 = r0 + 8;
+  const int warp_max_lim = past + min(rows - 1, m0 + warp * 16 + 15) / G;
+  const T* q = static_cast<const T*>(p.q);
+  auto qrow = [&](int r) -> const T* {
+    return r < rows ? q + (start + r / G) * p.q_stride + (kh * G + r % G) * D : nullptr;
+  };
+  WarpState<D> st;
+  init_state<T, D>(st, qrow(r0), qrow(r1), lane);
+  const int lim0 = past + r0 / G, lim1 = past + r1 / G;
+  const T* cache = static_cast<const T*>(p.cache_layer);
+  const int* bt_row = p.block_tables + s * p.bt_stride;
+  const int ntiles = (kv_end + kCtxBN - 1) / kCtxBN;
+  load_kv_tile<T, D, kCtxBN>(smem, smem + TILE, cache, bt_row, 0, kv_end, kh, p.num_kv_heads,
+                             p.tokens_per_block, threadIdx.x, blockDim.x);
+  cp_async_commit();
+  for (int it = 0; it < ntiles; ++it) {
+    if (it + 1 < ntiles) {
+      T* nxt = smem + ((it + 1) & 1) * 2 * TILE;
+      load_kv_tile<T, D, kCtxBN>(nxt, nxt + TILE, cache, bt_row, (it + 1) * kCtxBN, kv_end, kh, p.num_kv_heads,
+                                 p.tokens_per_block, threadIdx.x, blockDim.x);
+    }
+    cp_async_commit();  // an empty group on the last tile keeps the wait count uniform
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* cur = smem + (it & 1) * 2 * TILE;
+    const int key0 = it * kCtxBN;
+    if (key0 <= warp_max_lim) {  // a warp whose rows all end before this tile skips it
+      if (key0 + kCtxBN - 1 > min_lim)
+        attend_tile<T, D, kCtxBN, true>(st, cur, cur + TILE, key0, lim0, lim1, p.scale_log2, lane);
+      else
+        attend_tile<T, D, kCtxBN, false>(st, cur, cur + TILE, key0, lim0, lim1, p.scale_log2, lane);
+    }
+    __syncthreads();  // the next iteration's prefetch overwrites this stage
+  }
+  reduce_l(st);
+  T* out = static_cast<T*>(p.out);
+  const int c2 = (lane & 3) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = h ? r1 : r0;
+    if (r >= rows) continue;
+    const float inv = 1.f / st.l[h];
+    T* orow = out + (start + r / G) * p.out_stride + (kh * G + r % G) * D;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+      *reinterpret_cast<uint32_t*>(orow + i * 8 + c2) = Mma<T>::pack(st.o[i][2 * h] * inv, st.o[i][2 * h + 1] * inv);
+  }
+}
+
+template <typename T, int D>
+int launch_context_attention(const AttentionParams& p, int max_q_len, cudaStream_t stream) {
+  using namespace attn;
+  const int G = p.num_heads / p.num_kv_heads;
+  if (max_q_len <= 0 || p.batch == 0) return kOk;
+  constexpr int smem = ctx_smem_bytes<D>();
+  auto kernel = context_attention_kernel<T, D>;
+  if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+    return kErrLaunch;
+  const int64_t mblocks = (static_cast<int64_t>(max_q_len) * G + kCtxBM - 1) / kCtxBM;
+  if (mblocks > 0x7fffffff || p.batch > 65535 || p.num_kv_heads > 65535) return kErrShape;
+  dim3 grid(static_cast<unsigned>(mblocks), p.num_kv_heads, p.batch);
+  kernel<<<grid, kCtxWarps * 32, smem, stream>>>(p);
+  return launch_status();
+}
+
+}  // namespace trtdsl

@@ -1,0 +1,51 @@
+/* C ABI of the trtdsl kernels. Every function checks its inputs, launches on `stream` without any
+ * host synchronization (so calls can be captured in CUDA graphs), and returns 0 or a status code
+ * that trtdsl_error_string() explains. Strides are in elements; dtype codes: 0 fp32, 1 fp16, 2 bf16.
+ * Attention metadata (seq_lens, past_lens, cu_seqlens, block_tables, position_ids) are int32 device
+ * pointers; grids are sized from the host-side upper bounds max_q_len / max_kv_len. */
+#pragma once
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+const char* trtdsl_error_string(int status);
+int trtdsl_abi_version(void);
+
+int trtdsl_rmsnorm(const void* x, const void* residual, const void* weight, void* out, void* residual_out,
+                   int64_t rows, int64_t hidden, int64_t x_stride, int64_t residual_stride, int64_t out_stride,
+                   int64_t residual_out_stride, float eps, int dtype, cudaStream_t stream);
+
+int trtdsl_swiglu(const void* in, void* out, int64_t rows, int64_t inter, int64_t in_stride, int64_t out_stride,
+                  int dtype, cudaStream_t stream);
+
+int trtdsl_rope_kv_write(const void* qkv, int64_t qkv_stride, void* q_out, int64_t q_out_stride, void* k_out,
+                         int64_t k_out_stride, void* kv_cache, int64_t num_blocks, const int* position_ids,
+                         const int* past_lens, const int* cu_seqlens, int batch, const int* block_tables,
+                         int64_t block_table_stride, const float* rope_cos_sin, int rotary_dim, int rope_style,
+                         int num_tokens, int num_heads, int num_kv_heads, int head_dim, int layer_idx,
+                         int tokens_per_block, int dtype, int kv_dtype, cudaStream_t stream);
+
+int trtdsl_context_attention(const void* q, int64_t q_stride, const void* kv_cache, int64_t num_blocks,
+                             const int* seq_lens, const int* past_lens, const int* cu_seqlens, int batch,
+                             const int* block_tables, int64_t block_table_stride, void* out, int64_t out_stride,
+                             int num_heads, int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block,
+                             float softmax_scale, int max_q_len, int dtype, int kv_dtype, cudaStream_t stream);
+
+/* Split size (keys per split) and float workspace bytes the decode kernel needs for these bounds. */
+int trtdsl_decode_attention_workspace(int batch, int num_heads, int num_kv_heads, int head_dim, int max_kv_len,
+                                      int* kv_chunk, size_t* workspace_bytes);
+
+int trtdsl_decode_attention(const void* q, int64_t q_stride, const void* kv_cache, int64_t num_blocks,
+                            const int* seq_lens, const int* past_lens, const int* cu_seqlens, int batch,
+                            const int* block_tables, int64_t block_table_stride, void* out, int64_t out_stride,
+                            int num_heads, int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block,
+                            float softmax_scale, int max_kv_len, int kv_chunk, void* workspace,
+                            size_t workspace_bytes, int dtype, int kv_dtype, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,89 @@
+// RoPE + K/V cache write for one packed step (first half of the trtdsl.attention semantics).
+// Token t of sequence s (found by binary search over cu_seqlens on the device: no host sync) is
+// rotated with the angles of position_ids[t]; its k and v go to cache position p = past_lens[s] + i.
+#pragma once
+#include "trtdsl/common.cuh"
+
+namespace trtdsl {
+
+struct RopeKvParams {
+  const void* qkv; int64_t qkv_stride;  // [tokens, (H + 2 KVH) * D], row stride in elements
+  void* q_out; int64_t q_out_stride;    // rotated q [tokens, H * D]; may alias qkv (in place)
+  void* k_out; int64_t k_out_stride;    // optional rotated k [tokens, KVH * D]; may be null
+  void* cache_layer;                    // kv_cache[layer_idx]: [num_blocks, 2, KVH, tpb, D]
+  const int* position_ids; const int* past_lens; const int* cu_seqlens; int batch;
+  const int* block_tables; int64_t bt_stride;
+  const float* cos_sin; int rotary_dim; int neox;
+  int num_heads, num_kv_heads, head_dim, tokens_per_block;
+};
+
+// Sequence owning packed token t: the last s with cu_seqlens[s] <= t (skips empty sequences).
+__device__ __forceinline__ int find_sequence(const int* cu_seqlens, int batch, int t) {
+  int lo = 0, hi = batch - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (cu_seqlens[mid] <= t) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+template <typename T, typename CacheT>
+__global__ void rope_kv_kernel(RopeKvParams p) {
+  const int t = blockIdx.x;
+  if (t >= p.cu_seqlens[p.batch]) return;  // padding tokens of a graph-sized step
+  const int s = find_sequence(p.cu_seqlens, p.batch, t);
+  const int pos = p.past_lens[s] + (t - p.cu_seqlens[s]);
+  const int D = p.head_dim, half_rot = p.rotary_dim / 2, npairs = D / 2;
+  const float* cs = p.cos_sin + static_cast<int64_t>(p.position_ids[t]) * p.rotary_dim;
+  const int blk = p.block_tables[s * p.bt_stride + pos / p.tokens_per_block];
+  const int64_t head_stride = static_cast<int64_t>(p.tokens_per_block) * D;
+  CacheT* kslot = static_cast<CacheT*>(p.cache_layer) +
+                  static_cast<int64_t>(blk) * 2 * p.num_kv_heads * head_stride +
+                  static_cast<int64_t>(pos % p.tokens_per_block) * D;
+  CacheT* vslot = kslot + p.num_kv_heads * head_stride;
+  const T* src = static_cast<const T*>(p.qkv) + t * p.qkv_stride;
+  const int total = (p.num_heads + 2 * p.num_kv_heads) * npairs;
+  for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
+    const int h = idx / npairs, j = idx % npairs;
+    // Element pair handled by this thread: rotated pairs first, then the untouched tail in pairs.
+    int i0, i1;
+    if (j < half_rot) { i0 = p.neox ? j : 2 * j; i1 = p.neox ? j + half_rot : 2 * j + 1; }
+    else { i0 = p.rotary_dim + 2 * (j - half_rot); i1 = i0 + 1; }
+    const T* xh = src + h * D;
+    T y0 = xh[i0], y1 = xh[i1];
+    if (j < half_rot && h < p.num_heads + p.num_kv_heads) {
+      const float c = cs[j], sn = cs[half_rot + j];
+      const float x0 = to_float(y0), x1 = to_float(y1);
+      y0 = from_float<T>(x0 * c - x1 * sn);
+      y1 = from_float<T>(x1 * c + x0 * sn);
+    }
+    if (h < p.num_heads) {
+      T* q = static_cast<T*>(p.q_out) + t * p.q_out_stride + h * D;
+      q[i0] = y0; q[i1] = y1;
+    } else if (h < p.num_heads + p.num_kv_heads) {
+      const int kh = h - p.num_heads;
+      kslot[kh * head_stride + i0] = static_cast<CacheT>(y0);
+      kslot[kh * head_stride + i1] = static_cast<CacheT>(y1);
+      if (p.k_out) {
+        T* k = static_cast<T*>(p.k_out) + t * p.k_out_stride + kh * D;
+        k[i0] = y0; k[i1] = y1;
+      }
+    } else {
+      const int vh = h - p.num_heads - p.num_kv_heads;
+      vslot[vh * head_stride + i0] = static_cast<CacheT>(y0);
+      vslot[vh * head_stride + i1] = static_cast<CacheT>(y1);
+    }
+  }
+}
+
+template <typename T>
+int launch_rope_kv(const RopeKvParams& p, int num_tokens, cudaStream_t stream) {
+  if (num_tokens == 0) return kOk;
+  const int total = (p.num_heads + 2 * p.num_kv_heads) * (p.head_dim / 2);
+  const int threads = total >= 512 ? 512 : ((total + 31) / 32) * 32;
+  // Cache dtype == activation dtype today; a quantized cache adds a CacheT instance here.
+  rope_kv_kernel<T, T><<<num_tokens, threads, 0, stream>>>(p);
+  return launch_status();
+}
+
+}  // namespace trtdsl
