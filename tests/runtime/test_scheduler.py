@@ -143,7 +143,7 @@ def test_max_utilization_preempts_latest_and_recomputes_prompt_plus_output():
     views = [_view(bt) for bt in batches]
     assert views[0] == [("a", [1, 2, 3], 0, [0, 1], True), ("b", [4, 5, 6], 0, [2, 3], True)]
     assert views[1] == [("a", [10], 3, [0, 1], True), ("b", [20], 3, [2, 3], True)]
-    # a needs a 3rd block: b (most recently admitted) is preempted; its freed tail block 3 goes to a.
+    # a needs a 3rd block: b (most recently admitted) is preempted; b's tail block 3 goes to a.
     assert views[2] == [("a", [11], 4, [0, 1, 3], True)]
     assert batches[2].preempted == [b]
     assert b.num_preemptions == 1

@@ -89,7 +89,7 @@ def blocks_for_memory(free_bytes: int, fraction: float = 0.9, *, num_layers: int
 
 
 def kv_cache_pool_shape(*, num_layers: int, num_blocks: int, num_kv_heads: int,
-                        tokens_per_block: int, head_dim: int) -> tuple[int, int, int, int, int, int]:
+                        tokens_per_block: int, head_dim: int) -> tuple[int, ...]:
     """Shape of the K/V pool tensor of docs/batch_interface.md."""
     return (num_layers, num_blocks, 2, num_kv_heads, tokens_per_block, head_dim)
 
@@ -133,7 +133,7 @@ class KVCacheStats:
 
     @property
     def hit_rate(self) -> float:
-        """Prefix reuse hit rate: reused tokens / prompt tokens looked up (0.0 before any lookup)."""
+        """Prefix reuse hit rate: reused / looked-up prompt tokens (0.0 before any lookup)."""
         return self.reused_tokens / self.looked_up_tokens if self.looked_up_tokens else 0.0
 
 
@@ -176,7 +176,8 @@ class KVCacheManager:
         if num_blocks <= 0:
             raise ConfigError(f"KVCacheManager: num_blocks must be > 0, got {num_blocks}")
         if tokens_per_block <= 0:
-            raise ConfigError(f"KVCacheManager: tokens_per_block must be > 0, got {tokens_per_block}")
+            raise ConfigError(f"KVCacheManager: tokens_per_block must be > 0, "
+                              f"got {tokens_per_block}")
         self.num_blocks = num_blocks
         self.tokens_per_block = tokens_per_block
         self.enable_prefix_reuse = enable_prefix_reuse
@@ -298,9 +299,9 @@ class KVCacheManager:
         end = len(seq.token_ids) + len(token_ids)
         if end > len(seq.blocks) * self.tokens_per_block:
             raise KVCacheError(
-                f"KVCacheManager.commit_tokens: sequence {seq_id!r} would hold {end} tokens but its "
-                f"{len(seq.blocks)} blocks hold {len(seq.blocks) * self.tokens_per_block}; call "
-                f"ensure_capacity first")
+                f"KVCacheManager.commit_tokens: sequence {seq_id!r} would hold {end} tokens but "
+                f"its {len(seq.blocks)} blocks hold {len(seq.blocks) * self.tokens_per_block}; "
+                f"call ensure_capacity first")
         seq.token_ids.extend(token_ids)
         if not self.enable_prefix_reuse:
             return
@@ -383,7 +384,8 @@ class KVCacheManager:
         """Raise ``AssertionError`` if any invariant of the class docstring is broken."""
         free, evictable = list(self._free), list(self._evictable)
         assert len(set(free)) == len(free), f"duplicate free blocks {free}"
-        assert not set(free) & set(evictable), "a block is both free and evictable"
+        free_set = set(free)
+        assert not free_set & set(evictable), "a block is both free and evictable"
         holders = [0] * self.num_blocks
         for seq_id, seq in self._seqs.items():
             assert len(set(seq.blocks)) == len(seq.blocks), f"{seq_id!r} holds a block twice"
@@ -397,15 +399,15 @@ class KVCacheManager:
         for b in range(self.num_blocks):
             assert self._refcount[b] == holders[b], f"block {b}: refcount {self._refcount[b]} " \
                                                     f"but {holders[b]} holders"
-            in_free, in_lru = b in self._free, b in self._evictable
+            in_free, in_lru = b in free_set, b in self._evictable
             if self._refcount[b] > 0:
                 assert not in_free and not in_lru, f"in-use block {b} is free or evictable"
             elif self._block_hash[b] is None:
                 assert in_free, f"unhashed block {b} with refcount 0 is not in the free queue"
             else:
                 assert in_lru, f"hashed block {b} with refcount 0 is not evictable"
-            h = self._block_hash[b]
-            if h is not None:
-                assert self._hash_to_block.get(h) == b, f"block {b}'s hash maps elsewhere"
-        for h, b in self._hash_to_block.items():
-            assert self._block_hash[b] == h, f"hash table entry for block {b} is stale"
+            block_hash = self._block_hash[b]
+            if block_hash is not None:
+                assert self._hash_to_block.get(block_hash) == b, f"block {b}'s hash maps elsewhere"
+        for table_hash, b in self._hash_to_block.items():
+            assert self._block_hash[b] == table_hash, f"hash table entry for block {b} is stale"

@@ -142,7 +142,12 @@ class Scheduler:
       block table, ``num_computed_tokens < num_tokens`` and equal to the cache's count);
     * ``len(running) <= max_batch_size``; a step holds at most ``max_batch_size`` sequences and
       ``max_num_tokens`` tokens;
-    * the running list is in admission order; preemption takes the most recently admitted.
+    * the running list is in admission order; preemption takes the most recently admitted;
+    * between an ``update`` and the next ``schedule``, at most one running request is mid-context
+      (more than one token left to compute), and it is the most recently admitted: a chunk
+      shorter than its remaining context uses up the step's token budget, so nothing is
+      admitted behind it until its context completes. Hence "generation first, then context
+      chunks" never reorders requests against admission order.
 
     Policies. ``max_utilization``: a request is admitted when its current tokens fit; when a
     generating request needs a block and none is left, the most recently admitted running request
@@ -170,6 +175,7 @@ class Scheduler:
         self._running: list[Request] = []
         self._live: dict[Hashable, Request] = {}
         self.num_preemptions = 0
+        self._batch_in_flight = False  # schedule() returned a batch that update() has not applied
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -259,11 +265,14 @@ class Scheduler:
             items.append(self._schedule_tokens(request, n))
             budget -= n
         # 3. New requests, FCFS; not after a preemption, which freed blocks for the survivors.
+        #    (Defensive: the victim heads the queue and cannot fit yet, and FCFS stops there.)
         if not preempted:
             budget = self._admit(items, budget)
+        self._batch_in_flight = True
         return ScheduledBatch(items, preempted)
 
-    def update(self, batch: ScheduledBatch, sampled_tokens: Mapping[Hashable, int]) -> list[Request]:
+    def update(self, batch: ScheduledBatch,
+               sampled_tokens: Mapping[Hashable, int]) -> list[Request]:
         """Apply a step's results: commit its K/V, append each sampling sequence's token from
         ``sampled_tokens`` (extra entries, e.g. for non-final chunks, are ignored), and finish
         requests that hit end id / a stop sequence / max_new_tokens. Returns the finished ones.
@@ -279,6 +288,7 @@ class Scheduler:
             if item.samples and request.request_id not in sampled_tokens:
                 raise SchedulerError(f"Scheduler.update: no sampled token for request "
                                      f"{request.request_id!r}")
+        self._batch_in_flight = False
         finished = []
         for item in live:
             request = item.request
@@ -400,3 +410,6 @@ class Scheduler:
             assert r.num_computed_tokens < r.num_tokens, r.request_id
             if self.policy == "guaranteed_no_evict":
                 assert kv.capacity(r.request_id) >= r.max_total_tokens, r.request_id
+        if not self._batch_in_flight:
+            mid_context = [r for r in self._running if self._remaining(r) > 1]
+            assert mid_context in ([], self._running[-1:]), "a mid-context request is not last"

@@ -1,8 +1,8 @@
 """Packing one step of a batch into the int32 tensors of docs/batch_interface.md.
 
-Nothing is padded except ``block_tables``, whose rows are padded to the longest table with block
-id 0: the attention kernels never read entries past a sequence's ``past_len + seq_len`` tokens, and a
-valid id (rather than -1) keeps any gather that does touch them in bounds.
+Nothing is padded except ``block_tables``, whose rows are padded to the longest table with
+block id 0: the attention kernels never read entries past a sequence's ``past_len + seq_len``
+tokens, and a valid id (rather than -1) keeps any gather that does touch them in bounds.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def build_step_inputs(sequences: Sequence[StepSequence], device: torch.device | 
     ``past_len + len(token_ids)`` tokens (a short table would make the kernel write K/V into
     whatever block id the padding holds)."""
     if len(sequences) == 0:
-        raise ShapeError("build_step_inputs: the batch is empty; a step needs at least one sequence")
+        raise ShapeError("build_step_inputs: the batch is empty; a step needs >= 1 sequence")
     input_ids: list[int] = []
     position_ids: list[int] = []
     seq_lens: list[int] = []
@@ -142,5 +142,6 @@ def build_static_step_inputs(prompts: Sequence[Sequence[int]], tokens_per_block:
         n_blocks = blocks_for_tokens(len(prompt), tokens_per_block)
         tables.append(list(range(next_block, next_block + n_blocks)))
         next_block += n_blocks
-    steps = [SequenceStep(token_ids=p, past_len=0, block_table=tb) for p, tb in zip(prompts, tables)]
+    steps = [SequenceStep(token_ids=p, past_len=0, block_table=tb)
+             for p, tb in zip(prompts, tables)]
     return build_step_inputs(steps, device, tokens_per_block=tokens_per_block), tables
