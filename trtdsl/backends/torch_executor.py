@@ -13,8 +13,9 @@ from typing import Any, Mapping
 import torch
 
 from ..dtypes import dtype_of
-from ..errors import BackendError, DTypeError, ProfileError, ShapeError
-from ..ir.network import LayerKind, Network
+from ..errors import BackendError, DTypeError, PluginError, ProfileError, ShapeError
+from ..ir.layer_attrs import validate_layer
+from ..ir.network import Layer, LayerKind, Network
 from ..ir.symbolic import SymDim, evaluate
 from ..plugins.registry import get_plugin
 from .torch_layers import LAYER_FUNCTIONS
@@ -33,34 +34,58 @@ class TorchExecutor:
         self.device = torch.device(device)
         self.constants: dict[str, torch.Tensor] = {}
         self.plugin_impls: dict[str, Any] = {}
-        for layer in network.layers:
+        live = self._live_layers()
+        for layer in live:
+            validate_layer(layer)
             if layer.kind is LayerKind.CONSTANT:
                 self.constants[layer.name] = layer.attrs["value"].to(self.device)
             elif layer.kind is LayerKind.PLUGIN:
                 spec = get_plugin(layer.attrs["name"])
                 impl = spec.implementations.get(self.device.type) if use_plugin_kernels else None
                 self.plugin_impls[layer.name] = impl or spec.reference
-        self._output_names = {id(t): n for n, t in network.outputs.items()}
-        self._last_use = self._compute_last_use()
-        # Symbols bound from a layer's output shape (data-dependent sizes such as dynamic slices).
-        self._bind_after: dict[str, list[tuple[int, int, str]]] = {}
-        input_syms = {s for s, src in network.symbol_sources.items() if src[0] == "input"}
-        for layer in network.layers:
-            for oi, t in enumerate(layer.outputs):
-                for axis, d in enumerate(t.shape):
-                    if isinstance(d, SymDim) and len(d.terms) == 1 and d.terms[0][1] == 1 and \
-                            len(d.terms[0][0]) == 1 and isinstance(d.terms[0][0][0], str) and \
-                            d.terms[0][0][0] not in input_syms:
-                        self._bind_after.setdefault(layer.name, []).append((oi, axis, d.terms[0][0][0]))
+        self._dim_users: dict[str, list[tuple[str, int]]] = {}  # dim name -> [(input, axis)]
+        for name, spec in network.input_specs.items():
+            for axis, dim in spec.dynamic_dims.items():
+                self._dim_users.setdefault(dim, []).append((name, axis))
+        self._compile(live)
 
-    def _compute_last_use(self) -> dict[int, int]:
-        last: dict[int, int] = {}
-        for i, layer in enumerate(self.network.layers):
-            for t in layer.inputs:
-                last[id(t)] = i
-        for t in self.network.outputs.values():
-            last[id(t)] = len(self.network.layers)
-        return last
+    def _live_layers(self) -> list[Layer]:
+        """Layers an output depends on, plus plugins that write their inputs in place (the K/V
+        cache update must happen even though no output reads it), with their dependencies."""
+        needed = {id(t) for t in self.network.outputs.values()}
+        live: list[Layer] = []
+        for layer in reversed(self.network.layers):
+            mutates = layer.kind is LayerKind.PLUGIN and get_plugin(layer.attrs["name"]).mutates
+            if mutates or any(id(t) in needed for t in layer.outputs):
+                live.append(layer)
+                needed.update(id(t) for t in layer.inputs)
+        return live[::-1]
+
+    def _compile(self, live: list[Layer]) -> None:
+        """Turn the layers into a flat plan of value slots, so ``run`` does no per-layer lookups:
+        ``(function, layer, input slots, output slots, slots to free after, symbols to bind)``."""
+        slots: dict[int, int] = {}
+        self._input_slots = [(name, slots.setdefault(id(t), len(slots)))
+                             for name, t in self.network.inputs.items()]
+        input_syms = {s for s, src in self.network.symbol_sources.items() if src[0] == "input"}
+        plan: list[list] = []
+        last_use: dict[int, int] = {}
+        for step, layer in enumerate(live):
+            ins = tuple(slots[id(t)] for t in layer.inputs)
+            for s_ in ins:
+                last_use[s_] = step
+            outs = tuple(slots.setdefault(id(t), len(slots)) for t in layer.outputs)
+            binds = tuple((oi, axis, _lone_symbol(d)) for oi, t in enumerate(layer.outputs)
+                          for axis, d in enumerate(t.shape)
+                          if _lone_symbol(d) and _lone_symbol(d) not in input_syms)
+            plan.append([LAYER_FUNCTIONS[layer.kind], layer, ins, outs, [], binds])
+        self._output_slots = [(name, slots[id(t)]) for name, t in self.network.outputs.items()]
+        kept = {s_ for _, s_ in self._output_slots}
+        for s_, step in last_use.items():
+            if s_ not in kept:
+                plan[step][4].append(s_)
+        self._plan = [tuple(p[:4]) + (tuple(p[4]), p[5]) for p in plan]
+        self._num_slots = len(slots)
 
     # -- validation -------------------------------------------------------------------------------------
     def bind_inputs(self, feed: Mapping[str, Any]) -> dict[str, int]:
@@ -98,17 +123,21 @@ class TorchExecutor:
         profiles = self.network.profiles
         if not profiles or any(p.contains(env) for p in profiles):
             return
+        # Name only the dims at fault: those outside every profile's range; if each dim fits some
+        # profile but no profile fits them all together, name every dynamic dim.
+        bad = [d for d in env if (rs := [p.ranges[d] for p in profiles if d in p.ranges])
+               and not any(lo <= env[d] <= hi for lo, _, hi in rs)]
+        together = not bad
         details = []
-        for dim, value in env.items():
-            ranges = [p.ranges[dim] for p in profiles if dim in p.ranges]
-            if ranges and not any(lo <= value <= hi for lo, _, hi in ranges):
-                details.append(f"{dim!r} = {value} is outside " +
-                               " and ".join(f"[{lo}, {hi}]" for lo, _, hi in ranges))
-        where = ", ".join(f"{src[1]!r} dim {src[2]}" for d in env
-                          for s, src in self.network.symbol_sources.items() if s == d and src[0] == "input")
-        raise ProfileError(f"network {self.network.name!r}: inputs fit no optimization profile: "
-                           + ("; ".join(details) or f"dims {env} do not fit one profile together")
-                           + (f" (dims from {where})" if where else ""))
+        for dim in bad or list(env):
+            spans = [f"[{p.ranges[dim][0]}, {p.ranges[dim][2]}]" for p in profiles if dim in p.ranges]
+            ranges = (f"the optimization profile range {spans[0]}" if len(spans) == 1 else
+                      "every optimization profile's range: " + ", ".join(spans))
+            where = " and ".join(f"input {n!r} dim {a}" for n, a in self._dim_users.get(dim, ()))
+            details.append(f"{where} ({dim!r}) is {env[dim]}, "
+                           + (f"ranges {', '.join(spans)}" if together else f"outside {ranges}"))
+        head = ("the dims fit no single optimization profile together: " if together else "")
+        raise ProfileError(f"network {self.network.name!r}: {head}" + "; ".join(details))
 
     # -- execution --------------------------------------------------------------------------------------
     def run(self, feed: Mapping[str, torch.Tensor], hints: Mapping[str, Any] | None = None,
@@ -118,37 +147,53 @@ class TorchExecutor:
         ``hints`` are host-side facts about this step that kernels may use to size their grids
         (e.g. ``max_q_len``); references ignore them."""
         env = self.bind_inputs(feed)
-        net = self.network
-        values: dict[int, torch.Tensor] = {}
-        for name, t in net.inputs.items():
-            values[id(t)] = feed[name].to(self.device) if feed[name].device != self.device else feed[name]
+        values: list[Any] = [None] * self._num_slots
+        for name, slot in self._input_slots:
+            value = feed[name]
+            values[slot] = value if value.device == self.device else value.to(self.device)
         ctx = {"constants": self.constants, "plugin_impls": self.plugin_impls, "device": self.device,
                "hints": dict(hints or {})}
-        wanted = set(outputs) if outputs is not None else None
-        result: dict[str, torch.Tensor] = {}
-        for i, layer in enumerate(net.layers):
+        for fn, layer, in_slots, out_slots, free_slots, binds in self._plan:
+            ins = [values[i] for i in in_slots]
             try:
-                ins = [values[id(t)] for t in layer.inputs]
-            except KeyError:  # an input that an earlier layer freed: a bug in last-use tracking
-                raise BackendError(f"layer {layer.name!r}: an input value is missing") from None
-            try:
-                outs = LAYER_FUNCTIONS[layer.kind](layer, ins, env, ctx)
-            except (RuntimeError, IndexError, ValueError) as exc:
+                outs = fn(layer, ins, env, ctx)
+            except (RuntimeError, IndexError, ValueError, TypeError) as exc:
                 raise BackendError(f"layer {layer.name!r} ({layer.kind.value}, module "
                                    f"{layer.module_path or '<root>'!r}) failed at run time: {exc}\n"
                                    f"  input shapes: {[tuple(v.shape) for v in ins]}") from exc
-            for oi, axis, sym in self._bind_after.get(layer.name, ()):
+            if layer.kind is LayerKind.PLUGIN:
+                _check_plugin_outputs(layer, outs)
+            for oi, axis, sym in binds:
                 env[sym] = int(outs[oi].shape[axis])
-            for t, v in zip(layer.outputs, outs):
-                values[id(t)] = v
-            for t in layer.inputs:
-                if self._last_use.get(id(t)) == i and id(t) not in self._output_names:
-                    values.pop(id(t), None)
-        for name, t in net.outputs.items():
-            if wanted is None or name in wanted:
-                result[name] = values[id(t)]
-        return result
+            for slot, v in zip(out_slots, outs):
+                values[slot] = v
+            for slot in free_slots:
+                values[slot] = None
+        wanted = set(outputs) if outputs is not None else None
+        return {name: values[slot] for name, slot in self._output_slots
+                if wanted is None or name in wanted}
 
     def output_shape(self, name: str, env: Mapping[str, int]) -> tuple[int, ...]:
         """The concrete shape of output ``name`` for a symbol environment."""
         return tuple(evaluate(d, env) for d in self.network.outputs[name].shape)
+
+
+def _lone_symbol(d: Any) -> str | None:
+    """The symbol name if ``d`` is exactly one bare symbol (``n``, not ``2*n`` or ``n + 1``)."""
+    if isinstance(d, SymDim) and len(d.terms) == 1:
+        (mono, coeff), = d.terms
+        if coeff == 1 and len(mono) == 1 and isinstance(mono[0], str):
+            return mono[0]
+    return None
+
+
+def _check_plugin_outputs(layer: Layer, outs: list) -> None:
+    """Plugin implementations are outside code: check they return what the shape rule promised."""
+    if len(outs) != len(layer.outputs):
+        raise PluginError(f"plugin {layer.attrs['name']!r} (layer {layer.name!r}) returned {len(outs)} "
+                          f"outputs; its shape rule declares {len(layer.outputs)}")
+    for i, (t, v) in enumerate(zip(layer.outputs, outs)):
+        if not isinstance(v, torch.Tensor) or v.dtype != t.dtype.torch or v.ndim != t.ndim:
+            got = f"{v.dtype}{tuple(v.shape)}" if isinstance(v, torch.Tensor) else type(v).__name__
+            raise PluginError(f"plugin {layer.attrs['name']!r} (layer {layer.name!r}) output {i} is "
+                              f"{got}; its shape rule declares {t.dtype.value} of rank {t.ndim}")

@@ -359,6 +359,10 @@ def getitem(x: Tensor, index: Any) -> Tensor:
                 out = slice(out, axis, item.start, item.stop, 1 if item.step is None else item.step)
             axis += 1
         elif isinstance(item, int):
+            size = out.shape[axis]
+            if isinstance(size, int) and not -size <= item < size:
+                raise op_error(ShapeError, "getitem", f"index {item} is out of range for dim {axis} "
+                               f"of size {size}", [x])
             out = slice(out, axis, item, item + 1 if item != -1 else None)
             squeeze_axes.append(axis)
             axis += 1
