@@ -1,0 +1,267 @@
+"""Torch bindings of the trtdsl CUDA kernels.
+
+Each function checks device, dtype, contiguity and shapes (raising PluginError with the tensor's
+name), then calls the C launcher on the current CUDA stream. Nothing here synchronizes with the host
+or reads device values, so every call can be captured in a CUDA graph; attention grids are sized
+from the caller's host-side bounds ``max_q_len`` / ``max_kv_len``."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from trtdsl.errors import PluginError
+
+from ._lib import call
+
+__all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_attention", "paged_attention"]
+
+_DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_HALF_TYPES = (torch.float16, torch.bfloat16)
+_ROPE_STYLES = {"neox": 0, "gptj": 1}
+
+
+def _stream(t: torch.Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
+
+
+def _check(op: str, name: str, t: torch.Tensor, device: torch.device | None = None, dtypes=None,
+           ndim: int | None = None, contiguous: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise PluginError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.device.type != "cuda":
+        raise PluginError(f"{op}: {name} must be a CUDA tensor, got device {t.device}")
+    if device is not None and t.device != device:
+        raise PluginError(f"{op}: {name} is on {t.device} but the other inputs are on {device}")
+    if dtypes is not None and t.dtype not in dtypes:
+        names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise PluginError(f"{op}: {name} has dtype {str(t.dtype).replace('torch.', '')}; expected one of {names}")
+    if ndim is not None and t.dim() != ndim:
+        raise PluginError(f"{op}: {name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    if contiguous and not t.is_contiguous():
+        raise PluginError(f"{op}: {name} must be contiguous (call .contiguous())")
+
+
+def _check_meta(op: str, device: torch.device, **tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        _check(op, name, t, device, (torch.int32,))
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None,
+            out: torch.Tensor | None = None, residual_out: torch.Tensor | None = None):
+    """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim; with ``residual``, normalizes
+    ``x + residual`` and returns ``(out, x + residual)``. ``residual_out`` may alias ``residual``."""
+    op = "rmsnorm"
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    hidden = x.shape[-1]
+    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
+    if weight.shape[0] != hidden:
+        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
+    out = torch.empty_like(x) if out is None else out
+    _check(op, "out", out, x.device, (x.dtype,))
+    if out.shape != x.shape:
+        raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected {tuple(x.shape)}")
+    rows = x.numel() // max(hidden, 1)
+    if residual is not None:
+        _check(op, "residual", residual, x.device, (x.dtype,))
+        if residual.shape != x.shape:
+            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
+        residual_out = torch.empty_like(x) if residual_out is None else residual_out
+        _check(op, "residual_out", residual_out, x.device, (x.dtype,))
+    if rows:
+        call("trtdsl_rmsnorm", x.data_ptr(), residual.data_ptr() if residual is not None else None,
+             weight.data_ptr(), out.data_ptr(), residual_out.data_ptr() if residual is not None else None,
+             rows, hidden, hidden, hidden, hidden, hidden, float(eps), _DTYPE_CODES[x.dtype], _stream(x))
+    return (out, residual_out) if residual is not None else out
+
+
+def swiglu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(gate) * up`` of ``x [..., 2 * inter]`` laid out gate then up; returns ``[..., inter]``."""
+    op = "swiglu"
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    if x.dim() == 0 or x.shape[-1] % 2:
+        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
+    inter = x.shape[-1] // 2
+    out = x.new_empty(*x.shape[:-1], inter) if out is None else out
+    _check(op, "out", out, x.device, (x.dtype,))
+    if out.shape != (*x.shape[:-1], inter):
+        raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected {(*x.shape[:-1], inter)}")
+    rows = x.numel() // max(2 * inter, 1)
+    if rows and inter:
+        call("trtdsl_swiglu", x.data_ptr(), out.data_ptr(), rows, inter, 2 * inter, inter,
+             _DTYPE_CODES[x.dtype], _stream(x))
+    return out
+
+
+def _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
+                num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, dtypes) -> None:
+    """Shared checks of the packed/paged step inputs (docs/batch_interface.md)."""
+    _check(op, "qkv", qkv, dtypes=dtypes, ndim=2)
+    dev = qkv.device
+    _check_meta(op, dev, position_ids=position_ids, seq_lens=seq_lens, past_lens=past_lens,
+                cu_seqlens=cu_seqlens, block_tables=block_tables)
+    batch = seq_lens.shape[0]
+    if past_lens.shape != (batch,) or cu_seqlens.shape != (batch + 1,) or block_tables.dim() != 2 \
+            or block_tables.shape[0] != batch:
+        raise PluginError(f"{op}: seq_lens {tuple(seq_lens.shape)}, past_lens {tuple(past_lens.shape)}, cu_seqlens "
+                          f"{tuple(cu_seqlens.shape)} and block_tables {tuple(block_tables.shape)} disagree on batch")
+    if position_ids.shape != (qkv.shape[0],):
+        raise PluginError(f"{op}: position_ids has shape {tuple(position_ids.shape)}, expected ({qkv.shape[0]},)")
+    if num_heads % num_kv_heads:
+        raise PluginError(f"{op}: num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+    if qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim:
+        raise PluginError(f"{op}: qkv has {qkv.shape[1]} features, expected (num_heads + 2 * num_kv_heads) * "
+                          f"head_dim = {(num_heads + 2 * num_kv_heads) * head_dim}")
+    _check(op, "kv_cache", kv_cache, dev, (qkv.dtype,), ndim=6)
+    want = (2, num_kv_heads, tokens_per_block, head_dim)
+    if tuple(kv_cache.shape[2:]) != want or not 0 <= layer_idx < kv_cache.shape[0]:
+        raise PluginError(f"{op}: kv_cache has shape {tuple(kv_cache.shape)}; expected [num_layers > {layer_idx}, "
+                          f"num_blocks, {', '.join(map(str, want))}]")
+
+
+def rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
+                  num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
+                  rotary_dim: int, rope_style: str = "neox", q_out: torch.Tensor | None = None,
+                  k_out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate q and k, write k/v of every token to the paged cache; return rotated q ``[tokens, H * D]``.
+
+    ``q_out`` may be ``qkv`` itself (rotation in place, q keeps its place in the row)."""
+    op = "rope_kv_write"
+    _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
+                num_kv_heads, head_dim, layer_idx, tokens_per_block, _DTYPE_CODES)
+    if rope_style not in _ROPE_STYLES:
+        raise PluginError(f"{op}: rope_style {rope_style!r} is not 'neox' or 'gptj'")
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise PluginError(f"{op}: rotary_dim {rotary_dim} must be even and in [0, head_dim={head_dim}]")
+    if rotary_dim:
+        _check(op, "rope_cos_sin", rope_cos_sin, qkv.device, (torch.float32,), ndim=2)
+        if rope_cos_sin.shape[1] != rotary_dim:
+            raise PluginError(f"{op}: rope_cos_sin has {rope_cos_sin.shape[1]} columns, expected rotary_dim={rotary_dim}")
+    tokens = qkv.shape[0]
+    q_stride = num_heads * head_dim
+    if q_out is None:
+        q_out = qkv.new_empty(tokens, num_heads * head_dim)
+    elif q_out.data_ptr() == qkv.data_ptr():
+        q_stride = qkv.stride(0)
+    else:
+        _check(op, "q_out", q_out, qkv.device, (qkv.dtype,))
+        if q_out.shape != (tokens, num_heads * head_dim):
+            raise PluginError(f"{op}: q_out has shape {tuple(q_out.shape)}, expected ({tokens}, {num_heads * head_dim})")
+    if k_out is not None:
+        _check(op, "k_out", k_out, qkv.device, (qkv.dtype,))
+        if k_out.shape != (tokens, num_kv_heads * head_dim):
+            raise PluginError(f"{op}: k_out has shape {tuple(k_out.shape)}, expected ({tokens}, {num_kv_heads * head_dim})")
+    code = _DTYPE_CODES[qkv.dtype]
+    if tokens:
+        call("trtdsl_rope_kv_write", qkv.data_ptr(), qkv.stride(0), q_out.data_ptr(), q_stride,
+             k_out.data_ptr() if k_out is not None else None, num_kv_heads * head_dim, kv_cache.data_ptr(),
+             kv_cache.shape[1], position_ids.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(),
+             seq_lens.shape[0], block_tables.data_ptr(), block_tables.stride(0),
+             rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style], tokens,
+             num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, code, code, _stream(qkv))
+    return q_out
+
+
+def _attention_args(op, q, q_stride, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, out,
+                    num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, softmax_scale):
+    if q.dtype not in _HALF_TYPES:
+        raise PluginError(f"{op}: the attention kernels take float16/bfloat16, got {q.dtype}; use "
+                          "trtdsl.plugins.attention_reference for float32")
+    if head_dim not in (64, 128):
+        raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
+    code = _DTYPE_CODES[q.dtype]
+    return (q.data_ptr(), q_stride, kv_cache.data_ptr(), kv_cache.shape[1], seq_lens.data_ptr(),
+            past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
+            block_tables.stride(0), out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx,
+            tokens_per_block, float(softmax_scale)), code
+
+
+def _check_q(op, q, kv_cache, num_heads, head_dim) -> None:
+    # q may be a row-strided view (e.g. the q columns of qkv): only the feature dim must be dense.
+    _check(op, "q", q, kv_cache.device, _HALF_TYPES, ndim=2, contiguous=False)
+    if q.shape[1] != num_heads * head_dim or q.stride(1) != 1:
+        raise PluginError(f"{op}: q must be [tokens, {num_heads * head_dim}] with unit feature stride, got shape "
+                          f"{tuple(q.shape)} strides {q.stride()}")
+    _check(op, "kv_cache", kv_cache, q.device, (q.dtype,), ndim=6)
+
+
+def context_attention(q, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, *, num_heads: int,
+                      num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
+                      softmax_scale: float, max_q_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of every (already rotated) query token over its sequence's paged K/V.
+
+    The cache must already hold this step's keys (see rope_kv_write). ``max_q_len`` bounds seq_lens."""
+    op = "context_attention"
+    _check_q(op, q, kv_cache, num_heads, head_dim)
+    _check_meta(op, q.device, seq_lens=seq_lens, past_lens=past_lens, cu_seqlens=cu_seqlens,
+                block_tables=block_tables)
+    out = q.new_empty(q.shape[0], num_heads * head_dim) if out is None else out
+    args, code = _attention_args(op, q, q.stride(0), seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
+                                 out, num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, softmax_scale)
+    call("trtdsl_context_attention", *args, int(max_q_len), code, code, _stream(q))
+    return out
+
+
+def decode_workspace(batch: int, num_heads: int, num_kv_heads: int, head_dim: int,
+                     max_kv_len: int) -> tuple[int, int]:
+    """``(kv_chunk, workspace_bytes)`` the decode kernel uses for these bounds."""
+    chunk, nbytes = ctypes.c_int(0), ctypes.c_size_t(0)
+    call("trtdsl_decode_attention_workspace", batch, num_heads, num_kv_heads, head_dim, max_kv_len,
+         ctypes.byref(chunk), ctypes.byref(nbytes))
+    return chunk.value, nbytes.value
+
+
+def decode_attention(q, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, *, num_heads: int,
+                     num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
+                     softmax_scale: float, max_kv_len: int, out: torch.Tensor | None = None,
+                     workspace: torch.Tensor | None = None) -> torch.Tensor:
+    """Split-K attention of one query token per sequence (seq_lens <= 1) over its paged K/V.
+
+    ``max_kv_len`` bounds ``past_lens + 1``; the split workspace is allocated here unless given
+    (a uint8 tensor of at least ``decode_workspace(...)[1]`` bytes)."""
+    op = "decode_attention"
+    _check_q(op, q, kv_cache, num_heads, head_dim)
+    _check_meta(op, q.device, seq_lens=seq_lens, past_lens=past_lens, cu_seqlens=cu_seqlens,
+                block_tables=block_tables)
+    out = q.new_empty(q.shape[0], num_heads * head_dim) if out is None else out
+    args, code = _attention_args(op, q, q.stride(0), seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
+                                 out, num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, softmax_scale)
+    chunk, nbytes = decode_workspace(seq_lens.shape[0], num_heads, num_kv_heads, head_dim, int(max_kv_len))
+    if workspace is None:
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=q.device)
+    elif workspace.device != q.device or workspace.numel() * workspace.element_size() < nbytes:
+        raise PluginError(f"{op}: workspace must be a {nbytes}-byte tensor on {q.device}")
+    call("trtdsl_decode_attention", *args, int(max_kv_len), chunk, workspace.data_ptr(), nbytes, code, code,
+         _stream(q))
+    return out
+
+
+def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
+                    num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
+                    softmax_scale: float, rotary_dim: int, rope_style: str, max_q_len: int,
+                    max_kv_len: int) -> torch.Tensor:
+    """The ``trtdsl.attention`` plugin on CUDA: same semantics as ``paged_attention_reference``.
+
+    RoPE + cache write, then the decode kernel when ``max_q_len == 1`` (every sequence has at most one
+    new token), else the context kernel. ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of
+    ``seq_lens`` / ``past_lens + seq_lens`` (no device value is read, so the call is graph-capturable)."""
+    op = "paged_attention"
+    _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
+                num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES)
+    if max_q_len < 1 or max_kv_len < max_q_len:
+        raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
+    kw = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
+              tokens_per_block=tokens_per_block)
+    if rotary_dim:
+        q = rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
+                          rotary_dim=rotary_dim, rope_style=rope_style, **kw)
+    else:
+        # No rotation: only K/V need writing, the attention reads q straight out of qkv.
+        rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
+                      rotary_dim=0, rope_style=rope_style, q_out=qkv, **kw)
+        q = qkv[:, : num_heads * head_dim]
+    meta = (seq_lens, past_lens, cu_seqlens, block_tables, kv_cache)
+    if max_q_len == 1:
+        return decode_attention(q, *meta, softmax_scale=softmax_scale, max_kv_len=max_kv_len, **kw)
+    return context_attention(q, *meta, softmax_scale=softmax_scale, max_q_len=max_q_len, **kw)
