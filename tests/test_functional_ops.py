@@ -19,6 +19,7 @@ import torch.nn.functional as TF
 import trtdsl
 import trtdsl.functional as F
 from trtdsl.backends.torch_executor import TorchExecutor
+from trtdsl.ir.layer_attrs import validate_network
 from trtdsl.ir.symbolic import evaluate
 from trtdsl.plugins.registry import PluginSpec, _REGISTRY, register_plugin
 
@@ -95,6 +96,7 @@ def run_case(case: Case) -> None:
     dims = sorted({d for i in case.inputs.values() for d in i.shape if isinstance(d, str)})
     if dims:
         net.add_profile({d: (1, 4, 8) for d in dims})
+    validate_network(net)  # every layer the op wrote follows trtdsl/ir/layer_attrs.py
     executor = TorchExecutor(net)
     for sizes in case.sizes:
         feed = {}
