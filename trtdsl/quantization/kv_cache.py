@@ -1,0 +1,99 @@
+"""Quantized K/V cache: the ``trtdsl.attention_quant_kv`` plugin.
+
+It is ``trtdsl.attention`` (docs/batch_interface.md) with the cache pool stored as int8 or fp8 e4m3
+and one more input, ``kv_scales`` (float32 ``[2]``: the K scale, then the V scale of this layer). K/V
+are quantized when written (``code = saturate(value / scale)``, rounded to nearest for int8) and
+dequantized when read (``code * scale``), so every query, including those of the step that wrote
+them, sees the cache's precision -- exactly what a fused kernel does.
+
+The lead's ``paged_attention_reference`` stores ``k.to(cache.dtype)`` with no scale; this module keeps
+its own reference (reusing its RoPE helper) instead of changing it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..dtypes import DType
+from ..errors import DTypeError, ShapeError
+from ..plugins.attention_reference import apply_rope
+from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
+from .numerics import FP8_MAX, INT8_MAX
+
+__all__ = ["ATTENTION", "ATTENTION_QUANT_KV", "KV_CACHE_DTYPES", "quantize_kv", "dequantize_kv",
+           "quant_kv_attention_reference", "register"]
+
+ATTENTION = "trtdsl.attention"
+ATTENTION_QUANT_KV = "trtdsl.attention_quant_kv"
+KV_CACHE_DTYPES = {"fp8": DType.fp8, "int8": DType.int8}
+KV_QMAX = {DType.fp8: FP8_MAX, DType.int8: float(INT8_MAX)}
+
+
+def quantize_kv(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Codes of ``x / scale`` in the cache dtype (int8: round to nearest; fp8: e4m3 rounding)."""
+    y = x.float() / scale.float()
+    if dtype == torch.int8:
+        return torch.round(y).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return y.clamp(-FP8_MAX, FP8_MAX).to(dtype)
+
+
+def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return codes.float() * scale.float()
+
+
+def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """Paged causal attention (docs/batch_interface.md) over an int8/fp8 cache with K/V scales."""
+    qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, cos_sin, scales = ins
+    heads, kv_heads, d = fields["num_heads"], fields["num_kv_heads"], fields["head_dim"]
+    tpb, rotary_dim = fields["tokens_per_block"], fields.get("rotary_dim", 0)
+    num_tokens = qkv.shape[0]
+    q, k, v = qkv.view(num_tokens, heads + 2 * kv_heads, d).split([heads, kv_heads, kv_heads], dim=1)
+    if rotary_dim:
+        cs = cos_sin[position_ids.long()]
+        style = fields.get("rope_style", "neox")
+        q, k = apply_rope(q, cs, rotary_dim, style), apply_rope(k, cs, rotary_dim, style)
+    out = torch.empty(num_tokens, heads, d, dtype=qkv.dtype, device=qkv.device)
+    cache = kv_cache[fields["layer_idx"]]
+    k_scale, v_scale = scales[0], scales[1]
+    group = heads // kv_heads
+    for s in range(seq_lens.shape[0]):
+        start, n, past = int(cu_seqlens[s]), int(seq_lens[s]), int(past_lens[s])
+        if n == 0:
+            continue
+        pos = torch.arange(past, past + n, device=qkv.device)
+        blocks = block_tables[s, pos // tpb].long()
+        cache[blocks, 0, :, pos % tpb] = quantize_kv(k[start:start + n], k_scale, cache.dtype)
+        cache[blocks, 1, :, pos % tpb] = quantize_kv(v[start:start + n], v_scale, cache.dtype)
+        all_pos = torch.arange(past + n, device=qkv.device)
+        all_blocks = block_tables[s, all_pos // tpb].long()
+        keys = dequantize_kv(cache[all_blocks, 0, :, all_pos % tpb], k_scale)
+        values = dequantize_kv(cache[all_blocks, 1, :, all_pos % tpb], v_scale)
+        keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", q[start:start + n].float(), keys) * fields["softmax_scale"]
+        scores = scores.masked_fill(~(all_pos[None, :] <= pos[:, None]), float("-inf"))
+        out[start:start + n] = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), values).to(qkv.dtype)
+    return out.view(num_tokens, heads * d)
+
+
+def _shape_rule(ins: list, fields: dict) -> list:
+    names = ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in ins)
+    if len(ins) != 9:
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales), "
+                         f"got {len(ins)}\n  inputs: {names}")
+    qkv, kv_cache, scales = ins[0], ins[6], ins[8]
+    if kv_cache.dtype not in KV_QMAX:
+        raise DTypeError(f"{ATTENTION_QUANT_KV}: kv_cache must be int8 or fp8, got "
+                         f"{kv_cache.dtype.value}\n  inputs: {names}")
+    if scales.dtype is not DType.float32 or tuple(scales.shape) != (2,):
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: kv_scales must be float32 [2] (K, V)\n  inputs: {names}")
+    return [(qkv.dtype, (qkv.shape[0], fields["num_heads"] * fields["head_dim"]))]
+
+
+def register() -> None:
+    """Register ``trtdsl.attention_quant_kv`` (idempotent, keeps an existing spec's kernels)."""
+    if ATTENTION_QUANT_KV not in registered_plugins():
+        register_plugin(PluginSpec(ATTENTION_QUANT_KV, _shape_rule, quant_kv_attention_reference,
+                                   mutates=(6,), doc="trtdsl.attention over an int8/fp8 K/V cache"))
+
+
+register()

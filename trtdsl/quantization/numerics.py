@@ -1,0 +1,179 @@
+"""The quantization arithmetic, in plain torch: int4 packing, round-to-nearest int8/int4/fp8 weight
+quantization, the AWQ scale and clip searches and SmoothQuant's smoothing factors.
+
+Everything here works on float32 CPU/GPU tensors and is independent of the IR, so the graph pass and
+the plugin references share one definition of every format:
+
+* int8 / int4 weights are symmetric (no zero point): ``w ~= q * scale`` with ``q`` in ``[-127, 127]``
+  (int8) or ``[-7, 7]`` (int4); the extreme code -8 is unused so ``+amax`` and ``-amax`` are both exact.
+* Scales are float32 ``[out, num_groups]``; ``group_size == 0`` means one group spanning all input
+  channels (per-channel). The last group may be shorter when ``in_features % group_size != 0``.
+* int4 codes are packed two per byte along the input axis: byte ``j`` of a row holds column ``2j`` in
+  its low nibble and ``2j + 1`` in its high nibble (two's complement), stored as ``torch.int8``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_groups",
+           "expand_group_scales", "quantize_weight", "dequantize_weight", "fake_quantize_weight",
+           "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
+           "quantize_per_token_int8"]
+
+FP8_MAX = 448.0  # largest finite e4m3 value
+INT8_MAX = 127
+INT4_MAX = 7
+_TINY = 1e-8  # keeps all-zero rows/groups from producing a zero scale (and NaN codes)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Pack int4 codes ``[..., k]`` (values in [-8, 7], any int dtype, ``k`` even) into int8 bytes
+    ``[..., k // 2]``.
+
+    >>> pack_int4(torch.tensor([[1, -2]])).tolist()   # low nibble 1, high nibble 0xE
+    [[-31]]
+    """
+    if q.shape[-1] % 2:
+        raise ConfigError(f"pack_int4: the last dim ({q.shape[-1]}) must be even to pack two codes "
+                          "per byte")
+    q = q.to(torch.int16)
+    if q.numel() and (int(q.min()) < -8 or int(q.max()) > 7):
+        raise ConfigError(f"pack_int4: codes must lie in [-8, 7], got [{int(q.min())}, {int(q.max())}]")
+    low, high = q[..., 0::2] & 0xF, q[..., 1::2] & 0xF
+    byte = low | (high << 4)  # 0..255
+    return torch.where(byte > 127, byte - 256, byte).to(torch.int8)
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`pack_int4`: int8 bytes ``[..., k // 2]`` -> int8 codes ``[..., k]``."""
+    b = packed.to(torch.int8)
+    low = (b << 4) >> 4  # arithmetic shifts on int8 sign-extend the nibble
+    high = b >> 4
+    return torch.stack([low, high], dim=-1).flatten(-2)
+
+
+def num_groups(in_features: int, group_size: int) -> int:
+    return 1 if group_size == 0 else math.ceil(in_features / group_size)
+
+
+def expand_group_scales(scales: torch.Tensor, in_features: int, group_size: int) -> torch.Tensor:
+    """``[out, num_groups]`` scales -> ``[out, in_features]`` (one scale per weight element)."""
+    if group_size == 0:
+        return scales[:, :1].expand(scales.shape[0], in_features)
+    return scales.repeat_interleave(group_size, dim=1)[:, :in_features]
+
+
+def _group_amax(w: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per-(row, group) max |w| of ``w [out, in]`` -> ``[out, num_groups]``."""
+    if group_size == 0:
+        return w.abs().amax(dim=1, keepdim=True)
+    n, k = w.shape
+    pad = num_groups(k, group_size) * group_size - k
+    wp = torch.nn.functional.pad(w.abs(), (0, pad))  # zeros never raise a max of |w|
+    return wp.view(n, -1, group_size).amax(dim=2)
+
+
+def quantize_weight(w: torch.Tensor, bits: int, group_size: int,
+                    clip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric round-to-nearest quantization of ``w [out, in]``.
+
+    Returns ``(codes, scales)``: int8 codes ``[out, in]`` (int4 codes are not packed yet) and float32
+    scales ``[out, num_groups]``. ``clip`` (``[out, num_groups]`` factors in (0, 1]) shrinks each
+    group's range before rounding (AWQ's clip search)."""
+    qmax = {8: INT8_MAX, 4: INT4_MAX}[bits]
+    w = w.float()
+    amax = _group_amax(w, group_size)
+    if clip is not None:
+        amax = amax * clip
+    scales = amax.clamp_min(_TINY) / qmax
+    full = expand_group_scales(scales, w.shape[1], group_size)
+    codes = torch.round(w / full).clamp(-qmax, qmax).to(torch.int8)
+    return codes, scales
+
+
+def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
+    """float32 ``[out, in]`` from int8 codes ``[out, in]`` and ``[out, num_groups]`` scales."""
+    return codes.float() * expand_group_scales(scales.float(), codes.shape[1], group_size)
+
+
+def fake_quantize_weight(w: torch.Tensor, bits: int, group_size: int,
+                         clip: torch.Tensor | None = None) -> torch.Tensor:
+    """``dequantize(quantize(w))``: the float weights the quantized GEMM effectively uses."""
+    codes, scales = quantize_weight(w, bits, group_size, clip)
+    return dequantize_weight(codes, scales, group_size)
+
+
+def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 codes of ``x / scale`` (saturating at +-448, as TensorRT's FP8 quantize does)."""
+    return (x.float() / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-row int8 quantization of ``x [..., k]``: ``(codes, scales [..., 1])``."""
+    xf = x.float()
+    scales = xf.abs().amax(dim=-1, keepdim=True).clamp_min(_TINY) / INT8_MAX
+    return torch.round(xf / scales).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scales
+
+
+def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: int,
+                      grid: int = 20) -> tuple[torch.Tensor, float, float]:
+    """AWQ's activation-aware per-input-channel scale search.
+
+    ``x [N, k]`` are calibration activations of the GEMMs ``weights`` (each ``[n_i, k]``, all reading
+    ``x``). For ``alpha`` in ``{0, 1/grid, ..., 1}``: ``s = mean|x_j| ** alpha`` (normalized so
+    ``sqrt(max(s) * min(s)) == 1``), quantize ``W * s`` to int4 and measure ``||(x / s) Q(W s)^T -
+    x W^T||^2``. ``alpha = 0`` is plain round-to-nearest, so the result is never worse than RTN on
+    ``x``. Returns ``(s [k], best error, RTN error)``."""
+    x = x.float()
+    w = torch.cat([wi.float() for wi in weights], dim=0)
+    ref = x @ w.T
+    x_mean = x.abs().mean(dim=0).clamp_min(1e-5)
+    best_err, best_s, rtn_err = math.inf, torch.ones_like(x_mean), math.inf
+    for i in range(grid + 1):
+        s = x_mean.pow(i / grid)
+        s = s / (s.max() * s.min()).sqrt()
+        err = float(((x / s) @ fake_quantize_weight(w * s, 4, group_size).T - ref).pow(2).mean())
+        if i == 0:
+            rtn_err = err
+        if err < best_err:
+            best_err, best_s = err, s
+    return best_s, best_err, rtn_err
+
+
+def awq_search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, *, steps: int = 10,
+                    min_ratio: float = 0.5, max_rows: int = 128) -> torch.Tensor:
+    """AWQ's clip search: per (row, group), the range shrink factor in ``[min_ratio, 1]`` minimizing
+    that group's contribution to the output error on ``x [N, k]``. Returns ``[out, num_groups]``."""
+    x = x.float()[:max_rows]
+    w = w.float()
+    n, k = w.shape
+    g = group_size or k
+    groups = num_groups(k, group_size)
+    pad = groups * g - k
+    xg = torch.nn.functional.pad(x, (0, pad)).view(x.shape[0], groups, g)
+    best = torch.ones(n, groups)
+    best_err = torch.full((n, groups), math.inf)
+    for i in range(steps + 1):
+        ratio = 1.0 - (1.0 - min_ratio) * i / steps
+        clip = torch.full((n, groups), ratio)
+        delta = w - fake_quantize_weight(w, 4, group_size, clip)
+        dg = torch.nn.functional.pad(delta, (0, pad)).view(n, groups, g)
+        err = torch.einsum("Ngc,ngc->Nng", xg, dg).pow(2).mean(dim=0)  # [n, groups]
+        better = err < best_err
+        best = torch.where(better, torch.full_like(best, ratio), best)
+        best_err = torch.where(better, err, best_err)
+    return best
+
+
+def smoothquant_scales(x_amax: torch.Tensor, weights: list[torch.Tensor],
+                       alpha: float = 0.5) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors ``s_j = max|X_j|^a / max|W_j|^(1-a)`` for GEMMs that
+    share the input (``W_j`` spans every weight's column ``j``). Use as ``x / s`` and ``W * s``."""
+    w_amax = torch.stack([wi.float().abs().amax(dim=0) for wi in weights]).amax(dim=0)
+    s = x_amax.float().clamp_min(1e-5).pow(alpha) / w_amax.clamp_min(1e-5).pow(1.0 - alpha)
+    return s.clamp(1e-4, 1e4)

@@ -1,0 +1,136 @@
+"""The quantized GEMM plugins, one per GEMM kind, each with a plain-torch reference (what the CPU
+executor runs and what CUDA kernels registered later under the same name are tested against).
+
+=========================  ====================================================  ===================
+plugin                     inputs                                                 fields
+=========================  ====================================================  ===================
+``trtdsl.weight_only_gemm`` ``x [..., k]`` float, ``qweight`` int8 ``[n, k]`` or  ``bits`` (8 / 4),
+                           int4 ``[n, k // 2]`` (packed), ``scales`` float32      ``group_size``,
+                           ``[n, num_groups]``                                    ``in_features``
+``trtdsl.fp8_gemm``        ``x [..., k]`` float, ``weight`` fp8 ``[n, k]``,        -
+                           ``weight_scale`` float32 ``[n]`` or ``[1]``,
+                           ``input_scale`` float32 ``[1]`` (static, calibrated)
+``trtdsl.int8_gemm``       ``x [..., k]`` float, ``weight`` int8 ``[n, k]``,       -
+                           ``weight_scale`` float32 ``[n]``; activations are
+                           quantized per token, dynamically
+=========================  ====================================================  ===================
+
+Every output is ``x.shape[:-1] + (n,)`` in ``x``'s dtype (``y = x W^T`` of the dequantized weights).
+Formats are those of :mod:`trtdsl.quantization.numerics`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..dtypes import DType
+from ..errors import DTypeError, ShapeError
+from ..ir.symbolic import dim_equal
+from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
+from .numerics import (FP8_MAX, dequantize_weight, num_groups, quantize_fp8,
+                       quantize_per_token_int8, unpack_int4)
+
+__all__ = ["WEIGHT_ONLY_GEMM", "FP8_GEMM", "INT8_GEMM", "weight_only_gemm_reference",
+           "fp8_gemm_reference", "int8_gemm_reference"]
+
+WEIGHT_ONLY_GEMM = "trtdsl.weight_only_gemm"
+FP8_GEMM = "trtdsl.fp8_gemm"
+INT8_GEMM = "trtdsl.int8_gemm"
+_ACT_DTYPES = (DType.float32, DType.float16, DType.bfloat16)
+
+
+def _describe(tensors: list) -> str:
+    return ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in tensors)
+
+
+def _check(cond: bool, plugin: str, problem: str, ins: list, kind: type = ShapeError) -> None:
+    if not cond:
+        raise kind(f"{plugin}: {problem}\n  inputs: {_describe(ins)}")
+
+
+def _check_common(plugin: str, ins: list, n_inputs: int, w_dtype: DType, k_stored: Any) -> tuple:
+    _check(len(ins) == n_inputs, plugin, f"expects {n_inputs} inputs, got {len(ins)}", ins)
+    x, w = ins[0], ins[1]
+    _check(x.dtype in _ACT_DTYPES, plugin, f"activation must be float32/float16/bfloat16, got "
+           f"{x.dtype.value}", ins, DTypeError)
+    _check(w.dtype is w_dtype, plugin, f"weight must be {w_dtype.value}, got {w.dtype.value}", ins,
+           DTypeError)
+    _check(w.ndim == 2 and x.ndim >= 1, plugin, "weight must be 2-D and x at least 1-D", ins)
+    _check(dim_equal(w.shape[1], k_stored), plugin, f"weight has {w.shape[1]} stored input columns, "
+           f"expected {k_stored}", ins)
+    for t in ins[2:]:
+        _check(t.dtype is DType.float32, plugin, f"scale {t.name!r} must be float32", ins, DTypeError)
+    return x, w
+
+
+def _weight_only_shape(ins: list, fields: dict) -> list:
+    bits, k, group = fields["bits"], fields["in_features"], fields["group_size"]
+    _check(bits in (4, 8), WEIGHT_ONLY_GEMM, f"bits must be 4 or 8, got {bits}", ins)
+    _check(dim_equal(ins[0].shape[-1], k), WEIGHT_ONLY_GEMM,
+           f"x has {ins[0].shape[-1]} features, the weight {k}", ins)
+    x, w = _check_common(WEIGHT_ONLY_GEMM, ins, 3, DType.int4 if bits == 4 else DType.int8,
+                         k // 2 if bits == 4 else k)
+    _check(tuple(ins[2].shape) == (w.shape[0], num_groups(k, group)), WEIGHT_ONLY_GEMM,
+           f"scales must be [{w.shape[0]}, {num_groups(k, group)}]", ins)
+    return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
+
+
+def weight_only_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """Dequantize the weights to float32, multiply in float32, return in x's dtype."""
+    x, qweight, scales = ins
+    codes = unpack_int4(qweight) if fields["bits"] == 4 else qweight
+    w = dequantize_weight(codes, scales, fields["group_size"])
+    return (x.float() @ w.T).to(x.dtype)
+
+
+def _fp8_shape(ins: list, fields: dict) -> list:
+    x, w = _check_common(FP8_GEMM, ins, 4, DType.fp8, ins[0].shape[-1])
+    _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
+    _check(tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
+    return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
+
+
+def fp8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """Quantize x to e4m3 with the static input scale (saturating), multiply the e4m3 values exactly
+    in float32 (what ``torch._scaled_mm`` accumulates in), then apply both scales."""
+    x, w, w_scale, x_scale = ins
+    xq = quantize_fp8(x, x_scale)
+    acc = xq.float() @ w.float().T
+    return (acc * (x_scale.float() * w_scale.float())).to(x.dtype)
+
+
+def _int8_shape(ins: list, fields: dict) -> list:
+    x, w = _check_common(INT8_GEMM, ins, 3, DType.int8, ins[0].shape[-1])
+    _check(tuple(ins[2].shape) == (w.shape[0],), INT8_GEMM, "weight_scale must be [n]", ins)
+    return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
+
+
+def int8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """Per-token dynamic int8 activations times per-channel int8 weights. The int32 accumulation is
+    emulated exactly in float64 (every partial sum is an integer below 2**53), then scaled."""
+    x, w, w_scale = ins
+    xq, x_scale = quantize_per_token_int8(x)
+    acc = (xq.double() @ w.double().T).to(torch.int32)  # exactly the int32 accumulator
+    return (acc.float() * x_scale * w_scale.float()).to(x.dtype)
+
+
+def register() -> None:
+    """Register the three GEMM plugins. Idempotent: an existing spec is kept, so CUDA
+    implementations registered against it survive a re-import."""
+    specs = [
+        PluginSpec(WEIGHT_ONLY_GEMM, _weight_only_shape, weight_only_gemm_reference,
+                   doc="int8/int4 weight-only GEMM (W8A16 / W4A16, group-wise scales)"),
+        PluginSpec(FP8_GEMM, _fp8_shape, fp8_gemm_reference,
+                   doc=f"FP8 e4m3 W8A8 GEMM, static per-tensor input scale (max {FP8_MAX})"),
+        PluginSpec(INT8_GEMM, _int8_shape, int8_gemm_reference,
+                   doc="SmoothQuant int8 W8A8 GEMM, per-token activations, per-channel weights"),
+    ]
+    known = registered_plugins()
+    for spec in specs:
+        if spec.name not in known:
+            register_plugin(spec)
+
+
+register()

@@ -1,0 +1,245 @@
+"""``quantize_network``: the quantization IR pass.
+
+It works on any built network, whatever the architecture: every MATRIX_MULTIPLY whose weight is a
+constant (``F.linear`` on a Parameter) becomes one quantized-GEMM plugin
+(:mod:`trtdsl.quantization.plugins`) holding its quantized weights and scales as constants (so they
+are stored in the engine file like any weight), and every ``trtdsl.attention`` layer becomes
+``trtdsl.attention_quant_kv`` when the K/V cache is quantized. The input network is not modified.
+
+Per-input-channel scales (AWQ, SmoothQuant) are chosen per *group* of GEMMs reading the same
+activation (q/k/v; gate/up), folded into the weight of the normalization that produces the activation
+when nothing else reads it, or else applied by one multiply before the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+
+from .. import functional as F
+from ..dtypes import DType
+from ..errors import ConfigError
+from ..ir.network import Layer, LayerKind, Network, Tensor
+from . import kv_cache as kvq
+from . import numerics as nq
+from .calibration import CalibrationStats, collect_statistics
+from .config import CALIBRATED_MODES, QuantConfig
+from ..passes.dce import eliminate_dead_code
+from ..passes.graph import consumers
+from .graph import GemmSite, clone_network, constant_source, find_gemm_sites, group_by_input, splice
+from .plugins import FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM
+
+__all__ = ["quantize_network"]
+
+_QUANT_PLUGINS = (WEIGHT_ONLY_GEMM, FP8_GEMM, INT8_GEMM, kvq.ATTENTION_QUANT_KV)
+
+
+def quantize_network(network: Network, mode: str | None = None, *,
+                     calibration_feeds: Iterable[Mapping[str, Any]] | None = None,
+                     group_size: int = 128, kv_cache_dtype: str | None = None,
+                     config: QuantConfig | None = None, progress: bool = True,
+                     **options: Any) -> Network:
+    """Return a quantized copy of ``network``.
+
+    ``mode`` is one of ``"fp8"``, ``"int8_wo"``, ``"int4_wo"``, ``"int4_awq"``, ``"int8_sq"`` (or
+    ``None`` with a ``kv_cache_dtype``); ``options`` are the other :class:`QuantConfig` fields, or
+    pass a whole ``config``. ``calibration_feeds`` (step feeds of the float network, e.g. from
+    :func:`~trtdsl.quantization.prefill_feeds`) are needed by fp8, int4_awq, int8_sq and K/V cache
+    quantization.
+
+    >>> qnet = quantize_network(net, "int4_awq", calibration_feeds=feeds, group_size=64)
+    """
+    cfg = config or QuantConfig(mode=mode, group_size=group_size, kv_cache_dtype=kv_cache_dtype,
+                                **options)
+    already = sorted({layer.attrs["name"] for layer in network.layers
+                      if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") in _QUANT_PLUGINS})
+    if already:
+        raise ConfigError(f"quantize_network: network {network.name!r} is already quantized (it has "
+                          f"{already} layers); quantize the float network instead")
+    net = clone_network(network)
+    sites = find_gemm_sites(net, cfg.exclude) if cfg.mode else []
+    if cfg.mode and not sites:
+        raise ConfigError(f"quantize_network: network {network.name!r} has no GEMM with constant float "
+                          f"weights outside the excluded {list(cfg.exclude)}; nothing to quantize "
+                          f"with mode {cfg.mode!r}")
+    attention = _attention_layers(net) if cfg.kv_cache_dtype else []
+    stats = None
+    if cfg.needs_calibration:
+        if calibration_feeds is None:
+            what = f"mode {cfg.mode!r}" if cfg.mode in CALIBRATED_MODES else \
+                f"kv_cache_dtype {cfg.kv_cache_dtype!r}"
+            raise ConfigError(f"quantize_network: {what} needs calibration_feeds (step feeds of the "
+                              "float network), e.g. trtdsl.quantization.prefill_feeds(network, "
+                              "token_chunks(tokenizer.encode(builtin_text()), 256, 16))")
+        names = sorted({s.x.name for s in sites}) if cfg.mode in CALIBRATED_MODES else []
+        stats = collect_statistics(network, names, calibration_feeds, max_rows=cfg.max_calibration_rows,
+                                   kv_cache=cfg.kv_cache_dtype is not None, progress=progress)
+    if cfg.mode:
+        quantize_group = _GROUP_QUANTIZERS[cfg.mode]
+        for group in group_by_input(sites):
+            quantize_group(net, group, cfg, stats)
+    if cfg.kv_cache_dtype:
+        _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats)
+    eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
+    net.metadata["quantization"] = cfg.to_dict()
+    return net
+
+
+# -- GEMM rewrites ---------------------------------------------------------------------------------------
+def _const(net: Network, value: torch.Tensor, dtype: DType, name: str) -> Tensor:
+    with net.scope():
+        return F.constant(value, dtype, name=name)
+
+
+def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
+                  consts: list[tuple[str, torch.Tensor, DType]], **fields: Any) -> None:
+    """Replace ``site``'s matmul by ``plugin(x, *consts)``; constants are named after the weight."""
+    def build() -> Tensor:
+        tensors = [_const(net, v, dt, f"{site.weight_name}.{label}") for label, v, dt in consts]
+        return F.plugin(plugin, [x, *tensors], **fields)[0]
+    splice(net, site.layer, build, replace_layer=True, module_path=site.layer.module_path)
+
+
+def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits: int,
+                 group_size: int, clip: torch.Tensor | None = None) -> None:
+    k = w.shape[1]
+    if bits == 4 and k % 2:
+        raise ConfigError(f"quantize_network: int4 needs an even number of input features; "
+                          f"{site.describe()} has {k}; exclude it (exclude=(...)) or use int8_wo")
+    codes, scales = nq.quantize_weight(w, bits, group_size, clip)
+    qweight = (nq.pack_int4(codes), DType.int4) if bits == 4 else (codes, DType.int8)
+    _replace_gemm(net, site, x, WEIGHT_ONLY_GEMM,
+                  [("qweight", qweight[0], qweight[1]), ("scales", scales, DType.float32)],
+                  bits=bits, group_size=group_size, in_features=k)
+
+
+def _quantize_wo(net: Network, group: list[GemmSite], cfg: QuantConfig, stats: Any) -> None:
+    for site in group:
+        _weight_only(net, site, site.x, site.weight, cfg.weight_bits or 8, cfg.group_size)
+
+
+def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
+                  stats: CalibrationStats | None) -> None:
+    assert stats is not None
+    samples = stats.samples[group[0].x.name]
+    weights = [s.weight.float() for s in group]
+    s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid)
+    x = _scale_activation(net, group, 1.0 / s)
+    for site, w in zip(group, weights):
+        ws = w * s
+        clip = nq.awq_search_clip(samples / s, ws, cfg.group_size) if cfg.awq_clip else None
+        _weight_only(net, site, x, ws, 4, cfg.group_size, clip)
+
+
+def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
+                  stats: CalibrationStats | None) -> None:
+    assert stats is not None
+    x_amax = stats.amax[group[0].x.name].max().clamp_min(1e-8)
+    x_scale = (x_amax / nq.FP8_MAX).reshape(1).float()
+    for site in group:
+        w = site.weight.float()
+        amax = w.abs().amax(dim=1) if cfg.fp8_per_channel_weights else w.abs().amax().reshape(1)
+        w_scale = amax.clamp_min(1e-8) / nq.FP8_MAX
+        codes = nq.quantize_fp8(w, w_scale[:, None])
+        _replace_gemm(net, site, site.x, FP8_GEMM, [("weight", codes, DType.fp8),
+                      ("weight_scale", w_scale, DType.float32), ("input_scale", x_scale, DType.float32)])
+
+
+def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,
+                 stats: CalibrationStats | None) -> None:
+    assert stats is not None
+    weights = [s.weight.float() for s in group]
+    s = nq.smoothquant_scales(stats.amax[group[0].x.name], weights, cfg.smoothquant_alpha)
+    x = _scale_activation(net, group, 1.0 / s)
+    for site, w in zip(group, weights):
+        codes, scales = nq.quantize_weight(w * s, 8, 0)
+        _replace_gemm(net, site, x, INT8_GEMM, [("weight", codes, DType.int8),
+                      ("weight_scale", scales.reshape(-1), DType.float32)])
+
+
+_GROUP_QUANTIZERS: dict[str, Callable[..., None]] = {
+    "int8_wo": _quantize_wo, "int4_wo": _quantize_wo, "int4_awq": _quantize_awq,
+    "fp8": _quantize_fp8, "int8_sq": _quantize_sq,
+}
+
+
+def _scale_activation(net: Network, group: list[GemmSite], factor: torch.Tensor) -> Tensor:
+    """Multiply the group's shared activation by ``factor [k]`` per channel: folded into the weight
+    (and bias) of the producing normalization when the group's GEMMs are its only readers, else one
+    elementwise multiply before the first GEMM of the group. Returns the tensor the GEMMs read."""
+    x = group[0].x
+    norm = x.producer
+    readers = consumers(net)
+    if norm is not None and norm.kind is LayerKind.NORMALIZATION and \
+            {id(layer) for layer in readers.get(id(x), [])} == {id(s.layer) for s in group} and \
+            not any(t is x for t in net.outputs.values()):
+        sources = [_private_constant(t, readers) for t in norm.inputs[1:]]
+        if all(src is not None for src in sources):
+            for src in sources:
+                assert src is not None
+                value = src.attrs["value"]
+                src.attrs["value"] = (value.float() * factor).to(value.dtype)
+            return x
+    first = group[0].layer
+    result = splice(net, first, lambda: F.mul(x, _const(net, factor.to(x.dtype.torch), x.dtype,
+                                                        f"{first.name}.input_scale")),
+                    replace_layer=False, module_path=first.module_path)
+    assert result is not None
+    return result
+
+
+def _private_constant(t: Tensor, readers: dict[int, list[Layer]]) -> Layer | None:
+    """The constant behind ``t`` if ``t`` is its only use (so changing it affects nothing else)."""
+    src = constant_source(t)
+    if src is None:
+        return None
+    cur = src.outputs[0]
+    while cur is not t:  # walk the reshape chain down to t, checking each link has one reader
+        users = readers.get(id(cur), [])
+        if len(users) != 1:
+            return None
+        cur = users[0].outputs[0]
+    return src if len(readers.get(id(t), [])) == 1 else None
+
+
+# -- K/V cache ---------------------------------------------------------------------------------------------
+def _attention_layers(net: Network) -> list[Layer]:
+    layers = [layer for layer in net.layers
+              if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == kvq.ATTENTION]
+    if not layers:
+        raise ConfigError(f"quantize_network: kv_cache_dtype needs {kvq.ATTENTION} layers and network "
+                          f"{net.name!r} has none")
+    return layers
+
+
+def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
+                       stats: CalibrationStats | None) -> None:
+    assert stats is not None
+    pool = layers[0].inputs[6]
+    input_name = next((n for n, t in net.inputs.items() if t is pool), None)
+    other = [layer.name for layer in consumers(net).get(id(pool), []) if not any(layer is a for a in layers)]
+    if input_name is None or other:
+        raise ConfigError(f"quantize_network: the K/V cache {pool.name!r} must be a network input read "
+                          f"only by {kvq.ATTENTION} layers (also read by {other})")
+    pool.dtype = dtype  # the pool is stored quantized: its input's dtype changes with it
+    net.input_specs[input_name] = replace(net.input_specs[input_name], dtype=dtype)
+    for layer in layers:
+        fields = dict(layer.attrs["fields"])
+        amax = stats.kv_amax.get(fields["layer_idx"])
+        if amax is None:
+            raise ConfigError(f"quantize_network: calibration saw no K/V for attention layer "
+                              f"{layer.name!r} (layer_idx {fields['layer_idx']})")
+        scales = (amax.float().clamp_min(1e-6) / kvq.KV_QMAX[dtype]).reshape(2)
+        inputs = list(layer.inputs)
+
+        def build(inputs: list[Tensor] = inputs, scales: torch.Tensor = scales,
+                  fields: dict = fields, name: str = layer.name) -> Tensor:
+            t = _const(net, scales, DType.float32, f"{name}.kv_scales")
+            return F.plugin(kvq.ATTENTION_QUANT_KV, [*inputs, t], **fields,
+                            kv_cache_dtype=dtype.value)[0]
+        splice(net, layer, build, replace_layer=True, module_path=layer.module_path)
+    net.metadata["kv_cache_dtype"] = dtype.value
+    if isinstance(net.metadata.get("build"), dict):  # what the model's build_network recorded
+        net.metadata["build"]["kv_cache_dtype"] = dtype.value
