@@ -13,9 +13,12 @@ import re
 import statistics
 from pathlib import Path
 
+import sys
+
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 from trtdsl.plugins import cuda as K
 
 
