@@ -1,0 +1,247 @@
+"""trtdsl plugins as TensorRT 11 Python plugins (``tensorrt.plugin``, "QDP").
+
+Each trtdsl plugin (``trtdsl.plugins.registered_plugins()``) gets a TensorRT plugin
+``trtdsl::<name>``: a ``@trtp.register`` function describing the outputs with shape expressions, and
+a ``@trtp.impl`` function that runs at enqueue time on TensorRT's stream. The implementation is the
+one the torch executor uses on CUDA: ``PluginSpec.implementations["cuda"]`` (the C launchers of
+``trtdsl/plugins/cuda``, registered by that package), falling back to the torch reference when no
+kernel is registered, so the engine computes exactly what the torch executor does.
+
+The K/V cache is written in place: the attention plugins declare an extra output *aliased* to the
+``kv_cache`` input (``TensorDesc.aliased()``), TensorRT's way of saying "this input is modified".
+
+No ``from __future__ import annotations`` here on purpose: ``tensorrt.plugin`` reads the decorated
+functions' annotations as objects (``inspect.signature``) to learn inputs, attributes and outputs.
+"""
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+
+from ...errors import BackendError, PluginError
+from ...ir.network import Layer
+from ...plugins.registry import get_plugin
+from ._trt import dtype_of_trt, require_tensorrt
+from .context import LoweringContext
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+
+__all__ = ["PLUGIN_LOWERINGS", "PluginLowering", "lower_plugin", "register_tensorrt_plugins",
+           "NAMESPACE"]
+
+NAMESPACE = "trtdsl"
+_ATTENTION_FIELDS: tuple[tuple[str, type, Any], ...] = (
+    ("num_heads", int, None), ("num_kv_heads", int, None), ("head_dim", int, None),
+    ("layer_idx", int, None), ("tokens_per_block", int, None), ("softmax_scale", float, None),
+    ("rotary_dim", int, 0), ("rope_style", str, "neox"))
+
+
+@dataclass(frozen=True)
+class PluginLowering:
+    """How one trtdsl plugin becomes a TensorRT plugin layer.
+
+    ``fields``: ``(name, type, default)`` of each attribute, in the TensorRT plugin's order (``None``
+    default = required); ``num_outputs``: TensorRT outputs, which may exceed the IR's (aliases)."""
+
+    qdp_name: str
+    fields: tuple[tuple[str, type, Any], ...]
+    num_outputs: int = 1
+
+
+PLUGIN_LOWERINGS: dict[str, PluginLowering] = {
+    "trtdsl.attention": PluginLowering("attention", _ATTENTION_FIELDS, num_outputs=2),
+    "trtdsl.attention_quant_kv": PluginLowering("attention_quant_kv", _ATTENTION_FIELDS, num_outputs=2),
+    "trtdsl.weight_only_gemm": PluginLowering(
+        "weight_only_gemm", (("bits", int, None), ("group_size", int, None), ("in_features", int, None))),
+    "trtdsl.fp8_gemm": PluginLowering("fp8_gemm", ()),
+    "trtdsl.int8_gemm": PluginLowering("int8_gemm", ()),
+}
+
+
+def lower_plugin(ctx: LoweringContext, layer: Layer, ins: "list[trt.ITensor]") -> "list[trt.ITensor]":
+    """Add the TensorRT plugin layer of IR plugin layer ``layer``; returns the IR's outputs."""
+    import tensorrt.plugin as trtp
+
+    name = str(layer.attrs["name"])
+    lowering = PLUGIN_LOWERINGS.get(name)
+    if lowering is None:
+        raise BackendError(f"TensorRT lowering: plugin {name!r} (layer {layer.name!r}) has no TensorRT "
+                           f"lowering; known: {sorted(PLUGIN_LOWERINGS)}")
+    register_tensorrt_plugins()
+    given = dict(layer.attrs["fields"])
+    attrs: dict[str, Any] = {}
+    for field_name, kind, default in lowering.fields:
+        if field_name not in given and default is None:
+            raise PluginError(f"plugin layer {layer.name!r} ({name}) lacks attribute {field_name!r}")
+        attrs[field_name] = kind(given.get(field_name, default))
+    plugin_def: trtp.PluginDef = getattr(getattr(trtp.op, NAMESPACE), lowering.qdp_name)
+    factory = plugin_def(*ins, **attrs)
+    plugin_layer = ctx.finish(ctx.network.add_plugin(factory), layer)
+    return [plugin_layer.get_output(i) for i in range(len(layer.outputs))]
+
+
+# -- run time --------------------------------------------------------------------------------------------
+_WIDTH_TYPES = {1: "|i1", 2: "<i2", 4: "<i4", 8: "<i8"}
+
+
+class _DeviceArray:
+    """``__cuda_array_interface__`` of a plugin tensor, typed as same-width integers so that dtypes
+    the interface cannot name (bfloat16, fp8) still map; the torch view restores the real dtype."""
+
+    def __init__(self, t: "trtp.Tensor", itemsize: int, stream: int):
+        self.__cuda_array_interface__ = {
+            "shape": tuple(int(d) for d in t.shape), "typestr": _WIDTH_TYPES[itemsize],
+            "strides": tuple(int(s) * itemsize for s in t.strides), "data": (int(t.data_ptr), False),
+            "version": 3, "stream": stream}
+
+
+def torch_view(t: "trtp.Tensor", stream: int) -> torch.Tensor:
+    """A torch CUDA tensor over a TensorRT plugin tensor's memory (no copy)."""
+    dtype = dtype_of_trt(t.dtype).torch
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = torch.as_tensor(_DeviceArray(t, itemsize, stream), device="cuda")
+    return raw.view(dtype)
+
+
+def run_plugin(name: str, inputs: "list[trtp.Tensor]", fields: dict[str, Any],
+               outputs: "tuple[trtp.Tensor, ...]", stream: int) -> None:
+    """Run trtdsl plugin ``name`` on TensorRT's stream and write its result into ``outputs``."""
+    spec = get_plugin(name)
+    impl = spec.implementations.get("cuda", spec.reference)
+    # torch's ExternalStream is not annotated; it wraps TensorRT's cudaStream_t handle (an int).
+    external = torch.cuda.ExternalStream(stream)  # type: ignore[no-untyped-call]
+    with torch.cuda.stream(external):
+        values = [torch_view(t, stream) for t in inputs]
+        result = impl(values, fields, {})
+        results = list(result) if isinstance(result, (list, tuple)) else [result]
+        for out, value in zip(outputs, results):
+            torch_view(out, stream).copy_(value)
+
+
+# -- registration ----------------------------------------------------------------------------------------
+def register_tensorrt_plugins() -> None:
+    """Register every trtdsl plugin with TensorRT (needed to build and to deserialize engines).
+
+    TensorRT's plugin registry is process-global, so this checks it and registers only what is
+    missing (calling it again is free)."""
+    require_tensorrt()
+    import tensorrt.plugin as trtp
+
+    registrars: dict[str, Callable[[], None]] = {
+        "attention": _register_attention, "attention_quant_kv": _register_attention_quant_kv,
+        "weight_only_gemm": _register_weight_only_gemm, "fp8_gemm": _register_fp8_gemm,
+        "int8_gemm": _register_int8_gemm,
+    }
+    for qdp_name, registrar in registrars.items():
+        if not _is_registered(qdp_name):
+            registrar()
+
+
+def _is_registered(qdp_name: str) -> bool:
+    import tensorrt.plugin as trtp
+    try:
+        getattr(getattr(trtp.op, NAMESPACE), qdp_name)
+    except AttributeError:
+        return False
+    return True
+
+
+def _gemm_desc(x: "trtp.TensorDesc", w: "trtp.TensorDesc") -> "trtp.TensorDesc":
+    """``x.shape[:-1] + (n,)`` in x's dtype: the output of every quantized GEMM plugin."""
+    import tensorrt.plugin as trtp
+    dims = list(x.shape_expr)[:-1] + [w.shape_expr[0]]
+    return trtp.from_shape_expr(tuple(dims), dtype=x.dtype)
+
+
+def _attention_desc(qkv: "trtp.TensorDesc", kv_cache: "trtp.TensorDesc", num_heads: int,
+                    head_dim: int) -> "tuple[trtp.TensorDesc, trtp.TensorDesc]":
+    import tensorrt.plugin as trtp
+    out = trtp.from_shape_expr((qkv.shape_expr[0], num_heads * head_dim), dtype=qkv.dtype)
+    return out, kv_cache.aliased()
+
+
+def _register_attention() -> None:
+    import tensorrt.plugin as trtp
+
+    @trtp.register(f"{NAMESPACE}::attention")
+    def describe(qkv: trtp.TensorDesc, position_ids: trtp.TensorDesc, seq_lens: trtp.TensorDesc, past_lens: trtp.TensorDesc, cu_seqlens: trtp.TensorDesc, block_tables: trtp.TensorDesc,
+                 kv_cache: trtp.TensorDesc, rope_cos_sin: trtp.TensorDesc, num_heads: int, num_kv_heads: int, head_dim: int,
+                 layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
+                 rope_style: str) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
+        return _attention_desc(qkv, kv_cache, num_heads, head_dim)
+
+    @trtp.impl(f"{NAMESPACE}::attention")
+    def run(qkv: trtp.Tensor, position_ids: trtp.Tensor, seq_lens: trtp.Tensor, past_lens: trtp.Tensor, cu_seqlens: trtp.Tensor, block_tables: trtp.Tensor,
+            kv_cache: trtp.Tensor, rope_cos_sin: trtp.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+            layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
+            rope_style: str, outputs: tuple[trtp.Tensor, trtp.Tensor], stream: int) -> None:
+        fields = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                      layer_idx=layer_idx, tokens_per_block=tokens_per_block,
+                      softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style)
+        ins = [qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin]
+        run_plugin("trtdsl.attention", ins, fields, outputs[:1], stream)
+
+
+def _register_attention_quant_kv() -> None:
+    import tensorrt.plugin as trtp
+
+    @trtp.register(f"{NAMESPACE}::attention_quant_kv")
+    def describe(qkv: trtp.TensorDesc, position_ids: trtp.TensorDesc, seq_lens: trtp.TensorDesc, past_lens: trtp.TensorDesc, cu_seqlens: trtp.TensorDesc, block_tables: trtp.TensorDesc,
+                 kv_cache: trtp.TensorDesc, rope_cos_sin: trtp.TensorDesc, kv_scales: trtp.TensorDesc, num_heads: int, num_kv_heads: int,
+                 head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float,
+                 rotary_dim: int, rope_style: str) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
+        return _attention_desc(qkv, kv_cache, num_heads, head_dim)
+
+    @trtp.impl(f"{NAMESPACE}::attention_quant_kv")
+    def run(qkv: trtp.Tensor, position_ids: trtp.Tensor, seq_lens: trtp.Tensor, past_lens: trtp.Tensor, cu_seqlens: trtp.Tensor, block_tables: trtp.Tensor,
+            kv_cache: trtp.Tensor, rope_cos_sin: trtp.Tensor, kv_scales: trtp.Tensor, num_heads: int, num_kv_heads: int,
+            head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float,
+            rotary_dim: int, rope_style: str, outputs: tuple[trtp.Tensor, trtp.Tensor], stream: int) -> None:
+        fields = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                      layer_idx=layer_idx, tokens_per_block=tokens_per_block,
+                      softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style)
+        ins = [qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
+               rope_cos_sin, kv_scales]
+        run_plugin("trtdsl.attention_quant_kv", ins, fields, outputs[:1], stream)
+
+
+def _register_weight_only_gemm() -> None:
+    import tensorrt.plugin as trtp
+
+    @trtp.register(f"{NAMESPACE}::weight_only_gemm")
+    def describe(x: trtp.TensorDesc, qweight: trtp.TensorDesc, scales: trtp.TensorDesc, bits: int, group_size: int, in_features: int) -> trtp.TensorDesc:
+        return _gemm_desc(x, qweight)
+
+    @trtp.impl(f"{NAMESPACE}::weight_only_gemm")
+    def run(x: trtp.Tensor, qweight: trtp.Tensor, scales: trtp.Tensor, bits: int, group_size: int, in_features: int,
+            outputs: tuple[trtp.Tensor], stream: int) -> None:
+        fields = dict(bits=bits, group_size=group_size, in_features=in_features)
+        run_plugin("trtdsl.weight_only_gemm", [x, qweight, scales], fields, outputs, stream)
+
+
+def _register_fp8_gemm() -> None:
+    import tensorrt.plugin as trtp
+
+    @trtp.register(f"{NAMESPACE}::fp8_gemm")
+    def describe(x: trtp.TensorDesc, weight: trtp.TensorDesc, weight_scale: trtp.TensorDesc, input_scale: trtp.TensorDesc) -> trtp.TensorDesc:
+        return _gemm_desc(x, weight)
+
+    @trtp.impl(f"{NAMESPACE}::fp8_gemm")
+    def run(x: trtp.Tensor, weight: trtp.Tensor, weight_scale: trtp.Tensor, input_scale: trtp.Tensor, outputs: tuple[trtp.Tensor],
+            stream: int) -> None:
+        run_plugin("trtdsl.fp8_gemm", [x, weight, weight_scale, input_scale], {}, outputs, stream)
+
+
+def _register_int8_gemm() -> None:
+    import tensorrt.plugin as trtp
+
+    @trtp.register(f"{NAMESPACE}::int8_gemm")
+    def describe(x: trtp.TensorDesc, weight: trtp.TensorDesc, weight_scale: trtp.TensorDesc) -> trtp.TensorDesc:
+        return _gemm_desc(x, weight)
+
+    @trtp.impl(f"{NAMESPACE}::int8_gemm")
+    def run(x: trtp.Tensor, weight: trtp.Tensor, weight_scale: trtp.Tensor, outputs: tuple[trtp.Tensor], stream: int) -> None:
+        run_plugin("trtdsl.int8_gemm", [x, weight, weight_scale], {}, outputs, stream)
