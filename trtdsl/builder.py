@@ -51,7 +51,7 @@ class BuildConfig:
 
     Attributes:
         max_batch_size: most sequences in one step.
-        max_input_len: longest prompt a request may have.
+        max_input_len: longest prompt a request may have; ``None`` is ``min(1024, max_seq_len)``.
         max_seq_len: longest sequence (prompt + generated); ``None`` takes the model's
             ``max_position_embeddings``, capped at 4096 to keep the RoPE table and K/V pool small.
         max_num_tokens: most packed tokens in one step (longer prompts are processed in chunks);
@@ -77,7 +77,7 @@ class BuildConfig:
     """
 
     max_batch_size: int = 8
-    max_input_len: int = 1024
+    max_input_len: int | None = None
     max_seq_len: int | None = None
     max_num_tokens: int | None = None
     dtype: str = "float32"
@@ -95,14 +95,14 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_batch_size", "max_input_len", "tokens_per_block"):
+        for name in ("max_batch_size", "tokens_per_block"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 problems.append(f"{name} must be a positive int, got {getattr(self, name)!r}")
-        for name in ("max_seq_len", "max_num_tokens"):
+        for name in ("max_input_len", "max_seq_len", "max_num_tokens"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v <= 0):
                 problems.append(f"{name} must be a positive int or None, got {v!r}")
-        if self.max_seq_len is not None and isinstance(self.max_input_len, int) and \
+        if isinstance(self.max_seq_len, int) and isinstance(self.max_input_len, int) and \
                 self.max_input_len > self.max_seq_len:
             problems.append(f"max_input_len {self.max_input_len} > max_seq_len {self.max_seq_len}")
         if self.backend not in BACKENDS:
@@ -140,7 +140,7 @@ class BuildConfig:
         if max_position_embeddings is not None and seq > max_position_embeddings:
             raise ConfigError(f"max_seq_len {seq} exceeds the model's max_position_embeddings "
                               f"{max_position_embeddings}")
-        inp = min(self.max_input_len, seq)
+        inp = min(self.max_input_len or 1024, seq)
         tokens = self.max_num_tokens or max(inp, min(8192, self.max_batch_size * inp))
         return dataclasses.replace(self, max_seq_len=seq, max_input_len=inp, max_num_tokens=tokens)
 
