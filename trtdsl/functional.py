@@ -10,6 +10,15 @@ naming the op and every input.
 >>> y = F.softmax(F.relu(x) * 2.0, dim=-1)
 >>> y.shape
 (batch, 64)
+
+The one-line example in each op's docstring uses these tensors of one network ``net`` (dims ``n``
+and ``b`` are dynamic): ``x`` float32[n, 8]; ``var`` float32[n, 1]; ``ids`` int32[n] (< 10);
+``lens`` int32[b]; ``mask``, ``m1``, ``m2`` bool[n, 8]; ``scores`` float32[n, n]; ``logits``,
+``logprobs`` float32[n, 10]; ``token_ids`` int64[n, 1]; ``pos_k`` int32[1, n]; ``pos_q`` int32[n, 1];
+``q``, ``k``, ``v`` float32[1, 2, n, 8]; ``kv`` float32[2, n, 8]; ``qkv`` float32[n, 24];
+``gate_up`` float32[n, 16]; ``heads`` float32[n, 2, 8]; ``cos_pos``, ``sin_pos`` float32[n, 1, 8];
+and torch weights ``w`` [16, 8], ``b`` [16], ``table`` [10, 8]. ``tests/test_docstrings.py`` runs
+every example against exactly these.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ _INDEX = (DType.int32, DType.int64)
 def matmul(a: TensorLike, b: TensorLike, transpose_a: bool = False, transpose_b: bool = False) -> Tensor:
     """Matrix product with torch semantics (1-D operands, broadcast batch dims).
 
-    >>> y = matmul(x, w, transpose_b=True)   # [b, s, k] @ [n, k]^T -> [b, s, n]
+    >>> y = matmul(x, w, transpose_b=True)       # [n, 8] @ [16, 8]^T -> [n, 16]
     """
     net = network_of(a, b, op="matmul")
     ta, tb = as_tensor(a, net, op="matmul"), as_tensor(b, net, op="matmul")
@@ -73,7 +73,7 @@ def _broadcast_batch(a: Tensor, b: Tensor) -> tuple:
 def linear(x: Tensor, weight: TensorLike, bias: TensorLike | None = None) -> Tensor:
     """``x @ weight.T + bias`` with ``weight [out, in]`` (torch.nn.Linear's layout).
 
-    >>> y = linear(x, w, b)     # float32[t, 64] -> float32[t, 128] for w: [128, 64]
+    >>> y = linear(x, w, b)                      # [n, 8], w [16, 8], b [16] -> [n, 16]
     """
     net = network_of(x, weight, bias, op="linear")
     w = as_tensor(weight, net, op="linear")
@@ -90,7 +90,7 @@ def index_select(x: TensorLike, dim: int, index: Tensor) -> Tensor:
     """Select slices of ``x`` along ``dim`` at ``index`` (any shape, int32/int64); the result has
     ``x.shape[:dim] + index.shape + x.shape[dim+1:]`` (TensorRT's default gather).
 
-    >>> rows = index_select(table, 0, ids)
+    >>> rows = index_select(table, 0, ids)       # [10, 8] at int32[n] -> [n, 8]
     """
     net = network_of(x, index, op="index_select")
     tx = as_tensor(x, net, op="index_select")
@@ -104,14 +104,17 @@ def index_select(x: TensorLike, dim: int, index: Tensor) -> Tensor:
 
 
 def embedding(ids: Tensor, weight: TensorLike) -> Tensor:
-    """Rows of ``weight [vocab, hidden]`` for each id. ``>>> h = embedding(input_ids, wte)``"""
+    """Rows of ``weight [vocab, hidden]`` for each id.
+
+    >>> h = embedding(ids, table)                # int32[n], table [10, 8] -> [n, 8]
+    """
     return index_select(weight, 0, ids)
 
 
 def gather(x: Tensor, dim: int, index: Tensor) -> Tensor:
     """``torch.gather``: ``out[i][j] = x[index[i][j]][j]`` for ``dim=0`` (same rank).
 
-    >>> picked = gather(logprobs, 1, token_ids)
+    >>> picked = gather(logprobs, 1, token_ids)  # [n, 10] at int64[n, 1] -> [n, 1]
     """
     net = network_of(x, index, op="gather")
     if index.dtype not in _INDEX:
@@ -151,7 +154,7 @@ def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: TensorL
                bias: TensorLike | None = None, eps: float = 1e-5) -> Tensor:
     """LayerNorm over the trailing ``normalized_shape`` dims (computed in float32).
 
-    >>> y = layer_norm(x, 768, w, b, eps=1e-5)
+    >>> y = layer_norm(x, 8, eps=1e-5)
     """
     n = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
     return _norm("layer", x, weight, bias, n, eps, "layer_norm")
@@ -160,7 +163,7 @@ def layer_norm(x: Tensor, normalized_shape: int | Sequence[int], weight: TensorL
 def rms_norm(x: Tensor, weight: TensorLike | None = None, eps: float = 1e-6) -> Tensor:
     """RMSNorm over the last dim, Hugging Face style: ``w * (x / rms(x)).to(dtype)`` in float32.
 
-    >>> y = rms_norm(x, w, eps=1e-5)
+    >>> y = rms_norm(x, torch.ones(8), eps=1e-5)
     """
     return _norm("rms", x, weight, None, 1, eps, "rms_norm")
 
@@ -171,7 +174,7 @@ def rotary_embedding(x: Tensor, cos: TensorLike, sin: TensorLike, style: str = "
     ``cos``/``sin`` broadcast against ``x[..., :rotary_dim]`` and follow Hugging Face's layout (halves
     duplicated for ``"neox"``/rotate-half; each angle repeated twice for ``"gptj"``/interleaved).
 
-    >>> q = rotary_embedding(q, cos, sin)      # q: [t, heads, 64], cos/sin: [t, 1, 64]
+    >>> h = rotary_embedding(heads, cos_pos, sin_pos)   # [n, 2, 8], cos/sin [n, 1, 8]
     """
     if style not in ("neox", "gptj"):
         raise op_error(ValueError, "rotary_embedding", f"style {style!r}; expected 'neox' or 'gptj'", [x])
@@ -199,7 +202,7 @@ def arange(start: Dim, end: Dim | None = None, step: int = 1, *, dtype: Any = "i
     """``[start, end)`` by ``step``; ends may be symbolic dims (``x.shape[0]``).
 
     >>> with net.scope():
-    ...     pos = arange(8)
+    ...     pos = arange(x.shape[0])          # int32[n]
     """
     if end is None:
         start, end = 0, start
@@ -215,7 +218,10 @@ def arange(start: Dim, end: Dim | None = None, step: int = 1, *, dtype: Any = "i
 
 
 def full(shape: Sequence[Dim], value: float, dtype: Any = "float32", *, network: Network | None = None) -> Tensor:
-    """A tensor of ``shape`` (static or symbolic) filled with ``value``. ``>>> z = full((n, 4), 0.0)``"""
+    """A tensor of ``shape`` (static or symbolic) filled with ``value``.
+
+    >>> z = full((x.shape[0], 4), 0.0, network=net)   # float32[n, 4]
+    """
     net = network or active_network()
     dt = dtype_of(dtype)
     shape = tuple(shape)
@@ -225,20 +231,26 @@ def full(shape: Sequence[Dim], value: float, dtype: Any = "float32", *, network:
 
 
 def constant(value: Any, dtype: Any = None, *, network: Network | None = None, name: str = "constant") -> Tensor:
-    """A constant from a torch/numpy array or Python value. ``>>> c = constant([1, 2], "int32")``"""
+    """A constant from a torch/numpy array or Python value.
+
+    >>> c = constant([1, 2], "int32", network=net)
+    """
     net = network or active_network()
     return constant_tensor(net, value, dtype_of(dtype) if dtype is not None else None, name)
 
 
 def shape_of(x: Tensor) -> Tensor:
-    """The run-time shape of ``x`` as an int64 ``[rank]`` tensor. ``>>> s = shape_of(x)``"""
+    """The run-time shape of ``x`` as an int64 ``[rank]`` tensor.
+
+    >>> s = shape_of(x)                          # int64[2]: (n, 8) at run time
+    """
     return single(x.network.add_layer(LayerKind.SHAPE, "shape", [x], [(DType.int64, (x.ndim,))]))
 
 
 def causal_mask(q_len: Dim, kv_len: Dim, *, network: Network) -> Tensor:
     """Bool ``[q_len, kv_len]``: query ``i`` sees keys ``j <= i + kv_len - q_len``.
 
-    >>> mask = causal_mask(s, s, network=x.network)
+    >>> m = causal_mask(x.shape[0], x.shape[0], network=net)   # bool[n, n]
     """
     q = reshape(arange(q_len, network=network), -1, 1)
     k = reshape(arange(kv_len, network=network), 1, -1)
@@ -256,7 +268,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Ten
     """``softmax(q k^T * scale + mask) v`` over ``[..., heads, seq, head_dim]`` (composite; the
     paged fused kernel is the ``trtdsl.attention`` plugin). Bool masks keep ``True`` entries.
 
-    >>> out = scaled_dot_product_attention(q, k, v, is_causal=True)
+    >>> out = scaled_dot_product_attention(q, k, v, is_causal=True)   # [1, 2, n, 8]
     """
     check_same_dtype("scaled_dot_product_attention", q, k, v)
     check_float("scaled_dot_product_attention", q)
@@ -290,7 +302,7 @@ def _repeat_kv(x: Tensor, num_heads: Dim) -> Tensor:
 def plugin(name: str, inputs: Sequence[TensorLike], **fields: Any) -> list[Tensor]:
     """Add a plugin layer (a registered kernel with a torch reference); returns its outputs.
 
-    >>> (out,) = plugin("trtdsl.attention", [qkv, pos, ...], num_heads=8, ...)
+    >>> (y,) = plugin("example.scale", [x], factor=2.0)   # a registered plugin
     """
     from ..plugins.registry import get_plugin
     spec = get_plugin(name)

@@ -32,33 +32,51 @@ def _reduce(op: str, x: Tensor, dim: int | Sequence[int] | None, keepdim: bool, 
 
 
 def sum(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:  # noqa: A001
-    """Sum over ``dim`` (all dims if None). ``>>> s = sum(x, -1, keepdim=True)``"""
+    """Sum over ``dim`` (all dims if None).
+
+    >>> s = sum(x, -1, keepdim=True)             # [n, 8] -> [n, 1]
+    """
     return _reduce("sum", x, dim, keepdim, "sum")
 
 
 def mean(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
-    """Mean over ``dim`` (float). ``>>> m = mean(x, -1, keepdim=True)``"""
+    """Mean over ``dim`` (float).
+
+    >>> m = mean(x, -1, keepdim=True)            # [n, 8] -> [n, 1]
+    """
     check_float("mean", x)
     return _reduce("avg", x, dim, keepdim, "mean")
 
 
 def max(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:  # noqa: A001
-    """Max over ``dim`` (values only; see ``topk``/``argmax`` for indices). ``>>> m = max(x, -1)``"""
+    """Max over ``dim`` (values only; see ``topk``/``argmax`` for indices).
+
+    >>> m = max(x, -1)                           # [n, 8] -> [n]
+    """
     return _reduce("max", x, dim, keepdim, "max")
 
 
 def min(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:  # noqa: A001
-    """Min over ``dim``. ``>>> m = min(x, -1)``"""
+    """Min over ``dim``.
+
+    >>> m = min(x, -1)                           # [n, 8] -> [n]
+    """
     return _reduce("min", x, dim, keepdim, "min")
 
 
 def prod(x: Tensor, dim: int | Sequence[int] | None = None, keepdim: bool = False) -> Tensor:
-    """Product over ``dim``. ``>>> p = prod(x, 0)``"""
+    """Product over ``dim``.
+
+    >>> p = prod(x, 0)                           # [n, 8] -> [8]
+    """
     return _reduce("prod", x, dim, keepdim, "prod")
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """Softmax along ``dim`` (float). ``>>> p = softmax(scores, -1)``"""
+    """Softmax along ``dim`` (float).
+
+    >>> p = softmax(scores, -1)                  # float32[n, n]
+    """
     check_float("softmax", x)
     axis = normalize_axis(dim, x.ndim, "softmax", x)
     return single(x.network.add_layer(LayerKind.SOFTMAX, "softmax", [x], [(x.dtype, x.shape)],
@@ -66,7 +84,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 
 def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
-    """``x - max - log(sum(exp(x - max)))`` along ``dim`` (float, stable). ``>>> lp = log_softmax(logits)``"""
+    """``x - max - log(sum(exp(x - max)))`` along ``dim`` (float, stable).
+
+    >>> lp = log_softmax(logits, -1)             # float32[n, 10]
+    """
     from .elementwise import exp, log, sub
     check_float("log_softmax", x)
     shifted = sub(x, max(x, dim, keepdim=True))
@@ -76,7 +97,7 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
     """The ``k`` largest (or smallest) values along ``dim`` and their int32 indices, sorted.
 
-    >>> values, indices = topk(logits, 5)
+    >>> values, indices = topk(logits, 5)        # float32[n, 5], int32[n, 5]
     """
     axis = normalize_axis(dim, x.ndim, "topk", x)
     size = x.shape[axis]
@@ -89,7 +110,10 @@ def topk(x: Tensor, k: int, dim: int = -1, largest: bool = True) -> tuple[Tensor
 
 
 def argmax(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
-    """Index (int32) of the max along ``dim``; ties pick the first. ``>>> tok = argmax(logits, -1)``"""
+    """Index (int32) of the max along ``dim``; ties pick the first.
+
+    >>> tok = argmax(logits, -1)                 # float32[n, 10] -> int32[n]
+    """
     from .shape import squeeze
     axis = normalize_axis(dim, x.ndim, "argmax", x)
     _, idx = topk(x, 1, axis)
@@ -97,7 +121,10 @@ def argmax(x: Tensor, dim: int = -1, keepdim: bool = False) -> Tensor:
 
 
 def cumsum(x: Tensor, dim: int, exclusive: bool = False, reverse: bool = False) -> Tensor:
-    """Cumulative sum along ``dim`` (optionally exclusive / reversed). ``>>> c = cumsum(lens, 0)``"""
+    """Cumulative sum along ``dim`` (optionally exclusive / reversed).
+
+    >>> starts = cumsum(lens, 0, exclusive=True) # int32[b]
+    """
     if x.dtype is DType.bool:
         raise op_error(DTypeError, "cumsum", "cannot sum a bool tensor", [x], "cast to int32 first")
     axis = normalize_axis(dim, x.ndim, "cumsum", x)

@@ -49,7 +49,7 @@ def _div_exact(a: Dim, b: Dim) -> Dim | None:
 def reshape(x: Tensor, *shape: Any) -> Tensor:
     """Reshape to ``shape`` (ints, symbolic dims such as ``x.shape[0]``, and at most one ``-1``).
 
-    >>> y = reshape(x, -1, 64)        # float32[n, 128] -> float32[2*n, 64]
+    >>> y = reshape(x, -1, 4)                    # float32[n, 8] -> float32[2*n, 4]
     """
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = tuple(shape[0])
@@ -85,7 +85,10 @@ view = reshape
 
 
 def permute(x: Tensor, *dims: int) -> Tensor:
-    """Reorder axes. ``>>> y = permute(x, 0, 2, 1, 3)``"""
+    """Reorder axes.
+
+    >>> y = permute(q, 0, 2, 1, 3)               # [1, 2, n, 8] -> [1, n, 2, 8]
+    """
     if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
         dims = tuple(dims[0])
     perm = tuple(normalize_axis(d, x.ndim, "permute", x) for d in dims)
@@ -100,7 +103,10 @@ def permute(x: Tensor, *dims: int) -> Tensor:
 
 
 def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
-    """Swap two axes. ``>>> y = transpose(x, 1, 2)``"""
+    """Swap two axes.
+
+    >>> y = transpose(x, 0, 1)                   # [n, 8] -> [8, n]
+    """
     perm = list(range(x.ndim))
     a, b = normalize_axis(dim0, x.ndim, "transpose", x), normalize_axis(dim1, x.ndim, "transpose", x)
     perm[a], perm[b] = perm[b], perm[a]
@@ -108,13 +114,19 @@ def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
 
 
 def unsqueeze(x: Tensor, dim: int) -> Tensor:
-    """Insert a size-1 axis. ``>>> y = unsqueeze(x, 0)``"""
+    """Insert a size-1 axis.
+
+    >>> y = unsqueeze(x, 0)                      # [n, 8] -> [1, n, 8]
+    """
     axis = normalize_axis(dim, x.ndim + 1, "unsqueeze", x)
     return _shuffle(x, "unsqueeze", x.shape[:axis] + (1,) + x.shape[axis:])
 
 
 def squeeze(x: Tensor, dim: int | Sequence[int] | None = None) -> Tensor:
-    """Remove size-1 axes (all, or the given ones, which must have size 1). ``>>> y = squeeze(x, 1)``"""
+    """Remove size-1 axes (all, or the given ones, which must have size 1).
+
+    >>> y = squeeze(var, 1)                      # [n, 1] -> [n]
+    """
     if dim is None:
         axes = [i for i, d in enumerate(x.shape) if isinstance(d, int) and d == 1]
     else:
@@ -126,7 +138,10 @@ def squeeze(x: Tensor, dim: int | Sequence[int] | None = None) -> Tensor:
 
 
 def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
-    """Merge axes ``start_dim..end_dim`` into one. ``>>> y = flatten(x, 1)``"""
+    """Merge axes ``start_dim..end_dim`` into one.
+
+    >>> y = flatten(q, 2)                        # [1, 2, n, 8] -> [1, 2, 8*n]
+    """
     if x.ndim == 0:
         return reshape(x, 1)
     s = normalize_axis(start_dim, x.ndim, "flatten", x)
@@ -138,7 +153,7 @@ def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
 def expand(x: Tensor, *sizes: Any) -> Tensor:
     """Broadcast size-1 axes to ``sizes`` (``-1`` keeps a dim), like ``torch.Tensor.expand``.
 
-    >>> y = expand(x, 4, -1)      # float32[1, 8] -> float32[4, 8]
+    >>> y = expand(var, -1, 8)                   # [n, 1] -> [n, 8]
     """
     if len(sizes) == 1 and isinstance(sizes[0], (tuple, list)):
         sizes = tuple(sizes[0])
@@ -167,7 +182,7 @@ def expand(x: Tensor, *sizes: Any) -> Tensor:
 def slice(x: Tensor, dim: int, start: Any = None, end: Any = None, step: int = 1) -> Tensor:  # noqa: A001
     """``x`` narrowed along ``dim`` to ``start:end:step`` (negative and symbolic bounds allowed).
 
-    >>> y = slice(x, 1, 0, -1)        # x[:, :-1]
+    >>> y = slice(x, 1, 0, -1)                   # x[:, :-1]: [n, 8] -> [n, 7]
     """
     axis = normalize_axis(dim, x.ndim, "slice", x)
     size = x.shape[axis]
@@ -249,7 +264,10 @@ def _dynamic_slice(x: Tensor, axis: int, start: Any, end: Any, step: int) -> Ten
 
 
 def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
-    """Concatenate along ``dim``; equal dtypes and equal other dims. ``>>> y = cat([a, b], -1)``"""
+    """Concatenate along ``dim``; equal dtypes and equal other dims.
+
+    >>> y = cat([x, x], -1)                      # [n, 8] twice -> [n, 16]
+    """
     tensors = list(tensors)
     if not tensors:
         raise op_error(ShapeError, "cat", "needs at least one tensor")
@@ -279,7 +297,10 @@ concat = cat
 
 
 def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
-    """Stack equal-shaped tensors along a new axis. ``>>> y = stack([a, b], 0)``"""
+    """Stack equal-shaped tensors along a new axis.
+
+    >>> y = stack([x, x], 0)                     # [n, 8] twice -> [2, n, 8]
+    """
     tensors = list(tensors)
     if not tensors:
         raise op_error(ShapeError, "stack", "needs at least one tensor")
@@ -290,7 +311,7 @@ def stack(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
 def split(x: Tensor, split_size_or_sections: int | Sequence[int], dim: int = 0) -> list[Tensor]:
     """Split along ``dim`` into chunks of a size, or into the given sections (static dims).
 
-    >>> q, k, v = split(qkv, [512, 128, 128], dim=-1)
+    >>> q_, k_, v_ = split(qkv, [8, 8, 8], dim=-1)   # [n, 24] -> 3 x [n, 8]
     """
     axis = normalize_axis(dim, x.ndim, "split", x)
     size = x.shape[axis]
@@ -316,7 +337,7 @@ def split(x: Tensor, split_size_or_sections: int | Sequence[int], dim: int = 0) 
 def chunk(x: Tensor, chunks: int, dim: int = -1) -> list[Tensor]:
     """Split into ``chunks`` equal parts along ``dim`` (static size divisible by ``chunks``).
 
-    >>> gate, up = chunk(gate_up, 2, dim=-1)
+    >>> gate, up = chunk(gate_up, 2, dim=-1)     # [n, 16] -> 2 x [n, 8]
     """
     axis = normalize_axis(dim, x.ndim, "chunk", x)
     size = x.shape[axis]
@@ -327,7 +348,10 @@ def chunk(x: Tensor, chunks: int, dim: int = -1) -> list[Tensor]:
 
 
 def unbind(x: Tensor, dim: int = 0) -> list[Tensor]:
-    """Remove axis ``dim`` (static) returning its slices. ``>>> k, v = unbind(kv, 0)``"""
+    """Remove axis ``dim`` (static) returning its slices.
+
+    >>> k_, v_ = unbind(kv, 0)                   # [2, n, 8] -> 2 x [n, 8]
+    """
     axis = normalize_axis(dim, x.ndim, "unbind", x)
     return [squeeze(t, axis) for t in split(x, 1, axis)]
 
@@ -336,7 +360,7 @@ def getitem(x: Tensor, index: Any) -> Tensor:
     """``x[index]`` with ints, slices (negative, symbolic or tensor bounds), ``None``, ``...``, and
     integer tensors or lists (``index_select`` along that axis).
 
-    >>> y = getitem(x, (Ellipsis, slice(None, 4)))   # x[..., :4]
+    >>> y = getitem(x, (Ellipsis, -1))           # x[..., -1]: [n, 8] -> [n]
     """
     from .nn import index_select
     items = list(index) if isinstance(index, tuple) else [index]
