@@ -166,13 +166,28 @@ template <int D> __device__ __forceinline__ void reduce_l(WarpState<D>& st) {
 }
 
 // Copy keys [key0, key0 + BN) of one kv head from the paged cache into sK / sV (zero past kv_end).
-// Threads tid = 0..nthreads-1 share the work; each 16-byte chunk is one cp.async.
+// Threads tid = 0..nthreads-1 share the work; each 16-byte chunk is one cp.async. key0 is a
+// multiple of BN, so when tpb is a multiple of BN the whole tile lies in one cache block: one
+// block-table lookup per tile instead of an integer division and a lookup per chunk.
 template <typename T, int D, int BN>
 __device__ __forceinline__ void load_kv_tile(T* sK, T* sV, const T* cache_layer, const int* bt_row, int key0,
                                              int kv_end, int kh, int num_kv_heads, int tpb, int tid,
                                              int nthreads) {
   constexpr int CH = D / 8, LD = D + 8;
   const int64_t head_stride = static_cast<int64_t>(tpb) * D;
+  const int64_t v_off = num_kv_heads * head_stride;
+  if (tpb % BN == 0) {
+    const int64_t base = (static_cast<int64_t>(bt_row[key0 / tpb]) * 2 * num_kv_heads + kh) * head_stride +
+                         static_cast<int64_t>(key0 % tpb) * D;
+    for (int c = tid; c < BN * CH; c += nthreads) {
+      const int r = c / CH, col = (c % CH) * 8;
+      const bool ok = key0 + r < kv_end;
+      const int64_t off = ok ? base + r * D + col : 0;
+      cp_async16(sK + r * LD + col, cache_layer + off, ok);
+      cp_async16(sV + r * LD + col, cache_layer + off + v_off, ok);
+    }
+    return;
+  }
   for (int c = tid; c < BN * CH; c += nthreads) {
     const int r = c / CH, col = (c % CH) * 8, key = key0 + r;
     const bool ok = key < kv_end;
@@ -182,7 +197,7 @@ __device__ __forceinline__ void load_kv_tile(T* sK, T* sV, const T* cache_layer,
       off = (blk * 2 * num_kv_heads + kh) * head_stride + static_cast<int64_t>(key % tpb) * D + col;
     }
     cp_async16(sK + r * LD + col, cache_layer + off, ok);
-    cp_async16(sV + r * LD + col, cache_layer + off + num_kv_heads * head_stride, ok);
+    cp_async16(sV + r * LD + col, cache_layer + off + v_off, ok);
   }
 }
 

@@ -26,7 +26,8 @@ template <int D> constexpr int ctx_smem_bytes() { return 2 * 2 * kCtxBN * (D + 8
 }  // namespace attn
 
 template <typename T, int D>
-__global__ void __launch_bounds__(128) context_attention_kernel(AttentionParams p) {
+// (128, 3): cap registers so three blocks (12 warps) share an SM; at 189 registers only two fit.
+__global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionParams p) {
   using namespace attn;
   constexpr int LD = D + 8, TILE = kCtxBN * LD;
   extern __shared__ __align__(16) uint8_t smem_raw[];

@@ -54,8 +54,10 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
     if (j < half_rot && h < p.num_heads + p.num_kv_heads) {
       const float c = cs[j], sn = cs[half_rot + j];
       const float x0 = to_float(y0), x1 = to_float(y1);
-      y0 = from_float<T>(x0 * c - x1 * sn);
-      y1 = from_float<T>(x1 * c + x0 * sn);
+      // Explicit _rn ops stop FMA contraction: the same roundings as the torch reference (mul, mul,
+      // sub), so the cached K matches it bit for bit instead of differing by one ulp now and then.
+      y0 = from_float<T>(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn)));
+      y1 = from_float<T>(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn)));
     }
     if (h < p.num_heads) {
       T* q = static_cast<T*>(p.q_out) + t * p.q_out_stride + h * D;
