@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 else:
     from ._trt import trt
 
-__all__ = ["EMITTERS", "Emitter"]
+__all__ = ["EMITTERS", "Emitter", "cast_to", "rms_norm_f32"]
 
 Emitter = Callable[[LoweringContext, Layer, list["trt.ITensor"]], list["trt.ITensor"]]
 
@@ -49,7 +49,8 @@ def _op_name(table: dict[str, str], layer: Layer) -> str:
 
 
 def _outputs(trt_layer: trt.ILayer, layer: Layer) -> list[trt.ITensor]:
-    return [trt_layer.get_output(i) for i in range(len(layer.outputs))]
+    # Native layers have exactly the IR layer's outputs (fused steps carry no IR output tensors).
+    return [trt_layer.get_output(i) for i in range(trt_layer.num_outputs)]
 
 
 def _axes_mask(axes: tuple[int, ...] | list[int]) -> int:
@@ -59,7 +60,7 @@ def _axes_mask(axes: tuple[int, ...] | list[int]) -> int:
     return mask
 
 
-def _cast(ctx: LoweringContext, x: trt.ITensor, to: DType, layer: Layer, suffix: str) -> trt.ITensor:
+def cast_to(ctx: LoweringContext, x: trt.ITensor, to: DType, layer: Layer, suffix: str) -> trt.ITensor:
     if x.dtype == trt_dtype(to):
         return x
     return ctx.finish(ctx.network.add_cast(x, trt_dtype(to)), layer, suffix).get_output(0)
@@ -123,10 +124,10 @@ def emit_reduce(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> l
 def emit_softmax(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
     """Softmax in float32, cast back (what the reference computes for half-precision inputs)."""
     x_dtype = layer.inputs[0].dtype
-    sm = ctx.network.add_softmax(_cast(ctx, ins[0], DType.float32, layer, "x_f32"))
+    sm = ctx.network.add_softmax(cast_to(ctx, ins[0], DType.float32, layer, "x_f32"))
     sm.axes = 1 << int(layer.attrs["axis"])
     out = ctx.finish(sm, layer, "" if x_dtype is DType.float32 else "softmax").get_output(0)
-    return [_cast(ctx, out, x_dtype, layer, "cast_back")]
+    return [cast_to(ctx, out, x_dtype, layer, "cast_back")]
 
 
 def emit_concatenation(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
@@ -220,7 +221,7 @@ def emit_fill(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> lis
     fill.set_input(1, ctx.constant(start, fill_dtype, [], f"{layer.name}/start"))
     fill.set_input(2, ctx.constant(deltas, fill_dtype, [len(shape)], f"{layer.name}/delta"))
     out = ctx.finish(fill, layer).get_output(0)
-    return [_cast(ctx, out, out_dtype, layer, "cast")]
+    return [cast_to(ctx, out, out_dtype, layer, "cast")]
 
 
 def emit_normalization(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
@@ -229,18 +230,18 @@ def emit_normalization(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor
     x_dtype = layer.inputs[0].dtype
     axes = tuple(layer.attrs["axes"])
     eps = float(layer.attrs["epsilon"])
-    xf = _cast(ctx, ins[0], DType.float32, layer, "x_f32")
+    xf = cast_to(ctx, ins[0], DType.float32, layer, "x_f32")
     if layer.attrs["kind"] == "rms":
-        return [_rms_norm(ctx, layer, xf, ins[1], x_dtype, axes, eps)]
-    scale = _cast(ctx, ins[1], DType.float32, layer, "scale_f32")
-    bias = _cast(ctx, ins[2], DType.float32, layer, "bias_f32")
+        return [rms_norm_f32(ctx, layer, xf, ins[1], x_dtype, axes, eps)]
+    scale = cast_to(ctx, ins[1], DType.float32, layer, "scale_f32")
+    bias = cast_to(ctx, ins[2], DType.float32, layer, "bias_f32")
     norm = ctx.network.add_normalization_v2(xf, scale, bias, _axes_mask(axes))
     norm.epsilon = eps
     out = ctx.finish(norm, layer, "norm").get_output(0)
-    return [_cast(ctx, out, x_dtype, layer, "cast_back")]
+    return [cast_to(ctx, out, x_dtype, layer, "cast_back")]
 
 
-def _rms_norm(ctx: LoweringContext, layer: Layer, xf: trt.ITensor, scale: trt.ITensor, x_dtype: DType,
+def rms_norm_f32(ctx: LoweringContext, layer: Layer, xf: trt.ITensor, scale: trt.ITensor, x_dtype: DType,
               axes: tuple[int, ...], eps: float) -> trt.ITensor:
     net, ew = ctx.network, trt.ElementWiseOperation
     rank = layer.inputs[0].ndim
@@ -253,7 +254,7 @@ def _rms_norm(ctx: LoweringContext, layer: Layer, xf: trt.ITensor, scale: trt.IT
     root = ctx.finish(net.add_unary(var, trt.UnaryOperation.SQRT), layer, "sqrt").get_output(0)
     inv = ctx.finish(net.add_unary(root, trt.UnaryOperation.RECIP), layer, "rsqrt").get_output(0)
     normed = ctx.finish(net.add_elementwise(xf, inv, ew.PROD), layer, "normed").get_output(0)
-    normed = _cast(ctx, normed, x_dtype, layer, "cast_back")
+    normed = cast_to(ctx, normed, x_dtype, layer, "cast_back")
     return ctx.finish(net.add_elementwise(scale, normed, ew.PROD), layer, "scale").get_output(0)
 
 
@@ -266,7 +267,7 @@ def _qdq_scale(ctx: LoweringContext, layer: Layer, scale: trt.ITensor,
     scale for TensorRT), a 1-D ``[n]`` scale runs along the last axis, and a full-rank scale with
     one non-1 dim is per-channel along it; any other full-rank scale is block-wise."""
     x_ir, s_ir = layer.inputs[0], layer.inputs[1]
-    scale = _cast(ctx, scale, scale_dtype, layer, "scale_cast")
+    scale = cast_to(ctx, scale, scale_dtype, layer, "scale_cast")
     dims = [d for d in s_ir.shape]
     if not is_static_dims(dims) or not is_static_dims(x_ir.shape):  # per-channel axes must be known
         raise BackendError(f"TensorRT lowering: Q/DQ layer {layer.name!r} needs static input and "

@@ -65,11 +65,15 @@ def lower_plugin(ctx: LoweringContext, layer: Layer, ins: "list[trt.ITensor]") -
     """Add the TensorRT plugin layer of IR plugin layer ``layer``; returns the IR's outputs."""
     import tensorrt.plugin as trtp
 
+    from .native_plugins import NATIVE_PLUGIN_LOWERINGS
+
     name = str(layer.attrs["name"])
+    if name in NATIVE_PLUGIN_LOWERINGS:
+        return NATIVE_PLUGIN_LOWERINGS[name](ctx, layer, ins)
     lowering = PLUGIN_LOWERINGS.get(name)
     if lowering is None:
         raise BackendError(f"TensorRT lowering: plugin {name!r} (layer {layer.name!r}) has no TensorRT "
-                           f"lowering; known: {sorted(PLUGIN_LOWERINGS)}")
+                           f"lowering; known: {sorted(PLUGIN_LOWERINGS) + sorted(NATIVE_PLUGIN_LOWERINGS)}")
     register_tensorrt_plugins()
     given = dict(layer.attrs["fields"])
     attrs: dict[str, Any] = {}
