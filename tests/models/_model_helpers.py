@@ -28,6 +28,10 @@ class TinyPagedRunner:
 
     def step(self, new_tokens: dict[int, list[int]]) -> dict[int, torch.Tensor]:
         """Run one step: ``{seq_id: tokens to append}`` -> ``{seq_id: logits of its last token}``."""
+        return dict(zip(new_tokens, self.run(new_tokens)))
+
+    def run(self, new_tokens: dict[int, list[int]]) -> torch.Tensor:
+        """Run one step and return the network's ``logits`` output as is."""
         ids, pos, seq_lens, past_lens, cu, tables = [], [], [], [], [0], []
         for sid, toks in new_tokens.items():
             past = self.lens.get(sid, 0)
@@ -51,8 +55,7 @@ class TinyPagedRunner:
             "last_token_ids": torch.tensor([c - 1 for c in cu[1:]], dtype=i32),
             "kv_cache": self.kv_cache,
         }
-        logits = self.executor.run(feed)["logits"]
-        return dict(zip(new_tokens, logits))
+        return self.executor.run(feed)["logits"]
 
 
 def greedy_paged(model: Any, network: Any, prompts: list[list[int]], steps: int,

@@ -105,7 +105,7 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
         if name is None:
             unknown.append(t.name)
             continue
-        array = np.asarray(dequantize(t.data, t.tensor_type), dtype=np.float32)
+        array = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # copy: the file is mmapped
         tensors[name] = torch.from_numpy(array.reshape(tuple(int(d) for d in reversed(t.shape))))
     if unknown:
         raise CheckpointError(f"{path}: GGUF tensors with no Hugging Face counterpart: {unknown}")
