@@ -19,5 +19,5 @@ from .plugins import PLUGIN_LOWERINGS, register_tensorrt_plugins
 from .runner import TensorRTRunner
 
 __all__ = ["lower_to_tensorrt", "TensorRTRunner", "TensorRTOptions", "define_network", "EMITTERS",
-           "PLUGIN_LOWERINGS", "NATIVE_PLUGIN_LOWERINGS", "register_tensorrt_plugins", "require_tensorrt", "INSTALL_HINT",
-           "ENGINE_NAME"]
+           "PLUGIN_LOWERINGS", "NATIVE_PLUGIN_LOWERINGS", "register_tensorrt_plugins",
+           "require_tensorrt", "INSTALL_HINT", "ENGINE_NAME"]

@@ -169,19 +169,20 @@ def _attention_desc(qkv: "trtp.TensorDesc", kv_cache: "trtp.TensorDesc", num_hea
 
 def _register_attention() -> None:
     import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
 
     @trtp.register(f"{NAMESPACE}::attention")
-    def describe(qkv: trtp.TensorDesc, position_ids: trtp.TensorDesc, seq_lens: trtp.TensorDesc, past_lens: trtp.TensorDesc, cu_seqlens: trtp.TensorDesc, block_tables: trtp.TensorDesc,
-                 kv_cache: trtp.TensorDesc, rope_cos_sin: trtp.TensorDesc, num_heads: int, num_kv_heads: int, head_dim: int,
+    def describe(qkv: D, position_ids: D, seq_lens: D, past_lens: D, cu_seqlens: D, block_tables: D,
+                 kv_cache: D, rope_cos_sin: D, num_heads: int, num_kv_heads: int, head_dim: int,
                  layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
-                 rope_style: str) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
+                 rope_style: str) -> tuple[D, D]:
         return _attention_desc(qkv, kv_cache, num_heads, head_dim)
 
     @trtp.impl(f"{NAMESPACE}::attention")
-    def run(qkv: trtp.Tensor, position_ids: trtp.Tensor, seq_lens: trtp.Tensor, past_lens: trtp.Tensor, cu_seqlens: trtp.Tensor, block_tables: trtp.Tensor,
-            kv_cache: trtp.Tensor, rope_cos_sin: trtp.Tensor, num_heads: int, num_kv_heads: int, head_dim: int,
+    def run(qkv: T, position_ids: T, seq_lens: T, past_lens: T, cu_seqlens: T, block_tables: T,
+            kv_cache: T, rope_cos_sin: T, num_heads: int, num_kv_heads: int, head_dim: int,
             layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
-            rope_style: str, outputs: tuple[trtp.Tensor, trtp.Tensor], stream: int) -> None:
+            rope_style: str, outputs: tuple[T, T], stream: int) -> None:
         fields = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       layer_idx=layer_idx, tokens_per_block=tokens_per_block,
                       softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style)
@@ -191,19 +192,20 @@ def _register_attention() -> None:
 
 def _register_attention_quant_kv() -> None:
     import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
 
     @trtp.register(f"{NAMESPACE}::attention_quant_kv")
-    def describe(qkv: trtp.TensorDesc, position_ids: trtp.TensorDesc, seq_lens: trtp.TensorDesc, past_lens: trtp.TensorDesc, cu_seqlens: trtp.TensorDesc, block_tables: trtp.TensorDesc,
-                 kv_cache: trtp.TensorDesc, rope_cos_sin: trtp.TensorDesc, kv_scales: trtp.TensorDesc, num_heads: int, num_kv_heads: int,
+    def describe(qkv: D, position_ids: D, seq_lens: D, past_lens: D, cu_seqlens: D, block_tables: D,
+                 kv_cache: D, rope_cos_sin: D, kv_scales: D, num_heads: int, num_kv_heads: int,
                  head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float,
-                 rotary_dim: int, rope_style: str) -> tuple[trtp.TensorDesc, trtp.TensorDesc]:
+                 rotary_dim: int, rope_style: str) -> tuple[D, D]:
         return _attention_desc(qkv, kv_cache, num_heads, head_dim)
 
     @trtp.impl(f"{NAMESPACE}::attention_quant_kv")
-    def run(qkv: trtp.Tensor, position_ids: trtp.Tensor, seq_lens: trtp.Tensor, past_lens: trtp.Tensor, cu_seqlens: trtp.Tensor, block_tables: trtp.Tensor,
-            kv_cache: trtp.Tensor, rope_cos_sin: trtp.Tensor, kv_scales: trtp.Tensor, num_heads: int, num_kv_heads: int,
-            head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float,
-            rotary_dim: int, rope_style: str, outputs: tuple[trtp.Tensor, trtp.Tensor], stream: int) -> None:
+    def run(qkv: T, position_ids: T, seq_lens: T, past_lens: T, cu_seqlens: T, block_tables: T,
+            kv_cache: T, rope_cos_sin: T, kv_scales: T, num_heads: int, num_kv_heads: int,
+            head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
+            rope_style: str, outputs: tuple[T, T], stream: int) -> None:
         fields = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       layer_idx=layer_idx, tokens_per_block=tokens_per_block,
                       softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style)
@@ -214,38 +216,40 @@ def _register_attention_quant_kv() -> None:
 
 def _register_weight_only_gemm() -> None:
     import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
 
     @trtp.register(f"{NAMESPACE}::weight_only_gemm")
-    def describe(x: trtp.TensorDesc, qweight: trtp.TensorDesc, scales: trtp.TensorDesc, bits: int, group_size: int, in_features: int) -> trtp.TensorDesc:
+    def describe(x: D, qweight: D, scales: D, bits: int, group_size: int, in_features: int) -> D:
         return _gemm_desc(x, qweight)
 
     @trtp.impl(f"{NAMESPACE}::weight_only_gemm")
-    def run(x: trtp.Tensor, qweight: trtp.Tensor, scales: trtp.Tensor, bits: int, group_size: int, in_features: int,
-            outputs: tuple[trtp.Tensor], stream: int) -> None:
+    def run(x: T, qweight: T, scales: T, bits: int, group_size: int, in_features: int,
+            outputs: tuple[T], stream: int) -> None:
         fields = dict(bits=bits, group_size=group_size, in_features=in_features)
         run_plugin("trtdsl.weight_only_gemm", [x, qweight, scales], fields, outputs, stream)
 
 
 def _register_fp8_gemm() -> None:
     import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
 
     @trtp.register(f"{NAMESPACE}::fp8_gemm")
-    def describe(x: trtp.TensorDesc, weight: trtp.TensorDesc, weight_scale: trtp.TensorDesc, input_scale: trtp.TensorDesc) -> trtp.TensorDesc:
+    def describe(x: D, weight: D, weight_scale: D, input_scale: D) -> D:
         return _gemm_desc(x, weight)
 
     @trtp.impl(f"{NAMESPACE}::fp8_gemm")
-    def run(x: trtp.Tensor, weight: trtp.Tensor, weight_scale: trtp.Tensor, input_scale: trtp.Tensor, outputs: tuple[trtp.Tensor],
-            stream: int) -> None:
+    def run(x: T, weight: T, weight_scale: T, input_scale: T, outputs: tuple[T], stream: int) -> None:
         run_plugin("trtdsl.fp8_gemm", [x, weight, weight_scale, input_scale], {}, outputs, stream)
 
 
 def _register_int8_gemm() -> None:
     import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
 
     @trtp.register(f"{NAMESPACE}::int8_gemm")
-    def describe(x: trtp.TensorDesc, weight: trtp.TensorDesc, weight_scale: trtp.TensorDesc) -> trtp.TensorDesc:
+    def describe(x: D, weight: D, weight_scale: D) -> D:
         return _gemm_desc(x, weight)
 
     @trtp.impl(f"{NAMESPACE}::int8_gemm")
-    def run(x: trtp.Tensor, weight: trtp.Tensor, weight_scale: trtp.Tensor, outputs: tuple[trtp.Tensor], stream: int) -> None:
+    def run(x: T, weight: T, weight_scale: T, outputs: tuple[T], stream: int) -> None:
         run_plugin("trtdsl.int8_gemm", [x, weight, weight_scale], {}, outputs, stream)
