@@ -34,6 +34,12 @@ class TorchExecutor:
         self.device = torch.device(device)
         self.constants: dict[str, torch.Tensor] = {}
         self.plugin_impls: dict[str, Any] = {}
+        self._layer_override: Any = None
+        if self.device.type == "cuda" and use_plugin_kernels:
+            # Our CUDA kernels replace plugin references and some layers (RMSNorm), chosen here once.
+            from ..plugins.cuda.builtin import cuda_layer_function, register_cuda_implementations
+            register_cuda_implementations()
+            self._layer_override = cuda_layer_function
         live = self._live_layers()
         for layer in live:
             validate_layer(layer)
@@ -44,8 +50,8 @@ class TorchExecutor:
                 impl = spec.implementations.get(self.device.type) if use_plugin_kernels else None
                 self.plugin_impls[layer.name] = impl or spec.reference
         self._dim_users: dict[str, list[tuple[str, int]]] = {}  # dim name -> [(input, axis)]
-        for name, spec in network.input_specs.items():
-            for axis, dim in spec.dynamic_dims.items():
+        for name, ispec in network.input_specs.items():
+            for axis, dim in ispec.dynamic_dims.items():
                 self._dim_users.setdefault(dim, []).append((name, axis))
         self._compile(live)
 
@@ -78,7 +84,8 @@ class TorchExecutor:
             binds = tuple((oi, axis, _lone_symbol(d)) for oi, t in enumerate(layer.outputs)
                           for axis, d in enumerate(t.shape)
                           if _lone_symbol(d) and _lone_symbol(d) not in input_syms)
-            plan.append([LAYER_FUNCTIONS[layer.kind], layer, ins, outs, [], binds])
+            fn = (self._layer_override(layer) if self._layer_override else None) or LAYER_FUNCTIONS[layer.kind]
+            plan.append([fn, layer, ins, outs, [], binds])
         self._output_slots = [(name, slots[id(t)]) for name, t in self.network.outputs.items()]
         kept = {s_ for _, s_ in self._output_slots}
         for s_, step in last_use.items():

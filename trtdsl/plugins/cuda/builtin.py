@@ -1,0 +1,78 @@
+"""CUDA implementations of the built-in plugins and of the layers that have a fused kernel.
+
+``register_cuda_implementations()`` attaches the kernels of this package to the plugin registry under
+the plugins' names (``spec.implementations["cuda"]``), so a ``TorchExecutor`` on a CUDA device picks
+them at construction. ``cuda_layer_function(layer)`` returns a kernel-backed replacement for a layer
+kind's torch function where one exists for that layer's attributes and dtype (decided once, at
+executor construction), else None.
+
+Each implementation has the reference's signature ``(inputs, fields, hints) -> outputs``. Kernels
+read per-sequence metadata from device buffers and size their grids from host ``hints``
+(``max_q_len``, ``max_kv_len``), so steps can be captured in CUDA graphs; without hints the
+attention falls back to reading the bounds from the device (a synchronization, fine eagerly).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ...ir.network import Layer, LayerKind
+from ..registry import get_plugin
+
+__all__ = ["register_cuda_implementations", "cuda_layer_function"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from . import paged_attention
+    from ..attention import reference
+    qkv, _, seq_lens, past_lens = ins[0], ins[1], ins[2], ins[3]
+    if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128):
+        return reference(ins, fields, hints)  # fp32 / other head dims: the kernels don't cover them
+    max_q = hints.get("max_q_len")
+    max_kv = hints.get("max_kv_len")
+    if max_q is None or max_kv is None:
+        max_q = int(seq_lens.max())
+        max_kv = int((seq_lens + past_lens).max())
+    return paged_attention(*ins, **fields, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)))
+
+
+def _add_rms_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> list:
+    from . import rmsnorm
+    a, b, weight = ins
+    if a.dtype not in _HALF or tuple(fields["axes"]) != (a.ndim - 1,):
+        from ...passes.fused_plugins import add_rms_norm_reference
+        return add_rms_norm_reference(ins, fields, hints)
+    out, total = rmsnorm(a.contiguous(), weight.reshape(-1), fields["epsilon"], residual=b.contiguous())
+    return [out, total]
+
+
+def register_cuda_implementations() -> None:
+    """Attach the CUDA kernels to their plugins (idempotent)."""
+    get_plugin("trtdsl.attention").implementations["cuda"] = _attention_cuda
+    try:
+        get_plugin("trtdsl.add_rms_norm").implementations["cuda"] = _add_rms_norm_cuda
+    except Exception:  # the fusion passes' plugins are registered only when the passes are imported
+        pass
+    try:
+        from .register import register_cuda_implementations as register_quant
+        register_quant()
+    except ImportError:
+        pass
+
+
+def _rms_norm_layer(layer: Layer, ins: list, env: dict, ctx: dict) -> list:
+    from . import rmsnorm
+    x, weight = ins
+    return [rmsnorm(x.contiguous(), weight.reshape(-1), layer.attrs["epsilon"])]
+
+
+def cuda_layer_function(layer: Layer) -> Callable | None:
+    """A kernel-backed function for ``layer`` on CUDA, or None to keep the torch one."""
+    if layer.kind is LayerKind.NORMALIZATION and layer.attrs["kind"] == "rms" and \
+            layer.outputs[0].dtype.torch in _HALF and tuple(layer.attrs["axes"]) == (layer.inputs[0].ndim - 1,):
+        return _rms_norm_layer
+    return None
