@@ -31,7 +31,8 @@ def stubs_dir() -> Path:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, f"generating the TensorRT stubs failed:\n{proc.stderr}\n{proc.stdout}"
     path = Path(proc.stdout.strip().splitlines()[-1])
-    assert (path / "tensorrt" / "tensorrt.pyi").is_file() and (path / "tensorrt" / "plugin" / "__init__.pyi").is_file()
+    assert (path / "tensorrt" / "tensorrt.pyi").is_file()
+    assert (path / "tensorrt" / "plugin" / "__init__.pyi").is_file()
     return path
 
 
