@@ -26,7 +26,7 @@ from .checkpoint import is_gguf, read_hf_config, read_hf_tensors
 from .config import ModelConfig
 from .convert import WeightRule, convert_checkpoint
 
-__all__ = ["CausalLM", "BUILD_INPUTS", "COMPOSITE_INPUTS"]
+__all__ = ["CausalLM", "BUILD_INPUTS", "COMPOSITE_INPUTS", "DEFAULT_MAX_NUM_BLOCKS"]
 
 # Network inputs in order (docs/batch_interface.md). `cu_seqlens` is one longer than `batch`; the IR
 # names every dynamic input dim, so its length is the dim `batch_plus_1`.
@@ -35,6 +35,7 @@ BUILD_INPUTS = ("input_ids", "position_ids", "seq_lens", "past_lens", "cu_seqlen
 # The plugin-free context-only network: `seq_ids[t]` is the index of token t's sequence (tokens of
 # one sequence contiguous, positions from 0); `last_token_ids` as above (absent with context_logits).
 COMPOSITE_INPUTS = ("input_ids", "position_ids", "seq_ids", "last_token_ids")
+DEFAULT_MAX_NUM_BLOCKS = 1 << 20
 
 
 def _rows_at(index: Tensor) -> Any:
@@ -128,7 +129,8 @@ class CausalLM(Module):
         Output ``logits``: float32 ``[batch, vocab]`` at ``last_token_ids``, or ``[num_tokens, vocab]``
         with ``context_logits``. ``attention_backend="composite"`` builds the plugin-free,
         context-only network with inputs :data:`COMPOSITE_INPUTS` (no K/V cache).
-        ``max_num_blocks`` bounds the K/V pool (default: every sequence at ``max_seq_len``)."""
+        ``max_num_blocks`` bounds the K/V pool's ``num_blocks`` (default: :data:`DEFAULT_MAX_NUM_BLOCKS`
+        or enough for every sequence at ``max_seq_len``, whichever is larger)."""
         self._check_limits(max_batch_size, max_num_tokens, max_seq_len, tokens_per_block,
                            attention_backend)
         self.check_build_limits(max_seq_len)
@@ -144,10 +146,13 @@ class CausalLM(Module):
         ranges = {"num_tokens": (1, max(1, min(max_num_tokens, max_batch_size)), max_num_tokens),
                   "batch": (1, max_batch_size, max_batch_size)}
         if attention_backend == "plugin":
-            blocks = max_num_blocks or max_batch_size * max_blocks_per_seq
+            # The pool size is the runtime's choice (it depends on free memory); only the plugin
+            # reads this dim, so a generous bound costs nothing.
+            opt_blocks = max_batch_size * max_blocks_per_seq
+            blocks = max_num_blocks or max(opt_blocks, DEFAULT_MAX_NUM_BLOCKS)
             ranges.update(batch_plus_1=(2, max_batch_size + 1, max_batch_size + 1),
                           max_blocks_per_seq=(1, max_blocks_per_seq, max_blocks_per_seq),
-                          num_blocks=(1, blocks, blocks))
+                          num_blocks=(1, min(opt_blocks, blocks), blocks))
         net.add_profile({k: v for k, v in ranges.items()
                          if any(k in s.dynamic_dims.values() for s in net.input_specs.values())})
         net.metadata.update(model_config=self.config.to_dict(), architecture=self.config.architecture,
