@@ -1,0 +1,101 @@
+"""Regenerate the README's performance section from the committed JSON in ``benchmarks/results/``.
+
+``python benchmarks/make_table.py`` rewrites what lies between ``<!-- perf:start -->`` and
+``<!-- perf:end -->`` in README.md; ``--check`` exits 1 if the README is out of date (a test runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+START, END = "<!-- perf:start -->", "<!-- perf:end -->"
+
+
+def _load(pattern: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob(pattern))]
+
+
+def _fmt(x: Any, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def decode_tables() -> list[str]:
+    lines: list[str] = []
+    for fname, res in _load("decode_*.json"):
+        lines += [f"**Decode and time to first token** — {res.get('device')}, torch {res.get('torch')}, "
+                  f"transformers {res.get('transformers', '?')}; copy bandwidth "
+                  f"{res['copy_bandwidth_gbps']:.0f} GB/s; prompt {res['prompt_len']} tokens "
+                  f"(`benchmarks/results/{fname}`)", "",
+                  "| model | batch | trtdsl tok/s | % of copy bw | HF eager tok/s | HF static+compile tok/s "
+                  "| vs eager | vs compile |", "|---|---|---|---|---|---|---|---|"]
+        for model, entry in res["models"].items():
+            ours, hf = entry["ours"], entry.get("hf", {})
+            for b, r in ours["decode"].items():
+                he = hf.get("eager", {}).get("decode", {}).get(b, {})
+                hc = hf.get("compile", {}).get("decode", {}).get(b, {})
+                ratio = entry.get("ratios", {})
+                lines.append(f"| {model} | {b} | {r['tokens_per_s']:.0f} | {r['pct_of_copy_bw']:.0f}% | "
+                             f"{_fmt(he.get('tokens_per_s'), 0)} | {_fmt(hc.get('tokens_per_s'), 0)} | "
+                             f"{_fmt(ratio.get(f'decode_b{b}_vs_hf_eager'), 2)}x | "
+                             f"{_fmt(ratio.get(f'decode_b{b}_vs_hf_compile'), 2)}x |")
+        lines += ["", "| model | prompt | trtdsl TTFT ms (graph) | trtdsl eager ms | HF eager ms |",
+                  "|---|---|---|---|---|"]
+        for model, entry in res["models"].items():
+            for n, r in entry["ours"]["ttft"].items():
+                h = entry.get("hf", {}).get("eager", {}).get("ttft", {}).get(n, {})
+                lines.append(f"| {model} | {n} | {r['graph_ms']:.1f} | {r['eager_ms']:.1f} | "
+                             f"{_fmt(h.get('ms'))} |")
+        lines.append("")
+    return lines
+
+
+def kernel_tables() -> list[str]:
+    lines: list[str] = []
+    for fname, res in _load("kernels_*.json"):
+        lines += [f"**Kernels** — {res.get('device')} (`benchmarks/results/{fname}`; details in "
+                  "docs/kernels.md)", ""]
+        for key, label in (("context_attention_mha", "MHA 32/32"), ("context_attention_gqa", "GQA 32/8")):
+            rows = res.get(key) or []
+            if not rows:
+                continue
+            lines += [f"| context attention ({label}, d=128) tokens | trtdsl ms | SDPA flash ms | ratio |",
+                      "|---|---|---|---|"]
+            lines += [f"| {r['tokens']} | {r['ms']:.3f} | {r['sdpa_flash_ms']:.3f} | {r['speedup_vs_sdpa']:.2f}x |"
+                      for r in rows]
+            lines.append("")
+    return lines
+
+
+def render() -> str:
+    body = decode_tables() + kernel_tables()
+    if not body:
+        body = ["No GPU results committed yet."]
+    return "\n".join([START, "", *body, END])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        print("README.md has no perf markers", file=sys.stderr)
+        return 2
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + render() + tail
+    if args.check:
+        return 0 if new == text else 1
+    readme.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
