@@ -3,6 +3,7 @@ dtype and precision changes only through an explicit ``cast``."""
 
 from __future__ import annotations
 
+import builtins
 import enum
 from typing import Any
 
@@ -29,11 +30,11 @@ class DType(enum.Enum):
     bool = "bool"
 
     @property
-    def is_float(self) -> bool:
+    def is_float(self) -> builtins.bool:  # `bool` is a member name here
         return self in (DType.float32, DType.float16, DType.bfloat16, DType.fp8)
 
     @property
-    def is_int(self) -> bool:
+    def is_int(self) -> builtins.bool:
         return self in (DType.int8, DType.int4, DType.int32, DType.int64)
 
     @property

@@ -53,6 +53,11 @@ class Module:
     """Base class of network building blocks. Subclasses assign sub-modules and parameters as
     attributes in ``__init__`` (where build-time choices are made) and write ``forward``."""
 
+    # Set with object.__setattr__ in __init__ (our __setattr__ routes everything else).
+    _parameters: "OrderedDict[str, Parameter]"
+    _modules: "OrderedDict[str, Module]"
+    _path: str
+
     def __init__(self) -> None:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
@@ -151,9 +156,10 @@ class Module:
                          for n, p in expected.items() if n not in state and not _tied_loaded(p, expected, state)]
             problems += [f"unexpected: {n} {tuple(v.shape)}" for n, v in state.items() if n not in expected]
         for name, value in state.items():
-            param = expected.get(name)
-            if param is None:
+            found = expected.get(name)
+            if found is None:
                 continue
+            param = found
             if tuple(value.shape) != param.shape:
                 problems.append(f"shape mismatch: {name} is {tuple(value.shape)} in the checkpoint, "
                                 f"the model expects {shape_repr(param.shape)}")

@@ -198,7 +198,7 @@ def slice(x: Tensor, dim: int, start: Any = None, end: Any = None, step: int = 1
         length = dim_add(hi, dim_mul(lo, -1))
     else:
         length = dim_floordiv(dim_add(dim_add(hi, dim_mul(lo, -1)), step - 1), step)
-    starts = [0] * x.ndim
+    starts: list[Dim] = [0] * x.ndim
     sizes = list(x.shape)
     strides = [1] * x.ndim
     starts[axis], sizes[axis], strides[axis] = lo, length, step
