@@ -15,10 +15,10 @@ Layout (little endian)::
         64-byte aligned offset relative to ``data_offset``.
 
 The checksum covers every byte except the magic and the checksum itself: bytes ``8:16`` and ``48:``.
-It is a SHA-256 tree hash: ``sha256(bytes[8:16] + sha256(chunk_0) + sha256(chunk_1) + ...)`` over
-chunks of ``bytes[48:]``, so the chunks can be hashed on several cores (hashlib releases the GIL),
-which keeps loading a 540 MB fp32 SmolLM2 engine well under a second. Any flipped byte, in the graph
-or in a weight, is caught before anything is used.
+It is ``sha256(bytes[8:16] + crc32(chunk_0) + crc32(chunk_1) + ...)`` over 32 MB chunks of
+``bytes[48:]``: CRC32 catches any flipped byte with certainty and is about three times faster than
+SHA-256, and the chunks are checked on several cores (zlib releases the GIL), which keeps loading a
+540 MB fp32 SmolLM2 engine under a second. Nothing is used before the check passes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import json
 import mmap
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +88,23 @@ class _WeightTable:
         return self._size
 
 
-def _tree_hash(buf: Any, start: int, end: int, version_bytes: bytes, workers: int) -> bytes:
+def _checksum(buf: Any, start: int, end: int, version_bytes: bytes, workers: int) -> bytes:
+    """``sha256(version || crc32(chunk_0) || crc32(chunk_1) || ...)`` over ``buf[start:end]``.
+
+    CRC32 detects every error burst of up to 32 bits, so any single flipped byte is caught with
+    certainty, at about three times SHA-256's speed; zlib releases the GIL, so chunks are checked
+    on several cores. (Integrity against accidents, not against tampering.)"""
     view = memoryview(buf)
     spans = [(a, min(a + _CHUNK, end)) for a in range(start, end, _CHUNK)] or [(start, start)]
 
-    def digest(span: tuple[int, int]) -> bytes:
-        return hashlib.sha256(view[span[0]:span[1]]).digest()
+    def crc(span: tuple[int, int]) -> bytes:
+        return struct.pack("<I", zlib.crc32(view[span[0]:span[1]]))
 
     if workers > 1 and len(spans) > 1:
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(digest, spans))
+            parts = list(pool.map(crc, spans))
     else:
-        parts = [digest(s) for s in spans]
+        parts = [crc(s) for s in spans]
     view.release()
     return hashlib.sha256(version_bytes + b"".join(parts)).digest()
 
@@ -132,7 +138,7 @@ def write_engine_file(path: str | Path, graph_builder: Any, meta: dict) -> int:
     with open(tmp, "r+b") as f:
         mm = mmap.mmap(f.fileno(), 0)
         try:
-            digest = _tree_hash(mm, _PREFIX.size - 8, len(mm), mm[8:16], os.cpu_count() or 1)
+            digest = _checksum(mm, _PREFIX.size - 8, len(mm), mm[8:16], os.cpu_count() or 1)
             mm[16:48] = digest
             mm.flush()
         finally:
@@ -177,7 +183,7 @@ def read_engine_file(path: str | Path, verify: bool = True) -> EngineFile:
         raise EngineError(f"{path} is not a trtdsl engine file or is corrupt (bad magic {magic!r}); "
                           "rebuild it with `trtdsl build`")
     if verify:
-        actual = _tree_hash(mm, _PREFIX.size - 8, size, mm[8:16], min(os.cpu_count() or 1, 8))
+        actual = _checksum(mm, _PREFIX.size - 8, size, mm[8:16], min(os.cpu_count() or 1, 8))
         if actual != checksum:
             problem = _explain_mismatch(mm, header_len, size, version)
             mm.close()

@@ -183,9 +183,10 @@ class Sampler:
                                 for p in self.params)
 
     def process(self, logits: torch.Tensor, rows: Sequence[int], histories: Sequence[Sequence[int]],
-                generated: Sequence[Sequence[int]]) -> torch.Tensor:
-        """The processed logits (before the draw) of requests ``rows``: penalties, bad words,
-        temperature, top-k, top-p. ``histories`` are prompt + generated tokens, per row."""
+                generated: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Processed logits of requests ``rows``: ``(scaled, filtered)`` where ``scaled`` has the
+        penalties, bad words and temperature applied and ``filtered`` also top-k and top-p.
+        ``histories`` are prompt + generated tokens, per row."""
         idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
         logits = logits.float()
         if self._any_penalty:
@@ -197,19 +198,23 @@ class Sampler:
         bad = [self.params[r].bad_words for r in rows]
         if any(bad):
             logits = apply_bad_words(logits, histories, bad)
-        logits = apply_temperature(logits, self.temperature[idx])
-        logits = apply_top_k(logits, self.top_k[idx])
-        return apply_top_p(logits, self.top_p[idx])
+        scaled = apply_temperature(logits, self.temperature[idx])
+        return scaled, apply_top_p(apply_top_k(scaled, self.top_k[idx]), self.top_p[idx])
 
     def sample(self, logits: torch.Tensor, rows: Sequence[int], histories: Sequence[Sequence[int]],
                generated: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Next token ``[n]`` (int64) and its log-probability ``[n]`` under the processed
-        distribution, for requests ``rows`` whose logits are ``logits [n, vocab]``."""
-        processed = self.process(logits, rows, histories, generated)
-        logprobs = processed.log_softmax(dim=-1)
-        tokens = processed.argmax(dim=-1)
-        probs = logprobs.exp()
+        """Next token ``[n]`` (int64) and its log-probability ``[n]`` for requests ``rows`` whose
+        logits are ``logits [n, vocab]``. The log-probability is taken before top-k/top-p truncation
+        (after penalties and temperature), so greedy decoding reports the model's own probability."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        if bool(self.greedy[idx].all()) and not self._any_penalty and not any(self.params[r].bad_words for r in rows):
+            # Greedy fast path: no filtering is needed to take an argmax (saves a vocab-wide sort).
+            tokens = logits.float().argmax(dim=-1)
+            return tokens, logits.float().log_softmax(dim=-1).gather(-1, tokens[:, None])[:, 0]
+        scaled, filtered = self.process(logits, rows, histories, generated)
+        tokens = filtered.argmax(dim=-1)
+        probs = filtered.softmax(dim=-1)
         for i, r in enumerate(rows):
             if not bool(self.greedy[r]):
                 tokens[i] = torch.multinomial(probs[i], 1, generator=self.generators[r])[0]
-        return tokens, logprobs.gather(-1, tokens[:, None])[:, 0]
+        return tokens, scaled.log_softmax(dim=-1).gather(-1, tokens[:, None])[:, 0]

@@ -231,6 +231,22 @@ class GenerationSession:
             elif len(st.output) >= req.max_new_tokens or len(req.prompt) + len(st.output) >= self.max_seq_len:
                 st.finish_reason = "length"
 
+    def run_context(self, prompt: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Run ``prompt`` as one context step on a private K/V pool; returns every network output
+        (logits and debug outputs) — for tensor dumps and parity checks."""
+        n = len(prompt)
+        if not 0 < n <= min(self.max_num_tokens, self.max_seq_len):
+            raise ConfigError(f"run_context: the prompt has {n} tokens; one step takes 1 to "
+                              f"{min(self.max_num_tokens, self.max_seq_len)}")
+        blocks = blocks_for_tokens(n, self.tokens_per_block)
+        shape = (self.kv_shape[0], blocks) + tuple(int(d) for d in self.kv_shape[2:])
+        pool = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+        inputs = build_step_inputs([SequenceStep(list(prompt), 0, list(range(blocks)))], self.device,
+                                   tokens_per_block=self.tokens_per_block)
+        feed = inputs.as_dict()
+        feed["kv_cache"] = pool
+        return self.executor.run(feed, {"max_q_len": n, "max_kv_len": n})
+
     def info(self) -> dict[str, Any]:
         return {"max_batch_size": self.max_batch_size, "max_num_tokens": self.max_num_tokens,
                 "max_seq_len": self.max_seq_len, "max_input_len": self.max_input_len,
