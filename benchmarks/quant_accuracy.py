@@ -81,7 +81,7 @@ def main() -> None:
                               max_seq_len=max(args.window, args.calib_len), context_logits=True)
     calib = token_chunks(tokenizer.encode(builtin_text("calibration")), args.calib_len, args.calib_chunks)
     windows = token_chunks(tokenizer.encode(builtin_text("evaluation")), args.window, args.eval_windows)
-    feeds = list(prefill_feeds(net, calib, batch_size=4))
+    feeds = list(prefill_feeds(net, calib, batch_size=max(1, args.window // args.calib_len)))
     print(f"loaded in {time.time() - t0:.0f} s; {len(calib)} x {args.calib_len} calibration tokens, "
           f"{len(windows)} x {args.window} evaluation tokens", flush=True)
 
