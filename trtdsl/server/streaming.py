@@ -81,6 +81,7 @@ class ChoiceStream:
                  logprobs: int | None):
         self.executor, self.request_id, self.index = executor, request_id, index
         self.detok, self.logprobs = detok, logprobs
+        self._unsent: list[int] = []  # token ids of deltas held back (no text yet)
 
     async def deltas(self) -> AsyncIterator[ChoiceDelta]:
         async for out in self.executor.astream(self.request_id):
@@ -123,15 +124,16 @@ class ChoiceStream:
 
     def chunk_choice(self, d: ChoiceDelta, chat: bool) -> dict[str, Any] | None:
         """The streamed choice for one delta (None when there is nothing to send yet)."""
+        self._unsent.extend(d.token_ids)
         if not d.text and d.finish_reason is None and self.logprobs is None:
             return None
+        ids, self._unsent = self._unsent, []
         reason = _finish(d.finish_reason)
         if chat:
             return {"index": self.index, "delta": {"content": d.text} if d.text else {},
-                    "logprobs": self._chat_logprobs(d), "finish_reason": reason,
-                    "token_ids": list(d.token_ids)}
+                    "logprobs": self._chat_logprobs(d), "finish_reason": reason, "token_ids": ids}
         return {"index": self.index, "text": d.text, "logprobs": self._completion_logprobs(d, 0),
-                "finish_reason": reason, "token_ids": list(d.token_ids)}
+                "finish_reason": reason, "token_ids": ids}
 
     def final_choice(self, deltas: list[ChoiceDelta], chat: bool) -> dict[str, Any]:
         """The non-streamed choice, from all of its deltas."""
