@@ -49,3 +49,37 @@ int trtdsl_decode_attention(const void* q, int64_t q_stride, const void* kv_cach
 #ifdef __cplusplus
 }
 #endif
+
+/* Quantized GEMMs (plugins_cuda/src/quant_gemm.cu; formats of trtdsl/quantization/numerics.py).
+ * Weights are [n, k] int8 codes or [n, k / 2] packed int4 (low nibble = even column), scales float32
+ * [n, num_groups]; group_size 0 means one group per row. x / out are contiguous [m, k] / [m, n]. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y = x W^T for 1 <= m <= 16 (decode): weights streamed once, dequantized in registers. Needs
+ * k % 16 (int8) or k % 32 (int4) == 0, group_size a multiple of that, x and qweight 16-byte aligned. */
+int trtdsl_weight_only_gemv(const void* x, const void* qweight, const float* scales, void* out, int64_t m,
+                            int64_t n, int64_t k, int bits, int group_size, int num_groups, int dtype,
+                            cudaStream_t stream);
+
+/* W (dtype [n, k]) = codes * scales, for the large-m path (then a dense GEMM). Any k and group. */
+int trtdsl_weight_only_dequantize(const void* qweight, const float* scales, void* out, int64_t n, int64_t k,
+                                  int bits, int group_size, int num_groups, int dtype, cudaStream_t stream);
+
+/* e4m3 codes of x / scale[0] (saturating) into out [out_rows, k]; rows >= rows are zero padding. */
+int trtdsl_quantize_fp8(const void* x, const float* scale, void* out, int64_t rows, int64_t out_rows, int64_t k,
+                        int dtype, cudaStream_t stream);
+
+/* Per-row int8 codes into out [out_rows, k] (padding rows zero) and scales [rows]. */
+int trtdsl_quantize_per_token_int8(const void* x, void* out, float* scales, int64_t rows, int64_t out_rows,
+                                   int64_t k, int dtype, cudaStream_t stream);
+
+/* out [m, n] = (float(acc[m, n]) * x_scales[m]) * w_scales[n]; acc int32 with row stride acc_stride. */
+int trtdsl_int8_gemm_epilogue(const int32_t* acc, int64_t acc_stride, const float* x_scales,
+                              const float* w_scales, void* out, int64_t m, int64_t n, int dtype,
+                              cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,303 @@
+// Quantized GEMM kernels: the weight-only (int8 / packed int4, group-wise float32 scales) decode GEMV,
+// weight dequantization for the large-M path, and the activation quantizers / epilogue that wrap
+// cuBLASLt for FP8 and SmoothQuant int8 GEMMs. Formats are those of trtdsl/quantization/numerics.py:
+// symmetric codes, scales [n, num_groups], int4 packed two per byte along k (low nibble = even column).
+#pragma once
+#include <cuda_fp8.h>
+
+#include <type_traits>
+
+#include "trtdsl/common.cuh"
+
+namespace trtdsl {
+
+constexpr int kGemvThreads = 128;  // 4 warps; each warp owns NR output rows over the whole k
+constexpr int kGemvMaxM = 16;      // the GEMV serves 1..16 activation rows (decode steps)
+
+// Weights are read exactly once: bypass L1 so it keeps the activations, which every warp re-reads.
+__device__ __forceinline__ uint4 ld_stream(const uint4* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+// Exact integer -> float without the quarter-rate I2F: place the biased code u (0..255) in the low
+// mantissa bits of 2^23 (0x4B000000) with one byte permute, then subtract 2^23 + bias.
+__device__ __forceinline__ float biased_byte_to_float(uint32_t word, int byte, float offset) {
+  return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7440u | byte)) - offset;
+}
+
+// 8 codes of one 32-bit word pair (int8: 2 words of 4 codes) or one word (int4: 8 nibbles) -> floats.
+template <int BITS> __device__ __forceinline__ void dequant8(const uint4& v, int h, float* f);
+
+template <> __device__ __forceinline__ void dequant8<8>(const uint4& v, int h, float* f) {
+  const uint32_t w0 = (h == 0 ? v.x : v.z) ^ 0x80808080u, w1 = (h == 0 ? v.y : v.w) ^ 0x80808080u;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    f[j] = biased_byte_to_float(w0, j, 8388736.f);  // 2^23 + 128
+    f[4 + j] = biased_byte_to_float(w1, j, 8388736.f);
+  }
+}
+
+template <> __device__ __forceinline__ void dequant8<4>(const uint4& v, int h, float* f) {
+  const uint32_t w = h == 0 ? v.x : h == 1 ? v.y : h == 2 ? v.z : v.w;
+  // Two's-complement nibble s -> s + 8 in 0..15 is an XOR of bit 3.
+  const uint32_t lo = (w & 0x0F0F0F0Fu) ^ 0x08080808u, hi = ((w >> 4) & 0x0F0F0F0Fu) ^ 0x08080808u;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    f[2 * j] = biased_byte_to_float(lo, j, 8388616.f);  // 2^23 + 8
+    f[2 * j + 1] = biased_byte_to_float(hi, j, 8388616.f);
+  }
+}
+
+// 8 activations (one 16-byte load) -> float.
+template <typename T> __device__ __forceinline__ void act8(const T* p, float* f) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {  // bf16 -> fp32 is a shift
+      f[2 * j] = __uint_as_float(w[j] << 16);
+      f[2 * j + 1] = __uint_as_float(w[j] & 0xFFFF0000u);
+    } else {
+      const float2 t = __half22float2(*reinterpret_cast<const __half2*>(&w[j]));
+      f[2 * j] = t.x;
+      f[2 * j + 1] = t.y;
+    }
+  }
+}
+
+// y[m, n] = sum_k x[m, k] * code[n, k] * scale[n, k / group]. Each warp streams NR weight rows once
+// with 16-byte loads (16 int8 or 32 int4 codes per lane per step), dequantizes in registers and
+// multiplies all MT activation rows (rows >= m are clamped reads whose results are dropped), fp32
+// partial sums per 16/32-code chunk scaled once by the chunk's group scale. Requires k % EPV == 0
+// and group % EPV == 0 (checked by the launcher), so a chunk never straddles two groups.
+template <typename T, int MT, int BITS, int NR>
+__global__ void __launch_bounds__(kGemvThreads) wo_gemv_kernel(const T* __restrict__ x,
+                                                               const uint4* __restrict__ qw,
+                                                               const float* __restrict__ scales,
+                                                               T* __restrict__ out, int m, int n, int k,
+                                                               int vecs_per_group, int num_groups) {
+  constexpr int EPV = BITS == 8 ? 16 : 32;  // codes per 16-byte vector
+  const int lane = threadIdx.x & 31;
+  const int row0 = (blockIdx.x * (kGemvThreads / 32) + (threadIdx.x >> 5)) * NR;
+  if (row0 >= n) return;
+  const int vecs = k / EPV;
+  const uint4* wrow[NR];
+  const float* srow[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    const int row = min(row0 + r, n - 1);  // tail rows recompute the last row; never stored
+    wrow[r] = qw + static_cast<int64_t>(row) * vecs;
+    srow[r] = scales + static_cast<int64_t>(row) * num_groups;
+  }
+  // Activation rows i >= m read row m - 1 (valid memory; their sums are never stored), so the hot
+  // loop has no bounds checks. Row offsets are recomputed rather than held: MT pointers would cost
+  // 2 * MT registers.
+  const int last = m - 1;
+
+  float acc[NR][MT];
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[r][i] = 0.f;
+
+#pragma unroll(MT <= 2 ? 2 : 1)  // two steps in flight where registers allow
+  for (int v = lane; v < vecs; v += 32) {
+    uint4 wv[NR];
+#pragma unroll
+    for (int r = 0; r < NR; ++r) wv[r] = ld_stream(wrow[r] + v);  // NR independent loads in flight
+    const int g = v / vecs_per_group;
+    float p[NR][MT];
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+#pragma unroll
+      for (int i = 0; i < MT; ++i) p[r][i] = 0.f;
+#pragma unroll
+    for (int h = 0; h < EPV / 8; ++h) {
+      float wf[NR][8];
+#pragma unroll
+      for (int r = 0; r < NR; ++r) dequant8<BITS>(wv[r], h, wf[r]);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) {
+        float xf[8];
+        act8<T>(x + static_cast<int64_t>(min(i, last)) * k + v * EPV + h * 8, xf);
+#pragma unroll
+        for (int r = 0; r < NR; ++r)
+#pragma unroll
+          for (int j = 0; j < 8; ++j) p[r][i] = fmaf(wf[r][j], xf[j], p[r][i]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const float s = __ldg(srow[r] + g);
+#pragma unroll
+      for (int i = 0; i < MT; ++i) acc[r][i] = fmaf(p[r][i], s, acc[r][i]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      const float s = warp_sum(acc[r][i]);
+      // Spread the stores over lanes instead of serializing them on lane 0.
+      if (lane == ((r * MT + i) & 31) && row0 + r < n && i < m)
+        out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(s);
+    }
+}
+
+template <typename T, int MT, int BITS>
+inline int launch_wo_gemv_mt(const T* x, const void* qw, const float* scales, T* out, int m, int n, int k,
+                             int group, int num_groups, cudaStream_t stream) {
+  constexpr int EPV = BITS == 8 ? 16 : 32;
+  constexpr int NR = MT >= 8 ? 2 : 4;  // bounds acc + partials + codes in registers
+  const int rows_per_block = (kGemvThreads / 32) * NR;
+  const int blocks = (n + rows_per_block - 1) / rows_per_block;
+  wo_gemv_kernel<T, MT, BITS, NR><<<blocks, kGemvThreads, 0, stream>>>(
+      x, static_cast<const uint4*>(qw), scales, out, m, n, k, group / EPV, num_groups);
+  return launch_status();
+}
+
+template <typename T, int BITS>
+inline int launch_wo_gemv(const T* x, const void* qw, const float* scales, T* out, int m, int n, int k,
+                          int group, int num_groups, cudaStream_t stream) {
+  constexpr int EPV = BITS == 8 ? 16 : 32;
+  if (m < 1 || m > kGemvMaxM || k % EPV || group % EPV) return kErrShape;
+  if (!aligned16(x) || !aligned16(qw)) return kErrUnsupported;
+  // MT rounds m up to a power of two: 5 instantiations instead of 16, at most 2x the FMAs.
+  if (m == 1) return launch_wo_gemv_mt<T, 1, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
+  if (m == 2) return launch_wo_gemv_mt<T, 2, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
+  if (m <= 4) return launch_wo_gemv_mt<T, 4, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
+  if (m <= 8) return launch_wo_gemv_mt<T, 8, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
+  return launch_wo_gemv_mt<T, 16, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
+}
+
+// Dequantize codes [n, k] (int4: packed [n, k / 2]) into T [n, k] for the cuBLAS (large-M) path.
+// One thread per 8 output columns when k % 8 == 0 and the group is a multiple of 8 (one scale, one
+// 16-byte store); otherwise one thread per column (any k / group: the fallback of every shape).
+template <typename T, int BITS, bool VEC>
+__global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __restrict__ scales,
+                                  T* __restrict__ out, int n, int k, int group, int num_groups) {
+  const int row = blockIdx.y;
+  const int64_t kb = BITS == 8 ? k : k / 2;
+  const int8_t* q = qw + row * kb;
+  const float* s = scales + static_cast<int64_t>(row) * num_groups;
+  T* o = out + static_cast<int64_t>(row) * k;
+  if constexpr (VEC) {
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c0 >= k) return;
+    const float sc = __ldg(s + c0 / group);
+    int codes[8];
+    if constexpr (BITS == 8) {
+      const uint2 b = *reinterpret_cast<const uint2*>(q + c0);
+      const uint32_t w[2] = {b.x, b.y};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) codes[j] = static_cast<int8_t>(w[j / 4] >> (8 * (j % 4)));
+    } else {
+      const uint32_t w = *reinterpret_cast<const uint32_t*>(q + c0 / 2);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) codes[j] = static_cast<int32_t>(w << (28 - 4 * j)) >> 28;  // sign-extend
+    }
+    Vec<T, 8> r;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r.v[j] = from_float<T>(static_cast<float>(codes[j]) * sc);
+    store_vec<T, 8>(o + c0, r);
+  } else {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= k) return;
+    int code;
+    if constexpr (BITS == 8) {
+      code = q[c];
+    } else {
+      const int b = q[c / 2];
+      code = (c & 1) ? (b >> 4) : static_cast<int>(static_cast<int8_t>(b << 4)) >> 4;
+    }
+    o[c] = from_float<T>(static_cast<float>(code) * __ldg(s + c / group));
+  }
+}
+
+template <typename T, int BITS>
+inline int launch_wo_dequant(const int8_t* qw, const float* scales, T* out, int n, int k, int group,
+                             int num_groups, cudaStream_t stream) {
+  if (n > 65535) return kErrShape;  // rows ride on grid.y
+  const bool vec = k % 8 == 0 && group % 8 == 0 && aligned16(out) && (reinterpret_cast<uintptr_t>(qw) & 7) == 0;
+  const int threads = 256;
+  if (vec) {
+    const dim3 grid((k / 8 + threads - 1) / threads, n);
+    wo_dequant_kernel<T, BITS, true><<<grid, threads, 0, stream>>>(qw, scales, out, n, k, group, num_groups);
+  } else {
+    const dim3 grid((k + threads - 1) / threads, n);
+    wo_dequant_kernel<T, BITS, false><<<grid, threads, 0, stream>>>(qw, scales, out, n, k, group, num_groups);
+  }
+  return launch_status();
+}
+
+// ------------------------------------------------------------------ activation quantizers (W8A8)
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>((blockDim.x + 31) >> 5) ? scratch[lane] : 0.f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// e4m3 codes of x / scale (IEEE division as in the reference, saturating at +-448, round to nearest
+// even); rows in [rows, out_rows) are zero padding for GEMM libraries that want aligned M.
+template <typename T>
+__global__ void quantize_fp8_kernel(const T* __restrict__ x, const float* __restrict__ scale,
+                                    __nv_fp8_storage_t* __restrict__ out, int rows, int k) {
+  const int row = blockIdx.x;
+  const float s = __ldg(scale);
+  const T* xr = x + static_cast<int64_t>(row) * k;
+  __nv_fp8_storage_t* o = out + static_cast<int64_t>(row) * k;
+  for (int c = threadIdx.x; c < k; c += blockDim.x) {
+    const float v = row < rows ? __fdiv_rn(to_float<T>(xr[c]), s) : 0.f;
+    o[c] = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
+// Per-token symmetric int8: scale = max(amax, 1e-8) / 127, q = clamp(rint(x / scale), +-127); the
+// same IEEE operations as the reference, so codes and scales match it bit for bit.
+template <typename T>
+__global__ void quantize_int8_kernel(const T* __restrict__ x, int8_t* __restrict__ out,
+                                     float* __restrict__ out_scales, int rows, int k) {
+  __shared__ float scratch[32];
+  const int row = blockIdx.x;
+  int8_t* o = out + static_cast<int64_t>(row) * k;
+  if (row >= rows) {  // padding rows (uniform per block, so no barrier is skipped divergently)
+    for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = 0;
+    return;
+  }
+  const T* xr = x + static_cast<int64_t>(row) * k;
+  float amax = 0.f;
+  for (int c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float<T>(xr[c])));
+  amax = block_max(amax, scratch);
+  const float s = __fdiv_rn(fmaxf(amax, 1e-8f), 127.f);
+  if (threadIdx.x == 0) out_scales[row] = s;
+  for (int c = threadIdx.x; c < k; c += blockDim.x) {
+    const float q = rintf(__fdiv_rn(to_float<T>(xr[c]), s));
+    o[c] = static_cast<int8_t>(fminf(fmaxf(q, -127.f), 127.f));
+  }
+}
+
+// out[m, n] = T((float(acc[m, n]) * x_scale[m]) * w_scale[n]), the reference's order of operations.
+template <typename T>
+__global__ void int8_epilogue_kernel(const int32_t* __restrict__ acc, int64_t acc_stride,
+                                     const float* __restrict__ xs, const float* __restrict__ ws,
+                                     T* __restrict__ out, int n) {
+  const int row = blockIdx.x;
+  const float sx = __ldg(xs + row);
+  const int32_t* a = acc + row * acc_stride;
+  T* o = out + static_cast<int64_t>(row) * n;
+  for (int c = threadIdx.x; c < n; c += blockDim.x)
+    o[c] = from_float<T>(__fmul_rn(__fmul_rn(__int2float_rn(a[c]), sx), __ldg(ws + c)));
+}
+
+}  // namespace trtdsl

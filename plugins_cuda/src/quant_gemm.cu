@@ -1,0 +1,114 @@
+// C launchers of the quantized GEMM kernels (quant_gemm.cuh): validate, dispatch on dtype / bits, launch.
+#include "trtdsl/plugins.h"
+#include "trtdsl/quant_gemm.cuh"
+
+using namespace trtdsl;
+
+namespace {
+
+constexpr int64_t kMaxInt = 0x7fffffff;
+
+// group_size 0 (per-channel) is one group spanning the row.
+inline bool resolve_group(int64_t k, int& group, int num_groups) {
+  if (group == 0) group = static_cast<int>(k);
+  return group > 0 && num_groups == (k + group - 1) / group;
+}
+
+}  // namespace
+
+extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const float* scales, void* out,
+                                       int64_t m, int64_t n, int64_t k, int bits, int group_size,
+                                       int num_groups, int dtype, cudaStream_t stream) {
+  if (!x || !qweight || !scales || !out) return kErrNullPointer;
+  if (m < 1 || n < 1 || k < 1 || n > kMaxInt || k > kMaxInt || !resolve_group(k, group_size, num_groups))
+    return kErrShape;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+#define TRTDSL_GEMV(T, B)                                                                                  \
+  return launch_wo_gemv<T, B>(static_cast<const T*>(x), qweight, scales, static_cast<T*>(out), mi, ni, ki, \
+                              group_size, num_groups, stream)
+  if (bits == 8) {
+    if (dtype == kFloat16) TRTDSL_GEMV(__half, 8);
+    if (dtype == kBFloat16) TRTDSL_GEMV(__nv_bfloat16, 8);
+  } else if (bits == 4) {
+    if (dtype == kFloat16) TRTDSL_GEMV(__half, 4);
+    if (dtype == kBFloat16) TRTDSL_GEMV(__nv_bfloat16, 4);
+  } else {
+    return kErrUnsupported;
+  }
+#undef TRTDSL_GEMV
+  return kErrDtype;
+}
+
+extern "C" int trtdsl_weight_only_dequantize(const void* qweight, const float* scales, void* out, int64_t n,
+                                             int64_t k, int bits, int group_size, int num_groups, int dtype,
+                                             cudaStream_t stream) {
+  if (!qweight || !scales || !out) return kErrNullPointer;
+  if (n < 0 || k < 1 || k > kMaxInt || (bits == 4 && k % 2) || !resolve_group(k, group_size, num_groups))
+    return kErrShape;
+  if (n == 0) return kOk;
+  const int8_t* q = static_cast<const int8_t*>(qweight);
+  const int ni = static_cast<int>(n), ki = static_cast<int>(k);
+#define TRTDSL_DQ(T, B) \
+  return launch_wo_dequant<T, B>(q, scales, static_cast<T*>(out), ni, ki, group_size, num_groups, stream)
+  if (bits == 8) {
+    if (dtype == kFloat32) TRTDSL_DQ(float, 8);
+    if (dtype == kFloat16) TRTDSL_DQ(__half, 8);
+    if (dtype == kBFloat16) TRTDSL_DQ(__nv_bfloat16, 8);
+  } else if (bits == 4) {
+    if (dtype == kFloat32) TRTDSL_DQ(float, 4);
+    if (dtype == kFloat16) TRTDSL_DQ(__half, 4);
+    if (dtype == kBFloat16) TRTDSL_DQ(__nv_bfloat16, 4);
+  } else {
+    return kErrUnsupported;
+  }
+#undef TRTDSL_DQ
+  return kErrDtype;
+}
+
+extern "C" int trtdsl_quantize_fp8(const void* x, const float* scale, void* out, int64_t rows, int64_t out_rows,
+                                   int64_t k, int dtype, cudaStream_t stream) {
+  if (!x || !scale || !out) return kErrNullPointer;
+  if (rows < 0 || out_rows < rows || out_rows > kMaxInt || k < 1 || k > kMaxInt) return kErrShape;
+  if (out_rows == 0) return kOk;
+  auto* o = static_cast<__nv_fp8_storage_t*>(out);
+  const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
+  switch (dtype) {
+    case kFloat32: quantize_fp8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), scale, o, r, ki); break;
+    case kFloat16: quantize_fp8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), scale, o, r, ki); break;
+    case kBFloat16: quantize_fp8_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), scale, o, r, ki); break;
+    default: return kErrDtype;
+  }
+  return launch_status();
+}
+
+extern "C" int trtdsl_quantize_per_token_int8(const void* x, void* out, float* scales, int64_t rows,
+                                              int64_t out_rows, int64_t k, int dtype, cudaStream_t stream) {
+  if (!x || !out || !scales) return kErrNullPointer;
+  if (rows < 0 || out_rows < rows || out_rows > kMaxInt || k < 1 || k > kMaxInt) return kErrShape;
+  if (out_rows == 0) return kOk;
+  auto* o = static_cast<int8_t*>(out);
+  const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
+  switch (dtype) {
+    case kFloat32: quantize_int8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
+    case kFloat16: quantize_int8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
+    case kBFloat16: quantize_int8_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
+    default: return kErrDtype;
+  }
+  return launch_status();
+}
+
+extern "C" int trtdsl_int8_gemm_epilogue(const int32_t* acc, int64_t acc_stride, const float* x_scales,
+                                         const float* w_scales, void* out, int64_t m, int64_t n, int dtype,
+                                         cudaStream_t stream) {
+  if (!acc || !x_scales || !w_scales || !out) return kErrNullPointer;
+  if (m < 0 || m > kMaxInt || n < 1 || n > kMaxInt || acc_stride < n) return kErrShape;
+  if (m == 0) return kOk;
+  const int grid = static_cast<int>(m), ni = static_cast<int>(n);
+  switch (dtype) {
+    case kFloat32: int8_epilogue_kernel<float><<<grid, 256, 0, stream>>>(acc, acc_stride, x_scales, w_scales, static_cast<float*>(out), ni); break;
+    case kFloat16: int8_epilogue_kernel<__half><<<grid, 256, 0, stream>>>(acc, acc_stride, x_scales, w_scales, static_cast<__half*>(out), ni); break;
+    case kBFloat16: int8_epilogue_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(acc, acc_stride, x_scales, w_scales, static_cast<__nv_bfloat16*>(out), ni); break;
+    default: return kErrDtype;
+  }
+  return launch_status();
+}

@@ -1,0 +1,60 @@
+"""CUDA implementations of the quantized GEMM plugins (``trtdsl.weight_only_gemm``, ``trtdsl.fp8_gemm``,
+``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`).
+
+``register_cuda_implementations()`` sets ``get_plugin(name).implementations["cuda"]`` for the three, each
+with the reference's signature ``(ins, fields, hints) -> tensor``. Cases the kernels do not cover
+(fp32 activations, shapes cuBLASLt rejects, FP8 on GPUs older than sm_89) run the torch reference on
+the GPU, so every network the reference runs also runs here."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import torch
+
+from ..registry import get_plugin
+
+__all__ = ["register_cuda_implementations"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+@lru_cache(maxsize=None)
+def _has_fp8(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+def _weight_only_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from .quant_ops import weight_only_gemm
+    x, qweight, scales = ins
+    return weight_only_gemm(x, qweight, scales, int(fields["bits"]), int(fields["group_size"]),
+                            int(fields["in_features"]))
+
+
+def _fp8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from ...quantization.plugins import fp8_gemm_reference
+    from .quant_ops import fp8_gemm
+    x, w, w_scale, x_scale = ins
+    n, k = w.shape
+    if x.dtype not in _HALF or k % 16 or n % 16 or not _has_fp8(x.device.index or 0):
+        return fp8_gemm_reference(ins, fields, hints)
+    return fp8_gemm(x, w, w_scale, x_scale)
+
+
+def _int8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from ...quantization.plugins import int8_gemm_reference
+    from .quant_ops import int8_gemm
+    x, w, w_scale = ins
+    n, k = w.shape
+    if x.dtype not in _HALF or k % 8 or n % 8:
+        return int8_gemm_reference(ins, fields, hints)
+    return int8_gemm(x, w, w_scale)
+
+
+def register_cuda_implementations() -> None:
+    """Attach the quantized GEMM kernels to their plugins (idempotent)."""
+    from ...quantization.plugins import FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM
+    get_plugin(WEIGHT_ONLY_GEMM).implementations["cuda"] = _weight_only_cuda
+    get_plugin(FP8_GEMM).implementations["cuda"] = _fp8_cuda
+    get_plugin(INT8_GEMM).implementations["cuda"] = _int8_cuda
