@@ -1,0 +1,233 @@
+"""GPU tests of the quantized GEMM kernels (``trtdsl.plugins.cuda.quant_ops``) against the plain-torch
+plugin references of ``trtdsl.quantization.plugins``, on fresh random codes, scales and activations.
+Rows M = 1, 3 (decode GEMV), 17, 300 (dequantize + cuBLAS / padded cuBLASLt), fp16 and bf16."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trtdsl.errors import PluginError
+from trtdsl.quantization import numerics
+from trtdsl.quantization.plugins import (FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM, fp8_gemm_reference,
+                                         int8_gemm_reference, weight_only_gemm_reference)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+fp8 = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
+                         reason="needs an sm_89+ GPU for FP8")
+DTYPES = [torch.float16, torch.bfloat16]
+ROWS = [1, 3, 17, 300]
+# (in_features k, out_features n) of Llama-3-8B's GEMMs: qkv/o, gate/up, down, lm_head.
+BIG = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert torch.isfinite(out).all(), "non-finite values in the kernel output"
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+
+
+# Both sides accumulate in fp32; what differs is summation order, one output rounding and (large-M
+# weight-only path) weights rounded to x's dtype before cuBLAS.
+TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+def weight_only_inputs(m: int, k: int, n: int, bits: int, group: int, dtype: torch.dtype):
+    """Random codes over the whole int range (including the unused -8 / -128), random scales."""
+    lo, hi = (-8, 8) if bits == 4 else (-128, 128)
+    codes = torch.randint(lo, hi, (n, k), dtype=torch.int8, device="cuda")
+    qweight = numerics.pack_int4(codes) if bits == 4 else codes
+    scales = torch.rand(n, numerics.num_groups(k, group), device="cuda") * 0.02 + 1e-3
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    return x, qweight, scales
+
+
+def check_weight_only(m, k, n, bits, group, dtype):
+    from trtdsl.plugins.cuda.quant_ops import weight_only_gemm
+    x, qweight, scales = weight_only_inputs(m, k, n, bits, group, dtype)
+    fields = {"bits": bits, "group_size": group, "in_features": k}
+    out = weight_only_gemm(x, qweight, scales, bits, group, k)
+    ref = weight_only_gemm_reference([x, qweight, scales], fields)
+    assert rel_err(out, ref) < TOL[dtype], (m, k, n, bits, group, dtype)
+
+
+# ---------------------------------------------------------------- argument checks (run on CPU too)
+
+def test_cpu_tensors_are_rejected_with_plugin_error():
+    from trtdsl.plugins.cuda.quant_ops import int8_gemm, weight_only_gemm
+    x = torch.randn(2, 64)
+    with pytest.raises(PluginError, match="x must be a CUDA tensor"):
+        weight_only_gemm(x, torch.zeros(8, 32, dtype=torch.int8), torch.ones(8, 1), 4, 64, 64)
+    with pytest.raises(PluginError, match="CUDA tensor"):
+        int8_gemm(x, torch.zeros(8, 64, dtype=torch.int8), torch.ones(8))
+
+
+def test_registration_attaches_the_three_plugins():
+    from trtdsl.plugins.cuda.register import register_cuda_implementations
+    from trtdsl.plugins.registry import get_plugin
+    register_cuda_implementations()
+    for name in (WEIGHT_ONLY_GEMM, FP8_GEMM, INT8_GEMM):
+        impl = get_plugin(name).implementations.get("cuda")
+        assert callable(impl) and impl is not get_plugin(name).reference
+
+
+# ---------------------------------------------------------------- weight-only int8 / int4
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,group", [(4, 64), (4, 128), (8, 64), (8, 128), (8, 0), (4, 0)])
+@pytest.mark.parametrize("m", ROWS + [8, 16])
+def test_weight_only_small_shapes(m, bits, group, dtype):
+    check_weight_only(m, 1024, 200, bits, group, dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n,bits,group", [
+    (96, 40, 8, 64),    # GEMV path with a short last group (96 = 64 + 32)
+    (200, 37, 8, 64),   # k % 16 != 0 -> dequantize path, scalar kernel
+    (192, 24, 4, 48),   # group not a multiple of 32 codes -> dequantize path
+    (130, 9, 4, 0),     # per-channel, odd n
+])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_weight_only_odd_shapes(m, k, n, bits, group, dtype):
+    check_weight_only(m, k, n, bits, group, dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,group", [(4, 128), (8, 64)])
+@pytest.mark.parametrize("k,n", BIG)
+@pytest.mark.parametrize("m", ROWS)
+def test_weight_only_llama_shapes(m, k, n, bits, group, dtype):
+    check_weight_only(m, k, n, bits, group, dtype)
+
+
+@cuda
+def test_dequantize_matches_numerics():
+    from trtdsl.plugins.cuda.quant_ops import dequantize_weight
+    for bits, group in [(4, 64), (8, 48), (4, 0)]:
+        _, qweight, scales = weight_only_inputs(1, 320, 24, bits, group, torch.float32)
+        codes = numerics.unpack_int4(qweight) if bits == 4 else qweight
+        ref = numerics.dequantize_weight(codes, scales, group)
+        out = dequantize_weight(qweight, scales, bits, group, 320, torch.float32)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@cuda
+def test_weight_only_gemv_is_graph_capturable():
+    from trtdsl.plugins.cuda.quant_ops import weight_only_gemm
+    x, qweight, scales = weight_only_inputs(2, 512, 64, 4, 128, torch.bfloat16)
+    weight_only_gemm(x, qweight, scales, 4, 128, 512)  # build + warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = weight_only_gemm(x, qweight, scales, 4, 128, 512)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(out, weight_only_gemm(x, qweight, scales, 4, 128, 512), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- FP8
+
+def fp8_inputs(m, k, n, dtype, per_channel):
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    w = (torch.randn(n, k, device="cuda") * 64).clamp(-448, 448).to(torch.float8_e4m3fn)
+    w_scale = torch.rand(n if per_channel else 1, device="cuda") * 0.01 + 1e-3
+    x_scale = (x.float().abs().amax() / 400).reshape(1)  # a few values saturate at +-448
+    return [x, w, w_scale, x_scale]
+
+
+@fp8
+def test_fp8_quantizer_matches_numerics_bitwise():
+    from trtdsl.plugins.cuda.quant_ops import quantize_fp8
+    for dtype in DTYPES:
+        x = torch.randn(37, 160, device="cuda", dtype=dtype) * 30
+        scale = torch.tensor([0.05], device="cuda")
+        out = quantize_fp8(x, scale, pad_rows_to=16)
+        assert out.shape == (48, 160) and (out[37:].view(torch.uint8) == 0).all()
+        assert torch.equal(out[:37].view(torch.uint8), numerics.quantize_fp8(x, scale).view(torch.uint8))
+
+
+@fp8
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("k,n", [(256, 96)] + BIG)
+@pytest.mark.parametrize("m", ROWS)
+def test_fp8_gemm(m, k, n, per_channel, dtype):
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemm
+    ins = fp8_inputs(m, k, n, dtype, per_channel)
+    assert rel_err(fp8_gemm(*ins), fp8_gemm_reference(ins, {})) < TOL[dtype]
+
+
+@fp8
+def test_fp8_padded_rows_match_unpadded():
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemm
+    ins = fp8_inputs(1, 512, 64, torch.bfloat16, True)
+    torch.testing.assert_close(fp8_gemm(*ins, pad_rows_to=16), fp8_gemm(*ins), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- INT8 SmoothQuant
+
+@cuda
+def test_int8_quantizer_matches_numerics_bitwise():
+    from trtdsl.plugins.cuda.quant_ops import quantize_per_token_int8
+    for dtype in DTYPES:
+        x = torch.randn(5, 1000, device="cuda", dtype=dtype) * torch.logspace(-3, 2, 5, device="cuda")[:, None].to(dtype)
+        x[2] = 0  # an all-zero row takes the 1e-8 floor
+        codes, scales = quantize_per_token_int8(x, min_rows=24)
+        ref_codes, ref_scales = numerics.quantize_per_token_int8(x)
+        assert codes.shape == (24, 1000) and (codes[5:] == 0).all()
+        assert torch.equal(codes[:5], ref_codes) and torch.equal(scales, ref_scales)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", [(256, 96)] + BIG)
+@pytest.mark.parametrize("m", ROWS)
+def test_int8_gemm(m, k, n, dtype):
+    from trtdsl.plugins.cuda.quant_ops import int8_gemm
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+    w_scale = torch.rand(n, device="cuda") * 0.01 + 1e-4
+    out = int8_gemm(x, w, w_scale)
+    ref = int8_gemm_reference([x, w, w_scale], {})
+    # Same codes, exact int32 accumulators, same float32 scale products: only the cast may differ.
+    assert rel_err(out, ref) < 1e-3
+
+
+@cuda
+def test_int8_gemm_is_graph_capturable():
+    from trtdsl.plugins.cuda.quant_ops import int8_gemm
+    x = torch.randn(3, 256, device="cuda", dtype=torch.float16)
+    w = torch.randint(-127, 128, (64, 256), dtype=torch.int8, device="cuda")
+    ws = torch.rand(64, device="cuda") * 0.01
+    int8_gemm(x, w, ws)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = int8_gemm(x, w, ws)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(out, int8_gemm(x, w, ws), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- through the plugin registry
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_registered_implementations_match_references(dtype):
+    from trtdsl.plugins.cuda.register import register_cuda_implementations
+    from trtdsl.plugins.registry import get_plugin
+    register_cuda_implementations()
+    x, qweight, scales = weight_only_inputs(3, 256, 48, 4, 64, torch.float32)
+    x = x.to(dtype).reshape(1, 3, 256)  # [batch, tokens, k]: leading dims are kept
+    fields = {"bits": 4, "group_size": 64, "in_features": 256}
+    cases = [(WEIGHT_ONLY_GEMM, [x, qweight, scales], fields, weight_only_gemm_reference),
+             (INT8_GEMM, [x, torch.randint(-127, 128, (48, 256), dtype=torch.int8, device="cuda"),
+                          torch.rand(48, device="cuda") * 0.01], {}, int8_gemm_reference)]
+    if torch.cuda.get_device_capability() >= (8, 9):
+        f = fp8_inputs(3, 256, 48, torch.float32, True)
+        cases.append((FP8_GEMM, [x, *f[1:]], {}, fp8_gemm_reference))
+    for name, ins, flds, reference in cases:
+        out = get_plugin(name).implementations["cuda"](ins, flds, {})
+        ref = reference(ins, flds, {})
+        assert out.shape == (1, 3, 48) and rel_err(out, ref) < 1e-2, name
