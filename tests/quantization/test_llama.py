@@ -13,7 +13,8 @@ from trtdsl.ir.network import LayerKind, Network
 from trtdsl.models import from_hugging_face
 from trtdsl.models.eval import token_logprobs
 from trtdsl.plugins.attention_reference import paged_attention_reference
-from trtdsl.quantization import prefill_feeds, quantize_network, token_chunks
+from trtdsl.quantization import (CalibrationStats, calibrate, prefill_feeds, quantize_network,
+                                 token_chunks)
 from trtdsl.quantization.kv_cache import quant_kv_attention_reference
 
 transformers = pytest.importorskip("transformers")
@@ -42,6 +43,11 @@ def feeds(llama: tuple[Network, torch.nn.Module]) -> list[dict[str, torch.Tensor
 
 
 @pytest.fixture(scope="module")
+def stats(llama: tuple[Network, torch.nn.Module], feeds: list) -> CalibrationStats:
+    return calibrate(llama[0], feeds, progress=False)  # once for every case below
+
+
+@pytest.fixture(scope="module")
 def reference(llama: tuple[Network, torch.nn.Module]) -> tuple[torch.Tensor, torch.Tensor]:
     """A held-out sequence and its log-probabilities under Hugging Face's model."""
     tokens = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(2))
@@ -60,12 +66,12 @@ CASES = [("int8_wo", None, 0.006), ("int4_wo", None, 0.09), ("int4_awq", None, 0
 
 
 @pytest.mark.parametrize("mode,kv,tol", CASES)
-def test_quantized_llama_tracks_hugging_face(llama: tuple, feeds: list, reference: tuple,
+def test_quantized_llama_tracks_hugging_face(llama: tuple, stats: CalibrationStats, reference: tuple,
                                              mode: str | None, kv: str | None, tol: float) -> None:
     net, _ = llama
     tokens, ref = reference
-    qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration_feeds=feeds, group_size=32,
-                            awq_grid=10, progress=False)
+    qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration=stats, group_size=32,
+                            awq_grid=10)
     # chunk_size=16: a prefill of 16 tokens, then steps that read what earlier steps cached.
     lp = token_logprobs(qnet, tokens, chunk_size=16)
     diff = float((lp - ref).abs().max())
@@ -87,14 +93,15 @@ def test_the_float_network_matches_hugging_face(llama: tuple, reference: tuple) 
 
 
 def test_kv_cache_scales_come_from_calibration(llama: tuple, feeds: list) -> None:
-    qnet = quantize_network(llama[0], None, kv_cache_dtype="int8", calibration_feeds=feeds,
+    qnet = quantize_network(llama[0], None, kv_cache_dtype="int8", calibration_feeds=feeds[:2],
                             progress=False)
-    scales = [la.outputs[0] for la in qnet.layers if la.name.endswith(".kv_scales")]
-    assert len(scales) == 2  # one [K, V] pair per layer
-    for layer in qnet.layers:
-        if layer.name.endswith(".kv_scales"):
-            value = layer.attrs["value"]
-            assert value.shape == (2,) and (value > 0).all()
+    scales = {la.attrs["fields"]["layer_idx"]: la.inputs[8].producer.attrs["value"]
+              for la in qnet.layers if la.attrs.get("name") == "trtdsl.attention_quant_kv"}
+    assert sorted(scales) == [0, 1]
+    for idx, value in scales.items():  # max |K| and max |V| the calibration steps wrote, / 127
+        pools = [f["kv_cache"][idx] for f in feeds[:2]]
+        amax = torch.stack([torch.stack([p[:, 0].abs().max(), p[:, 1].abs().max()]) for p in pools])
+        torch.testing.assert_close(value, amax.amax(0) / 127)
 
 
 def test_quantized_cache_reference_is_exact_for_representable_values() -> None:

@@ -12,7 +12,7 @@ from trtdsl.backends.torch_executor import TorchExecutor
 from trtdsl.errors import ConfigError
 from trtdsl.ir.network import LayerKind, Network
 from trtdsl.quantization import (CALIBRATION_TOPICS, EVALUATION_TOPICS, QuantConfig, builtin_text,
-                                 collect_statistics, quantize_network)
+                                 calibrate, collect_statistics, quantize_network)
 
 K, HIDDEN = 64, 128
 
@@ -185,3 +185,17 @@ def test_unsupported_networks_are_refused(mlp: Network) -> None:
         quantize_network(mlp, "int8_wo", exclude=("*",))
     with pytest.raises(ConfigError, match="trtdsl.attention"):
         quantize_network(mlp, None, kv_cache_dtype="fp8", calibration_feeds=[])
+
+
+def test_one_calibration_serves_every_mode(mlp: Network, feeds: list) -> None:
+    stats = calibrate(mlp, feeds, progress=False)
+    x = activations(7)
+    for mode in ("fp8", "int8_sq"):
+        direct = quantize_network(mlp, mode, calibration_feeds=feeds, progress=False)
+        reused = quantize_network(mlp, mode, calibration=stats)
+        torch.testing.assert_close(_run(reused, x), _run(direct, x), rtol=0, atol=0)
+    other = Network("other")
+    y = other.add_input("x", "float32", ["tokens", K])
+    F.linear(y, _param("w", torch.randn(8, K))).mark_output("y")
+    with pytest.raises(ConfigError, match="lack GEMM inputs"):
+        quantize_network(other, "fp8", calibration=stats)

@@ -21,10 +21,10 @@ from ..errors import ConfigError
 from ..ir.network import LayerKind, Network
 from ..runtime.kv_cache import blocks_for_tokens
 from ..runtime.step_inputs import build_static_step_inputs
-from .graph import clone_network
+from .graph import clone_network, find_gemm_sites
 
 __all__ = ["CALIBRATION_TOPICS", "EVALUATION_TOPICS", "builtin_text", "token_chunks", "prefill_feeds",
-           "CalibrationStats", "collect_statistics"]
+           "CalibrationStats", "collect_statistics", "calibrate"]
 
 #: pydoc topics used for calibration (prose about the language, present since Python 3.0).
 CALIBRATION_TOPICS = ("class", "compound", "customization", "exceptions", "execmodel", "import",
@@ -104,19 +104,26 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
     probe = clone_network(network)
     by_name = {t.name: t for layer in probe.layers for t in layer.outputs}
     by_name.update({t.name: t for t in probe.inputs.values()})
+    # Only the probed tensors are outputs, so the executor skips what no probe needs (the LM head).
+    probe.outputs = {}
+    attn_layers = [(layer, layer.attrs["fields"]["layer_idx"]) for layer in probe.layers
+                   if layer.kind is LayerKind.PLUGIN and "layer_idx" in layer.attrs.get("fields", {})]
+    if kv_cache:  # the attention layers must run for the pool to be written
+        for layer, idx in attn_layers:
+            probe.mark_output(layer.outputs[0], f"__calibration__.attention.{idx}")
     out_names = {}
     for name in tensor_names:
         if name not in by_name:
             raise ConfigError(f"calibration: tensor {name!r} is not in network {network.name!r}")
         out_names[name] = f"__calibration__.{name}"
         probe.mark_output(by_name[name], out_names[name])
-    attn_layers = [(layer.name, layer.attrs["fields"]["layer_idx"]) for layer in probe.layers
-                   if layer.kind is LayerKind.PLUGIN and "layer_idx" in layer.attrs.get("fields", {})]
+    if not probe.outputs:
+        raise ConfigError("calibration: nothing to calibrate (no tensors and no K/V cache)")
     executor = TorchExecutor(probe, "cpu")
     stats = CalibrationStats()
     gen = torch.Generator().manual_seed(seed)
     for feed in _progress(feeds, progress):
-        result = executor.run(feed, outputs=list(out_names.values()))
+        result = executor.run(feed)
         for name, out in out_names.items():
             _accumulate(stats, name, result[out].detach().float(), max_rows, gen)
         if kv_cache:
@@ -129,6 +136,18 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
     if stats.steps == 0:
         raise ConfigError("calibration: the calibration feeds were empty")
     return stats
+
+
+def calibrate(network: Network, calibration_feeds: Iterable[Mapping[str, Any]], *,
+              max_rows: int = 512, progress: bool = True) -> CalibrationStats:
+    """Statistics for every quantization mode at once: the inputs of all GEMMs with constant weights
+    and, when the network has a K/V cache, its per-layer ranges. Pass the result to several
+    ``quantize_network(..., calibration=stats)`` calls to calibrate only once."""
+    names = sorted({site.x.name for site in find_gemm_sites(network)})
+    has_cache = any(layer.kind is LayerKind.PLUGIN and "layer_idx" in layer.attrs.get("fields", {})
+                    for layer in network.layers)
+    return collect_statistics(network, names, calibration_feeds, max_rows=max_rows,
+                              kv_cache=has_cache, progress=progress)
 
 
 def _accumulate(stats: CalibrationStats, name: str, x: torch.Tensor, max_rows: int,
@@ -153,7 +172,7 @@ def _progress(feeds: Iterable[Any], enabled: bool) -> Iterable[Any]:
     if not enabled:
         return feeds
     try:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:  # tqdm is a dependency, but calibration must not fail without a progress bar
         return feeds
     total = len(feeds) if hasattr(feeds, "__len__") else None  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ import torch
 
 from ..dtypes import DType
 from ..errors import DTypeError, ShapeError
+from ..plugins.attention import shape_rule as attention_shape_rule
 from ..plugins.attention_reference import apply_rope
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from .numerics import FP8_MAX, INT8_MAX
@@ -81,12 +82,17 @@ def _shape_rule(ins: list, fields: dict) -> list:
         raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales), "
                          f"got {len(ins)}\n  inputs: {names}")
     qkv, kv_cache, scales = ins[0], ins[6], ins[8]
+    attention_fields = {k: v for k, v in fields.items() if k != "kv_cache_dtype"}
+    out = attention_shape_rule(ins[:8], attention_fields)  # every check of trtdsl.attention
+    if fields.get("kv_cache_dtype") != kv_cache.dtype.value:
+        raise DTypeError(f"{ATTENTION_QUANT_KV}: field kv_cache_dtype={fields.get('kv_cache_dtype')!r} "
+                         f"but the kv_cache input is {kv_cache.dtype.value}\n  inputs: {names}")
     if kv_cache.dtype not in KV_QMAX:
         raise DTypeError(f"{ATTENTION_QUANT_KV}: kv_cache must be int8 or fp8, got "
                          f"{kv_cache.dtype.value}\n  inputs: {names}")
     if scales.dtype is not DType.float32 or tuple(scales.shape) != (2,):
         raise ShapeError(f"{ATTENTION_QUANT_KV}: kv_scales must be float32 [2] (K, V)\n  inputs: {names}")
-    return [(qkv.dtype, (qkv.shape[0], fields["num_heads"] * fields["head_dim"]))]
+    return out
 
 
 def register() -> None:

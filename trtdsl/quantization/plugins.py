@@ -107,12 +107,20 @@ def _int8_shape(ins: list, fields: dict) -> list:
     return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 
 
+# float32 holds every integer below 2**24 exactly, and a dot product of 1024 int8 pairs stays below
+# 1024 * 127 * 127 < 2**24: so float32 GEMMs over 1024-wide slices of K are exact integer sums.
+_EXACT_K = 1024
+
+
 def int8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
-    """Per-token dynamic int8 activations times per-channel int8 weights. The int32 accumulation is
-    emulated exactly in float64 (every partial sum is an integer below 2**53), then scaled."""
+    """Per-token dynamic int8 activations times per-channel int8 weights. The int32 accumulator is
+    emulated exactly: exact float32 GEMMs over K slices, summed in int32; then scaled."""
     x, w, w_scale = ins
     xq, x_scale = quantize_per_token_int8(x)
-    acc = (xq.double() @ w.double().T).to(torch.int32)  # exactly the int32 accumulator
+    xf, wf = xq.float(), w.float()
+    acc = torch.zeros(*xq.shape[:-1], w.shape[0], dtype=torch.int32, device=x.device)
+    for k0 in range(0, xq.shape[-1], _EXACT_K):
+        acc += (xf[..., k0:k0 + _EXACT_K] @ wf[:, k0:k0 + _EXACT_K].T).to(torch.int32)
     return (acc.float() * x_scale * w_scale.float()).to(x.dtype)
 
 

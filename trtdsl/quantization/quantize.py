@@ -39,15 +39,16 @@ _QUANT_PLUGINS = (WEIGHT_ONLY_GEMM, FP8_GEMM, INT8_GEMM, kvq.ATTENTION_QUANT_KV)
 def quantize_network(network: Network, mode: str | None = None, *,
                      calibration_feeds: Iterable[Mapping[str, Any]] | None = None,
                      group_size: int = 128, kv_cache_dtype: str | None = None,
-                     config: QuantConfig | None = None, progress: bool = True,
-                     **options: Any) -> Network:
+                     config: QuantConfig | None = None, calibration: CalibrationStats | None = None,
+                     progress: bool = True, **options: Any) -> Network:
     """Return a quantized copy of ``network``.
 
     ``mode`` is one of ``"fp8"``, ``"int8_wo"``, ``"int4_wo"``, ``"int4_awq"``, ``"int8_sq"`` (or
     ``None`` with a ``kv_cache_dtype``); ``options`` are the other :class:`QuantConfig` fields, or
     pass a whole ``config``. ``calibration_feeds`` (step feeds of the float network, e.g. from
     :func:`~trtdsl.quantization.prefill_feeds`) are needed by fp8, int4_awq, int8_sq and K/V cache
-    quantization.
+    quantization; or pass ``calibration``, statistics from :func:`~trtdsl.quantization.calibrate`
+    on this network, to quantize several ways with one calibration run.
 
     >>> qnet = quantize_network(net, "int4_awq", calibration_feeds=feeds, group_size=64)
     """
@@ -65,17 +66,17 @@ def quantize_network(network: Network, mode: str | None = None, *,
                           f"weights outside the excluded {list(cfg.exclude)}; nothing to quantize "
                           f"with mode {cfg.mode!r}")
     attention = _attention_layers(net) if cfg.kv_cache_dtype else []
-    stats = None
+    stats = calibration
     if cfg.needs_calibration:
-        if calibration_feeds is None:
-            what = f"mode {cfg.mode!r}" if cfg.mode in CALIBRATED_MODES else \
-                f"kv_cache_dtype {cfg.kv_cache_dtype!r}"
-            raise ConfigError(f"quantize_network: {what} needs calibration_feeds (step feeds of the "
-                              "float network), e.g. trtdsl.quantization.prefill_feeds(network, "
-                              "token_chunks(tokenizer.encode(builtin_text()), 256, 16))")
         names = sorted({s.x.name for s in sites}) if cfg.mode in CALIBRATED_MODES else []
-        stats = collect_statistics(network, names, calibration_feeds, max_rows=cfg.max_calibration_rows,
-                                   kv_cache=cfg.kv_cache_dtype is not None, progress=progress)
+        if stats is None:
+            stats = _calibrate(network, cfg, names, calibration_feeds, progress)
+        missing = [n for n in names if n not in stats.amax]
+        if missing or (cfg.kv_cache_dtype and not stats.kv_amax):
+            raise ConfigError(f"quantize_network: the calibration statistics lack GEMM inputs "
+                              f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
+                              f"{' and K/V ranges' if cfg.kv_cache_dtype and not stats.kv_amax else ''}; "
+                              f"were they collected with calibrate() on network {network.name!r}?")
     if cfg.mode:
         quantize_group = _GROUP_QUANTIZERS[cfg.mode]
         for group in group_by_input(sites):
@@ -85,6 +86,18 @@ def quantize_network(network: Network, mode: str | None = None, *,
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
     return net
+
+
+def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
+               feeds: Iterable[Mapping[str, Any]] | None, progress: bool) -> CalibrationStats:
+    if feeds is None:
+        what = f"mode {cfg.mode!r}" if cfg.mode in CALIBRATED_MODES else \
+            f"kv_cache_dtype {cfg.kv_cache_dtype!r}"
+        raise ConfigError(f"quantize_network: {what} needs calibration_feeds (step feeds of the "
+                          "float network), e.g. trtdsl.quantization.prefill_feeds(network, "
+                          "token_chunks(tokenizer.encode(builtin_text()), 256, 16))")
+    return collect_statistics(network, names, feeds, max_rows=cfg.max_calibration_rows,
+                              kv_cache=cfg.kv_cache_dtype is not None, progress=progress)
 
 
 # -- GEMM rewrites ---------------------------------------------------------------------------------------
