@@ -1,0 +1,20 @@
+"""A tiny random Llama checkpoint (transformers, no hub), shared by the builder/CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(99)
+    path = tmp_path_factory.mktemp("tiny_llama_builder")
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    return path
