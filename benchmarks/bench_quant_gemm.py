@@ -27,7 +27,7 @@ from trtdsl.plugins.cuda import quant_ops as Q  # noqa: E402
 from trtdsl.quantization import numerics  # noqa: E402
 
 SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 128256)]  # (k, n)
-ROWS = [1, 16, 128, 2048]
+ROWS = [1, 2, 4, 8, 16, 128, 2048]  # 2..8 locate the GEMV / dequantize crossover
 DTYPE = torch.bfloat16
 
 
@@ -88,7 +88,9 @@ def cases(k: int, n: int, m: int, W: dict[str, Any], x: torch.Tensor) -> dict[st
         "fp8_w8a8": (lambda w, s: Q.fp8_gemm(x, w, s, x_scale), W["fp8"]),
         "int8_w8a8_smoothquant": (lambda w, s: Q.int8_gemm(x, w, s), (W["int8"][0], W["sq"])),
     }
-    if m <= Q.GEMV_MAX_M:  # the other weight-only path at decode sizes, to justify the M threshold
+    if m <= Q.GEMV_KERNEL_MAX_M:  # both weight-only paths forced, to place the GEMV_MAX_M threshold
+        out["w4a16_g128_gemv"] = (lambda q, s: Q.weight_only_gemv(x, q, s, 4, 128, k // 128), W["int4"])
+        out["w8a16_g128_gemv"] = (lambda q, s: Q.weight_only_gemv(x, q, s, 8, 128, k // 128), W["int8"])
         out["w4a16_g128_dequant_cublas"] = (
             lambda q, s: F.linear(x, Q.dequantize_weight(q, s, 4, 128, k, DTYPE)), W["int4"])
     if m == 1:
@@ -103,7 +105,7 @@ def bench_shape(k: int, n: int, rows: list[int], copy_gbps: float, gemm_tflops: 
     for m in rows:
         x = torch.randn(m, k, device="cuda", dtype=DTYPE)
         for name, (fn, weights) in cases(k, n, m, W, x).items():
-            key = name.replace("_dequant_cublas", "").replace("_pad16", "")
+            key = name.replace("_dequant_cublas", "").replace("_pad16", "").replace("_gemv", "")
             wbytes = nbytes(*weights)
             if key not in copies_cache:  # a weight copy per call keeps the L2 from serving repeats
                 copies_cache[key] = [weights] + [tuple(t.clone() for t in weights)
@@ -131,12 +133,13 @@ def bench_shape(k: int, n: int, rows: list[int], copy_gbps: float, gemm_tflops: 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first shape only, M = 1 and 2048")
+    ap.add_argument("--rows", type=int, nargs="*", help="override the M values")
     args = ap.parse_args()
     torch.manual_seed(0)
     copy_gbps = copy_bandwidth_gbps()
     gemm_tflops = gemm_ceiling_tflops()
     print(f"ceilings: copy {copy_gbps:.0f} GB/s (read + write), bf16 cuBLAS GEMM {gemm_tflops:.0f} TFLOP/s")
-    shapes, rows = (SHAPES[:1], [1, 2048]) if args.quick else (SHAPES, ROWS)
+    shapes, rows = (SHAPES[:1], [1, 2048]) if args.quick else (SHAPES, args.rows or ROWS)
     results = []
     for k, n in shapes:
         results += bench_shape(k, n, rows, copy_gbps, gemm_tflops)

@@ -71,7 +71,8 @@ extern "C" int trtdsl_quantize_fp8(const void* x, const float* scale, void* out,
   if (rows < 0 || out_rows < rows || out_rows > kMaxInt || k < 1 || k > kMaxInt) return kErrShape;
   if (out_rows == 0) return kOk;
   auto* o = static_cast<__nv_fp8_storage_t*>(out);
-  const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
+  const int r = static_cast<int>(rows), ki = static_cast<int>(k);
+  const dim3 grid(static_cast<unsigned>(out_rows), static_cast<unsigned>((k + kQuantCols - 1) / kQuantCols));
   switch (dtype) {
     case kFloat32: quantize_fp8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), scale, o, r, ki); break;
     case kFloat16: quantize_fp8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), scale, o, r, ki); break;

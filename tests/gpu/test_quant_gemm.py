@@ -76,7 +76,7 @@ def test_registration_attaches_the_three_plugins():
 @cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("bits,group", [(4, 64), (4, 128), (8, 64), (8, 128), (8, 0), (4, 0)])
-@pytest.mark.parametrize("m", ROWS + [8, 16])
+@pytest.mark.parametrize("m", ROWS + [4, 8, 16])
 def test_weight_only_small_shapes(m, bits, group, dtype):
     check_weight_only(m, 1024, 200, bits, group, dtype)
 
@@ -101,6 +101,21 @@ def test_weight_only_odd_shapes(m, k, n, bits, group, dtype):
 @pytest.mark.parametrize("m", ROWS)
 def test_weight_only_llama_shapes(m, k, n, bits, group, dtype):
     check_weight_only(m, k, n, bits, group, dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 16])
+def test_gemv_kernel_every_row_count(m, bits, dtype):
+    """The decode kernel itself up to its 16-row limit (the dispatcher uses it only to GEMV_MAX_M)."""
+    from trtdsl.plugins.cuda.quant_ops import GEMV_KERNEL_MAX_M, gemv_supported, weight_only_gemv
+    k, n, group = 2048, 1000, 64
+    x, qweight, scales = weight_only_inputs(m, k, n, bits, group, dtype)
+    assert gemv_supported(x, bits, group, k, max_m=GEMV_KERNEL_MAX_M)
+    out = weight_only_gemv(x, qweight, scales, bits, group, k // group)
+    ref = weight_only_gemm_reference([x, qweight, scales], {"bits": bits, "group_size": group, "in_features": k})
+    assert rel_err(out, ref) < TOL[dtype]
 
 
 @cuda

@@ -69,8 +69,9 @@ template <typename T> __device__ __forceinline__ void act8(const T* p, float* f)
   }
 }
 
-// y[m, n] = sum_k x[m, k] * code[n, k] * scale[n, k / group]. Each warp streams NR weight rows once
-// with 16-byte loads (16 int8 or 32 int4 codes per lane per step), dequantizes in registers and
+// y[m, n] = sum_k x[m, k] * code[n, k] * scale[n, k / group]. A block owns NR output rows; its 4 warps
+// split k (more blocks in flight for n = 4096, where one row group per warp left SMs half idle). Each
+// warp streams its part of the NR weight rows once with 16-byte loads (16 int8 or 32 int4 codes per lane per step), dequantizes in registers and
 // multiplies all MT activation rows (rows >= m are clamped reads whose results are dropped), fp32
 // partial sums per 16/32-code chunk scaled once by the chunk's group scale. Requires k % EPV == 0
 // and group % EPV == 0 (checked by the launcher), so a chunk never straddles two groups.
@@ -81,9 +82,10 @@ __global__ void __launch_bounds__(kGemvThreads) wo_gemv_kernel(const T* __restri
                                                                T* __restrict__ out, int m, int n, int k,
                                                                int vecs_per_group, int num_groups) {
   constexpr int EPV = BITS == 8 ? 16 : 32;  // codes per 16-byte vector
-  const int lane = threadIdx.x & 31;
-  const int row0 = (blockIdx.x * (kGemvThreads / 32) + (threadIdx.x >> 5)) * NR;
-  if (row0 >= n) return;
+  constexpr int kWarps = kGemvThreads / 32;
+  __shared__ float red[kWarps][NR * MT];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = blockIdx.x * NR;
   const int vecs = k / EPV;
   const uint4* wrow[NR];
   const float* srow[NR];
@@ -105,7 +107,7 @@ __global__ void __launch_bounds__(kGemvThreads) wo_gemv_kernel(const T* __restri
     for (int i = 0; i < MT; ++i) acc[r][i] = 0.f;
 
 #pragma unroll(MT <= 2 ? 2 : 1)  // two steps in flight where registers allow
-  for (int v = lane; v < vecs; v += 32) {
+  for (int v = warp * 32 + lane; v < vecs; v += kGemvThreads) {
     uint4 wv[NR];
 #pragma unroll
     for (int r = 0; r < NR; ++r) wv[r] = ld_stream(wrow[r] + v);  // NR independent loads in flight
@@ -142,10 +144,16 @@ __global__ void __launch_bounds__(kGemvThreads) wo_gemv_kernel(const T* __restri
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       const float s = warp_sum(acc[r][i]);
-      // Spread the stores over lanes instead of serializing them on lane 0.
-      if (lane == ((r * MT + i) & 31) && row0 + r < n && i < m)
-        out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(s);
+      if (lane == 0) red[warp][r * MT + i] = s;
     }
+  __syncthreads();
+  for (int t = threadIdx.x; t < NR * MT; t += kGemvThreads) {
+    const int r = t / MT, i = t % MT;
+    float s = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) s += red[w][t];
+    if (row0 + r < n && i < m) out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(s);
+  }
 }
 
 template <typename T, int MT, int BITS>
@@ -153,8 +161,7 @@ inline int launch_wo_gemv_mt(const T* x, const void* qw, const float* scales, T*
                              int group, int num_groups, cudaStream_t stream) {
   constexpr int EPV = BITS == 8 ? 16 : 32;
   constexpr int NR = MT >= 8 ? 2 : 4;  // bounds acc + partials + codes in registers
-  const int rows_per_block = (kGemvThreads / 32) * NR;
-  const int blocks = (n + rows_per_block - 1) / rows_per_block;
+  const int blocks = (n + NR - 1) / NR;
   wo_gemv_kernel<T, MT, BITS, NR><<<blocks, kGemvThreads, 0, stream>>>(
       x, static_cast<const uint4*>(qw), scales, out, m, n, k, group / EPV, num_groups);
   return launch_status();
@@ -180,13 +187,13 @@ inline int launch_wo_gemv(const T* x, const void* qw, const float* scales, T* ou
 template <typename T, int BITS, bool VEC>
 __global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __restrict__ scales,
                                   T* __restrict__ out, int n, int k, int group, int num_groups) {
-  const int row = blockIdx.y;
+  const int row = blockIdx.x;
   const int64_t kb = BITS == 8 ? k : k / 2;
   const int8_t* q = qw + row * kb;
   const float* s = scales + static_cast<int64_t>(row) * num_groups;
   T* o = out + static_cast<int64_t>(row) * k;
   if constexpr (VEC) {
-    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    const int c0 = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
     if (c0 >= k) return;
     const float sc = __ldg(s + c0 / group);
     int codes[8];
@@ -205,7 +212,7 @@ __global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __
     for (int j = 0; j < 8; ++j) r.v[j] = from_float<T>(static_cast<float>(codes[j]) * sc);
     store_vec<T, 8>(o + c0, r);
   } else {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int c = blockIdx.y * blockDim.x + threadIdx.x;
     if (c >= k) return;
     int code;
     if constexpr (BITS == 8) {
@@ -221,14 +228,13 @@ __global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __
 template <typename T, int BITS>
 inline int launch_wo_dequant(const int8_t* qw, const float* scales, T* out, int n, int k, int group,
                              int num_groups, cudaStream_t stream) {
-  if (n > 65535) return kErrShape;  // rows ride on grid.y
   const bool vec = k % 8 == 0 && group % 8 == 0 && aligned16(out) && (reinterpret_cast<uintptr_t>(qw) & 7) == 0;
   const int threads = 256;
   if (vec) {
-    const dim3 grid((k / 8 + threads - 1) / threads, n);
+    const dim3 grid(n, (k / 8 + threads - 1) / threads);  // rows on x: n may exceed 65535
     wo_dequant_kernel<T, BITS, true><<<grid, threads, 0, stream>>>(qw, scales, out, n, k, group, num_groups);
   } else {
-    const dim3 grid((k + threads - 1) / threads, n);
+    const dim3 grid(n, (k + threads - 1) / threads);
     wo_dequant_kernel<T, BITS, false><<<grid, threads, 0, stream>>>(qw, scales, out, n, k, group, num_groups);
   }
   return launch_status();
@@ -248,6 +254,8 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return v;
 }
 
+constexpr int kQuantCols = 1024;  // columns per block of the fp8 quantizer (grid.y spans k)
+
 // e4m3 codes of x / scale (IEEE division as in the reference, saturating at +-448, round to nearest
 // even); rows in [rows, out_rows) are zero padding for GEMM libraries that want aligned M.
 template <typename T>
@@ -257,14 +265,16 @@ __global__ void quantize_fp8_kernel(const T* __restrict__ x, const float* __rest
   const float s = __ldg(scale);
   const T* xr = x + static_cast<int64_t>(row) * k;
   __nv_fp8_storage_t* o = out + static_cast<int64_t>(row) * k;
-  for (int c = threadIdx.x; c < k; c += blockDim.x) {
+  const int end = min(k, static_cast<int>(blockIdx.y + 1) * kQuantCols);
+  for (int c = blockIdx.y * kQuantCols + threadIdx.x; c < end; c += blockDim.x) {
     const float v = row < rows ? __fdiv_rn(to_float<T>(xr[c]), s) : 0.f;
     o[c] = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
   }
 }
 
-// Per-token symmetric int8: scale = max(amax, 1e-8) / 127, q = clamp(rint(x / scale), +-127); the
-// same IEEE operations as the reference, so codes and scales match it bit for bit.
+// Per-token symmetric int8: scale = max(amax, 1e-8) * (1 / 127) (what torch's CUDA division by a
+// scalar computes), q = clamp(rint(x / scale), +-127) with IEEE division: codes and scales match the
+// reference on the GPU bit for bit.
 template <typename T>
 __global__ void quantize_int8_kernel(const T* __restrict__ x, int8_t* __restrict__ out,
                                      float* __restrict__ out_scales, int rows, int k) {
@@ -279,7 +289,7 @@ __global__ void quantize_int8_kernel(const T* __restrict__ x, int8_t* __restrict
   float amax = 0.f;
   for (int c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float<T>(xr[c])));
   amax = block_max(amax, scratch);
-  const float s = __fdiv_rn(fmaxf(amax, 1e-8f), 127.f);
+  const float s = __fmul_rn(fmaxf(amax, 1e-8f), 1.f / 127.f);
   if (threadIdx.x == 0) out_scales[row] = s;
   for (int c = threadIdx.x; c < k; c += blockDim.x) {
     const float q = rintf(__fdiv_rn(to_float<T>(xr[c]), s));

@@ -23,10 +23,13 @@ from trtdsl.errors import PluginError
 from ._lib import call, lib
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
-__all__ = ["GEMV_MAX_M", "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8",
+__all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "gemv_supported", "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8",
            "fp8_gemm", "quantize_per_token_int8", "int8_gemm"]
 
-GEMV_MAX_M = 16  # the GEMV kernel's row limit (kGemvMaxM in quant_gemm.cuh)
+# The GEMV kernel takes up to 16 rows (kGemvMaxM in quant_gemm.cuh) but runs on CUDA cores: on H100
+# it beats bf16 cuBLAS only up to a few rows (docs/quant_kernels.md), so larger m dequantizes.
+GEMV_KERNEL_MAX_M = 16
+GEMV_MAX_M = 4
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
@@ -94,16 +97,17 @@ def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
     return out
 
 
-def gemv_supported(x2: torch.Tensor, bits: int, group_size: int, k: int) -> bool:
+def gemv_supported(x2: torch.Tensor, bits: int, group_size: int, k: int, max_m: int = GEMV_MAX_M) -> bool:
     """Whether the GEMV kernel takes these rows / shapes (else the dequantize + cuBLAS path)."""
     epv = 16 if bits == 8 else 32  # codes per 16-byte weight load
-    return (1 <= x2.shape[0] <= GEMV_MAX_M and x2.dtype in _HALF_TYPES and k % epv == 0
+    return (1 <= x2.shape[0] <= max_m and x2.dtype in _HALF_TYPES and k % epv == 0
             and (group_size == 0 or group_size % epv == 0) and x2.data_ptr() % 16 == 0)
 
 
 def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,
                      group_size: int, groups: int) -> torch.Tensor:
-    """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported`)."""
+    """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported` with
+    ``max_m=GEMV_KERNEL_MAX_M``)."""
     m, k = x2.shape
     n = qweight.shape[0]
     out = x2.new_empty(m, n)
