@@ -83,7 +83,7 @@ class OurEngine:
         from trtdsl.backends.torch_executor import TorchExecutor
         from trtdsl.passes import optimize
         from trtdsl.runtime.cuda_graphs import CudaGraphCache
-        self.tpb, self.max_seq = tpb, max_seq
+        self.tpb, self.max_seq, self.max_tokens = tpb, max_seq, max_tokens
         self.blocks_per_seq = math.ceil(max_seq / tpb)
         num_blocks = max_batch * self.blocks_per_seq
         net = model.build_network(max_batch_size=max_batch, max_num_tokens=max_tokens,
@@ -115,8 +115,8 @@ class OurEngine:
                 "block_tables": tables.to(dev), "last_token_ids": (cu[1:] - 1).to(dev),
                 "kv_cache": self.kv_cache}
 
-    def prefill(self, batch: int, prompt: int, max_tokens: int) -> None:
-        per_chunk = max(1, max_tokens // prompt)
+    def prefill(self, batch: int, prompt: int) -> None:
+        per_chunk = max(1, self.max_tokens // prompt)
         for start in range(0, batch, per_chunk):
             n = min(per_chunk, batch - start)
             self.executor.run(self.feed([prompt] * n, [0] * n, first_seq=start),
@@ -154,7 +154,7 @@ def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: in
     res: dict[str, Any] = {"pass_stats": engine.pass_stats, "layer_counts": engine.layer_counts,
                            "weight_bytes": engine.weight_bytes, "decode": {}, "ttft": {}}
     for b in batches:
-        engine.prefill(b, prompt, 4096)
+        engine.prefill(b, prompt)
         t = engine.decode_step_time(b, prompt, steps)
         ctx = prompt + steps // 2
         step_bytes = engine.weight_bytes - engine.embed_bytes + b * ctx * engine.kv_bytes_per_token
