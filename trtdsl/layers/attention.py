@@ -79,7 +79,7 @@ def rope_rows(table: Tensor, position_ids: Tensor, style: str, dtype: Any) -> tu
 
     def layout(t: Tensor) -> Tensor:
         pair = F.stack([t, t], -1 if style == "gptj" else 1)  # [n, half, 2] or [n, 2, half]
-        return F.reshape(pair, n, 1, 2 * half).cast(dtype)
+        return F.cast(F.reshape(pair, n, 1, 2 * half), dtype)
 
     return layout(cos), layout(sin)
 
@@ -143,10 +143,10 @@ class Attention(Module):
         k = self._rope(F.reshape(k, n, kvh, d), batch)
         v = F.reshape(v, n, kvh, d)
         heads_first = (1, 0, 2)  # [n, heads, d] -> [heads, n, d]
-        out = F.scaled_dot_product_attention(q.permute(heads_first), k.permute(heads_first),
-                                             v.permute(heads_first), attn_mask=batch.mask,
+        out = F.scaled_dot_product_attention(F.permute(q, *heads_first), F.permute(k, *heads_first),
+                                             F.permute(v, *heads_first), attn_mask=batch.mask,
                                              scale=self.softmax_scale, enable_gqa=True)
-        return F.reshape(out.permute(heads_first), n, h * d)
+        return F.reshape(F.permute(out, *heads_first), n, h * d)
 
     def _apply_rope(self, x: Tensor, batch: StepBatch) -> Tensor:
         return F.rotary_embedding(x, batch.rope_cos, batch.rope_sin, style=self.rope_style)

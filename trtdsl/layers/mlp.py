@@ -48,7 +48,7 @@ class MLP(Module):
 
 def _gated(act: Callable[[Tensor], Tensor], gate_up: Tensor) -> Tensor:
     gate, up = F.chunk(gate_up, 2, dim=-1)
-    return act(gate) * up
+    return F.mul(act(gate), up)
 
 
 class GatedMLP(Module):

@@ -21,7 +21,7 @@ __all__ = ["MODEL_REGISTRY", "from_hugging_face", "model_class_for", "CausalLM",
            "LlamaForCausalLM", "GPT2LMHeadModel", "BUILD_INPUTS", "COMPOSITE_INPUTS"]
 
 # Keys are Hugging Face model_types (and trtdsl architecture names); aliases share a class.
-MODEL_REGISTRY: dict[str, type] = {
+MODEL_REGISTRY: dict[str, type[CausalLM]] = {
     "llama": LlamaForCausalLM,
     "mistral": LlamaForCausalLM,
     "qwen2": LlamaForCausalLM,
@@ -29,7 +29,7 @@ MODEL_REGISTRY: dict[str, type] = {
 }
 
 
-def model_class_for(hf_config: dict[str, Any]) -> type:
+def model_class_for(hf_config: dict[str, Any]) -> type[CausalLM]:
     """The class for a ``config.json`` dict (by ``model_type``, else ``architectures``)."""
     model_type = hf_config.get("model_type")
     if model_type in MODEL_REGISTRY:
