@@ -168,3 +168,16 @@ def test_gpt2_positions_limit_and_original_checkpoint_names(tmp_path: Path) -> N
 def test_llama_class_rejects_gpt2_config() -> None:
     with pytest.raises(ConfigError, match="model_type 'gpt2'"):
         LlamaForCausalLM.config_from_hf({"model_type": "gpt2"})
+
+
+def test_half_precision_kv_cache(llama_dir: Any) -> None:
+    hf, src = llama_dir
+    model = from_hugging_face(src)
+    net = model.build_network(max_batch_size=2, max_num_tokens=32, max_seq_len=32,
+                              tokens_per_block=TOKENS_PER_BLOCK, kv_cache_dtype="float16")
+    runner = TinyPagedRunner(model, net)
+    assert runner.kv_cache.dtype == torch.float16
+    got = torch.stack(list(runner.step(dict(enumerate(PROMPTS))).values()))
+    want = hf_last_logits(hf, PROMPTS)
+    assert float((got - want).abs().max()) < 1e-2 * max(1.0, float(want.abs().max()))
+    assert runner.kv_cache.abs().sum() > 0  # the step wrote its K/V into the pool
