@@ -328,7 +328,7 @@ def build_from_checkpoint(checkpoint: str | Path | None, output_dir: str | Path,
     if trt_lowering is not None:
         out.mkdir(parents=True, exist_ok=True)
         trt_lowering(engine.network, engine.build_config, str(out))
-    engine.save(out)
+    engine.save(out, progress=progress)
     if config.backend == "onnx":
         from .backends.onnx import export_onnx
         export_onnx(engine.network, out / "model.onnx")

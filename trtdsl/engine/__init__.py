@@ -51,14 +51,14 @@ class Engine:
                            for n, s in self.network.input_specs.items()},
                 "outputs": list(self.network.outputs), **self.extra}
 
-    def save(self, engine_dir: str | Path) -> Path:
+    def save(self, engine_dir: str | Path, progress: bool = False) -> Path:
         """Write ``config.json``, ``rank0.engine`` and the tokenizer files into ``engine_dir``."""
         engine_dir = Path(engine_dir)
         engine_dir.mkdir(parents=True, exist_ok=True)
         config = self.config_dict()
         write_engine_file(engine_dir / ENGINE_NAME,
                           lambda ref: network_to_dict(self.network, ref),
-                          {"model_type": self.model_type, "build_config": self.build_config})
+                          {"model_type": self.model_type, "build_config": self.build_config}, progress)
         if self.tokenizer_dir:
             _copy_tokenizer(Path(self.tokenizer_dir), engine_dir)
             config["tokenizer"] = True

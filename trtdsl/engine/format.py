@@ -53,7 +53,7 @@ def _align(n: int, a: int) -> int:
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
     flat = t.detach().cpu().contiguous().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(b"")
+    return memoryview(flat.view(torch.uint8).numpy().data) if flat.numel() else memoryview(b"")
 
 
 def _storage_key(t: torch.Tensor) -> tuple:
@@ -109,9 +109,11 @@ def _checksum(buf: Any, start: int, end: int, version_bytes: bytes, workers: int
     return hashlib.sha256(version_bytes + b"".join(parts)).digest()
 
 
-def write_engine_file(path: str | Path, graph_builder: Any, meta: dict) -> int:
+def write_engine_file(path: str | Path, graph_builder: Any, meta: dict, progress: bool = False) -> int:
     """Write an engine file. ``graph_builder(weight_ref) -> dict`` serializes the graph, calling
-    ``weight_ref(tensor) -> index`` for every tensor value. Returns the file size in bytes."""
+    ``weight_ref(tensor) -> index`` for every tensor value. Returns the file size in bytes.
+    ``progress`` shows a tqdm bar over the weight bytes written."""
+    from tqdm.auto import tqdm
     path = Path(path)
     table = _WeightTable()
     graph = graph_builder(table.ref)
@@ -131,9 +133,12 @@ def write_engine_file(path: str | Path, graph_builder: Any, meta: dict) -> int:
         f.write(_PREFIX.pack(MAGIC, FORMAT_VERSION, 0, b"\0" * 32, len(blob)))
         f.write(blob)
         f.write(b"\0" * (data_offset - f.tell()))
-        for entry, t in zip(table.entries, table.tensors):
-            f.write(b"\0" * (data_offset + entry["offset"] - f.tell()))
-            f.write(_tensor_bytes(t))
+        with tqdm(total=table.size, unit="B", unit_scale=True, desc="write weights", disable=not progress,
+                  leave=False) as bar:
+            for entry, t in zip(table.entries, table.tensors):
+                f.write(b"\0" * (data_offset + entry["offset"] - f.tell()))
+                f.write(_tensor_bytes(t))
+                bar.update(entry["nbytes"])
         f.flush()
     with open(tmp, "r+b") as f:
         mm = mmap.mmap(f.fileno(), 0)

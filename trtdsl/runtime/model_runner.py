@@ -138,8 +138,9 @@ class ModelRunner:
                     for p, sp, sw in zip(prompts, params, stops)]
         steps = self.session.generate(requests, want_context_logits=output_context_logits,
                                       want_generation_logits=output_generation_logits)
-        fmt = dict(pad=pad, max_new_tokens=int(max_new_tokens), log_probs=output_log_probs,
-                   ctx=output_context_logits, gen=output_generation_logits, return_dict=return_dict)
+        fmt: dict[str, Any] = dict(pad=pad, max_new_tokens=int(max_new_tokens), log_probs=output_log_probs,
+                                   ctx=output_context_logits, gen=output_generation_logits,
+                                   return_dict=return_dict)
         if streaming:
             return self._stream(steps, fmt)
         states: list[RequestState] = []

@@ -92,13 +92,15 @@ class _Exporter:
             return self.i64([d])
         key = repr(d)
         if key not in self._dims:
-            total = None
+            total: str | None = None
             for mono, coeff in d.terms:
-                term = self.i64([coeff]) if coeff != 1 or not mono else None
+                term: str | None = self.i64([coeff]) if coeff != 1 or not mono else None
                 for atom in mono:
                     value = self._atom(atom)
                     term = value if term is None else self.one("Mul", [term, value])
+                assert term is not None
                 total = term if total is None else self.one("Add", [total, term])
+            assert total is not None
             self._dims[key] = total
         return self._dims[key]
 
