@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Mapping, Protocol, Sequence
+from typing import Any, AsyncIterator, Iterator, Mapping, Protocol, Sequence, cast
 
 import torch
 
@@ -539,7 +539,7 @@ class Executor:
                 reqs = [batch.sequences[i].request for i in rows]
                 sampled = sample_rows(
                     logits.index_select(0, torch.tensor(rows, device=logits.device)),
-                    [self._handles[r.request_id].sampling for r in reqs],
+                    [self._handles[_rid(r)].sampling for r in reqs],
                     [r.all_token_ids for r in reqs], [r.output_token_ids for r in reqs])
         except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server
             with self._cond:
@@ -547,7 +547,7 @@ class Executor:
                     self.scheduler.cancel(s.request_id)
                 self.scheduler.update(batch, {})
                 for s in batch.sequences:
-                    self._fail(self._handles[s.request_id], exc)
+                    self._fail(self._handles[_rid(s.request)], exc)
             return
         with self._cond:
             tokens = {}
@@ -563,7 +563,7 @@ class Executor:
         now = time.perf_counter()
         for j, i in enumerate(rows):
             request = batch.sequences[i].request
-            handle = self._handles.get(request.request_id)
+            handle = self._handles.get(_rid(request))
             if handle is None or handle.done:
                 continue  # cancelled while the step ran
             self._counts["generated"] += 1
@@ -571,7 +571,7 @@ class Executor:
                 handle.first_token = now
             want = handle.sampling.logprobs is not None
             out = GenerationOutput(
-                request.request_id, (sampled.tokens[j],),
+                _rid(request), (sampled.tokens[j],),
                 (sampled.logprobs[j],) if want else None,
                 (sampled.top_logprobs[j] or {},) if want else None,
                 request.is_finished,
@@ -614,6 +614,11 @@ class Executor:
         self._finished_order.append(request_id)
         while len(self._finished_order) > self.max_finished_results:
             self._handles.pop(self._finished_order.popleft(), None)
+
+
+def _rid(request: Request) -> int:
+    """Scheduler ids are Hashable; the executor's are the ints ``submit`` returned."""
+    return cast(int, request.request_id)
 
 
 def kv_cache_free_gpu_mem_fraction_check(fraction: float) -> float:

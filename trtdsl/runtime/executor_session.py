@@ -52,7 +52,8 @@ class ExecutorSession:
                 "generated_tokens": s.generated_tokens, "reused_tokens": s.kv.reused_tokens}
 
     def check(self, requests: Sequence[SessionRequest]) -> None:
-        GenerationSession.check(self, requests)  # type: ignore[arg-type]  (reads the same limits)
+        # Same checks, same limits (it reads max_input_len and vocab_size only).
+        GenerationSession.check(self, requests)  # type: ignore[arg-type]
 
     def generate(self, requests: Sequence[SessionRequest], *, want_context_logits: bool = False,
                  want_generation_logits: bool = False) -> Iterator[list[RequestState]]:

@@ -50,8 +50,9 @@ def create_app(executor: Executor, tokenizer: Any = None, model_name: str = "trt
     if end_id is None:
         end_id = getattr(tokenizer, "eos_token_id", None)
     if end_id is None:
-        eos = (executor.engine.model_config or {}).get("eos_token_id")
-        end_id = eos[0] if isinstance(eos, list) and eos else eos
+        eos: Any = (executor.engine.model_config or {}).get("eos_token_id")
+        first: Any = eos[0] if isinstance(eos, list) and eos else eos
+        end_id = int(first) if first is not None else None
     state = ServerState(executor, tokenizer, model_name, end_id)
     app = FastAPI(title="trtdsl", docs_url=None, redoc_url=None)
     app.state.trtdsl = state
