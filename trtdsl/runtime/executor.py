@@ -231,8 +231,8 @@ class Executor:
         max_batch_size / max_num_tokens: per-step limits, at most the engine's (default: equal).
         kv_cache_free_gpu_mem_fraction: on CUDA, the pool takes this fraction of the memory free
             after loading (capped by the engine's ``num_blocks`` profile).
-        kv_cache_max_tokens: the pool size in tokens (overrides the fraction; default on CPU: the
-            engine's largest pool).
+        kv_cache_max_tokens: the pool size in tokens (overrides the fraction; default on CPU:
+            ``max_batch_size`` sequences of ``max_seq_len``).
         scheduler_policy: ``"max_utilization"`` or ``"guaranteed_no_evict"``.
         enable_prefix_reuse: share cached full blocks of identical prompt prefixes.
         max_queue_size: most requests waiting to run; ``submit`` raises QueueFullError beyond.
@@ -313,7 +313,10 @@ class Executor:
                                   f"profile); rebuild with a larger pool or ask for <= {cap * tpb}")
             return blocks
         if self.device.type != "cuda":
-            return cap
+            # Every sequence of a full batch at max_seq_len: enough to never preempt. (The engine's
+            # num_blocks profile may allow far more; on the CPU nothing measures free memory.)
+            lim = self.limits
+            return min(cap, lim.max_batch_size * -(-lim.max_seq_len // tpb))
         layers, _, _, kv_heads, _, head_dim = spec.shape
         free = torch.cuda.mem_get_info(self.device)[0]
         blocks = blocks_for_memory(free, kv_cache_free_gpu_mem_fraction_check(fraction),
