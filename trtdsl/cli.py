@@ -125,12 +125,13 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{load_s:.2f} s, finish: {result['finish_reasons'][0] if result else None}]", file=sys.stderr)
     if args.dump_tensors:
         _dump_tensors(runner, prompt[0], args.dump_tensors)
+    runner.close()
     return 0
 
 
 def _dump_tensors(runner: Any, prompt: list[int], path: str) -> None:
     import numpy as np
-    outputs = runner.session.run_context(prompt)
+    outputs = runner.run_context(prompt)
     arrays = {name: value.float().cpu().numpy() for name, value in outputs.items()}
     np.savez(path, **arrays)
     print(f"saved {len(arrays)} tensors of the prompt step to {path}: {sorted(arrays)}", file=sys.stderr)
@@ -230,7 +231,7 @@ def parity_report(checkpoint: str | Path | None, dtype: str = "float32", num_tok
     runner = ModelRunner(engine, tokenizer=tok)
     with torch.no_grad():
         ref_logits = hf(torch.tensor([ids])).logits[0].float()
-        ours = runner.session.run_context(ids)["logits"].float()
+        ours = runner.run_context(ids)["logits"].float()
         ref_gen = hf.generate(torch.tensor([ids]), max_new_tokens=num_tokens, min_new_tokens=num_tokens,
                               do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
         t = torch.tensor([text_ids])

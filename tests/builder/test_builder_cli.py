@@ -87,7 +87,7 @@ def test_debug_outputs_leave_other_outputs_unchanged(tiny_llama_dir):
     plain = ModelRunner(Builder(BuildConfig(max_seq_len=64)).build(model))
     debug = ModelRunner(Builder(BuildConfig(max_seq_len=64, debug_outputs=("layers.*.feed_forward",))).build(model))
     assert set(debug.engine.network.outputs) == {"logits"} | {f"layers.{i}.feed_forward" for i in range(3)}
-    a, b = plain.session.run_context([3, 4, 5]), debug.session.run_context([3, 4, 5])
+    a, b = plain.run_context([3, 4, 5]), debug.run_context([3, 4, 5])
     torch.testing.assert_close(a["logits"], b["logits"], rtol=0, atol=0)
 
 

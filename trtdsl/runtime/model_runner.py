@@ -43,11 +43,24 @@ class ModelRunner:
     """Generation over one engine on one device."""
 
     def __init__(self, engine: Engine, device: str | torch.device = "cpu", tokenizer: Any = None,
-                 enable_prefix_reuse: bool = True):
+                 enable_prefix_reuse: bool = True, use_executor: bool | None = None):
         _load_plugins()
         self.engine = engine
         self.device = torch.device(device)
-        self.session = GenerationSession(engine, self.device, enable_prefix_reuse=enable_prefix_reuse)
+        self.enable_prefix_reuse = enable_prefix_reuse
+        # One generation code path with the server: the in-flight executor (when installed) runs the
+        # requests; the static GenerationSession serves what it does not (logits, single steps).
+        self.session: Any = None
+        if use_executor is not False:
+            try:
+                from .executor_session import ExecutorSession
+                self.session = ExecutorSession(engine, self.device, enable_prefix_reuse=enable_prefix_reuse)
+            except ImportError:
+                if use_executor:
+                    raise
+        self._static: GenerationSession | None = None
+        if self.session is None:
+            self.session = self.static_session
         self._tokenizer = tokenizer
         mc = engine.model_config or {}
         eos = mc.get("eos_token_id")
@@ -56,11 +69,29 @@ class ModelRunner:
 
     @classmethod
     def from_dir(cls, engine_dir: str | Path, device: str | torch.device = "cpu", *, verify: bool = True,
-                 enable_prefix_reuse: bool = True) -> "ModelRunner":
-        """Load ``engine_dir`` (checksum-verified, weights memory-mapped) for ``device``."""
+                 enable_prefix_reuse: bool = True, use_executor: bool | None = None) -> "ModelRunner":
+        """Load ``engine_dir`` (checksum-verified, weights memory-mapped) for ``device``.
+        ``use_executor``: run through the in-flight executor (default: when available)."""
         _load_plugins()
         engine = Engine.load(engine_dir, verify=verify)
-        return cls(engine, device, enable_prefix_reuse=enable_prefix_reuse)
+        return cls(engine, device, enable_prefix_reuse=enable_prefix_reuse, use_executor=use_executor)
+
+    @property
+    def static_session(self) -> GenerationSession:
+        """The step-by-step session (context/generation logits, ``run_context`` for tensor dumps)."""
+        if self._static is None:
+            self._static = GenerationSession(self.engine, self.device, enable_prefix_reuse=self.enable_prefix_reuse)
+        return self._static
+
+    def run_context(self, prompt: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Every network output (debug outputs included) for ``prompt`` as one context step."""
+        return self.static_session.run_context(prompt)
+
+    def close(self) -> None:
+        """Stop the executor's background thread (if any)."""
+        shutdown = getattr(self.session, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
 
     # -- facts -------------------------------------------------------------------------------------
     @property
