@@ -136,6 +136,28 @@ class OurEngine:
             state["past"] = min(state["past"] + 1, prompt + steps)
         return cuda_time_ms(step, warmup=3, iters=steps)
 
+    def kernel_profile(self, batch: int, prompt: int, steps: int = 5) -> dict[str, Any]:
+        """Where one decode step's GPU time goes, kernel by kernel (eager steps under the torch
+        profiler; the captured graph runs the same kernels without the launch gaps)."""
+        from torch.profiler import ProfilerActivity, profile
+        feed = self.feed([1] * batch, [prompt] * batch)
+        hints = {"max_q_len": 1, "max_kv_len": prompt + 8}
+        self.executor.run(feed, hints=hints)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                self.executor.run(feed, hints=hints)
+            torch.cuda.synchronize()
+        rows = []
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if t > 0:
+                rows.append({"kernel": ev.key[:120], "us_per_step": t / steps, "calls_per_step": ev.count / steps})
+        rows.sort(key=lambda r: -r["us_per_step"])
+        total = sum(r["us_per_step"] for r in rows)
+        return {"batch": batch, "kernel_us_per_step": total, "kernels_per_step": sum(r["calls_per_step"] for r in rows),
+                "top": rows[:25]}
+
     def ttft(self, prompt: int) -> dict[str, float]:
         feed = self.feed([prompt], [0])
         hints = {"max_q_len": prompt, "max_kv_len": prompt}
@@ -147,7 +169,7 @@ class OurEngine:
 
 
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],
-               copy_gbps: float) -> dict[str, Any]:
+               copy_gbps: float, profile: bool = False) -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats()
     max_seq = max(ttfts + [prompt + steps + 16])
     engine = OurEngine(model, max(batches), max_seq, max_tokens=max(ttfts + [2048]))
@@ -165,6 +187,13 @@ def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: in
         print(f"[{name}] ours decode b={b}: {t['median_ms']:.3f} ms/step, "
               f"{res['decode'][str(b)]['tokens_per_s']:.0f} tok/s, "
               f"{res['decode'][str(b)]['pct_of_copy_bw']:.1f}% of copy bw", flush=True)
+    if profile:
+        res["kernel_profile"] = engine.kernel_profile(1, prompt)
+        kp = res["kernel_profile"]
+        print(f"[{name}] b=1 kernels: {kp['kernel_us_per_step']:.0f} us of GPU time in "
+              f"{kp['kernels_per_step']:.0f} kernels per step; top: " +
+              "; ".join(f"{r['kernel'][:50]} {r['us_per_step']:.0f}us x{r['calls_per_step']:.0f}"
+                        for r in kp["top"][:8]), flush=True)
     for n in ttfts:
         res["ttft"][str(n)] = engine.ttft(n)
         print(f"[{name}] ours TTFT {n}: {res['ttft'][str(n)]}", flush=True)
@@ -218,10 +247,12 @@ def bench_hf(name: str, batches: list[int], prompt: int, steps: int, ttfts: list
     for n in ttfts:
         res["eager"]["ttft"][str(n)] = {"ms": min(_hf_generate_ms(model, 1, n, 1) for _ in range(3))}
     res["eager"]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    # Static cache + torch.compile: the first generate calls compile; give up past the budget.
+    # Static cache: transformers' generate compiles the decoding forward itself (CompileConfig,
+    # torch.compile "reduce-overhead"); the first calls compile. Give up past the budget.
     try:
+        from transformers import CompileConfig
         model.generation_config.cache_implementation = "static"
-        model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        model.generation_config.compile_config = CompileConfig(fullgraph=True, mode="reduce-overhead")
         for b in compile_batches:
             t0 = time.perf_counter()
             _hf_generate_ms(model, b, prompt, steps)
@@ -238,6 +269,7 @@ def bench_hf(name: str, batches: list[int], prompt: int, steps: int, ttfts: list
             print(f"[{name}] HF static+compile decode b={b}: {step:.3f} ms/step", flush=True)
     except Exception as exc:  # noqa: BLE001 - report why the peer could not run, keep our numbers
         res["compile"]["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        print(f"[{name}] HF static+compile failed: {res['compile']['error']}", flush=True)
     del model
     gc.collect()
     torch.cuda.empty_cache()
@@ -268,19 +300,25 @@ def main() -> None:
     ap.add_argument("--compile-batches", default="1")
     ap.add_argument("--compile-budget-s", type=float, default=300)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--merge", action="store_true", help="keep other models' entries of the results file")
+    ap.add_argument("--profile", action="store_true", help="kernel-by-kernel breakdown of a b=1 step")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     ttfts = [int(n) for n in args.ttft.split(",")]
     copy_gbps = copy_bandwidth_gbps()
     print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
+    name = args.name or f"decode_{device_slug()}"
     results: dict[str, Any] = {"copy_bandwidth_gbps": copy_gbps, "prompt_len": args.prompt,
                                "decode_steps": args.steps, "models": {}}
-    name = args.name or f"decode_{device_slug()}"
+    previous = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    if args.merge and previous.exists():  # keep other models' entries from earlier runs
+        import json
+        results["models"] = json.loads(previous.read_text()).get("models", {})
     for m in args.models.split(","):
-        entry: dict[str, Any] = {"shape": SHAPES.get(m, "SmolLM2-135M-Instruct (real weights, GGUF Q4_1 "
+        entry: dict[str, Any] = {"copy_bandwidth_gbps": copy_gbps, "shape": SHAPES.get(m, "SmolLM2-135M-Instruct (real weights, GGUF Q4_1 "
                                                      "dequantized to bf16)")}
         model = our_model(m)
-        entry["ours"] = bench_ours(m, model, batches, args.prompt, args.steps, ttfts, copy_gbps)
+        entry["ours"] = bench_ours(m, model, batches, args.prompt, args.steps, ttfts, copy_gbps, args.profile)
         del model
         gc.collect()
         torch.cuda.empty_cache()

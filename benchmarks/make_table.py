@@ -29,8 +29,8 @@ def decode_tables() -> list[str]:
     lines: list[str] = []
     for fname, res in _load("decode_*.json"):
         lines += [f"**Decode and time to first token** — {res.get('device')}, torch {res.get('torch')}, "
-                  f"transformers {res.get('transformers', '?')}; copy bandwidth "
-                  f"{res['copy_bandwidth_gbps']:.0f} GB/s; prompt {res['prompt_len']} tokens "
+                  f"transformers {res.get('transformers', '?')}; device-to-device copy bandwidth measured in "
+                  f"each run ({res['copy_bandwidth_gbps']:.0f} GB/s in the last); prompt {res['prompt_len']} tokens "
                   f"(`benchmarks/results/{fname}`)", "",
                   "| model | batch | trtdsl tok/s | % of copy bw | HF eager tok/s | HF static+compile tok/s "
                   "| vs eager | vs compile |", "|---|---|---|---|---|---|---|---|"]

@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from typing import Iterator
 
+import os
+
 import pytest
 import torch
 
 from trtdsl.ir import network as _network
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One pytest worker per core: torch's own thread pool on top of that makes tiny ops orders of
+    # magnitude slower on a 2-core machine.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,10 @@ from . import functional  # noqa: E402  (after the IR, which it builds on)
 
 _install_tensor_methods()
 
+from .builder import BuildConfig, Builder  # noqa: E402  (the builder uses the IR and functional)
+
 __version__ = "0.1.0"
 
-__all__ = ["Network", "Tensor", "Layer", "LayerKind", "Profile", "SymDim", "Module", "ModuleList",
+__all__ = ["Builder", "BuildConfig", "Network", "Tensor", "Layer", "LayerKind", "Profile", "SymDim", "Module", "ModuleList",
            "ModuleDict", "Parameter", "DType", "float32", "float16", "bfloat16", "fp8", "int8", "int4",
            "int32", "int64", "bool_", "functional", "dtypes", "errors", "__version__"]

@@ -318,7 +318,9 @@ class Network:
 
     # -- inspection -----------------------------------------------------------------------------------
     def tensors_matching(self, patterns: Sequence[str]) -> dict[str, Tensor]:
-        """Tensors whose name, or whose producing module's path, matches a glob pattern."""
+        """Outputs of the modules whose path matches a glob pattern; a pattern that matches no
+        module path is matched against tensor names instead (so ``layers.*`` names the layers'
+        outputs, not every weight inside them)."""
         found: dict[str, Tensor] = {}
         for pattern in patterns:
             hit = False
@@ -327,11 +329,12 @@ class Network:
                     for i, t in enumerate(outs):
                         found[path if len(outs) == 1 else f"{path}:{i}"] = t
                     hit = True
-            for layer in self.layers:
-                for t in layer.outputs:
-                    if fnmatch.fnmatchcase(t.name, pattern):
-                        found[t.name] = t
-                        hit = True
+            if not hit:
+                for layer in self.layers:
+                    for t in layer.outputs:
+                        if fnmatch.fnmatchcase(t.name, pattern):
+                            found[t.name] = t
+                            hit = True
             if not hit:
                 raise NetworkError(f"debug output pattern {pattern!r} matches no module or tensor "
                                    f"of network {self.name!r}")

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from ..errors import PluginError
 
-__all__ = ["PluginSpec", "register_plugin", "get_plugin", "registered_plugins"]
+__all__ = ["PluginSpec", "register_plugin", "unregister_plugin", "get_plugin", "registered_plugins"]
 
 ShapeRule = Callable[[list, dict], list]  # (input Tensors, fields) -> [(DType, shape), ...]
 Reference = Callable[..., Any]  # (list[torch.Tensor], fields, hints) -> torch.Tensor | list
@@ -38,6 +38,11 @@ def register_plugin(spec: PluginSpec) -> PluginSpec:
     return spec
 
 
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin kind (tests that register temporary plugins clean up with this)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_plugin(name: str) -> PluginSpec:
     if name not in _REGISTRY:
         _load_builtin_plugins()
@@ -52,6 +57,13 @@ def registered_plugins() -> dict[str, PluginSpec]:
     return dict(_REGISTRY)
 
 
+# Modules whose import registers plugins. The registry has no discovery step, so a new module that
+# registers plugins is added here (and to the TensorRT coverage test).
+PLUGIN_MODULES = ("trtdsl.plugins.attention", "trtdsl.passes.fused_plugins", "trtdsl.quantization.plugins",
+                  "trtdsl.quantization.kv_cache")
+
+
 def _load_builtin_plugins() -> None:
-    # Importing the package registers the built-in plugins (attention, ...).
-    from .. import plugins  # noqa: F401
+    import importlib
+    for module in PLUGIN_MODULES:
+        importlib.import_module(module)
