@@ -214,8 +214,13 @@ def hf_model(name: str) -> Any:
     else:
         cfg = transformers.LlamaConfig(**{k: v for k, v in SHAPES[name].items()
                                           if k not in ("model_type", "architectures")})
-        with torch.device("cuda"):
-            model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)  # build in bf16 directly: no fp32 copy of 8B weights
+        try:
+            with torch.device("cuda"):
+                model = transformers.LlamaForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(default)
     model.eval()
     model.generation_config.pad_token_id = 0
     return model

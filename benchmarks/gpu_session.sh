@@ -34,7 +34,7 @@ tests() {
 }
 
 decode() {
-  timeout 420 python3 benchmarks/bench_decode.py --models "${DECODE_MODELS:-smollm2,1b,8b}" \
+  timeout ${DECODE_TIMEOUT:-420} python3 benchmarks/bench_decode.py --models "${DECODE_MODELS:-smollm2,1b,8b}" \
     ${DECODE_ARGS:-} 2>&1 | tee "$OUT/decode.log" | grep -v Warning | tail -40
 }
 
