@@ -79,7 +79,8 @@ def our_model(name: str) -> Any:
 class OurEngine:
     """The built network on CUDA with a K/V pool and CUDA-graph-replayed steps."""
 
-    def __init__(self, model: Any, max_batch: int, max_seq: int, max_tokens: int, tpb: int = 64):
+    def __init__(self, model: Any, max_batch: int, max_seq: int, max_tokens: int, tpb: int = 64,
+                 quant: str | None = None):
         from trtdsl.backends.torch_executor import TorchExecutor
         from trtdsl.passes import optimize
         from trtdsl.runtime.cuda_graphs import CudaGraphCache
@@ -88,6 +89,8 @@ class OurEngine:
         num_blocks = max_batch * self.blocks_per_seq
         net = model.build_network(max_batch_size=max_batch, max_num_tokens=max_tokens,
                                   max_seq_len=max_seq, tokens_per_block=tpb, max_num_blocks=num_blocks)
+        if quant:
+            net = quantize_for_speed(net, quant)
         self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True)
         self.layer_counts = net.layer_counts()
         self.executor = TorchExecutor(net, "cuda")
@@ -168,11 +171,30 @@ class OurEngine:
         return {"graph_ms": graph["median_ms"], "eager_ms": eager["median_ms"]}
 
 
+def quantize_for_speed(net: Any, mode: str) -> Any:
+    """Quantize with synthetic activation ranges: speed depends on the formats, not on the scale
+    values, and calibrating an 8B model would run it on the CPU. (Accuracy is measured separately,
+    on real weights and calibration text: benchmarks/quant_accuracy.py.)"""
+    from trtdsl.quantization import quantize_network
+    from trtdsl.quantization.calibration import CalibrationStats
+    from trtdsl.quantization.graph import find_gemm_sites
+    stats = None
+    if mode in ("fp8", "int8_sq", "int4_awq"):
+        stats = CalibrationStats()
+        for site in find_gemm_sites(net):
+            k = site.x.shape[-1]
+            stats.amax[site.x.name] = torch.ones(k)
+            stats.abs_sum[site.x.name] = torch.full((k,), 0.5)
+            stats.rows[site.x.name] = 1
+            stats.samples[site.x.name] = torch.randn(16, k)
+    return quantize_network(net, mode, calibration=stats, group_size=128, progress=False)
+
+
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],
-               copy_gbps: float, profile: bool = False) -> dict[str, Any]:
+               copy_gbps: float, profile: bool = False, quant: str | None = None) -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats()
     max_seq = max(ttfts + [prompt + steps + 16])
-    engine = OurEngine(model, max(batches), max_seq, max_tokens=max(ttfts + [2048]))
+    engine = OurEngine(model, max(batches), max_seq, max_tokens=max(ttfts + [2048]), quant=quant)
     res: dict[str, Any] = {"pass_stats": engine.pass_stats, "layer_counts": engine.layer_counts,
                            "weight_bytes": engine.weight_bytes, "decode": {}, "ttft": {}}
     for b in batches:
@@ -305,6 +327,7 @@ def main() -> None:
     ap.add_argument("--compile-batches", default="1")
     ap.add_argument("--compile-budget-s", type=float, default=300)
     ap.add_argument("--name", default=None)
+    ap.add_argument("--quant", default="", help="also run quantized engines: fp8,int4_wo,int8_wo,...")
     ap.add_argument("--merge", action="store_true", help="keep other models' entries of the results file")
     ap.add_argument("--profile", action="store_true", help="kernel-by-kernel breakdown of a b=1 step")
     args = ap.parse_args()
@@ -324,6 +347,14 @@ def main() -> None:
                                                      "dequantized to bf16)")}
         model = our_model(m)
         entry["ours"] = bench_ours(m, model, batches, args.prompt, args.steps, ttfts, copy_gbps, args.profile)
+        for mode in [q for q in args.quant.split(",") if q]:
+            entry[f"ours_{mode}"] = bench_ours(f"{m}/{mode}", model, batches, args.prompt, args.steps, ttfts,
+                                               copy_gbps, args.profile, quant=mode)
+            entry["ratios"] = entry.get("ratios", {})
+            for b, r in entry[f"ours_{mode}"]["decode"].items():
+                entry["ratios"][f"{mode}_decode_b{b}_vs_bf16"] = entry["ours"]["decode"][b]["step_ms"] / r["step_ms"]
+            print(f"[{m}] {mode} vs bf16: " + ", ".join(f"{k}={v:.2f}" for k, v in entry["ratios"].items()
+                                                      if k.startswith(mode)), flush=True)
         del model
         gc.collect()
         torch.cuda.empty_cache()
@@ -332,7 +363,7 @@ def main() -> None:
             compile_batches = [int(b) for b in args.compile_batches.split(",")] if "compile" in args.hf else []
             entry["hf"] = bench_hf(m, hf_batches, args.prompt, args.steps, ttfts, compile_batches,
                                    args.compile_budget_s)
-            entry["ratios"] = ratios(entry["ours"], entry["hf"])
+            entry["ratios"] = {**entry.get("ratios", {}), **ratios(entry["ours"], entry["hf"])}
             print(f"[{m}] ratios: {entry['ratios']}", flush=True)
         results["models"][m] = entry
         write_result(name, results)  # after each model, so a timeout keeps what finished
