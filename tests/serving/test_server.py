@@ -192,9 +192,10 @@ def test_bad_json_and_unknown_model(client):
 
 @pytest.fixture()
 def slow_server(tiny_engine):
-    """One sequence at a time, 5 ms per step, a queue of 1: easy to overload and to disconnect from."""
+    """One sequence at a time, 20 ms per step, a queue of 1: easy to overload and to disconnect from
+    (slow enough that a 0.3 s client timeout always lands mid-request, however fast the CPU)."""
     ex = Executor(tiny_engine, max_batch_size=1, max_queue_size=1, kv_cache_max_tokens=2048)
-    ex.step_runner = SlowStep(ex.step_runner, 0.005)  # type: ignore[assignment]
+    ex.step_runner = SlowStep(ex.step_runner, 0.02)  # type: ignore[assignment]
     with ServerThread(create_app(ex, load_tokenizer(tiny_engine), "tiny")) as th:
         yield th, ex
     ex.shutdown()
