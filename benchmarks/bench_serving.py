@@ -64,8 +64,14 @@ def make_hf_model(cfg: dict[str, Any], dtype: torch.dtype) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
     config = LlamaConfig(**cfg, torch_dtype=dtype)
-    with torch.device("cpu"):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+    device = "cuda" if torch.cuda.is_available() and dtype is not torch.float32 else "cpu"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # initialize in the target dtype: no fp32 copy of 8B weights
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default)
     return model
 
 
