@@ -7,6 +7,10 @@ each quantized copy of it. Writes ``benchmarks/results/quant_accuracy.json`` and
 table (the one in docs/quantization.md).
 
     python benchmarks/quant_accuracy.py            # ~15 minutes on 2 CPU cores
+    python benchmarks/quant_accuracy.py --quick --only fp8 --case 'fp8 dyn:fp8::{"fp8_dynamic": true}'
+
+``--quick`` calibrates on 4 x 256 tokens and evaluates 2 windows (a few minutes) and writes
+``quant_accuracy_quick.json``; ``--case LABEL:MODE:KV:OPTIONS_JSON`` adds an ad-hoc configuration.
 """
 
 from __future__ import annotations
@@ -69,7 +73,13 @@ def main() -> None:
     ap.add_argument("--calib-chunks", type=int, default=8)
     ap.add_argument("--calib-len", type=int, default=256)
     ap.add_argument("--only", nargs="*", help="labels of the cases to run (default: all)")
+    ap.add_argument("--quick", action="store_true", help="4 calibration chunks, 2 evaluation windows")
+    ap.add_argument("--case", action="append", default=[], metavar="LABEL:MODE:KV:OPTIONS_JSON",
+                    help="an extra configuration (empty MODE/KV = None), e.g. 'g32:int4_awq::{\"group_size\": 32}'")
     args = ap.parse_args()
+    if args.quick:
+        args.calib_chunks, args.eval_windows = min(args.calib_chunks, 4), min(args.eval_windows, 2)
+    cases = [c for c in CASES if not args.only or c[0] in args.only] + [parse_case(c) for c in args.case]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     from transformers import AutoTokenizer
 
@@ -94,9 +104,7 @@ def main() -> None:
                                    "perplexity": math.exp(base_nll), "delta_pct": 0.0,
                                    "eval_s": round(time.time() - t, 1)}]
     print(f"float32: ppl {math.exp(base_nll):.3f}", flush=True)
-    for label, mode, kv, options, limit in CASES:
-        if args.only and label not in args.only:
-            continue
+    for label, mode, kv, options, limit in cases:
         t = time.time()
         qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration=stats, **options)
         quant_s = time.time() - t
@@ -116,8 +124,15 @@ def main() -> None:
                "evaluation": {"topics": "trtdsl.quantization.EVALUATION_TOPICS",
                               "windows": len(windows), "window": args.window},
                "results": rows, **summary}
-    print(write_result("quant_accuracy", payload))
+    print(write_result("quant_accuracy_quick" if args.quick or args.case or args.only else "quant_accuracy",
+                       payload))
     print(markdown(rows))
+
+
+def parse_case(text: str) -> tuple[str, str | None, str | None, dict[str, Any], float | None]:
+    import json
+    label, mode, kv, options = text.split(":", 3)
+    return label, mode or None, kv or None, json.loads(options or "{}"), None
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -73,7 +73,16 @@ class BuildConfig:
             (``"model.layers.*.mlp"``) to mark as extra outputs (see ``Network.tensors_matching``).
         context_logits: output logits for every token (``[num_tokens, vocab]``), not just the last.
         quantization: ``None``, or a mode of ``trtdsl.quantization`` (``fp8``, ``int8_wo``,
-            ``int4_wo``, ``int4_awq``, ``int8_sq``) when that package is available.
+            ``int4_wo``, ``int4_awq``, ``int8_sq``): the GEMMs are quantized after the float network
+            is built; ``dtype`` stays the activation dtype. ``kv_cache_dtype`` ``"fp8"``/``"int8"``
+            quantizes the K/V cache the same way (float network, then calibrated scales).
+        quant_group_size: input channels per weight scale of the weight-only modes (0 = per
+            channel); ``None`` = ``QuantConfig``'s default (128).
+        quant_options: other :class:`trtdsl.quantization.QuantConfig` fields, e.g.
+            ``{"fp8_dynamic": True}`` (JSON values; stored in the engine's config).
+        calibration_file: UTF-8 text to calibrate fp8 / int4_awq / int8_sq / the K/V cache with;
+            ``None`` = the built-in text (``trtdsl.quantization.builtin_text("calibration")``).
+        calibration_tokens: most tokens of that text the calibration runs (chunks of up to 256).
     """
 
     max_batch_size: int = 8
@@ -92,6 +101,10 @@ class BuildConfig:
     debug_outputs: tuple[str, ...] = ()
     context_logits: bool = False
     quantization: str | None = None
+    quant_group_size: int | None = None
+    quant_options: dict[str, Any] | None = None
+    calibration_file: str | None = None
+    calibration_tokens: int = 2048
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,12 +127,34 @@ class BuildConfig:
                 problems.append(f"{name} {getattr(self, name)!r}: expected 'auto', 'on' or 'off'")
         if self.quantization is not None and self.quantization not in QUANTIZATION_MODES:
             problems.append(f"quantization {self.quantization!r}: expected None or one of {QUANTIZATION_MODES}")
+        if not isinstance(self.calibration_tokens, int) or self.calibration_tokens < 2:
+            problems.append(f"calibration_tokens must be an int >= 2, got {self.calibration_tokens!r}")
+        if self.calibration_file is not None and not Path(self.calibration_file).is_file():
+            problems.append(f"calibration_file {self.calibration_file!r} is not a file")
         if problems:
             raise ConfigError("BuildConfig: " + "; ".join(problems))
         object.__setattr__(self, "debug_outputs", tuple(self.debug_outputs))
         object.__setattr__(self, "dtype", _check_dtype(self.dtype, self.backend, "dtype"))
         if self.kv_cache_dtype is not None:
             object.__setattr__(self, "kv_cache_dtype", dtype_of(self.kv_cache_dtype).value)
+        if self.quantization or self.quantized_kv_cache:
+            self.quant_config()  # validates the options once, at configuration time
+
+    @property
+    def quantized_kv_cache(self) -> str | None:
+        """``"fp8"``/``"int8"`` when the K/V cache is stored quantized (with calibrated scales)."""
+        return self.kv_cache_dtype if self.kv_cache_dtype in ("fp8", "int8") else None
+
+    def quant_config(self) -> Any:
+        """The :class:`trtdsl.quantization.QuantConfig` this build applies."""
+        from .quantization import QuantConfig
+        options = dict(self.quant_options or {})
+        if self.quant_group_size is not None:
+            options["group_size"] = self.quant_group_size
+        try:
+            return QuantConfig(mode=self.quantization, kv_cache_dtype=self.quantized_kv_cache, **options)
+        except TypeError as exc:  # an unknown option name
+            raise ConfigError(f"BuildConfig.quant_options: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -177,8 +212,12 @@ class Builder:
         self.config = config or BuildConfig()
         self.stats: dict[str, Any] = {}
 
-    def build(self, model: Any, *, progress: bool = False) -> Engine:
-        """Build ``model`` (a trtdsl model with ``build_network``, or a ready ``Network``)."""
+    def build(self, model: Any, *, progress: bool = False, tokenizer: Any = None) -> Engine:
+        """Build ``model`` (a trtdsl model with ``build_network``, or a ready ``Network``).
+
+        ``tokenizer`` (anything with ``encode(text) -> ids``) turns the calibration text into tokens
+        when the quantization needs calibration; without one the text's UTF-8 bytes (modulo the
+        vocabulary) are the tokens, which only suits tests with tokenizer-less tiny checkpoints."""
         from tqdm.auto import tqdm
         stages = ["network", "debug outputs", "quantization", "passes", "done"]
         bar = tqdm(total=len(stages) - 1, desc="build", disable=not progress, leave=False)
@@ -193,8 +232,8 @@ class Builder:
         bar.set_postfix_str("debug outputs")
         self._mark_debug_outputs(net, cfg.debug_outputs)
         bar.update(1)
-        if cfg.quantization:
-            net = _quantize(net, cfg.quantization)
+        if cfg.quantization or cfg.quantized_kv_cache:
+            net = _quantize(net, cfg, tokenizer, progress)
         bar.update(1)
         from .passes import optimize
         from .passes.fused_plugins import ADD_RMS_NORM
@@ -218,7 +257,9 @@ class Builder:
         return model.build_network(
             max_batch_size=cfg.max_batch_size, max_num_tokens=cfg.max_num_tokens,
             max_seq_len=cfg.max_seq_len, tokens_per_block=cfg.tokens_per_block,
-            kv_cache_dtype=cfg.kv_cache_dtype, context_logits=cfg.context_logits,
+            # a quantized cache is made by the quantization pass from a float-cache network
+            kv_cache_dtype=None if cfg.quantized_kv_cache else cfg.kv_cache_dtype,
+            context_logits=cfg.context_logits,
             attention_backend=cfg.attention_backend)
 
     @staticmethod
@@ -244,15 +285,36 @@ def _model_type(model: Any) -> str:
     raise ConfigError(f"{type(model).__name__} is not in trtdsl.models.MODEL_REGISTRY")
 
 
-def _quantize(net: Network, mode: str) -> Network:
-    if importlib.util.find_spec("trtdsl.quantization") is None:
-        raise BackendError(f"quantization={mode!r} needs trtdsl.quantization, which this installation "
-                           "does not have")
-    from . import quantization  # type: ignore[attr-defined]
-    fn: Callable[..., Network] | None = getattr(quantization, "quantize_network", None)
-    if fn is None:
-        raise BackendError(f"quantization={mode!r}: trtdsl.quantization has no quantize_network() yet")
-    return fn(net, mode)
+def _quantize(net: Network, cfg: BuildConfig, tokenizer: Any, progress: bool) -> Network:
+    """Quantize the float network as ``cfg`` says, calibrating on its text when needed."""
+    from .quantization import prefill_feeds, quantize_network, token_chunks
+    qcfg = cfg.quant_config()
+    feeds = None
+    if qcfg.needs_calibration:
+        ids = _calibration_ids(cfg, tokenizer, net)
+        assert cfg.max_input_len is not None and cfg.max_num_tokens is not None  # resolved
+        chunk = min(256, cfg.max_input_len, cfg.max_num_tokens, len(ids))
+        batch = max(1, min(cfg.max_batch_size, cfg.max_num_tokens // chunk))
+        chunks = token_chunks(ids, chunk, max(1, cfg.calibration_tokens // chunk))
+        feeds = list(prefill_feeds(net, chunks, batch_size=batch))
+    return quantize_network(net, config=qcfg, calibration_feeds=feeds, progress=progress)
+
+
+def _calibration_ids(cfg: BuildConfig, tokenizer: Any, net: Network) -> list[int]:
+    from .quantization import builtin_text
+    if cfg.calibration_file is not None:
+        text = Path(cfg.calibration_file).read_text(encoding="utf-8", errors="replace")
+    else:
+        text = builtin_text("calibration")
+    if tokenizer is not None:
+        ids = list(tokenizer.encode(text))
+    else:  # no tokenizer (tiny test checkpoints): bytes as token ids
+        vocab = int(net.metadata.get("model_config", {}).get("vocab_size", 256))
+        ids = [b % vocab for b in text.encode()]
+    if len(ids) < 2:
+        raise ConfigError(f"calibration text {cfg.calibration_file or '(built-in)'} has {len(ids)} "
+                          "tokens; quantization needs at least a few hundred")
+    return ids
 
 
 # -- checkpoints ------------------------------------------------------------------------------------
@@ -292,22 +354,29 @@ def load_model(checkpoint: str | Path, dtype: str, model: str | None = None) -> 
     return models.MODEL_REGISTRY[model].from_hugging_face(str(checkpoint), dtype=dtype)
 
 
-def save_tokenizer(checkpoint: Path, engine_dir: Path) -> bool:
-    """Put the checkpoint's tokenizer into the engine directory (extracted from a GGUF file with
-    transformers' GGUF support). Returns False when the checkpoint has no tokenizer."""
+def load_tokenizer(checkpoint: Path) -> Any:
+    """The checkpoint's tokenizer (extracted from a GGUF file with transformers' GGUF support), or
+    ``None`` when it has none (or transformers is missing)."""
     try:
         from transformers import AutoTokenizer
     except ImportError:
-        return False
+        return None
     try:
         if checkpoint.is_file() and checkpoint.suffix == ".gguf":
-            tok = AutoTokenizer.from_pretrained(str(checkpoint.parent), gguf_file=checkpoint.name)
-        elif (checkpoint / "tokenizer_config.json").is_file() or (checkpoint / "tokenizer.json").is_file():
-            tok = AutoTokenizer.from_pretrained(str(checkpoint))
-        else:
-            return False
+            return AutoTokenizer.from_pretrained(str(checkpoint.parent), gguf_file=checkpoint.name)
+        if (checkpoint / "tokenizer_config.json").is_file() or (checkpoint / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(str(checkpoint))
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"cannot read the tokenizer of {checkpoint}: {exc}") from None
+    return None
+
+
+def save_tokenizer(checkpoint: Path, engine_dir: Path, tokenizer: Any = None) -> bool:
+    """Put the checkpoint's tokenizer (or ``tokenizer``, already loaded from it) into the engine
+    directory. Returns False when the checkpoint has no tokenizer."""
+    tok = tokenizer if tokenizer is not None else load_tokenizer(checkpoint)
+    if tok is None:
+        return False
     tok.save_pretrained(str(engine_dir))
     return True
 
@@ -322,7 +391,8 @@ def build_from_checkpoint(checkpoint: str | Path | None, output_dir: str | Path,
     path = resolve_checkpoint(checkpoint)
     trt_lowering = _tensorrt_lowering() if config.backend == "tensorrt" else None
     loaded = load_model(path, config.dtype, model)
-    engine = Builder(config).build(loaded, progress=progress)
+    tokenizer = load_tokenizer(path)
+    engine = Builder(config).build(loaded, progress=progress, tokenizer=tokenizer)
     engine.extra["source"] = {"checkpoint": str(path.resolve()), "gguf": path.suffix == ".gguf"}
     out = Path(output_dir)
     if trt_lowering is not None:
@@ -332,7 +402,7 @@ def build_from_checkpoint(checkpoint: str | Path | None, output_dir: str | Path,
     if config.backend == "onnx":
         from .backends.onnx import export_onnx
         export_onnx(engine.network, out / "model.onnx")
-    if save_tokenizer(path, out):
+    if save_tokenizer(path, out, tokenizer):
         _mark_tokenizer(out)
     return engine
 

@@ -37,8 +37,18 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_opt("model"), default="auto", help="model family (llama, mistral, qwen2, gpt2); "
                    "default: detected from the checkpoint")
     p.add_argument(*_opt("output"), "-o", default="engines/smollm2", help="engine directory to write")
-    p.add_argument(*_opt("dtype"), default="float32", help="float32, float16 or bfloat16")
-    p.add_argument(*_opt("kv_cache_dtype"), default=None)
+    p.add_argument(*_opt("dtype"), default="float32",
+                   help="float32, float16 or bfloat16; or a quantization mode (fp8, int8_wo, int4_wo, "
+                        "int4_awq, int8_sq), which then runs with --act_dtype activations")
+    p.add_argument(*_opt("act_dtype"), default=None,
+                   help="activation dtype of a quantized --dtype (default float32, the CPU's dtype)")
+    p.add_argument(*_opt("kv_cache_dtype"), default=None,
+                   help="K/V cache dtype: float32/float16/bfloat16, or fp8/int8 (quantized, calibrated)")
+    p.add_argument(*_opt("group_size"), type=int, default=None,
+                   help="weight-only quantization group size (0 = per channel; default 128)")
+    p.add_argument(*_opt("calibration_file"), default=None,
+                   help="text file to calibrate with (default: the built-in text)")
+    p.add_argument(*_opt("calibration_tokens"), type=int, default=2048, help="calibration tokens")
     p.add_argument(*_opt("max_batch_size"), type=int, default=8)
     p.add_argument(*_opt("max_input_len"), type=int, default=None)
     p.add_argument(*_opt("max_seq_len"), type=int, default=None)
@@ -55,22 +65,43 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_opt("no_fold_constants"), action="store_true")
 
 
+def _dtype_and_quantization(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``--dtype MODE`` means quantization MODE with ``--act_dtype`` (float32) activations."""
+    from .builder import QUANTIZATION_MODES
+    quantization = getattr(args, "quantization", None)
+    act = getattr(args, "act_dtype", None)
+    if args.dtype not in QUANTIZATION_MODES:
+        if act is not None and act != args.dtype:
+            raise ConfigError(f"--act_dtype {act} goes with a quantized --dtype ({', '.join(QUANTIZATION_MODES)}); "
+                              f"with --dtype {args.dtype} the activations are {args.dtype}")
+        return args.dtype, quantization
+    if quantization is not None and quantization != args.dtype:
+        raise ConfigError(f"--dtype {args.dtype} and --quantization {quantization} disagree; give one")
+    return act or "float32", args.dtype
+
+
 def build_config_from_args(args: argparse.Namespace) -> Any:
     from .builder import BuildConfig
+    dtype, quantization = _dtype_and_quantization(args)
     return BuildConfig(max_batch_size=args.max_batch_size, max_input_len=args.max_input_len,
-                       max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens, dtype=args.dtype,
+                       max_seq_len=args.max_seq_len, max_num_tokens=args.max_num_tokens, dtype=dtype,
                        kv_cache_dtype=args.kv_cache_dtype, tokens_per_block=args.tokens_per_block,
                        backend=args.backend, attention_backend=args.attention_backend,
                        fuse_elementwise=args.fuse_elementwise, fuse_add_rms_norm=args.fuse_add_rms_norm,
                        fold_constants=not args.no_fold_constants, debug_outputs=tuple(args.debug_outputs),
-                       context_logits=args.context_logits, quantization=args.quantization)
+                       context_logits=args.context_logits, quantization=quantization,
+                       quant_group_size=args.group_size, calibration_file=args.calibration_file,
+                       calibration_tokens=args.calibration_tokens)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
     from .builder import build_from_checkpoint, resolve_checkpoint
     config = build_config_from_args(args)
     checkpoint = resolve_checkpoint(args.checkpoint)
-    print(f"building {checkpoint} -> {args.output} ({config.dtype}, backend {config.backend})", flush=True)
+    quant = f", {config.quantization} weights" if config.quantization else ""
+    kv = f", {config.kv_cache_dtype} K/V cache" if config.kv_cache_dtype else ""
+    print(f"building {checkpoint} -> {args.output} ({config.dtype}{quant}{kv}, backend {config.backend})",
+          flush=True)
     t0 = time.perf_counter()
     engine = build_from_checkpoint(checkpoint, args.output, config, model=args.model, progress=True)
     counts = engine.network.layer_counts()

@@ -92,16 +92,18 @@ def test_the_float_network_matches_hugging_face(llama: tuple, reference: tuple) 
     assert float((token_logprobs(llama[0], tokens, chunk_size=16) - ref).abs().max()) < 1e-4
 
 
-def test_kv_cache_scales_come_from_calibration(llama: tuple, feeds: list) -> None:
+@pytest.mark.parametrize("granularity", ["head", "tensor"])
+def test_kv_cache_scales_come_from_calibration(llama: tuple, feeds: list, granularity: str) -> None:
     qnet = quantize_network(llama[0], None, kv_cache_dtype="int8", calibration_feeds=feeds[:2],
-                            progress=False)
+                            progress=False, kv_cache_scales=granularity)
     scales = {la.attrs["fields"]["layer_idx"]: la.inputs[8].producer.attrs["value"]
               for la in qnet.layers if la.attrs.get("name") == "trtdsl.attention_quant_kv"}
     assert sorted(scales) == [0, 1]
     for idx, value in scales.items():  # max |K| and max |V| the calibration steps wrote, / 127
-        pools = [f["kv_cache"][idx] for f in feeds[:2]]
-        amax = torch.stack([torch.stack([p[:, 0].abs().max(), p[:, 1].abs().max()]) for p in pools])
-        torch.testing.assert_close(value, amax.amax(0) / 127)
+        pools = torch.cat([f["kv_cache"][idx] for f in feeds[:2]])  # [blocks, 2, kv_heads, tpb, d]
+        per_head = pools.abs().permute(1, 2, 0, 3, 4).flatten(2).amax(2)  # [2, kv_heads]
+        expected = per_head if granularity == "head" else per_head.amax(1)
+        torch.testing.assert_close(value, expected / 127)
 
 
 def test_quantized_cache_reference_is_exact_for_representable_values() -> None:

@@ -88,7 +88,7 @@ class CalibrationStats:
     abs_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # [k] sum |x| per channel
     rows: dict[str, int] = field(default_factory=dict)  # tokens seen
     samples: dict[str, torch.Tensor] = field(default_factory=dict)  # [<= max_rows, k]
-    kv_amax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer_idx -> [2] (K, V)
+    kv_amax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer_idx -> [2, kv_heads] (K, V)
     steps: int = 0
     _sample_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -129,7 +129,7 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
         if kv_cache:
             pool = feed["kv_cache"]
             for _, idx in attn_layers:
-                amax = pool[idx].float().abs().amax(dim=(0, 2, 3, 4))  # [2]: K, V
+                amax = pool[idx].float().abs().amax(dim=(0, 3, 4))  # [2, kv_heads]: K, V per head
                 prev = stats.kv_amax.get(idx)
                 stats.kv_amax[idx] = amax if prev is None else torch.maximum(prev, amax)
         stats.steps += 1

@@ -29,7 +29,14 @@ class QuantConfig:
             output channel). int4 needs groups to stay accurate; int8 is fine per channel.
         kv_cache_dtype: ``"fp8"`` or ``"int8"`` to store the K/V cache quantized (per-layer K and V
             scales from calibration), ``None`` to keep the model dtype.
+        zero_point: asymmetric weight-only quantization (per-group ``min``/``max`` onto all codes,
+            ``w = q * scale + zero``); ``None`` = on for the int4 modes (AWQ's default; it also
+            reproduces GGUF Q4_0/Q4_1 weights exactly with ``group_size=32``), off for int8_wo.
         fp8_per_channel_weights: one fp8 weight scale per output channel (else per tensor).
+        fp8_dynamic: fp8 activations scaled per token at run time (``max|x_row| / 448``) instead of
+            one static calibrated per-tensor scale.
+        kv_cache_scales: ``"head"`` (one K and one V scale per K/V head and layer) or ``"tensor"``
+            (one K and one V scale per layer).
         smoothquant_alpha: migration strength ``a`` of ``s_j = max|X_j|^a / max|W_j|^(1-a)``.
         awq_grid: number of steps of the AWQ alpha grid over ``[0, 1]``.
         awq_clip: also run AWQ's per-group clip-ratio search.
@@ -41,7 +48,10 @@ class QuantConfig:
     mode: str | None = None
     group_size: int = 128
     kv_cache_dtype: str | None = None
+    zero_point: bool | None = None
     fp8_per_channel_weights: bool = True
+    fp8_dynamic: bool = False
+    kv_cache_scales: str = "head"
     smoothquant_alpha: float = 0.5
     awq_grid: int = 20
     awq_clip: bool = True
@@ -57,6 +67,10 @@ class QuantConfig:
                             f"{list(_GROUP_SIZES)} (0 = per channel)")
         if self.kv_cache_dtype not in (None, "fp8", "int8"):
             problems.append(f"kv_cache_dtype {self.kv_cache_dtype!r}; expected 'fp8', 'int8' or None")
+        if self.kv_cache_scales not in ("head", "tensor"):
+            problems.append(f"kv_cache_scales {self.kv_cache_scales!r}; expected 'head' or 'tensor'")
+        if self.zero_point and self.mode not in ("int8_wo", "int4_wo", "int4_awq"):
+            problems.append(f"zero_point applies to the weight-only modes, not mode {self.mode!r}")
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
             problems.append(f"smoothquant_alpha {self.smoothquant_alpha} must lie in [0, 1]")
         if self.awq_grid < 1:
@@ -71,8 +85,20 @@ class QuantConfig:
             raise ConfigError("QuantConfig: " + "; ".join(problems))
 
     @property
+    def calibrates_activations(self) -> bool:
+        """Whether the GEMM quantizers read calibration statistics (dynamic fp8 does not)."""
+        return self.mode in CALIBRATED_MODES and not (self.mode == "fp8" and self.fp8_dynamic)
+
+    @property
     def needs_calibration(self) -> bool:
-        return self.mode in CALIBRATED_MODES or self.kv_cache_dtype is not None
+        return self.calibrates_activations or self.kv_cache_dtype is not None
+
+    @property
+    def uses_zero_point(self) -> bool:
+        """Whether weight-only GEMMs get the asymmetric format (see ``zero_point``)."""
+        if self.zero_point is None:
+            return self.mode in ("int4_wo", "int4_awq")
+        return self.zero_point
 
     @property
     def weight_bits(self) -> int | None:

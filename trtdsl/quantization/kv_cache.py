@@ -1,7 +1,8 @@
 """Quantized K/V cache: the ``trtdsl.attention_quant_kv`` plugin.
 
 It is ``trtdsl.attention`` (docs/batch_interface.md) with the cache pool stored as int8 or fp8 e4m3
-and one more input, ``kv_scales`` (float32 ``[2]``: the K scale, then the V scale of this layer). K/V
+and one more input, ``kv_scales`` (float32 ``[2]``: the K scale, then the V scale of this layer; or
+``[2, num_kv_heads]``: one K and one V scale per K/V head). K/V
 are quantized when written (``code = saturate(value / scale)``, rounded to nearest for int8) and
 dequantized when read (``code * scale``), so every query, including those of the step that wrote
 them, sees the cache's precision -- exactly what a fused kernel does.
@@ -55,7 +56,8 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
         q, k = apply_rope(q, cs, rotary_dim, style), apply_rope(k, cs, rotary_dim, style)
     out = torch.empty(num_tokens, heads, d, dtype=qkv.dtype, device=qkv.device)
     cache = kv_cache[fields["layer_idx"]]
-    k_scale, v_scale = scales[0], scales[1]
+    # [] (per layer) or [kv_heads] (per head) -> broadcast over [tokens, kv_heads, head_dim]
+    k_scale, v_scale = scales[0].reshape(-1, 1), scales[1].reshape(-1, 1)
     group = heads // kv_heads
     for s in range(seq_lens.shape[0]):
         start, n, past = int(cu_seqlens[s]), int(seq_lens[s]), int(past_lens[s])
@@ -90,8 +92,9 @@ def _shape_rule(ins: list, fields: dict) -> list:
     if kv_cache.dtype not in KV_QMAX:
         raise DTypeError(f"{ATTENTION_QUANT_KV}: kv_cache must be int8 or fp8, got "
                          f"{kv_cache.dtype.value}\n  inputs: {names}")
-    if scales.dtype is not DType.float32 or tuple(scales.shape) != (2,):
-        raise ShapeError(f"{ATTENTION_QUANT_KV}: kv_scales must be float32 [2] (K, V)\n  inputs: {names}")
+    if scales.dtype is not DType.float32 or tuple(scales.shape) not in ((2,), (2, fields["num_kv_heads"])):
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: kv_scales must be float32 [2] (K, V) or "
+                         f"[2, {fields['num_kv_heads']}] (K, V per K/V head)\n  inputs: {names}")
     return out
 
 

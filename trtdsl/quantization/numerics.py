@@ -23,7 +23,7 @@ from ..errors import ConfigError
 __all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_groups",
            "expand_group_scales", "quantize_weight", "dequantize_weight", "fake_quantize_weight",
            "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
-           "quantize_per_token_int8"]
+           "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8"]
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 INT8_MAX = 127
@@ -96,14 +96,59 @@ def quantize_weight(w: torch.Tensor, bits: int, group_size: int,
     return codes, scales
 
 
-def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int) -> torch.Tensor:
-    """float32 ``[out, in]`` from int8 codes ``[out, in]`` and ``[out, num_groups]`` scales."""
-    return codes.float() * expand_group_scales(scales.float(), codes.shape[1], group_size)
+def _group_min_max(w: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(row, group) min and max of ``w [out, in]`` -> two ``[out, num_groups]``."""
+    if group_size == 0:
+        return w.amin(dim=1, keepdim=True), w.amax(dim=1, keepdim=True)
+    n, k = w.shape
+    pad = num_groups(k, group_size) * group_size - k
+    # Padding repeats the row's last value, which changes neither the min nor the max of its group.
+    wp = torch.nn.functional.pad(w, (0, pad), mode="replicate") if pad else w
+    wg = wp.view(n, -1, group_size)
+    return wg.amin(dim=2), wg.amax(dim=2)
+
+
+def quantize_weight_asym(w: torch.Tensor, bits: int, group_size: int, clip: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric (zero-point) round-to-nearest quantization of ``w [out, in]``: each group's
+    ``[min, max]`` maps onto all ``2**bits`` codes, stored signed (``[-8, 7]`` / ``[-128, 127]``).
+
+    Returns ``(codes, scales, zeros)`` with ``w ~= codes * scale + zero`` (scales and zeros float32
+    ``[out, num_groups]``; the additive float zero is TensorRT-LLM's groupwise format). ``clip``
+    shrinks each group's range about its centre before rounding (AWQ's clip search). A weight already
+    on such a grid (GGUF Q4_0/Q4_1 blocks of 32, with ``group_size=32``) is reproduced exactly."""
+    levels = (1 << bits) - 1
+    offset = 1 << (bits - 1)  # unsigned code u is stored as u - offset
+    w = w.float()
+    lo, hi = _group_min_max(w, group_size)
+    if clip is not None:
+        mid, half = (hi + lo) / 2, (hi - lo) / 2 * clip
+        lo, hi = mid - half, mid + half
+    scales = ((hi - lo) / levels).clamp_min(_TINY)
+    full_s = expand_group_scales(scales, w.shape[1], group_size)
+    full_lo = expand_group_scales(lo, w.shape[1], group_size)
+    unsigned = torch.round((w - full_lo) / full_s).clamp(0, levels)
+    codes = (unsigned - offset).to(torch.int8)
+    zeros = lo + offset * scales
+    return codes, scales, zeros
+
+
+def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int,
+                      zeros: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 ``[out, in]`` from int8 codes ``[out, in]``, ``[out, num_groups]`` scales and, for the
+    asymmetric format, ``[out, num_groups]`` additive zeros."""
+    w = codes.float() * expand_group_scales(scales.float(), codes.shape[1], group_size)
+    if zeros is not None:
+        w = w + expand_group_scales(zeros.float(), codes.shape[1], group_size)
+    return w
 
 
 def fake_quantize_weight(w: torch.Tensor, bits: int, group_size: int,
-                         clip: torch.Tensor | None = None) -> torch.Tensor:
+                         clip: torch.Tensor | None = None, zero_point: bool = False) -> torch.Tensor:
     """``dequantize(quantize(w))``: the float weights the quantized GEMM effectively uses."""
+    if zero_point:
+        codes, scales, zeros = quantize_weight_asym(w, bits, group_size, clip)
+        return dequantize_weight(codes, scales, group_size, zeros)
     codes, scales = quantize_weight(w, bits, group_size, clip)
     return dequantize_weight(codes, scales, group_size)
 
@@ -111,6 +156,13 @@ def fake_quantize_weight(w: torch.Tensor, bits: int, group_size: int,
 def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """e4m3 codes of ``x / scale`` (saturating at +-448, as TensorRT's FP8 quantize does)."""
     return (x.float() / scale.float()).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def quantize_per_token_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-row fp8 quantization of ``x [..., k]``: ``(e4m3 codes, scales [..., 1])``, each
+    row's ``max|x|`` mapped to 448."""
+    scales = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(_TINY) / FP8_MAX
+    return quantize_fp8(x, scales), scales
 
 
 def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,23 +173,27 @@ def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: int,
-                      grid: int = 20) -> tuple[torch.Tensor, float, float]:
+                      grid: int = 20, zero_point: bool = False) -> tuple[torch.Tensor, float, float]:
     """AWQ's activation-aware per-input-channel scale search.
 
     ``x [N, k]`` are calibration activations of the GEMMs ``weights`` (each ``[n_i, k]``, all reading
-    ``x``). For ``alpha`` in ``{0, 1/grid, ..., 1}``: ``s = mean|x_j| ** alpha`` (normalized so
-    ``sqrt(max(s) * min(s)) == 1``), quantize ``W * s`` to int4 and measure ``||(x / s) Q(W s)^T -
-    x W^T||^2``. ``alpha = 0`` is plain round-to-nearest, so the result is never worse than RTN on
-    ``x``. Returns ``(s [k], best error, RTN error)``."""
+    ``x``). Candidates, for ``alpha`` in ``{0, 1/grid, ..., 1}``: ``s = mean|x_j| ** alpha`` (AWQ) and
+    ``s = mean|x_j| ** alpha / mean|W_j| ** (1 - alpha)`` (AutoAWQ's "duo" scaling), each normalized so
+    ``sqrt(max(s) * min(s)) == 1``. Each is scored by the output error of the int4 GEMMs,
+    ``||(x / s) Q(W s)^T - x W^T||^2``. ``alpha = 0`` of the first family is plain round-to-nearest,
+    so the result is never worse than RTN on ``x``. Returns ``(s [k], best error, RTN error)``."""
     x = x.float()
     w = torch.cat([wi.float() for wi in weights], dim=0)
     ref = x @ w.T
     x_mean = x.abs().mean(dim=0).clamp_min(1e-5)
+    w_mean = (w.abs() / w.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)).mean(dim=0).clamp_min(1e-5)
     best_err, best_s, rtn_err = math.inf, torch.ones_like(x_mean), math.inf
-    for i in range(grid + 1):
-        s = x_mean.pow(i / grid)
+    candidates = [x_mean.pow(i / grid) for i in range(grid + 1)]
+    candidates += [x_mean.pow(i / grid) / w_mean.pow(1 - i / grid) for i in range(grid + 1)]
+    for i, s in enumerate(candidates):
         s = s / (s.max() * s.min()).sqrt()
-        err = float(((x / s) @ fake_quantize_weight(w * s, 4, group_size).T - ref).pow(2).mean())
+        q = fake_quantize_weight(w * s, 4, group_size, zero_point=zero_point)
+        err = float(((x / s) @ q.T - ref).pow(2).mean())
         if i == 0:
             rtn_err = err
         if err < best_err:
@@ -146,7 +202,7 @@ def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: 
 
 
 def awq_search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, *, steps: int = 10,
-                    min_ratio: float = 0.5, max_rows: int = 128) -> torch.Tensor:
+                    min_ratio: float = 0.5, max_rows: int = 128, zero_point: bool = False) -> torch.Tensor:
     """AWQ's clip search: per (row, group), the range shrink factor in ``[min_ratio, 1]`` minimizing
     that group's contribution to the output error on ``x [N, k]``. Returns ``[out, num_groups]``."""
     x = x.float()[:max_rows]
@@ -161,7 +217,7 @@ def awq_search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, *, steps:
     for i in range(steps + 1):
         ratio = 1.0 - (1.0 - min_ratio) * i / steps
         clip = torch.full((n, groups), ratio)
-        delta = w - fake_quantize_weight(w, 4, group_size, clip)
+        delta = w - fake_quantize_weight(w, 4, group_size, clip, zero_point=zero_point)
         dg = torch.nn.functional.pad(delta, (0, pad)).view(n, groups, g)
         err = torch.einsum("Ngc,ngc->Nng", xg, dg).pow(2).mean(dim=0)  # [n, groups]
         better = err < best_err

@@ -6,10 +6,13 @@ plugin                     inputs                                               
 =========================  ====================================================  ===================
 ``trtdsl.weight_only_gemm`` ``x [..., k]`` float, ``qweight`` int8 ``[n, k]`` or  ``bits`` (8 / 4),
                            int4 ``[n, k // 2]`` (packed), ``scales`` float32      ``group_size``,
-                           ``[n, num_groups]``                                    ``in_features``
+                           ``[n, num_groups]``, optional ``zeros`` float32        ``in_features``
+                           ``[n, num_groups]`` (asymmetric: ``w = q * s + z``)
 ``trtdsl.fp8_gemm``        ``x [..., k]`` float, ``weight`` fp8 ``[n, k]``,        -
                            ``weight_scale`` float32 ``[n]`` or ``[1]``,
-                           ``input_scale`` float32 ``[1]`` (static, calibrated)
+                           ``input_scale`` float32 ``[1]`` (static, calibrated);
+                           without ``input_scale`` x is scaled per token
+                           (dynamic: ``max|x_row| / 448``)
 ``trtdsl.int8_gemm``       ``x [..., k]`` float, ``weight`` int8 ``[n, k]``,       -
                            ``weight_scale`` float32 ``[n]``; activations are
                            quantized per token, dynamically
@@ -29,7 +32,7 @@ from ..dtypes import DType
 from ..errors import DTypeError, ShapeError
 from ..ir.symbolic import dim_equal
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
-from .numerics import (FP8_MAX, dequantize_weight, num_groups, quantize_fp8,
+from .numerics import (FP8_MAX, dequantize_weight, num_groups, quantize_fp8, quantize_per_token_fp8,
                        quantize_per_token_int8, unpack_int4)
 
 __all__ = ["WEIGHT_ONLY_GEMM", "FP8_GEMM", "INT8_GEMM", "weight_only_gemm_reference",
@@ -50,8 +53,11 @@ def _check(cond: bool, plugin: str, problem: str, ins: list, kind: type = ShapeE
         raise kind(f"{plugin}: {problem}\n  inputs: {_describe(ins)}")
 
 
-def _check_common(plugin: str, ins: list, n_inputs: int, w_dtype: DType, k_stored: Any) -> tuple:
-    _check(len(ins) == n_inputs, plugin, f"expects {n_inputs} inputs, got {len(ins)}", ins)
+def _check_common(plugin: str, ins: list, n_inputs: int | tuple[int, ...], w_dtype: DType,
+                  k_stored: Any) -> tuple:
+    counts = n_inputs if isinstance(n_inputs, tuple) else (n_inputs,)
+    _check(len(ins) in counts, plugin, f"expects {' or '.join(map(str, counts))} inputs, got {len(ins)}",
+           ins)
     x, w = ins[0], ins[1]
     _check(x.dtype in _ACT_DTYPES, plugin, f"activation must be float32/float16/bfloat16, got "
            f"{x.dtype.value}", ins, DTypeError)
@@ -70,33 +76,40 @@ def _weight_only_shape(ins: list, fields: dict) -> list:
     _check(bits in (4, 8), WEIGHT_ONLY_GEMM, f"bits must be 4 or 8, got {bits}", ins)
     _check(dim_equal(ins[0].shape[-1], k), WEIGHT_ONLY_GEMM,
            f"x has {ins[0].shape[-1]} features, the weight {k}", ins)
-    x, w = _check_common(WEIGHT_ONLY_GEMM, ins, 3, DType.int4 if bits == 4 else DType.int8,
+    x, w = _check_common(WEIGHT_ONLY_GEMM, ins, (3, 4), DType.int4 if bits == 4 else DType.int8,
                          k // 2 if bits == 4 else k)
-    _check(tuple(ins[2].shape) == (w.shape[0], num_groups(k, group)), WEIGHT_ONLY_GEMM,
-           f"scales must be [{w.shape[0]}, {num_groups(k, group)}]", ins)
+    for t in ins[2:]:  # scales and, for the asymmetric format, zeros
+        _check(tuple(t.shape) == (w.shape[0], num_groups(k, group)), WEIGHT_ONLY_GEMM,
+               f"{t.name!r} must be [{w.shape[0]}, {num_groups(k, group)}] (scales / zeros)", ins)
     return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 
 
 def weight_only_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
-    """Dequantize the weights to float32, multiply in float32, return in x's dtype."""
-    x, qweight, scales = ins
+    """Dequantize the weights to float32 (``q * s``, plus ``z`` with zeros), multiply in float32,
+    return in x's dtype."""
+    x, qweight, scales = ins[:3]
     codes = unpack_int4(qweight) if fields["bits"] == 4 else qweight
-    w = dequantize_weight(codes, scales, fields["group_size"])
+    w = dequantize_weight(codes, scales, fields["group_size"], ins[3] if len(ins) == 4 else None)
     return (x.float() @ w.T).to(x.dtype)
 
 
 def _fp8_shape(ins: list, fields: dict) -> list:
-    x, w = _check_common(FP8_GEMM, ins, 4, DType.fp8, ins[0].shape[-1])
+    x, w = _check_common(FP8_GEMM, ins, (3, 4), DType.fp8, ins[0].shape[-1])
     _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
-    _check(tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
+    _check(len(ins) == 3 or tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
     return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 
 
 def fp8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
-    """Quantize x to e4m3 with the static input scale (saturating), multiply the e4m3 values exactly
-    in float32 (what ``torch._scaled_mm`` accumulates in), then apply both scales."""
-    x, w, w_scale, x_scale = ins
-    xq = quantize_fp8(x, x_scale)
+    """Quantize x to e4m3 with the static input scale (saturating) or, without one, per token
+    (dynamic), multiply the e4m3 values exactly in float32 (what ``torch._scaled_mm`` accumulates
+    in), then apply both scales."""
+    x, w, w_scale = ins[:3]
+    if len(ins) == 4:
+        x_scale = ins[3]
+        xq = quantize_fp8(x, x_scale)
+    else:
+        xq, x_scale = quantize_per_token_fp8(x)
     acc = xq.float() @ w.float().T
     return (acc * (x_scale.float() * w_scale.float())).to(x.dtype)
 
@@ -131,7 +144,8 @@ def register() -> None:
         PluginSpec(WEIGHT_ONLY_GEMM, _weight_only_shape, weight_only_gemm_reference,
                    doc="int8/int4 weight-only GEMM (W8A16 / W4A16, group-wise scales)"),
         PluginSpec(FP8_GEMM, _fp8_shape, fp8_gemm_reference,
-                   doc=f"FP8 e4m3 W8A8 GEMM, static per-tensor input scale (max {FP8_MAX})"),
+                   doc=f"FP8 e4m3 W8A8 GEMM, static per-tensor or dynamic per-token input "
+                              f"scale (max {FP8_MAX})"),
         PluginSpec(INT8_GEMM, _int8_shape, int8_gemm_reference,
                    doc="SmoothQuant int8 W8A8 GEMM, per-token activations, per-channel weights"),
     ]

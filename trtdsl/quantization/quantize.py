@@ -25,7 +25,7 @@ from ..ir.network import Layer, LayerKind, Network, Tensor
 from . import kv_cache as kvq
 from . import numerics as nq
 from .calibration import CalibrationStats, collect_statistics
-from .config import CALIBRATED_MODES, QuantConfig
+from .config import QuantConfig
 from ..passes.dce import eliminate_dead_code
 from ..passes.graph import consumers
 from .graph import GemmSite, clone_network, constant_source, find_gemm_sites, group_by_input, splice
@@ -68,7 +68,7 @@ def quantize_network(network: Network, mode: str | None = None, *,
     attention = _attention_layers(net) if cfg.kv_cache_dtype else []
     stats = calibration
     if cfg.needs_calibration:
-        names = sorted({s.x.name for s in sites}) if cfg.mode in CALIBRATED_MODES else []
+        names = sorted({s.x.name for s in sites}) if cfg.calibrates_activations else []
         if stats is None:
             stats = _calibrate(network, cfg, names, calibration_feeds, progress)
         missing = [n for n in names if n not in stats.amax]
@@ -82,7 +82,8 @@ def quantize_network(network: Network, mode: str | None = None, *,
         for group in group_by_input(sites):
             quantize_group(net, group, cfg, stats)
     if cfg.kv_cache_dtype:
-        _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats)
+        _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats,
+                           per_head=cfg.kv_cache_scales == "head")
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
     return net
@@ -91,7 +92,7 @@ def quantize_network(network: Network, mode: str | None = None, *,
 def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
                feeds: Iterable[Mapping[str, Any]] | None, progress: bool) -> CalibrationStats:
     if feeds is None:
-        what = f"mode {cfg.mode!r}" if cfg.mode in CALIBRATED_MODES else \
+        what = f"mode {cfg.mode!r}" if cfg.calibrates_activations else \
             f"kv_cache_dtype {cfg.kv_cache_dtype!r}"
         raise ConfigError(f"quantize_network: {what} needs calibration_feeds (step feeds of the "
                           "float network), e.g. trtdsl.quantization.prefill_feeds(network, "
@@ -116,21 +117,26 @@ def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
 
 
 def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits: int,
-                 group_size: int, clip: torch.Tensor | None = None) -> None:
+                 group_size: int, clip: torch.Tensor | None = None, zero_point: bool = False) -> None:
     k = w.shape[1]
     if bits == 4 and k % 2:
         raise ConfigError(f"quantize_network: int4 needs an even number of input features; "
                           f"{site.describe()} has {k}; exclude it (exclude=(...)) or use int8_wo")
-    codes, scales = nq.quantize_weight(w, bits, group_size, clip)
+    consts: list[tuple[str, torch.Tensor, DType]] = []
+    if zero_point:
+        codes, scales, zeros = nq.quantize_weight_asym(w, bits, group_size, clip)
+        consts.append(("zeros", zeros, DType.float32))
+    else:
+        codes, scales = nq.quantize_weight(w, bits, group_size, clip)
     qweight = (nq.pack_int4(codes), DType.int4) if bits == 4 else (codes, DType.int8)
-    _replace_gemm(net, site, x, WEIGHT_ONLY_GEMM,
-                  [("qweight", qweight[0], qweight[1]), ("scales", scales, DType.float32)],
-                  bits=bits, group_size=group_size, in_features=k)
+    consts[:0] = [("qweight", qweight[0], qweight[1]), ("scales", scales, DType.float32)]
+    _replace_gemm(net, site, x, WEIGHT_ONLY_GEMM, consts, bits=bits, group_size=group_size, in_features=k)
 
 
 def _quantize_wo(net: Network, group: list[GemmSite], cfg: QuantConfig, stats: Any) -> None:
     for site in group:
-        _weight_only(net, site, site.x, site.weight, cfg.weight_bits or 8, cfg.group_size)
+        _weight_only(net, site, site.x, site.weight, cfg.weight_bits or 8, cfg.group_size,
+                     zero_point=cfg.uses_zero_point)
 
 
 def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
@@ -138,26 +144,30 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
     assert stats is not None
     samples = stats.samples[group[0].x.name]
     weights = [s.weight.float() for s in group]
-    s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid)
-    x = _scale_activation(net, group, 1.0 / s)
+    zp = cfg.uses_zero_point
+    s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid, zero_point=zp)
+    # s == 1 (the search kept plain rounding): no multiply to add, nothing to fold.
+    x = group[0].x if bool((s == 1).all()) else _scale_activation(net, group, 1.0 / s)
     for site, w in zip(group, weights):
         ws = w * s
-        clip = nq.awq_search_clip(samples / s, ws, cfg.group_size) if cfg.awq_clip else None
-        _weight_only(net, site, x, ws, 4, cfg.group_size, clip)
+        clip = nq.awq_search_clip(samples / s, ws, cfg.group_size, zero_point=zp) if cfg.awq_clip else None
+        _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp)
 
 
 def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
                   stats: CalibrationStats | None) -> None:
     assert stats is not None
-    x_amax = stats.amax[group[0].x.name].max().clamp_min(1e-8)
-    x_scale = (x_amax / nq.FP8_MAX).reshape(1).float()
+    consts: list[tuple[str, torch.Tensor, DType]] = []
+    if not cfg.fp8_dynamic:  # a static input scale; without one the plugin scales per token
+        x_amax = stats.amax[group[0].x.name].max().clamp_min(1e-8)
+        consts.append(("input_scale", (x_amax / nq.FP8_MAX).reshape(1).float(), DType.float32))
     for site in group:
         w = site.weight.float()
         amax = w.abs().amax(dim=1) if cfg.fp8_per_channel_weights else w.abs().amax().reshape(1)
         w_scale = amax.clamp_min(1e-8) / nq.FP8_MAX
         codes = nq.quantize_fp8(w, w_scale[:, None])
         _replace_gemm(net, site, site.x, FP8_GEMM, [("weight", codes, DType.fp8),
-                      ("weight_scale", w_scale, DType.float32), ("input_scale", x_scale, DType.float32)])
+                      ("weight_scale", w_scale, DType.float32), *consts])
 
 
 def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,
@@ -228,7 +238,7 @@ def _attention_layers(net: Network) -> list[Layer]:
 
 
 def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
-                       stats: CalibrationStats | None) -> None:
+                       stats: CalibrationStats | None, per_head: bool) -> None:
     assert stats is not None
     pool = layers[0].inputs[6]
     input_name = next((n for n, t in net.inputs.items() if t is pool), None)
@@ -244,7 +254,10 @@ def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
         if amax is None:
             raise ConfigError(f"quantize_network: calibration saw no K/V for attention layer "
                               f"{layer.name!r} (layer_idx {fields['layer_idx']})")
-        scales = (amax.float().clamp_min(1e-6) / kvq.KV_QMAX[dtype]).reshape(2)
+        amax = amax.float().reshape(2, -1)  # [2, kv_heads] (older statistics: [2, 1])
+        if not per_head or amax.shape[1] != fields["num_kv_heads"]:
+            amax = amax.amax(dim=1)
+        scales = amax.clamp_min(1e-6) / kvq.KV_QMAX[dtype]
         inputs = list(layer.inputs)
 
         def build(inputs: list[Tensor] = inputs, scales: torch.Tensor = scales,
