@@ -83,3 +83,18 @@ int trtdsl_int8_gemm_epilogue(const int32_t* acc, int64_t acc_stride, const floa
 #ifdef __cplusplus
 }
 #endif
+
+/* Dense decode GEMV (plugins_cuda/src/dense_gemv.cu): out [m, n] = x [m, k] @ weight [n, k]^T for
+ * 1 <= m <= 8, fp16 / bf16 (dtype code 1 / 2) with fp32 accumulation, one launch (no split-K reduce
+ * kernel). x, weight, out contiguous; k % 8 == 0; x and weight 16-byte aligned. config 0 picks the
+ * launch shape; 1..5 force one (the benchmark's sweep, see dense_gemv.cuh). */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int trtdsl_dense_gemv(const void* x, const void* weight, void* out, int64_t m, int64_t n, int64_t k, int config,
+                      int dtype, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
