@@ -27,6 +27,9 @@ def _has_fp8(device_index: int) -> bool:
 
 def _weight_only_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
     from .quant_ops import weight_only_gemm
+    if len(ins) == 4:  # the asymmetric format (zeros): no kernel yet, the reference runs on the GPU
+        from ...quantization.plugins import weight_only_gemm_reference
+        return weight_only_gemm_reference(ins, fields, hints)
     x, qweight, scales = ins
     return weight_only_gemm(x, qweight, scales, int(fields["bits"]), int(fields["group_size"]),
                             int(fields["in_features"]))
@@ -35,6 +38,8 @@ def _weight_only_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: di
 def _fp8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
     from ...quantization.plugins import fp8_gemm_reference
     from .quant_ops import fp8_gemm
+    if len(ins) == 3:  # dynamic per-token activation scales: no kernel yet, the reference runs
+        return fp8_gemm_reference(ins, fields, hints)
     x, w, w_scale, x_scale = ins
     n, k = w.shape
     if x.dtype not in _HALF or k % 16 or n % 16 or not _has_fp8(x.device.index or 0):
