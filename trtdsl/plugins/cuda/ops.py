@@ -13,9 +13,10 @@ import torch
 
 from trtdsl.errors import PluginError
 
-from ._lib import call
+from ._lib import call, lib
 
-__all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_attention", "paged_attention"]
+__all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_attention", "decode_fused",
+           "paged_attention"]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -243,8 +244,9 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
                     max_kv_len: int) -> torch.Tensor:
     """The ``trtdsl.attention`` plugin on CUDA: same semantics as ``paged_attention_reference``.
 
-    RoPE + cache write, then the decode kernel when ``max_q_len == 1`` (every sequence has at most one
-    new token), else the context kernel. ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of
+    Decode steps (``max_q_len == 1``: every sequence has at most one new token) with a short
+    ``max_kv_len`` run the fused one-launch kernel (``decode_fused``); longer ones RoPE + cache write,
+    then the split-K decode kernel; other steps RoPE + cache write, then the context kernel. ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of
     ``seq_lens`` / ``past_lens + seq_lens`` (no device value is read, so the call is graph-capturable)."""
     op = "paged_attention"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
@@ -253,6 +255,9 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
         raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
     kw = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
               tokens_per_block=tokens_per_block)
+    if max_q_len == 1 and _use_fused_decode(seq_lens.shape[0], num_kv_heads, max_kv_len):
+        return decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
+                            softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style, **kw)
     if rotary_dim:
         q = rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
                           rotary_dim=rotary_dim, rope_style=rope_style, **kw)
@@ -265,3 +270,68 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     if max_q_len == 1:
         return decode_attention(q, *meta, softmax_scale=softmax_scale, max_kv_len=max_kv_len, **kw)
     return context_attention(q, *meta, softmax_scale=softmax_scale, max_q_len=max_q_len, **kw)
+
+
+# Fused decode: one launch (RoPE + cache write + attention, no split-K) wins while the kv range is short
+# enough that one block per (sequence, kv head) is not starved of parallelism; split-K wins beyond.
+# Chosen from benchmarks/results/decode_attention_*.json (H100, 32/8 heads, d 128, bf16).
+_FUSED_DECODE_MAX_KV = 1024
+
+_DECODE_FUSED_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
+                          ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
+                          ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
+                          ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+
+
+def _use_fused_decode(batch: int, num_kv_heads: int, max_kv_len: int) -> bool:
+    """Whether a decode step of these host-side bounds takes the fused kernel (see the constant above)."""
+    return max_kv_len <= _FUSED_DECODE_MAX_KV
+
+
+def _decode_fused_launcher():
+    # _lib's signature table belongs to the shared binding; the fused launcher declares its own once.
+    fn = lib().trtdsl_decode_fused
+    if fn.argtypes is None:
+        fn.argtypes, fn.restype = _DECODE_FUSED_ARGTYPES, ctypes.c_int
+    return fn
+
+
+def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
+                 num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
+                 softmax_scale: float, rotary_dim: int, rope_style: str = "neox",
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """One-launch decode step: RoPE of q/k, k/v written to the cache, attention; ``[tokens, H * D]``.
+
+    Every sequence must have ``seq_lens <= 1`` (not checked on the device). Same semantics as
+    ``paged_attention_reference`` restricted to decode steps; no split-K, so it is meant for short
+    contexts (``paged_attention`` picks it below ``_FUSED_DECODE_MAX_KV``). Rows of empty sequences
+    (and padding tokens) are left as they are in ``out``."""
+    op = "decode_fused"
+    _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
+                num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES)
+    if head_dim not in (64, 128):
+        raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
+    if rope_style not in _ROPE_STYLES:
+        raise PluginError(f"{op}: rope_style {rope_style!r} is not 'neox' or 'gptj'")
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise PluginError(f"{op}: rotary_dim {rotary_dim} must be even and in [0, head_dim={head_dim}]")
+    if rotary_dim:
+        _check(op, "rope_cos_sin", rope_cos_sin, qkv.device, (torch.float32,), ndim=2)
+        if rope_cos_sin.shape[1] != rotary_dim:
+            raise PluginError(f"{op}: rope_cos_sin has {rope_cos_sin.shape[1]} columns, expected rotary_dim={rotary_dim}")
+    out = qkv.new_empty(qkv.shape[0], num_heads * head_dim) if out is None else out
+    _check(op, "out", out, qkv.device, (qkv.dtype,), ndim=2)
+    if out.shape != (qkv.shape[0], num_heads * head_dim):
+        raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected ({qkv.shape[0]}, {num_heads * head_dim})")
+    code = _DTYPE_CODES[qkv.dtype]
+    status = _decode_fused_launcher()(
+        qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
+        seq_lens.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
+        block_tables.stride(0), rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style],
+        out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
+        float(softmax_scale), code, code, _stream(qkv))
+    if status != 0:
+        raise PluginError(f"trtdsl_decode_fused failed with status {status}: "
+                          f"{lib().trtdsl_error_string(status).decode()}")
+    return out
