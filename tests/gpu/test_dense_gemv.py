@@ -20,8 +20,11 @@ TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref||, the norm floored at 0.1 per element: outputs here are ~N(0, 1), and a
+    lone output that happens to be near zero must not turn fp32 reordering noise into a failure."""
     assert torch.isfinite(out).all(), "non-finite values (unwritten or wrong) in the kernel output"
-    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30)).item()
+    floor = 0.1 * ref.numel() ** 0.5
+    return ((out.double() - ref.double()).norm() / ref.double().norm().clamp_min(floor)).item()
 
 
 def check(m: int, k: int, n: int, dtype: torch.dtype, config: int = 0) -> None:
@@ -89,7 +92,7 @@ def test_llama_shapes(m):
 @cuda
 def test_batched_leading_dims_and_default_out():
     x = torch.randn(2, 3, 520, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(33, 520, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(33, 520, device="cuda", dtype=torch.bfloat16) * 520**-0.5
     out = dense_gemv(x, w)
     assert out.shape == (2, 3, 33)
     assert rel_err(out, F.linear(x.float(), w.float())) < TOL[torch.bfloat16]
@@ -98,7 +101,7 @@ def test_batched_leading_dims_and_default_out():
 @cuda
 def test_cuda_graph_replay_uses_new_inputs():
     x = torch.randn(4, 2048, device="cuda", dtype=torch.float16)
-    w = torch.randn(1536, 2048, device="cuda", dtype=torch.float16) * 0.02
+    w = torch.randn(1536, 2048, device="cuda", dtype=torch.float16) * 2048**-0.5
     out = torch.empty(4, 1536, device="cuda", dtype=torch.float16)
     dense_gemv(x, w, out=out)  # warm up (library load) outside the capture
     torch.cuda.synchronize()
@@ -107,7 +110,7 @@ def test_cuda_graph_replay_uses_new_inputs():
         dense_gemv(x, w, out=out)
     for _ in range(2):
         x.copy_(torch.randn_like(x))
-        w.copy_(torch.randn_like(w) * 0.02)
+        w.copy_(torch.randn_like(w) * 2048**-0.5)
         out.fill_(float("nan"))
         graph.replay()
         torch.cuda.synchronize()

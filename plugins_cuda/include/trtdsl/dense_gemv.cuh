@@ -123,8 +123,9 @@ inline int launch_dense_gemv_cfg(const T* x, const void* w, T* out, int m, int n
   return launch_status();
 }
 
-// Automatic choice (config 0). Measured on H100 by benchmarks/bench_dense_gemv.py
-// (benchmarks/results/dense_gemv_h100.json, "configs" entries); see docs/kernels.md.
+// Automatic choice (config 0): an untuned prior (few columns -> most blocks; x reuse over 4 rows at
+// small m, 256 threads at large m). benchmarks/bench_dense_gemv.py sweeps configs 1..5 at m = 1, 2, 4,
+// 8 ("summary" -> "best_config" in its JSON) to replace it with the measured best.
 inline int dense_gemv_auto_config(int m, int n, int k) {
   (void)k;
   if (n < 1024) return 5;   // few columns: one row per block keeps more SMs busy

@@ -92,9 +92,10 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None =
     return out
 
 
-# Largest m for which the GEMV beat cuBLAS (bf16 F.linear), per shape class of (k, n). Measured on an
-# H100 80GB HBM3 by benchmarks/bench_dense_gemv.py: benchmarks/results/dense_gemv_h100.json ("results",
-# kernel "dense_gemv" vs "cublas" per (k, n, m)). Filled in from that run; see docs/kernels.md.
+# Largest m for which the GEMV beats cuBLAS (bf16 F.linear), per shape class of (k, n), to be taken
+# from benchmarks/results/dense_gemv_h100.json ("summary" -> "gemv_faster_at_m" per shape), written by
+# benchmarks/bench_dense_gemv.py on an H100. NOT MEASURED YET: the one device run of this work failed
+# before timing (docs/kernels.md), so the rule prefers cuBLAS everywhere until those numbers exist.
 _MAX_M_SMALL = 0  # weights < 64 MiB (4096x4096 o_proj, 4096x6144 qkv)
 _MAX_M_LARGE = 0  # weights >= 64 MiB (gate_up, down, lm_head)
 _SMALL_WEIGHT_BYTES = 64 << 20
