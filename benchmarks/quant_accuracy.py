@@ -40,11 +40,15 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: (label, mode, kv_cache_dtype, options, allowed perplexity increase in %)
 CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = [
     ("fp8", "fp8", None, {}, 1.0),
+    ("fp8 (dynamic activations)", "fp8", None, {"fp8_dynamic": True}, 1.0),
     ("int8_wo", "int8_wo", None, {"group_size": 0}, 0.5),
-    ("int4_wo (RTN)", "int4_wo", None, {"group_size": 64}, None),
-    ("int4_awq", "int4_awq", None, {"group_size": 64}, 5.0),
+    ("int4_wo (RTN, g32)", "int4_wo", None, {"group_size": 32}, None),
+    ("int4_awq (g32)", "int4_awq", None, {"group_size": 32}, 5.0),
+    ("int4_wo (RTN, g128)", "int4_wo", None, {"group_size": 128}, None),
+    ("int4_awq (g128)", "int4_awq", None, {"group_size": 128}, 5.0),
     ("int8_sq", "int8_sq", None, {}, 3.0),
     ("fp8 K/V cache", None, "fp8", {}, 0.5),
+    ("fp8 K/V cache (per-layer scales)", None, "fp8", {"kv_cache_scales": "tensor"}, None),
     ("int8 K/V cache", None, "int8", {}, None),
 ]
 
@@ -115,9 +119,8 @@ def main() -> None:
                      "passes": None if limit is None else delta <= limit,
                      "quantize_s": round(quant_s, 1), "eval_s": round(time.time() - t - quant_s, 1)})
         print(f"{label}: ppl {ppl:.3f} ({delta:+.2f} %)", flush=True)
-    rtn = next((r for r in rows if r["mode"] == "int4_wo"), None)
-    awq = next((r for r in rows if r["mode"] == "int4_awq"), None)
-    summary = {"awq_beats_rtn": awq["perplexity"] < rtn["perplexity"]} if rtn and awq else {}
+    summary = {"awq_vs_rtn": {str(g): awq_vs_rtn(rows, g) for g in (32, 64, 128)
+                              if awq_vs_rtn(rows, g) is not None}}
     payload = {"model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized to float32)",
                "calibration": {"topics": "trtdsl.quantization.CALIBRATION_TOPICS",
                                "tokens": len(calib) * args.calib_len, "seconds": round(calib_s, 1)},
@@ -127,6 +130,18 @@ def main() -> None:
     print(write_result("quant_accuracy_quick" if args.quick or args.case or args.only else "quant_accuracy",
                        payload))
     print(markdown(rows))
+
+
+def awq_vs_rtn(rows: list[dict[str, Any]], group: int) -> dict[str, float] | None:
+    """AWQ's and RTN's perplexity at one group size, when both were measured."""
+    def find(mode: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["mode"] == mode and r.get("options", {}).get("group_size") == group),
+                    None)
+    rtn, awq = find("int4_wo"), find("int4_awq")
+    if rtn is None or awq is None:
+        return None
+    return {"rtn": rtn["perplexity"], "awq": awq["perplexity"], "awq_better": awq["perplexity"] < rtn["perplexity"],
+            "equal": abs(awq["perplexity"] - rtn["perplexity"]) < 1e-6}
 
 
 def parse_case(text: str) -> tuple[str, str | None, str | None, dict[str, Any], float | None]:

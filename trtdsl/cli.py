@@ -283,11 +283,61 @@ def parity_report(checkpoint: str | Path | None, dtype: str = "float32", num_tok
             "ok": abs(delta) <= tol and n_agree >= int(0.9 * num_tokens)}
 
 
+def engine_accuracy_report(engine_dir: str | Path, checkpoint: str | Path | None = None,
+                           ppl_tokens: int = 256) -> dict[str, Any]:
+    """Accuracy of a built engine (quantized or not) against its source checkpoint in transformers:
+    perplexity on fixed English text (``pydoc_data.topics``), judged against the target of the
+    engine's quantization (:func:`trtdsl.quantization.accuracy.ppl_target_pct`)."""
+    import torch
+    from pydoc_data.topics import topics
+    from .builder import resolve_checkpoint
+    from .engine import Engine
+    from .quantization.accuracy import engine_logprobs, ppl_target_pct
+    engine = Engine.load(engine_dir)
+    source = checkpoint or (engine.extra.get("source") or {}).get("checkpoint")
+    if source is None:
+        raise ConfigError(f"{engine_dir} does not record its checkpoint; pass --checkpoint PATH")
+    path = resolve_checkpoint(source)
+    hf, tok = _hf_load(path)
+    limit = int(engine.build_config.get("max_seq_len") or ppl_tokens)
+    text_ids = _text_ids(tok, topics[PPL_TEXT_KEY], int(hf.config.vocab_size))[:min(ppl_tokens, limit)]
+    with torch.no_grad():
+        t = torch.tensor([text_ids])
+        ref_lp = hf(t).logits[0, :-1].double().log_softmax(-1).gather(1, t[0, 1:, None]).squeeze(1)
+    ppl_ref = float(torch.exp(-ref_lp.mean()))
+    ppl_ours = float(torch.exp(-engine_logprobs(engine.network, text_ids).mean()))
+    quant = engine.network.metadata.get("quantization")
+    dtype = str(engine.build_config.get("dtype", "float32"))
+    target = ppl_target_pct(quant, dtype)
+    delta_pct = 100 * (ppl_ours / ppl_ref - 1)
+    return {"engine": str(engine_dir), "checkpoint": str(path), "dtype": dtype,
+            "quantization": quant, "ppl_tokens": len(text_ids), "ppl_trtdsl": ppl_ours,
+            "ppl_transformers": ppl_ref, "ppl_delta_pct": delta_pct, "target_pct": target,
+            "ok": target is None or delta_pct <= target}
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.engine_dir:
+        report = engine_accuracy_report(args.engine_dir, args.checkpoint, args.ppl_tokens)
+        print(json.dumps(report, indent=2) if args.json else _format_accuracy(report))
+        return 0 if report["ok"] else 1
     report = parity_report(args.checkpoint, dtype=args.dtype, num_tokens=args.tokens,
                            ppl_tokens=args.ppl_tokens, prompt=args.prompt)
     print(json.dumps(report, indent=2) if args.json else _format_report(report))
     return 0 if report["ok"] else 1
+
+
+def _format_accuracy(r: dict) -> str:
+    q = r["quantization"] or {}
+    what = ", ".join(f"{k} {q[k]}" for k in ("mode", "group_size", "kv_cache_dtype") if q.get(k) is not None
+                     and (k != "group_size" or q.get("mode") in ("int8_wo", "int4_wo", "int4_awq")))
+    target = "no target" if r["target_pct"] is None else f"target <= {r['target_pct']:+.2f} %"
+    return "\n".join([
+        f"accuracy of engine {r['engine']} ({r['dtype']}{', ' + what if what else ''}) vs transformers "
+        f"({r['checkpoint']})",
+        f"  perplexity on {r['ppl_tokens']} tokens of fixed text: trtdsl {r['ppl_trtdsl']:.4f}, "
+        f"transformers {r['ppl_transformers']:.4f} (delta {r['ppl_delta_pct']:+.3f} %, {target})",
+        f"  verdict: {'OK' if r['ok'] else 'OUT OF TARGET'}"])
 
 
 def _format_report(r: dict) -> str:
@@ -361,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(*_opt("layers"), action="store_true", help="list every layer with its module")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("check", help="parity report against transformers")
+    p = sub.add_parser("check", help="parity report against transformers (or, given an engine "
+                       "directory, that engine's accuracy, e.g. of a quantized build)")
+    p.add_argument("engine_dir", nargs="?", default=None,
+                   help="a built engine: report its perplexity vs transformers against its quantization's "
+                        "target (the checkpoint is the one it was built from, or --checkpoint)")
     p.add_argument(*_opt("checkpoint"), default=None)
     p.add_argument(*_opt("dtype"), default="float32")
     p.add_argument(*_opt("tokens"), type=int, default=32, help="greedy tokens to compare")
