@@ -272,10 +272,13 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     return context_attention(q, *meta, softmax_scale=softmax_scale, max_q_len=max_q_len, **kw)
 
 
-# Fused decode: one launch (RoPE + cache write + attention, no split-K) wins while the kv range is short
-# enough that one block per (sequence, kv head) is not starved of parallelism; split-K wins beyond.
-# Chosen from benchmarks/results/decode_attention_*.json (H100, 32/8 heads, d 128, bf16).
-_FUSED_DECODE_MAX_KV = 1024
+# Fused decode: one launch (RoPE + cache write + attention, no split-K) wins while one block per
+# (sequence, kv head) gives the GPU enough parallel work: always from 64 such blocks on (batch 8 x 8 kv
+# heads: 1.2-2.1x at 128..8192 tokens), and below that up to 512 tokens (batch 1: 1.4x at 512, 0.98x at
+# 1024, 0.3x at 8192, where split-K spreads one sequence over all SMs). Measured on an H100, 32/8 heads,
+# d 128, bf16: benchmarks/results/decode_attention_h100.json.
+_FUSED_DECODE_MAX_KV = 512
+_FUSED_DECODE_MIN_BLOCKS = 64
 
 _DECODE_FUSED_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
@@ -285,8 +288,8 @@ _DECODE_FUSED_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctyp
 
 
 def _use_fused_decode(batch: int, num_kv_heads: int, max_kv_len: int) -> bool:
-    """Whether a decode step of these host-side bounds takes the fused kernel (see the constant above)."""
-    return max_kv_len <= _FUSED_DECODE_MAX_KV
+    """Whether a decode step of these host-side bounds takes the fused kernel (see the constants above)."""
+    return max_kv_len <= _FUSED_DECODE_MAX_KV or batch * num_kv_heads >= _FUSED_DECODE_MIN_BLOCKS
 
 
 def _decode_fused_launcher():
@@ -305,7 +308,7 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
 
     Every sequence must have ``seq_lens <= 1`` (not checked on the device). Same semantics as
     ``paged_attention_reference`` restricted to decode steps; no split-K, so it is meant for short
-    contexts (``paged_attention`` picks it below ``_FUSED_DECODE_MAX_KV``). Rows of empty sequences
+    contexts or large batches (``paged_attention`` picks it through ``_use_fused_decode``). Rows of empty sequences
     (and padding tokens) are left as they are in ``out``."""
     op = "decode_fused"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
