@@ -91,7 +91,7 @@ class OurEngine:
                                   max_seq_len=max_seq, tokens_per_block=tpb, max_num_blocks=num_blocks)
         if quant:
             net = quantize_for_speed(net, quant)
-        self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True)
+        self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True, fuse_swiglu=True)
         self.layer_counts = net.layer_counts()
         self.executor = TorchExecutor(net, "cuda")
         self.kv_cache = torch.zeros(model.kv_cache_shape(num_blocks, tpb), dtype=torch.bfloat16, device="cuda")

@@ -20,10 +20,11 @@ from ..backends.torch_layers import LAYER_FUNCTIONS
 from ..ir.network import Layer, LayerKind
 from ..plugins.registry import PluginSpec, register_plugin
 
-__all__ = ["POINTWISE", "ADD_RMS_NORM"]
+__all__ = ["POINTWISE", "ADD_RMS_NORM", "SWIGLU"]
 
 POINTWISE = "trtdsl.pointwise"
 ADD_RMS_NORM = "trtdsl.add_rms_norm"
+SWIGLU = "trtdsl.swiglu"
 
 _CTX: dict[str, Any] = {"constants": {}, "plugin_impls": {}, "device": torch.device("cpu"), "hints": {}}
 
@@ -61,6 +62,19 @@ def _add_rms_norm_shape(inputs: list, fields: dict) -> list:
     return [(a.dtype, a.shape), (a.dtype, a.shape)]
 
 
+def swiglu_reference(ins: list, fields: dict, hints: dict) -> torch.Tensor:
+    """``gate * sigmoid(gate) * up`` of ``x = [gate | up]``, the exact layer order of ``F.swiglu``."""
+    gate, up = ins[0].chunk(2, dim=-1)
+    return gate * torch.sigmoid(gate) * up
+
+
+def _swiglu_shape(inputs: list, fields: dict) -> list:
+    x = inputs[0]
+    return [(x.dtype, tuple(x.shape[:-1]) + (x.shape[-1] // 2,))]
+
+
+register_plugin(PluginSpec(SWIGLU, _swiglu_shape, swiglu_reference,
+                           doc="silu(gate) * up of one [..., 2 * inter] tensor laid out gate then up"))
 register_plugin(PluginSpec(POINTWISE, _pointwise_shape, pointwise_reference,
                            doc="a fused chain of elementwise/unary/activation/cast/select layers"))
 register_plugin(PluginSpec(ADD_RMS_NORM, _add_rms_norm_shape, add_rms_norm_reference,

@@ -8,6 +8,9 @@
 * :func:`fuse_add_rms_norm` rewrites ``n = rms_norm(a + b)`` into one ``trtdsl.add_rms_norm`` layer
   producing both ``n`` and ``a + b`` (the residual stream), the pattern of every pre-norm decoder.
   The builder applies it only where the backend has a kernel for it.
+* :func:`fuse_swiglu` rewrites what ``F.swiglu`` writes (``gate, up = chunk(x, 2, -1)``;
+  ``gate * sigmoid(gate) * up``) into one ``trtdsl.swiglu`` layer, again only where the backend
+  has a kernel (three small kernels per decoder layer become one).
 
 Both keep the tensors (names, shapes, consumers) of the values they produce, only their producer
 changes, so network outputs and debug outputs are untouched.
@@ -20,7 +23,7 @@ from ..ir.symbolic import dim_equal
 from . import fused_plugins
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
 
-__all__ = ["fuse_elementwise", "fuse_add_rms_norm"]
+__all__ = ["fuse_elementwise", "fuse_add_rms_norm", "fuse_swiglu"]
 
 _POINTWISE = {LayerKind.ELEMENTWISE, LayerKind.UNARY, LayerKind.ACTIVATION, LayerKind.CAST,
               LayerKind.SELECT}
@@ -122,5 +125,66 @@ def fuse_add_rms_norm(net: Network) -> int:
     if fused:
         # Consumers of a + b may sit between the add and the norm: restore a topological order.
         toposort(net)
+        sync_bookkeeping(net)
+    return fused
+
+
+def _halves(gate_slice: Layer, up_slice: Layer) -> bool:
+    """The two slices take the first and second half of the same tensor's last dim."""
+    if gate_slice.kind is not LayerKind.SLICE or up_slice.kind is not LayerKind.SLICE:
+        return False
+    if gate_slice.inputs[0] is not up_slice.inputs[0] or gate_slice.attrs.get("dynamic") or \
+            up_slice.attrs.get("dynamic") or gate_slice.attrs.get("mode") != "default":
+        return False
+    x = gate_slice.inputs[0]
+    width = x.shape[-1]
+    if not isinstance(width, int) or width % 2:
+        return False
+    half, rank = width // 2, len(x.shape)
+    lead = tuple(0 for _ in range(rank - 1))
+    return (gate_slice.attrs["start"] == lead + (0,) and up_slice.attrs["start"] == lead + (half,)
+            and gate_slice.attrs["stride"] == (1,) * rank and up_slice.attrs["stride"] == (1,) * rank
+            and gate_slice.attrs["size"][-1] == half and up_slice.attrs["size"][-1] == half)
+
+
+def _swiglu_match(out_mul: Layer, users: dict) -> tuple[Layer, ...] | None:
+    """(gate slice, up slice, sigmoid, gate * sigmoid, out mul) if ``out_mul`` ends the pattern."""
+    if out_mul.kind is not LayerKind.ELEMENTWISE or out_mul.attrs.get("op") != "prod":
+        return None
+    silu_mul, up_slice = (t.producer for t in out_mul.inputs)
+    if silu_mul is None or up_slice is None or silu_mul.kind is not LayerKind.ELEMENTWISE or \
+            silu_mul.attrs.get("op") != "prod":
+        return None
+    gate, sig_out = silu_mul.inputs
+    sig = sig_out.producer
+    if sig is None or sig.kind is not LayerKind.ACTIVATION or sig.attrs.get("op") != "sigmoid" or \
+            sig.inputs[0] is not gate or gate.producer is None:
+        return None
+    if not _halves(gate.producer, up_slice):
+        return None
+    inner = [gate, sig_out, silu_mul.outputs[0], up_slice.outputs[0]]
+    if any(len(users.get(id(t), [])) != (2 if t is gate else 1) for t in inner):
+        return None  # an intermediate value is used elsewhere: keep the layers
+    return gate.producer, up_slice, sig, silu_mul, out_mul
+
+
+def fuse_swiglu(net: Network) -> int:
+    """Fuse ``F.swiglu``'s layers in place; returns how many were fused."""
+    users = consumers(net)
+    outs = output_ids(net)
+    fused = 0
+    for layer in list(net.layers):
+        match = _swiglu_match(layer, users)
+        if match is None or any(id(t) in outs for m in match[:-1] for t in m.outputs):
+            continue
+        gate_slice, up_slice, sig, silu_mul, out_mul = match
+        x = gate_slice.inputs[0]
+        out_mul.kind = LayerKind.PLUGIN
+        out_mul.inputs = [x]
+        out_mul.attrs = {"name": fused_plugins.SWIGLU, "version": "1", "fields": {}}
+        for dead in (gate_slice, up_slice, sig, silu_mul):
+            net.layers.remove(dead)
+        fused += 1
+    if fused:
         sync_bookkeeping(net)
     return fused

@@ -372,9 +372,12 @@ def _dequantize(e: _Exporter, layer: Layer, ins: list[str], outs: list[str], it:
 
 
 def _plugin(e: _Exporter, layer: Layer, ins: list[str], outs: list[str], it: list, ot: list) -> None:
-    from ...passes.fused_plugins import ADD_RMS_NORM, POINTWISE
+    from ...passes.fused_plugins import ADD_RMS_NORM, POINTWISE, SWIGLU
     name, fields = layer.attrs["name"], layer.attrs.get("fields", {})
-    if name == POINTWISE:
+    if name == SWIGLU:
+        gate, up = e.node("Split", ins[:1], n_out=2, axis=-1, num_outputs=2)
+        e.one("Mul", [e.one("Mul", [gate, e.one("Sigmoid", [gate])]), up], outs[0])
+    elif name == POINTWISE:
         _inline_pointwise(e, fields["program"], ins, outs[0], it)
     elif name == ADD_RMS_NORM:
         total = e.one("Add", ins[:2], outs[1])

@@ -8,7 +8,7 @@ too (an opaque plugin would block that).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...dtypes import DType
 from ...errors import BackendError
@@ -52,7 +52,29 @@ def lower_add_rms_norm(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor
     return [normed, total]
 
 
+def lower_swiglu(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
+    """``trtdsl.swiglu``: the slices, sigmoid and products ``F.swiglu`` was fused from."""
+    x = layer.inputs[0]
+    rank, width = len(x.shape), x.shape[-1]
+    if not isinstance(width, int):
+        raise BackendError(f"TensorRT lowering: swiglu layer {layer.name!r} needs a static last dim")
+    half = width // 2
+    size = tuple(x.shape[:-1]) + (half,)
+
+    def step(kind: LayerKind, name: str, attrs: dict[str, Any], args: list[trt.ITensor]) -> trt.ITensor:
+        return EMITTERS[kind](ctx, Layer(kind, f"{layer.name}/{name}", [], [], attrs, layer.module_path), args)[0]
+
+    def halve(offset: int, name: str) -> trt.ITensor:
+        return step(LayerKind.SLICE, name, {"start": (0,) * (rank - 1) + (offset,), "size": size,
+                                            "stride": (1,) * rank, "mode": "default", "dynamic": ()}, [ins[0]])
+    gate, up = halve(0, "gate"), halve(half, "up")
+    sig = step(LayerKind.ACTIVATION, "sigmoid", {"op": "sigmoid"}, [gate])
+    silu = step(LayerKind.ELEMENTWISE, "silu", {"op": "prod"}, [gate, sig])
+    return [step(LayerKind.ELEMENTWISE, "mul", {"op": "prod"}, [silu, up])]
+
+
 NATIVE_PLUGIN_LOWERINGS: dict[str, Emitter] = {
     "trtdsl.pointwise": lower_pointwise,
     "trtdsl.add_rms_norm": lower_add_rms_norm,
+    "trtdsl.swiglu": lower_swiglu,
 }

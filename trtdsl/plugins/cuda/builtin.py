@@ -50,13 +50,20 @@ def _add_rms_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: d
     return [out, total]
 
 
+def _swiglu_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from . import swiglu
+    x = ins[0]
+    if x.dtype not in _HALF:
+        from ...passes.fused_plugins import swiglu_reference
+        return swiglu_reference(ins, fields, hints)
+    return swiglu(x.contiguous())
+
+
 def register_cuda_implementations() -> None:
     """Attach the CUDA kernels to their plugins (idempotent)."""
     get_plugin("trtdsl.attention").implementations["cuda"] = _attention_cuda
-    try:
-        get_plugin("trtdsl.add_rms_norm").implementations["cuda"] = _add_rms_norm_cuda
-    except Exception:  # the fusion passes' plugins are registered only when the passes are imported
-        pass
+    get_plugin("trtdsl.add_rms_norm").implementations["cuda"] = _add_rms_norm_cuda
+    get_plugin("trtdsl.swiglu").implementations["cuda"] = _swiglu_cuda
     try:
         from .register import register_cuda_implementations as register_quant
         register_quant()
