@@ -77,8 +77,28 @@ def _rms_norm_layer(layer: Layer, ins: list, env: dict, ctx: dict) -> list:
     return [rmsnorm(x.contiguous(), weight.reshape(-1), layer.attrs["epsilon"])]
 
 
+def _linear_layer(layer: Layer, ins: list, env: dict, ctx: dict) -> list:
+    """``x @ W^T`` with a constant weight: our GEMV for the few-row (decode) steps where it beats
+    cuBLAS (the row count is a host-side shape, so this choice needs no synchronization)."""
+    from .dense_ops import dense_gemv, gemv_preferred
+    x, w = ins
+    n, k = w.shape[-2], w.shape[-1]
+    if x.dim() == 2 and w.dim() == 2 and gemv_preferred(x.shape[0], n, k, x.dtype) and x.is_contiguous():
+        return [dense_gemv(x, w)]
+    return [torch.matmul(x, w.transpose(-1, -2))]
+
+
+def _is_linear(layer: Layer) -> bool:
+    a, w = layer.inputs
+    return (layer.attrs.get("transpose_b") and not layer.attrs.get("transpose_a") and
+            w.producer is not None and w.producer.kind is LayerKind.CONSTANT and len(w.shape) == 2 and
+            len(a.shape) == 2 and a.dtype.torch in _HALF)
+
+
 def cuda_layer_function(layer: Layer) -> Callable | None:
     """A kernel-backed function for ``layer`` on CUDA, or None to keep the torch one."""
+    if layer.kind is LayerKind.MATRIX_MULTIPLY and _is_linear(layer):
+        return _linear_layer
     if layer.kind is LayerKind.NORMALIZATION and layer.attrs["kind"] == "rms" and \
             layer.outputs[0].dtype.torch in _HALF and tuple(layer.attrs["axes"]) == (layer.inputs[0].ndim - 1,):
         return _rms_norm_layer

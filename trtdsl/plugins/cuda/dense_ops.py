@@ -96,8 +96,11 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None =
 # from benchmarks/results/dense_gemv_h100.json ("summary" -> "gemv_faster_at_m" per shape), written by
 # benchmarks/bench_dense_gemv.py on an H100. NOT MEASURED YET: the one device run of this work failed
 # before timing (docs/kernels.md), so the rule prefers cuBLAS everywhere until those numbers exist.
-_MAX_M_SMALL = 0  # weights < 64 MiB (4096x4096 o_proj, 4096x6144 qkv)
-_MAX_M_LARGE = 0  # weights >= 64 MiB (gate_up, down, lm_head)
+# Measured on an H100 (benchmarks/results/dense_gemv_h100.json, auto config, bf16): the GEMV beats
+# cuBLAS at M <= 3 on the small projections (1.21x / 1.12x at M=1, 1.12x / 1.03x at M=3; M=4 loses
+# on 4096x6144) and at M = 1 on every large one (1.07x-1.11x; 14336x4096 loses at M=2).
+_MAX_M_SMALL = 3  # weights < 64 MiB (4096x4096 o_proj, 4096x6144 qkv)
+_MAX_M_LARGE = 1  # weights >= 64 MiB (gate_up, down, lm_head)
 _SMALL_WEIGHT_BYTES = 64 << 20
 
 
