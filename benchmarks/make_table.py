@@ -21,19 +21,22 @@ def _load(pattern: str) -> list[tuple[str, dict[str, Any]]]:
     return [(p.name, json.loads(p.read_text())) for p in sorted(RESULTS.glob(pattern))]
 
 
-def _fmt(x: Any, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+def _fmt(x: Any, digits: int = 1, unit: str = "") -> str:
+    return "–" if x is None else f"{x:.{digits}f}{unit}"
 
 
 def decode_tables() -> list[str]:
     lines: list[str] = []
     for fname, res in _load("decode_*.json"):
+        if "models" not in res or fname.startswith("decode_quant"):
+            continue  # decode_attention_* (kernel results) and quantized runs have their own tables
         lines += [f"**Decode and time to first token** — {res.get('device')}, torch {res.get('torch')}, "
                   f"transformers {res.get('transformers', '?')}; device-to-device copy bandwidth measured in "
                   f"each run ({res['copy_bandwidth_gbps']:.0f} GB/s in the last); prompt {res['prompt_len']} tokens "
                   f"(`benchmarks/results/{fname}`)", "",
                   "| model | batch | trtdsl tok/s | % of copy bw | HF eager tok/s | HF static+compile tok/s "
                   "| vs eager | vs compile |", "|---|---|---|---|---|---|---|---|"]
+        notes = [f"{m}: {e['note']}" for m, e in res["models"].items() if e.get("note")]
         for model, entry in res["models"].items():
             ours, hf = entry["ours"], entry.get("hf", {})
             for b, r in ours["decode"].items():
@@ -42,8 +45,9 @@ def decode_tables() -> list[str]:
                 ratio = entry.get("ratios", {})
                 lines.append(f"| {model} | {b} | {r['tokens_per_s']:.0f} | {r['pct_of_copy_bw']:.0f}% | "
                              f"{_fmt(he.get('tokens_per_s'), 0)} | {_fmt(hc.get('tokens_per_s'), 0)} | "
-                             f"{_fmt(ratio.get(f'decode_b{b}_vs_hf_eager'), 2)}x | "
-                             f"{_fmt(ratio.get(f'decode_b{b}_vs_hf_compile'), 2)}x |")
+                             f"{_fmt(ratio.get(f'decode_b{b}_vs_hf_eager'), 2, 'x')} | "
+                             f"{_fmt(ratio.get(f'decode_b{b}_vs_hf_compile'), 2, 'x')} |")
+        lines += [""] + [f"- {n}" for n in notes]
         lines += ["", "| model | prompt | trtdsl TTFT ms (graph) | trtdsl eager ms | HF eager ms |",
                   "|---|---|---|---|---|"]
         for model, entry in res["models"].items():
@@ -72,8 +76,39 @@ def kernel_tables() -> list[str]:
     return lines
 
 
+def serving_tables() -> list[str]:
+    lines: list[str] = []
+    for fname, res in _load("bench_serving*.json"):
+        if res.get("device", "cpu") == "cpu":
+            continue
+        hf = res.get("transformers_continuous_batching", {})
+        lines += [f"**Serving** ({res['requests_per_shape']} requests per shape, all submitted at once, "
+                  f"{res['model']}) — {res.get('device')} (`benchmarks/results/{fname}`)", "",
+                  "| in/out | trtdsl tok/s | TTFT p50/p99 ms | ITL p50/p99 ms | HF generate_batch tok/s | ratio |",
+                  "|---|---|---|---|---|---|"]
+        for shape, r in res["trtdsl"].items():
+            h = hf.get(shape, {}) if isinstance(hf, dict) else {}
+            ratio = res.get("throughput_ratio", {}).get(shape)
+            lines.append(f"| {shape} | {r['output_tokens_per_s']:.0f} | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | "
+                         f"{r['itl_p50_ms']:.1f} / {r['itl_p99_ms']:.1f} | "
+                         f"{_fmt(h.get('output_tokens_per_s'), 0) if h else 'not finished in the run time limit'} | "
+                         f"{_fmt(ratio, 1, 'x')} |")
+        lines.append("")
+    for fname, res in _load("decode_quant_*.json"):
+        lines += [f"**Quantized decode** (8B shape, batch 1/8) — {res.get('device')} (`benchmarks/results/{fname}`)", "",
+                  "| engine | batch | step ms | tok/s | vs bf16 |", "|---|---|---|---|---|"]
+        for model, entry in res["models"].items():
+            for key in [k for k in entry if k.startswith("ours")]:
+                mode = key.removeprefix("ours_") if key != "ours" else "bf16"
+                for b, r in entry[key]["decode"].items():
+                    ratio = entry.get("ratios", {}).get(f"{mode}_decode_b{b}_vs_bf16", 1.0 if mode == "bf16" else None)
+                    lines.append(f"| {model} {mode} | {b} | {r['step_ms']:.2f} | {r['tokens_per_s']:.0f} | {_fmt(ratio, 2)}x |")
+        lines.append("")
+    return lines
+
+
 def render() -> str:
-    body = decode_tables() + kernel_tables()
+    body = decode_tables() + serving_tables() + kernel_tables()
     if not body:
         body = ["No GPU results committed yet."]
     return "\n".join([START, "", *body, END])
