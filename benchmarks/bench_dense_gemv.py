@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth_gbps, cuda_time_ms, device_slug, write_result  # noqa: E402
+from common import copy_bandwidth_gbps, device_slug, graph_time_ms, write_result  # noqa: E402
 from trtdsl.plugins.cuda.dense_ops import NUM_CONFIGS, dense_gemv  # noqa: E402
 
 # (k, n): o_proj, qkv (GQA 32/8), gate_up fused, down, lm_head of an 8B Llama.
@@ -35,17 +35,7 @@ MIN_CALLS = 16
 
 def graph_time_us(calls: list[Callable[[], Any]]) -> float:
     """Median microseconds per call of ``calls`` replayed back to back in one CUDA graph."""
-    for c in calls[:2]:  # warm up: library load, cuBLAS heuristics, allocator
-        c()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for c in calls:
-            c()
-    t = cuda_time_ms(graph.replay, warmup=3, iters=20)["median_ms"] / len(calls)
-    del graph
-    torch.cuda.synchronize()
-    return t * 1e3
+    return graph_time_ms(calls) * 1e3
 
 
 def weight_copies(k: int, n: int, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import copy_bandwidth_gbps, cuda_time_ms, device_slug, write_result  # noqa: E402
+from common import copy_bandwidth_gbps, cuda_time_ms, device_slug, graph_time_ms, write_result  # noqa: E402
 from trtdsl.plugins.cuda import quant_ops as Q  # noqa: E402
 from trtdsl.quantization import numerics  # noqa: E402
 
@@ -36,22 +36,6 @@ def gemm_ceiling_tflops(size: int = 8192) -> float:
     b = torch.randn(size, size, device="cuda", dtype=DTYPE)
     ms = cuda_time_ms(lambda: a @ b, warmup=3, iters=10)["median_ms"]
     return 2 * size**3 / (ms * 1e-3) / 1e12
-
-
-def graph_time_ms(calls: list[Callable[[], Any]]) -> float:
-    """Median milliseconds per call of ``calls`` replayed back to back in one CUDA graph."""
-    for c in calls[:2]:  # warm up: plugin build, cuBLAS heuristics, allocator
-        c()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for c in calls:
-            c()
-    t = cuda_time_ms(graph.replay, warmup=2, iters=10)["median_ms"] / len(calls)
-    del graph
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    return t
 
 
 def copies_for(nbytes: int) -> int:

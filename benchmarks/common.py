@@ -56,6 +56,23 @@ def cuda_time_ms(fn: Callable[[], Any], warmup: int = 3, iters: int = 20) -> dic
             "iters": iters}
 
 
+def graph_time_ms(calls: list[Callable[[], Any]], warmup: int = 3, iters: int = 20) -> float:
+    """Median milliseconds per call of ``calls`` replayed back to back in one CUDA graph (launch
+    gaps out of the measurement; pass enough distinct buffers that L2 does not serve them)."""
+    for c in calls[:2]:  # warm up: library load, cuBLAS heuristics, allocator
+        c()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in calls:
+            c()
+    t = cuda_time_ms(graph.replay, warmup=warmup, iters=iters)["median_ms"] / len(calls)
+    del graph
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    return t
+
+
 def copy_bandwidth_gbps(nbytes: int = 2 << 30) -> float:
     """Device-to-device copy bandwidth in GB/s, counting bytes read plus bytes written."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda").random_(0, 255)

@@ -28,6 +28,21 @@ _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 
 
+def register_signatures(signatures: dict[str, list]) -> None:
+    """Add launchers' argument types (modules with kernels of their own call this at import), so
+    every launcher is called with declared types: ctypes would otherwise truncate 64-bit pointers."""
+    with _lock:
+        _SIGNATURES.update(signatures)
+        if _lib is not None:
+            _bind(_lib, signatures)
+
+
+def _bind(handle: ctypes.CDLL, signatures: dict[str, list]) -> None:
+    for name, argtypes in signatures.items():
+        fn = getattr(handle, name)
+        fn.argtypes, fn.restype = argtypes, _I
+
+
 def lib() -> ctypes.CDLL:
     """The loaded kernel library, built on first use."""
     global _lib
@@ -40,9 +55,7 @@ def lib() -> ctypes.CDLL:
                 raise PluginError(f"could not load the CUDA plugin library {path}: {exc}") from exc
             handle.trtdsl_error_string.restype = ctypes.c_char_p
             handle.trtdsl_error_string.argtypes = [_I]
-            for name, argtypes in _SIGNATURES.items():
-                fn = getattr(handle, name)
-                fn.argtypes, fn.restype = argtypes, _I
+            _bind(handle, _SIGNATURES)
             _lib = handle
         return _lib
 

@@ -90,7 +90,7 @@ def _linear_layer(layer: Layer, ins: list, env: dict, ctx: dict) -> list:
 
 def _is_linear(layer: Layer) -> bool:
     a, w = layer.inputs
-    return (layer.attrs.get("transpose_b") and not layer.attrs.get("transpose_a") and
+    return bool(layer.attrs.get("transpose_b") and not layer.attrs.get("transpose_a") and
             w.producer is not None and w.producer.kind is LayerKind.CONSTANT and len(w.shape) == 2 and
             len(a.shape) == 2 and a.dtype.torch in _HALF)
 

@@ -16,7 +16,7 @@ import torch
 
 from trtdsl.errors import PluginError
 
-from ._lib import call, lib
+from ._lib import call, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["DENSE_GEMV_MAX_M", "NUM_CONFIGS", "dense_gemv", "dense_gemv_supported", "gemv_preferred"]
@@ -27,19 +27,7 @@ NUM_CONFIGS = 5  # kDenseGemvNumConfigs: launch shapes 1..5 (0 = automatic), swe
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # Argument types of trtdsl_dense_gemv as declared in plugins.h (change both together).
 _SIGNATURES: dict[str, list] = {"trtdsl_dense_gemv": [_P, _P, _P, _I64, _I64, _I64, _I, _I, _P]}
-_bound = False
-
-
-def _call(name: str, *args) -> None:
-    """``_lib.call`` after attaching this module's signatures to the shared library (once)."""
-    global _bound
-    if not _bound:
-        handle = lib()
-        for fname, argtypes in _SIGNATURES.items():
-            fn = getattr(handle, fname)
-            fn.argtypes, fn.restype = argtypes, _I
-        _bound = True
-    call(name, *args)
+register_signatures(_SIGNATURES)
 
 
 def dense_gemv_supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -87,7 +75,7 @@ def dense_gemv(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None =
         _check(op, "out", out, x.device, (x.dtype,))
         if tuple(out.shape) != shape:
             raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected {shape}")
-    _call("trtdsl_dense_gemv", x2.data_ptr(), weight.data_ptr(), out.data_ptr(), m, n, k, config,
+    call("trtdsl_dense_gemv", x2.data_ptr(), weight.data_ptr(), out.data_ptr(), m, n, k, config,
           _DTYPE_CODES[x.dtype], _stream(x))
     return out
 

@@ -13,7 +13,7 @@ import torch
 
 from trtdsl.errors import PluginError
 
-from ._lib import call, lib
+from ._lib import call, register_signatures
 
 __all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_attention", "decode_fused",
            "paged_attention"]
@@ -292,12 +292,7 @@ def _use_fused_decode(batch: int, num_kv_heads: int, max_kv_len: int) -> bool:
     return max_kv_len <= _FUSED_DECODE_MAX_KV or batch * num_kv_heads >= _FUSED_DECODE_MIN_BLOCKS
 
 
-def _decode_fused_launcher():
-    # _lib's signature table belongs to the shared binding; the fused launcher declares its own once.
-    fn = lib().trtdsl_decode_fused
-    if fn.argtypes is None:
-        fn.argtypes, fn.restype = _DECODE_FUSED_ARGTYPES, ctypes.c_int
-    return fn
+register_signatures({"trtdsl_decode_fused": _DECODE_FUSED_ARGTYPES})
 
 
 def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
@@ -328,13 +323,10 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     if out.shape != (qkv.shape[0], num_heads * head_dim):
         raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected ({qkv.shape[0]}, {num_heads * head_dim})")
     code = _DTYPE_CODES[qkv.dtype]
-    status = _decode_fused_launcher()(
-        qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
+    call(
+        "trtdsl_decode_fused", qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
         seq_lens.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
         block_tables.stride(0), rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style],
         out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
         float(softmax_scale), code, code, _stream(qkv))
-    if status != 0:
-        raise PluginError(f"trtdsl_decode_fused failed with status {status}: "
-                          f"{lib().trtdsl_error_string(status).decode()}")
     return out

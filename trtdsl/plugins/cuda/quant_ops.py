@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from trtdsl.errors import PluginError
 
-from ._lib import call, lib
+from ._lib import call, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "gemv_supported", "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8",
@@ -41,19 +41,7 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
 }
-_bound = False
-
-
-def _call(name: str, *args) -> None:
-    """``_lib.call`` after attaching this module's signatures to the shared library (once)."""
-    global _bound
-    if not _bound:
-        handle = lib()
-        for fname, argtypes in _SIGNATURES.items():
-            fn = getattr(handle, fname)
-            fn.argtypes, fn.restype = argtypes, _I
-        _bound = True
-    call(name, *args)
+register_signatures(_SIGNATURES)
 
 
 def _as_2d(op: str, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -92,7 +80,7 @@ def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, bits: int, gr
     probe = torch.empty(0, in_features, dtype=dtype, device=qweight.device)
     groups = _check_weight_only(op, probe, qweight, scales, bits, group_size, in_features)
     out = torch.empty(qweight.shape[0], in_features, dtype=dtype, device=qweight.device)
-    _call("trtdsl_weight_only_dequantize", qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
+    call("trtdsl_weight_only_dequantize", qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
           qweight.shape[0], in_features, bits, group_size, groups, _DTYPE_CODES[dtype], _stream(qweight))
     return out
 
@@ -111,7 +99,7 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     m, k = x2.shape
     n = qweight.shape[0]
     out = x2.new_empty(m, n)
-    _call("trtdsl_weight_only_gemv", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
+    call("trtdsl_weight_only_gemv", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
           m, n, k, bits, group_size, groups, _DTYPE_CODES[x2.dtype], _stream(x2))
     return out
 
@@ -142,7 +130,7 @@ def quantize_fp8(x2: torch.Tensor, scale: torch.Tensor, pad_rows_to: int = 1) ->
     m, k = x2.shape
     rows = -(-m // pad_rows_to) * pad_rows_to
     out = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device=x2.device)
-    _call("trtdsl_quantize_fp8", x2.data_ptr(), scale.data_ptr(), out.data_ptr(), m, rows, k,
+    call("trtdsl_quantize_fp8", x2.data_ptr(), scale.data_ptr(), out.data_ptr(), m, rows, k,
           _DTYPE_CODES[x2.dtype], _stream(x2))
     return out
 
@@ -201,7 +189,7 @@ def quantize_per_token_int8(x2: torch.Tensor, min_rows: int = 0) -> tuple[torch.
     rows = -(-rows // 8) * 8 if min_rows else rows
     codes = torch.empty(rows, k, dtype=torch.int8, device=x2.device)
     scales = torch.empty(m, 1, dtype=torch.float32, device=x2.device)
-    _call("trtdsl_quantize_per_token_int8", x2.data_ptr(), codes.data_ptr(), scales.data_ptr(), m, rows, k,
+    call("trtdsl_quantize_per_token_int8", x2.data_ptr(), codes.data_ptr(), scales.data_ptr(), m, rows, k,
           _DTYPE_CODES[x2.dtype], _stream(x2))
     return codes, scales
 
@@ -224,6 +212,6 @@ def int8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor)
         return out.view(*x.shape[:-1], n)
     codes, x_scales = quantize_per_token_int8(x2, INT_MM_MIN_M)
     acc = torch._int_mm(codes, weight.t())  # [rows, n] int32; weight [n, k] row-major = column-major B
-    _call("trtdsl_int8_gemm_epilogue", acc.data_ptr(), acc.stride(0), x_scales.data_ptr(),
+    call("trtdsl_int8_gemm_epilogue", acc.data_ptr(), acc.stride(0), x_scales.data_ptr(),
           weight_scale.data_ptr(), out.data_ptr(), m, n, _DTYPE_CODES[x2.dtype], _stream(x2))
     return out.view(*x.shape[:-1], n)
