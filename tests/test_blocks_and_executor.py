@@ -13,7 +13,7 @@ from trtdsl import Module, Parameter
 from trtdsl.backends.torch_executor import TorchExecutor
 from trtdsl.errors import PluginError, ScopeError
 from trtdsl.ir import network as _network
-from trtdsl.plugins.registry import PluginSpec, _REGISTRY, register_plugin
+from trtdsl.plugins.registry import PluginSpec, register_plugin, unregister_plugin
 
 _TOL = {torch.float32: {}, torch.float16: {"atol": 1e-2, "rtol": 1e-2},
         torch.bfloat16: {"atol": 5e-2, "rtol": 3e-2}}
@@ -175,7 +175,7 @@ def test_scope_is_closed_even_when_the_body_raises() -> None:
 def plugin_name():
     name = "test.double"
     yield name
-    _REGISTRY.pop(name, None)
+    unregister_plugin(name)
 
 
 def _double_net(name: str) -> tuple:

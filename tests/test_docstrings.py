@@ -13,7 +13,7 @@ import torch
 
 import trtdsl
 import trtdsl.functional as F
-from trtdsl.plugins.registry import PluginSpec, _REGISTRY, register_plugin
+from trtdsl.plugins.registry import PluginSpec, register_plugin, unregister_plugin
 
 
 def _namespace() -> dict:
@@ -55,7 +55,7 @@ def example_plugin():
     register_plugin(PluginSpec("example.scale", lambda ins, f: [(ins[0].dtype, ins[0].shape)],
                                lambda ins, f, h: ins[0] * f["factor"]))
     yield
-    _REGISTRY.pop("example.scale")
+    unregister_plugin("example.scale")
 
 
 @pytest.mark.parametrize("name", F.__all__)

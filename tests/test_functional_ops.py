@@ -21,7 +21,7 @@ import trtdsl.functional as F
 from trtdsl.backends.torch_executor import TorchExecutor
 from trtdsl.ir.layer_attrs import validate_network
 from trtdsl.ir.symbolic import evaluate
-from trtdsl.plugins.registry import PluginSpec, _REGISTRY, register_plugin
+from trtdsl.plugins.registry import PluginSpec, register_plugin, unregister_plugin
 
 TESTED: set[str] = set()  # op names exercised by some test of this file (see test_every_op_is_tested)
 
@@ -432,7 +432,7 @@ def test_plugin_op_runs_registered_reference() -> None:
                       lambda x, y: F.plugin("test.scale_add", [x, y], scale=2.5),
                       lambda x, y: [x * 2.5 + y, torch.full((x.shape[0],), 3, dtype=torch.int32)]))
     finally:
-        _REGISTRY.pop("test.scale_add")
+        unregister_plugin("test.scale_add")
 
 
 def test_every_op_is_tested() -> None:

@@ -140,13 +140,16 @@ def test_fusion_plugins_are_inlined_and_other_plugins_are_custom_nodes(tmp_path)
     check(net, {"x": torch.randn(3, 8), "r": torch.randn(3, 8)}, tmp_path)
     # an unknown-to-ONNX plugin: a node in the trtdsl domain, with its fields as attributes
     import trtdsl.plugins.attention  # noqa: F401
-    from trtdsl.plugins.registry import PluginSpec, register_plugin
+    from trtdsl.plugins.registry import PluginSpec, register_plugin, unregister_plugin
     register_plugin(PluginSpec("trtdsl.test_scale", lambda ins, f: [(ins[0].dtype, ins[0].shape)],
                                lambda ins, f, h: ins[0] * f["factor"]))
-    net2, (x2,) = _net("custom", ("x", "float32", ["n", 8]))
-    (out,) = F.plugin("trtdsl.test_scale", [x2], factor=2.5, mode="fast", dims=(1, 2))
-    out.mark_output("y")
-    model = to_onnx_model(net2)
+    try:  # a test plugin must not outlive the test (the TensorRT coverage test lists every plugin)
+        net2, (x2,) = _net("custom", ("x", "float32", ["n", 8]))
+        (out,) = F.plugin("trtdsl.test_scale", [x2], factor=2.5, mode="fast", dims=(1, 2))
+        out.mark_output("y")
+        model = to_onnx_model(net2)
+    finally:
+        unregister_plugin("trtdsl.test_scale")
     onnx.checker.check_model(model)
     node = [n for n in model.graph.node if n.domain == "trtdsl"][0]
     assert node.op_type == "test_scale"
