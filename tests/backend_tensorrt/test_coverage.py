@@ -24,7 +24,9 @@ from trtdsl.plugins import registered_plugins
 # Modules that register plugins when imported (the plugin registry has no global discovery).
 PLUGIN_MODULES = ["trtdsl.plugins.attention", "trtdsl.quantization.plugins", "trtdsl.quantization.kv_cache",
                   "trtdsl.passes.fused_plugins"]
-HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+# A real module, not a namespace package some directory called "tensorrt" on sys.path could form.
+_SPEC = importlib.util.find_spec("tensorrt")
+HAS_TENSORRT = _SPEC is not None and _SPEC.origin is not None
 
 
 def _load_plugin_modules() -> dict:

@@ -3,7 +3,7 @@
 The semantics are those of ``trtdsl/backends/torch_layers.py`` (the torch executor), written with
 TensorRT 11 layers in a strongly typed network: every output has the IR's dtype, and the only
 precision changes are the IR's explicit casts plus the float32 compute of norms that the reference
-also does. ``tests/tensorrt/test_coverage.py`` fails when a layer kind has no emitter.
+also does. ``tests/backend_tensorrt/test_coverage.py`` fails when a layer kind has no emitter.
 """
 
 from __future__ import annotations
