@@ -19,21 +19,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
-from trtdsl.plugins import cuda as K
+from benchmarks.common import cuda_time_ms  # noqa: E402
+from trtdsl.plugins import cuda as K  # noqa: E402
 
 
 def median_ms(fn, warmup: int = 5, iters: int = 30) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return cuda_time_ms(fn, warmup=warmup, iters=iters)["median_ms"]
 
 
 def copy_bandwidth() -> dict:
