@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import re
-import statistics
 from pathlib import Path
 
 import sys
