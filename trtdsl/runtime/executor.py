@@ -22,11 +22,13 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import itertools
 import random
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Mapping, Protocol, Sequence, cast
@@ -38,6 +40,16 @@ from .executor_sampling import RowSampling, sample_rows
 from .kv_cache import KVCacheManager, KVCacheStats, blocks_for_memory
 from .sampling import SamplingParams
 from .scheduler import FinishReason, Request, ScheduledBatch, Scheduler
+
+# Executors not shut down by their owner are stopped at interpreter exit: a daemon loop thread that is
+# still inside torch while Python finalizes makes the process abort ("terminate called ...").
+_LIVE_EXECUTORS: "weakref.WeakSet[Executor]" = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_live_executors() -> None:
+    for executor in list(_LIVE_EXECUTORS):
+        executor.shutdown(timeout=5.0)
 
 __all__ = ["Executor", "ExecutorError", "ExecutorStats", "GenerationOutput", "GenerationRequest",
            "GenerationResult", "QueueFullError", "StepRunner", "EagerStepRunner", "GREEDY"]
@@ -277,6 +289,7 @@ class Executor:
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="trtdsl-executor", daemon=True)
         self._thread.start()
+        _LIVE_EXECUTORS.add(self)
 
     # -- construction helpers ----------------------------------------------------------------------
     def _limits(self, network: Any, max_batch_size: int | None, max_num_tokens: int | None) -> _Limits:
