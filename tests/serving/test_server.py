@@ -213,7 +213,7 @@ def _wait_idle(ex: Executor, timeout: float = 10.0) -> None:
 
 def test_overload_answers_429(slow_server):
     th, ex = slow_server
-    body = {"prompt": [1, 2, 3], "max_tokens": 200, "stream": True}
+    body = {"prompt": [1, 2, 3], "max_tokens": 200, "stream": True, "temperature": 0}  # greedy: runs all 200
     with httpx.Client(base_url=th.url, timeout=30) as c:
         with c.stream("POST", "/v1/completions", json=body) as running:   # runs
             next(running.iter_lines())
