@@ -229,7 +229,8 @@ def test_disconnect_cancels_and_frees_blocks(slow_server):
     th, ex = slow_server
     with httpx.Client(base_url=th.url, timeout=30) as c:
         with c.stream("POST", "/v1/chat/completions", json={
-                "messages": [{"role": "user", "content": "go on"}], "max_tokens": 200, "stream": True}) as r:
+                "messages": [{"role": "user", "content": "go on"}], "max_tokens": 200, "stream": True,
+                "temperature": 0}) as r:
             lines = r.iter_lines()
             next(lines)
             next(lines)
