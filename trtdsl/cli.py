@@ -1,5 +1,5 @@
 """The ``trtdsl`` command line: ``build``, ``run``, ``inspect``, ``check``, ``export-onnx``,
-``build-plugins`` (and ``serve`` where the server package is installed). See docs/cli.md.
+``build-plugins`` and ``serve`` (which needs the ``serve`` extra). See docs/cli.md.
 
 Every user mistake is a :class:`~trtdsl.errors.TrtdslError` printed as one ``error:`` line (exit
 status 2), never a traceback. Options accept ``--max_batch_size`` and ``--max-batch-size`` alike.
@@ -445,11 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_serve(sub: Any) -> None:
-    """``trtdsl serve`` lives in the server package; registered when it is installed."""
-    try:
-        from .server.cli import add_serve_subcommand  # type: ignore[import-not-found]
-    except ImportError:
-        return
+    """``trtdsl serve`` lives in the server package (its web dependencies load only when it runs)."""
+    from .server.cli import add_serve_subcommand
     add_serve_subcommand(sub)
 
 

@@ -42,7 +42,14 @@ def add_serve_subcommand(subparsers: Any) -> argparse.ArgumentParser:
 
 def serve_main(args: argparse.Namespace) -> int:
     import torch
-    import uvicorn
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        from ..errors import ConfigError
+        raise ConfigError(f"`trtdsl serve` needs the serve extra ({exc.name} is missing): "
+                          "pip install 'trtdsl[serve]'") from None
 
     from .runner import load_server
     if args.threads:
