@@ -8,6 +8,7 @@ from the caller's host-side bounds ``max_q_len`` / ``max_kv_len``."""
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 
@@ -71,8 +72,9 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: 
         residual_out = torch.empty_like(x) if residual_out is None else residual_out
         _check(op, "residual_out", residual_out, x.device, (x.dtype,))
     if rows:
+        res_out = residual_out.data_ptr() if residual is not None and residual_out is not None else None
         call("trtdsl_rmsnorm", x.data_ptr(), residual.data_ptr() if residual is not None else None,
-             weight.data_ptr(), out.data_ptr(), residual_out.data_ptr() if residual is not None else None,
+             weight.data_ptr(), out.data_ptr(), res_out,
              rows, hidden, hidden, hidden, hidden, hidden, float(eps), _DTYPE_CODES[x.dtype], _stream(x))
     return (out, residual_out) if residual is not None else out
 
@@ -253,7 +255,7 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES)
     if max_q_len < 1 or max_kv_len < max_q_len:
         raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
-    kw = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
+    kw: dict[str, Any] = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
               tokens_per_block=tokens_per_block)
     if max_q_len == 1 and _use_fused_decode(seq_lens.shape[0], num_kv_heads, max_kv_len):
         return decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
