@@ -41,11 +41,20 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = [
     ("fp8", "fp8", None, {}, 1.0),
     ("fp8 (dynamic activations)", "fp8", None, {"fp8_dynamic": True}, 1.0),
+    ("fp8 + GPTQ", "fp8", None, {"gptq": True}, 1.0),
+    # Layer 29's MLP is by far the most fp8-sensitive block (quantizing only that layer costs more
+    # than quantizing any other single layer ten times over), so it stays in float.
+    ("fp8 + GPTQ, layers.29 MLP in float", "fp8", None,
+     {"gptq": True, "exclude": ["*lm_head*", "layers.29.feed_forward.*"]}, 1.0),
     ("int8_wo", "int8_wo", None, {"group_size": 0}, 0.5),
     ("int4_wo (RTN, g32)", "int4_wo", None, {"group_size": 32}, None),
     ("int4_awq (g32)", "int4_awq", None, {"group_size": 32}, 5.0),
+    ("int4_wo (RTN, g64)", "int4_wo", None, {"group_size": 64}, None),
+    ("int4_awq (g64)", "int4_awq", None, {"group_size": 64}, 5.0),
+    ("int4_awq + GPTQ (g64)", "int4_awq", None, {"group_size": 64, "gptq": True}, 5.0),
     ("int4_wo (RTN, g128)", "int4_wo", None, {"group_size": 128}, None),
     ("int4_awq (g128)", "int4_awq", None, {"group_size": 128}, 5.0),
+    ("int4_awq + GPTQ (g128)", "int4_awq", None, {"group_size": 128, "gptq": True}, 5.0),
     ("int8_sq", "int8_sq", None, {}, 3.0),
     ("fp8 K/V cache", None, "fp8", {}, 0.5),
     ("fp8 K/V cache (per-layer scales)", None, "fp8", {"kv_cache_scales": "tensor"}, None),
@@ -106,6 +115,7 @@ def main() -> None:
     base_nll = nll(net, windows)
     rows: list[dict[str, Any]] = [{"label": "float32", "mode": None, "kv_cache_dtype": None,
                                    "perplexity": math.exp(base_nll), "delta_pct": 0.0,
+                                   "weight_bytes": constant_bytes(net),
                                    "eval_s": round(time.time() - t, 1)}]
     print(f"float32: ppl {math.exp(base_nll):.3f}", flush=True)
     for label, mode, kv, options, limit in cases:
@@ -117,6 +127,7 @@ def main() -> None:
         rows.append({"label": label, "mode": mode, "kv_cache_dtype": kv, "options": options,
                      "perplexity": ppl, "delta_pct": delta, "limit_pct": limit,
                      "passes": None if limit is None else delta <= limit,
+                     "weight_bytes": constant_bytes(qnet),
                      "quantize_s": round(quant_s, 1), "eval_s": round(time.time() - t - quant_s, 1)})
         print(f"{label}: ppl {ppl:.3f} ({delta:+.2f} %)", flush=True)
     summary = {"awq_vs_rtn": {str(g): awq_vs_rtn(rows, g) for g in (32, 64, 128)
@@ -130,6 +141,13 @@ def main() -> None:
     print(write_result("quant_accuracy_quick" if args.quick or args.case or args.only else "quant_accuracy",
                        payload))
     print(markdown(rows))
+
+
+def constant_bytes(network: Any) -> int:
+    """Bytes of every constant of the network (weights, scales, zeros, tables), as stored."""
+    from trtdsl.ir.network import LayerKind
+    return sum(int(layer.attrs["value"].numel() * layer.attrs["value"].element_size())
+               for layer in network.layers if layer.kind is LayerKind.CONSTANT)
 
 
 def awq_vs_rtn(rows: list[dict[str, Any]], group: int) -> dict[str, float] | None:
@@ -151,10 +169,13 @@ def parse_case(text: str) -> tuple[str, str | None, str | None, dict[str, Any], 
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| configuration | perplexity | change | target |", "|---|---|---|---|"]
+    lines = ["| configuration | perplexity | change vs float32 | target | met | constants (MB) |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         target = "-" if r.get("limit_pct") is None else f"<= +{r['limit_pct']} %"
-        lines.append(f"| {r['label']} | {r['perplexity']:.3f} | {r['delta_pct']:+.2f} % | {target} |")
+        met = "-" if r.get("passes") is None else ("yes" if r["passes"] else "**no**")
+        lines.append(f"| {r['label']} | {r['perplexity']:.3f} | {r['delta_pct']:+.2f} % | {target} | {met} "
+                     f"| {r['weight_bytes'] / 1e6:.1f} |")
     return "\n".join(lines)
 
 

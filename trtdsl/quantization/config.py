@@ -43,6 +43,9 @@ class QuantConfig:
         exclude: glob patterns (matched against a GEMM layer's name, module path and weight name) of
             GEMMs to leave in float; the LM head is excluded by default, as in TensorRT-LLM.
         max_calibration_rows: activation rows kept per GEMM input for AWQ's searches.
+        gptq: round the weights with GPTQ's error compensation (:mod:`trtdsl.quantization.gptq`)
+            instead of to nearest, using the calibration rows' ``X^T X``; same stored format, so
+            every kernel runs it. Applies to int8_wo, int4_wo, int4_awq and fp8 (needs calibration).
     """
 
     mode: str | None = None
@@ -57,6 +60,7 @@ class QuantConfig:
     awq_clip: bool = True
     exclude: tuple[str, ...] = ("*lm_head*",)
     max_calibration_rows: int = 512
+    gptq: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,6 +83,9 @@ class QuantConfig:
             problems.append(f"max_calibration_rows {self.max_calibration_rows} must be >= 1")
         if self.mode is None and self.kv_cache_dtype is None:
             problems.append("nothing to do: give a mode and/or a kv_cache_dtype")
+        if self.gptq and self.mode not in ("int8_wo", "int4_wo", "int4_awq", "fp8"):
+            problems.append(f"gptq applies to the int8_wo, int4_wo, int4_awq and fp8 weights, not mode "
+                            f"{self.mode!r}")
         if isinstance(self.exclude, str):
             problems.append("exclude must be a tuple of glob patterns, not a string")
         if problems:
@@ -87,6 +94,8 @@ class QuantConfig:
     @property
     def calibrates_activations(self) -> bool:
         """Whether the GEMM quantizers read calibration statistics (dynamic fp8 does not)."""
+        if self.gptq:  # its Hessian comes from calibration rows
+            return True
         return self.mode in CALIBRATED_MODES and not (self.mode == "fp8" and self.fp8_dynamic)
 
     @property

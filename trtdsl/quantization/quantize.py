@@ -23,6 +23,7 @@ from ..dtypes import DType
 from ..errors import ConfigError
 from ..ir.network import Layer, LayerKind, Network, Tensor
 from . import kv_cache as kvq
+from . import gptq
 from . import numerics as nq
 from .calibration import CalibrationStats, collect_statistics
 from .config import QuantConfig
@@ -117,26 +118,42 @@ def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
 
 
 def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits: int,
-                 group_size: int, clip: torch.Tensor | None = None, zero_point: bool = False) -> None:
+                 group_size: int, clip: torch.Tensor | None = None, zero_point: bool = False,
+                 hessian: torch.Tensor | None = None) -> None:
     k = w.shape[1]
     if bits == 4 and k % 2:
         raise ConfigError(f"quantize_network: int4 needs an even number of input features; "
                           f"{site.describe()} has {k}; exclude it (exclude=(...)) or use int8_wo")
     consts: list[tuple[str, torch.Tensor, DType]] = []
-    if zero_point:
+    zeros: torch.Tensor | None = None
+    if hessian is not None:  # GPTQ rounding onto the same grid
+        codes, scales, zeros = gptq.gptq_int(w, hessian, bits, group_size, zero_point, clip)
+    elif zero_point:
         codes, scales, zeros = nq.quantize_weight_asym(w, bits, group_size, clip)
-        consts.append(("zeros", zeros, DType.float32))
     else:
         codes, scales = nq.quantize_weight(w, bits, group_size, clip)
+    if zeros is not None:
+        consts.append(("zeros", zeros, DType.float32))
     qweight = (nq.pack_int4(codes), DType.int4) if bits == 4 else (codes, DType.int8)
     consts[:0] = [("qweight", qweight[0], qweight[1]), ("scales", scales, DType.float32)]
     _replace_gemm(net, site, x, WEIGHT_ONLY_GEMM, consts, bits=bits, group_size=group_size, in_features=k)
 
 
+def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
+             s: torch.Tensor | None = None) -> torch.Tensor | None:
+    """GPTQ's ``X^T X`` of the group's input (divided by the smoothing ``s`` when there is one)."""
+    if not cfg.gptq:
+        return None
+    assert stats is not None
+    x = stats.samples[group[0].x.name].float()
+    return gptq.hessian(x if s is None else x / s)
+
+
 def _quantize_wo(net: Network, group: list[GemmSite], cfg: QuantConfig, stats: Any) -> None:
+    h = _hessian(cfg, stats, group)
     for site in group:
         _weight_only(net, site, site.x, site.weight, cfg.weight_bits or 8, cfg.group_size,
-                     zero_point=cfg.uses_zero_point)
+                     zero_point=cfg.uses_zero_point, hessian=h)
 
 
 def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
@@ -148,24 +165,26 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
     s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid, zero_point=zp)
     # s == 1 (the search kept plain rounding): no multiply to add, nothing to fold.
     x = group[0].x if bool((s == 1).all()) else _scale_activation(net, group, 1.0 / s)
+    h = _hessian(cfg, stats, group, s)
     for site, w in zip(group, weights):
         ws = w * s
         clip = nq.awq_search_clip(samples / s, ws, cfg.group_size, zero_point=zp) if cfg.awq_clip else None
-        _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp)
+        _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp, hessian=h)
 
 
 def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
                   stats: CalibrationStats | None) -> None:
-    assert stats is not None
     consts: list[tuple[str, torch.Tensor, DType]] = []
     if not cfg.fp8_dynamic:  # a static input scale; without one the plugin scales per token
+        assert stats is not None
         x_amax = stats.amax[group[0].x.name].max().clamp_min(1e-8)
         consts.append(("input_scale", (x_amax / nq.FP8_MAX).reshape(1).float(), DType.float32))
+    h = _hessian(cfg, stats, group)
     for site in group:
         w = site.weight.float()
         amax = w.abs().amax(dim=1) if cfg.fp8_per_channel_weights else w.abs().amax().reshape(1)
         w_scale = amax.clamp_min(1e-8) / nq.FP8_MAX
-        codes = nq.quantize_fp8(w, w_scale[:, None])
+        codes = nq.quantize_fp8(w, w_scale[:, None]) if h is None else gptq.gptq_fp8(w, h, w_scale)
         _replace_gemm(net, site, site.x, FP8_GEMM, [("weight", codes, DType.fp8),
                       ("weight_scale", w_scale, DType.float32), *consts])
 
