@@ -123,6 +123,19 @@ def _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
                           f"num_blocks, {', '.join(map(str, want))}]")
 
 
+def _check_rope(op: str, qkv: torch.Tensor, rope_cos_sin: torch.Tensor, rotary_dim: int, rope_style: str,
+                head_dim: int) -> None:
+    """The RoPE arguments shared by the kernels that rotate q/k (style, rotary dim, cos/sin table)."""
+    if rope_style not in _ROPE_STYLES:
+        raise PluginError(f"{op}: rope_style {rope_style!r} is not 'neox' or 'gptj'")
+    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
+        raise PluginError(f"{op}: rotary_dim {rotary_dim} must be even and in [0, head_dim={head_dim}]")
+    if rotary_dim:
+        _check(op, "rope_cos_sin", rope_cos_sin, qkv.device, (torch.float32,), ndim=2)
+        if rope_cos_sin.shape[1] != rotary_dim:
+            raise PluginError(f"{op}: rope_cos_sin has {rope_cos_sin.shape[1]} columns, expected rotary_dim={rotary_dim}")
+
+
 def rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
                   num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
                   rotary_dim: int, rope_style: str = "neox", q_out: torch.Tensor | None = None,
@@ -133,14 +146,7 @@ def rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tabl
     op = "rope_kv_write"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _DTYPE_CODES)
-    if rope_style not in _ROPE_STYLES:
-        raise PluginError(f"{op}: rope_style {rope_style!r} is not 'neox' or 'gptj'")
-    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
-        raise PluginError(f"{op}: rotary_dim {rotary_dim} must be even and in [0, head_dim={head_dim}]")
-    if rotary_dim:
-        _check(op, "rope_cos_sin", rope_cos_sin, qkv.device, (torch.float32,), ndim=2)
-        if rope_cos_sin.shape[1] != rotary_dim:
-            raise PluginError(f"{op}: rope_cos_sin has {rope_cos_sin.shape[1]} columns, expected rotary_dim={rotary_dim}")
+    _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
     tokens = qkv.shape[0]
     q_stride = num_heads * head_dim
     if q_out is None:
@@ -312,14 +318,7 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES)
     if head_dim not in (64, 128):
         raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
-    if rope_style not in _ROPE_STYLES:
-        raise PluginError(f"{op}: rope_style {rope_style!r} is not 'neox' or 'gptj'")
-    if rotary_dim < 0 or rotary_dim % 2 or rotary_dim > head_dim:
-        raise PluginError(f"{op}: rotary_dim {rotary_dim} must be even and in [0, head_dim={head_dim}]")
-    if rotary_dim:
-        _check(op, "rope_cos_sin", rope_cos_sin, qkv.device, (torch.float32,), ndim=2)
-        if rope_cos_sin.shape[1] != rotary_dim:
-            raise PluginError(f"{op}: rope_cos_sin has {rope_cos_sin.shape[1]} columns, expected rotary_dim={rotary_dim}")
+    _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
     out = qkv.new_empty(qkv.shape[0], num_heads * head_dim) if out is None else out
     _check(op, "out", out, qkv.device, (qkv.dtype,), ndim=2)
     if out.shape != (qkv.shape[0], num_heads * head_dim):
