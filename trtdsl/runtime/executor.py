@@ -13,10 +13,11 @@ is held while scheduling and applying a step's results (microseconds to millisec
 the model runs, so ``submit``/``cancel``/``stats`` are never blocked behind a step.
 
 Each iteration runs ONE step of the engine's network (every request in the batch advances by a
-context chunk or one token). The step goes through a :class:`StepRunner`; :class:`EagerStepRunner`
-runs the torch executor. It is the seam for CUDA graphs: a runner that pads the step inputs to a
-bucket and replays a ``runtime.cuda_graphs.CudaGraphCache`` plugs in there without touching the
-loop.
+context chunk or one token). The step goes through a :class:`StepRunner`, which receives the step
+inputs on the host: :class:`EagerStepRunner` runs the torch executor layer by layer; on CUDA (the
+default there) ``runtime.cuda_graphs.DecodeGraphRunner`` replays decode steps from CUDA graphs
+captured per (batch bucket, K/V-length bucket) and runs context/mixed steps eagerly. Padded rows
+of a graph write into one pool block reserved for them (the cache manager gets one block less).
 """
 
 from __future__ import annotations
@@ -169,7 +170,8 @@ class StepRunner(Protocol):
 
 
 class EagerStepRunner:
-    """Runs the engine's network with the torch executor, one layer after another."""
+    """Runs the engine's network with the torch executor, one layer after another. Step inputs may
+    come from the host; they are copied to the executor's device here."""
 
     def __init__(self, network: Any, device: torch.device, context_logits: bool):
         from ..backends.torch_executor import TorchExecutor
@@ -182,6 +184,8 @@ class EagerStepRunner:
         self.context_logits = context_logits
 
     def run(self, feed: Mapping[str, torch.Tensor], hints: Mapping[str, Any]) -> torch.Tensor:
+        device = self.executor.device
+        feed = {k: v if v.device == device else v.to(device) for k, v in feed.items()}
         logits = self.executor.run(feed, hints, outputs=["logits"])["logits"]
         if self.context_logits:
             logits = logits.index_select(0, feed["last_token_ids"].long())
@@ -250,6 +254,11 @@ class Executor:
         max_queue_size: most requests waiting to run; ``submit`` raises QueueFullError beyond.
         max_finished_results: finished results kept for ``result()`` (oldest dropped first).
         seed: seeds the per-request seeds of requests that give none (None: nondeterministic).
+        cuda_graphs: replay decode steps from CUDA graphs (default: on when ``device`` is CUDA and
+            no ``step_runner`` is given). Reserves one pool block for the padded rows.
+        cuda_graph_batch_sizes: the batch buckets decode steps are padded to (default:
+            ``cuda_graphs.default_batch_buckets(max_batch_size)``).
+        step_runner: run steps with this instead (tests, other backends).
     """
 
     def __init__(self, engine_dir: str | Path | Any, *, device: str | torch.device = "cpu",
@@ -258,6 +267,7 @@ class Executor:
                  scheduler_policy: str = "max_utilization", enable_prefix_reuse: bool = True,
                  enable_chunked_context: bool = True, max_queue_size: int = 1024,
                  max_finished_results: int = 4096, seed: int | None = None,
+                 cuda_graphs: bool | None = None, cuda_graph_batch_sizes: Sequence[int] | None = None,
                  step_runner: StepRunner | None = None):
         from ..engine import Engine
         self.engine = engine_dir if isinstance(engine_dir, Engine) else Engine.load(engine_dir)
@@ -267,12 +277,22 @@ class Executor:
             raise ConfigError("Executor: the engine's network has no kv_cache input or no logits "
                               "output; build it with attention_backend='plugin'")
         self.limits = self._limits(network, max_batch_size, max_num_tokens)
-        self.step_runner: StepRunner = step_runner or EagerStepRunner(
-            network, self.device, bool(self.engine.build_config.get("context_logits")))
+        use_graphs = self._wants_graphs(cuda_graphs, step_runner)
+        eager = step_runner or EagerStepRunner(network, self.device,
+                                               bool(self.engine.build_config.get("context_logits")))
         spec = network.input_specs["kv_cache"]
         num_blocks = self._pool_blocks(spec, kv_cache_max_tokens, kv_cache_free_gpu_mem_fraction)
+        if use_graphs and kv_cache_max_tokens is not None and num_blocks < self.limits.max_num_blocks:
+            num_blocks += 1  # an explicit token budget stays usable in full; the pad block is extra
         shape = tuple(num_blocks if isinstance(d, str) else d for d in spec.shape)
         self.kv_pool = torch.zeros(shape, dtype=spec.dtype.torch, device=self.device)
+        self.step_runner: StepRunner = eager
+        if use_graphs:
+            if num_blocks < 2:
+                raise ConfigError("Executor: CUDA graphs reserve one K/V block for padding; the pool "
+                                  "has 1 (raise kv_cache_max_tokens or pass cuda_graphs=False)")
+            num_blocks -= 1  # the last block is the padded rows' scratch block, never handed out
+            self.step_runner = self._graph_runner(network, eager, num_blocks, cuda_graph_batch_sizes)
         self.kv_cache = KVCacheManager(num_blocks, self.limits.tokens_per_block, enable_prefix_reuse)
         self.scheduler = Scheduler(self.kv_cache, self.limits.max_batch_size,
                                    self.limits.max_num_tokens, scheduler_policy, enable_chunked_context)
@@ -312,6 +332,27 @@ class Executor:
                        max_input_len=int(bc.get("max_input_len") or max_seq), tokens_per_block=tpb,
                        max_num_blocks=int(profile.get("num_blocks", (0, 0, 1 << 30))[2]),
                        vocab_size=int(vocab))
+
+    def _wants_graphs(self, cuda_graphs: bool | None, step_runner: StepRunner | None) -> bool:
+        if cuda_graphs is None:
+            return self.device.type == "cuda" and step_runner is None
+        if cuda_graphs and (self.device.type != "cuda" or step_runner is not None):
+            raise ConfigError("Executor: cuda_graphs=True needs device='cuda' and the built-in step "
+                              "runner (no step_runner)")
+        return bool(cuda_graphs)
+
+    def _graph_runner(self, network: Any, eager: Any, pad_block: int,
+                      batch_sizes: Sequence[int] | None) -> StepRunner:
+        from .cuda_graphs import DecodeGraphRunner, default_batch_buckets, default_kv_buckets
+        lim = self.limits
+        buckets = tuple(batch_sizes) if batch_sizes else default_batch_buckets(lim.max_batch_size)
+        if any(not isinstance(b, int) or not 1 <= b <= lim.max_batch_size for b in buckets):
+            raise ConfigError(f"Executor: cuda_graph_batch_sizes={list(buckets)} must be ints in "
+                              f"[1, max_batch_size={lim.max_batch_size}]")
+        profile = network.profiles[0].ranges if network.profiles else {}
+        width = int(profile.get("max_blocks_per_seq", (0, 0, -(-lim.max_seq_len // lim.tokens_per_block)))[2])
+        return DecodeGraphRunner(eager, self.kv_pool, table_width=width, pad_block=pad_block,
+                                 batch_buckets=buckets, kv_buckets=default_kv_buckets(lim.max_seq_len))
 
     def _pool_blocks(self, spec: Any, max_tokens: int | None, fraction: float) -> int:
         tpb, cap = self.limits.tokens_per_block, self.limits.max_num_blocks
@@ -544,7 +585,7 @@ class Executor:
 
     def _run_step(self, batch: ScheduledBatch) -> None:
         try:
-            steps = batch.to_step_inputs(self.device)
+            steps = batch.to_step_inputs("cpu")  # the step runner copies them to the device
             feed = {**steps.as_dict(), "kv_cache": self.kv_pool}
             hints = {"max_q_len": max(len(s.token_ids) for s in batch.sequences),
                      "max_kv_len": max(s.past_len + len(s.token_ids) for s in batch.sequences)}
@@ -553,8 +594,10 @@ class Executor:
             sampled = None
             if rows:
                 reqs = [batch.sequences[i].request for i in rows]
+                if len(rows) < logits.shape[0]:  # rows of mid-context chunks sample nothing
+                    logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
                 sampled = sample_rows(
-                    logits.index_select(0, torch.tensor(rows, device=logits.device)),
+                    logits,
                     [self._handles[_rid(r)].sampling for r in reqs],
                     [r.all_token_ids for r in reqs], [r.output_token_ids for r in reqs])
         except Exception as exc:  # noqa: BLE001 - one bad step must not kill the server

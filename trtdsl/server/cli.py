@@ -24,6 +24,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler-policy", default="max_utilization",
                    choices=["max_utilization", "guaranteed_no_evict"])
     p.add_argument("--no-prefix-reuse", action="store_true", help="disable K/V prefix reuse")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="run decode steps eagerly instead of replaying CUDA graphs (CUDA only)")
     p.add_argument("--max-queue-size", type=int, default=1024,
                    help="requests waiting beyond this get 429")
     p.add_argument("--threads", type=int, default=None,
@@ -60,7 +62,7 @@ def serve_main(args: argparse.Namespace) -> int:
         max_num_tokens=args.max_num_tokens, kv_cache_max_tokens=args.kv_cache_max_tokens,
         kv_cache_free_gpu_mem_fraction=args.kv_cache_free_gpu_mem_fraction,
         scheduler_policy=args.scheduler_policy, enable_prefix_reuse=not args.no_prefix_reuse,
-        max_queue_size=args.max_queue_size)
+        max_queue_size=args.max_queue_size, cuda_graphs=False if args.no_cuda_graphs else None)
     try:
         uvicorn.run(loaded.app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
