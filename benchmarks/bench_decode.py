@@ -31,7 +31,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import copy_bandwidth_gbps, cuda_time_ms, device_slug, write_result  # noqa: E402
+from benchmarks.common import (copy_bandwidth_gbps, cuda_time_ms, device_slug, gemm_ceiling_tflops,  # noqa: E402
+                               write_result)
 
 SHAPES: dict[str, dict[str, Any]] = {
     "8b": dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -191,7 +192,8 @@ def quantize_for_speed(net: Any, mode: str) -> Any:
 
 
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],
-               copy_gbps: float, profile: bool = False, quant: str | None = None) -> dict[str, Any]:
+               copy_gbps: float, profile: bool = False, quant: str | None = None,
+               gemm_tflops: float | None = None) -> dict[str, Any]:
     torch.cuda.reset_peak_memory_stats()
     max_seq = max(ttfts + [prompt + steps + 16])
     engine = OurEngine(model, max(batches), max_seq, max_tokens=max(ttfts + [2048]), quant=quant)
@@ -216,14 +218,65 @@ def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: in
               f"{kp['kernels_per_step']:.0f} kernels per step; top: " +
               "; ".join(f"{r['kernel'][:50]} {r['us_per_step']:.0f}us x{r['calls_per_step']:.0f}"
                         for r in kp["top"][:8]), flush=True)
+    cfg = model.config
     for n in ttfts:
         res["ttft"][str(n)] = engine.ttft(n)
-        print(f"[{name}] ours TTFT {n}: {res['ttft'][str(n)]}", flush=True)
+        # FLOPs of the prefill: 2 per weight and token (embedding lookups excluded; only the last
+        # token's LM head row is computed), plus causal attention's QK^T and PV (2 * 2 * n^2 / 2 * d per head).
+        head_params = cfg.vocab_size * cfg.hidden_size
+        gemm_params = (engine.weight_bytes - engine.embed_bytes) / 2 - head_params
+        flops = 2 * n * gemm_params + 2 * head_params + \
+            2 * n * n * cfg.num_heads * cfg.head_dim * cfg.num_layers
+        t = res["ttft"][str(n)]
+        if not quant and gemm_tflops:  # (quantized weights are not 2 bytes each)
+            t["tflops"] = flops / (t["graph_ms"] * 1e-3) / 1e12
+            t["floor_ms_at_gemm_ceiling"] = flops / (gemm_tflops * 1e12) * 1e3
+        print(f"[{name}] ours TTFT {n}: {t}", flush=True)
     res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return res
+
+
+def bench_executor(name: str, model: Any, batches: list[int], prompt: int, new_tokens: int,
+                   device: str = "cuda", modes: tuple[bool, ...] = (True, False),
+                   dtype: str = "bfloat16") -> dict[str, Any]:
+    """What a user of the runtime gets: the in-flight ``Executor`` (scheduler, sampling, host
+    round trip per step) on an engine built from ``model``, decode steps replayed from CUDA graphs
+    (its default on CUDA) and eager; median time between two streamed tokens of one request while
+    ``batch`` requests decode together."""
+    import statistics
+
+    from trtdsl.builder import BuildConfig, Builder
+    from trtdsl.runtime.executor import Executor, GenerationRequest
+    engine = Builder(BuildConfig(max_batch_size=max(batches), max_input_len=prompt,
+                                 max_seq_len=prompt + new_tokens + 8, max_num_tokens=max(batches) * prompt,
+                                 tokens_per_block=64, dtype=dtype)).build(model)
+    out: dict[str, Any] = {"prompt": prompt, "new_tokens": new_tokens}
+    gen = torch.Generator().manual_seed(1)
+    for graphs in modes:
+        kind = "cuda_graphs" if graphs else "eager"
+        with Executor(engine, device=device, cuda_graphs=graphs,
+                      kv_cache_max_tokens=max(batches) * (prompt + new_tokens + 64)) as ex:
+            ex.generate([GenerationRequest([1, 2, 3], max_new_tokens=4)])  # warm-up (and captures)
+            for b in batches:
+                reqs = [GenerationRequest(torch.randint(10, 1000, (prompt,), generator=gen).tolist(),
+                                          max_new_tokens=new_tokens) for _ in range(b)]
+                ex.generate(reqs)  # captures this batch's buckets
+                ids = [ex.submit(r) for r in reqs]
+                stamps = [time.perf_counter() for _ in ex.stream(ids[0])]
+                for i in ids:
+                    ex.result(i)
+                gaps = [1e3 * (t1 - t0) for t0, t1 in zip(stamps[2:], stamps[3:])]
+                itl = statistics.median(gaps)
+                out.setdefault(kind, {})[str(b)] = {"itl_ms": itl, "tokens_per_s": b / (itl * 1e-3)}
+                print(f"[{name}] Executor ({kind}) b={b}: {itl:.3f} ms between tokens", flush=True)
+    del engine
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return out
 
 
 # -- Hugging Face --------------------------------------------------------------------------------------
@@ -330,13 +383,18 @@ def main() -> None:
     ap.add_argument("--quant", default="", help="also run quantized engines: fp8,int4_wo,int8_wo,...")
     ap.add_argument("--merge", action="store_true", help="keep other models' entries of the results file")
     ap.add_argument("--profile", action="store_true", help="kernel-by-kernel breakdown of a b=1 step")
+    ap.add_argument("--executor", action="store_true",
+                    help="also time the in-flight Executor (CUDA graphs vs eager) at --executor-batches")
+    ap.add_argument("--executor-batches", default="1,8")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     ttfts = [int(n) for n in args.ttft.split(",")]
     copy_gbps = copy_bandwidth_gbps()
-    print(f"copy bandwidth {copy_gbps:.0f} GB/s", flush=True)
+    gemm_tflops = gemm_ceiling_tflops()
+    print(f"copy bandwidth {copy_gbps:.0f} GB/s, bf16 GEMM {gemm_tflops:.0f} TFLOP/s", flush=True)
     name = args.name or f"decode_{device_slug()}"
-    results: dict[str, Any] = {"copy_bandwidth_gbps": copy_gbps, "prompt_len": args.prompt,
+    results: dict[str, Any] = {"copy_bandwidth_gbps": copy_gbps, "gemm_ceiling_tflops": gemm_tflops,
+                               "prompt_len": args.prompt,
                                "decode_steps": args.steps, "models": {}}
     previous = Path(__file__).resolve().parent / "results" / f"{name}.json"
     if args.merge and previous.exists():  # keep other models' entries from earlier runs
@@ -346,7 +404,11 @@ def main() -> None:
         entry: dict[str, Any] = {"copy_bandwidth_gbps": copy_gbps, "shape": SHAPES.get(m, "SmolLM2-135M-Instruct (real weights, GGUF Q4_1 "
                                                      "dequantized to bf16)")}
         model = our_model(m)
-        entry["ours"] = bench_ours(m, model, batches, args.prompt, args.steps, ttfts, copy_gbps, args.profile)
+        entry["ours"] = bench_ours(m, model, batches, args.prompt, args.steps, ttfts, copy_gbps, args.profile,
+                                   gemm_tflops=gemm_tflops)
+        if args.executor:
+            entry["executor"] = bench_executor(m, model, [int(b) for b in args.executor_batches.split(",")],
+                                               args.prompt, args.steps * 2)
         for mode in [q for q in args.quant.split(",") if q]:
             entry[f"ours_{mode}"] = bench_ours(f"{m}/{mode}", model, batches, args.prompt, args.steps, ttfts,
                                                copy_gbps, args.profile, quant=mode)

@@ -83,6 +83,14 @@ def copy_bandwidth_gbps(nbytes: int = 2 << 30) -> float:
     return 2 * nbytes / (t * 1e-3) / 1e9
 
 
+def gemm_ceiling_tflops(size: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
+    """TFLOP/s of one large square cuBLAS GEMM: the dense-compute ceiling measured in this run."""
+    a = torch.randn(size, size, device="cuda", dtype=dtype)
+    b = torch.randn(size, size, device="cuda", dtype=dtype)
+    ms = cuda_time_ms(lambda: a @ b, warmup=3, iters=10)["median_ms"]
+    return 2 * size**3 / (ms * 1e-3) / 1e12
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``payload`` (with device facts) to results/<name>.json and to $OUT if set."""
     payload = {"benchmark": name, **device_facts(), **payload}

@@ -29,7 +29,8 @@ setup() {
 }
 
 tests() {
-  python3 -m pytest tests/gpu -q -x -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
+  timeout ${TESTS_TIMEOUT:-400} python3 -m pytest tests/gpu -q -p no:cacheprovider ${TESTS_ARGS:-} 2>&1 \
+    | tee "$OUT/gpu_tests.log" | tail -25
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 }
 
@@ -38,9 +39,19 @@ decode() {
     ${DECODE_ARGS:-} 2>&1 | tee "$OUT/decode.log" | grep -v Warning | tail -40
 }
 
+quantgemm() {
+  timeout ${QUANTGEMM_TIMEOUT:-150} python3 benchmarks/bench_quant_gemm.py ${QUANTGEMM_ARGS:-} 2>&1 \
+    | tee "$OUT/quant_gemm.log" | tail -30
+}
+
 serving() {
   [ -f benchmarks/bench_serving.py ] || return 0
-  timeout 240 python3 benchmarks/bench_serving.py ${SERVING_ARGS:-} 2>&1 | tee "$OUT/serving.log" | tail -20
+  timeout ${SERVING_TIMEOUT:-240} python3 benchmarks/bench_serving.py ${SERVING_ARGS:-} 2>&1 | tee "$OUT/serving.log" | tail -20
+}
+
+results() {  # bring every result file of this run back
+  mkdir -p "$OUT/results" && cp benchmarks/results/*.json "$OUT/results/" 2>/dev/null
+  ls -la "$OUT/results" | tail -20
 }
 
 for stage in "$@"; do
