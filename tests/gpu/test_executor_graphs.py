@@ -63,3 +63,17 @@ def test_graphs_are_reused_across_requests(engine_dir: Path) -> None:
         assert second.output_token_ids == first.output_token_ids
         assert ex.step_runner.graphs == captured  # same bucket: replayed, not captured again
         assert ex.stats().kv.used_blocks == 0
+
+
+@cuda
+def test_startup_capture_covers_every_bucket(engine_dir: Path) -> None:
+    from trtdsl.runtime.executor import Executor, GenerationRequest
+    with Executor(engine_dir, device="cuda", kv_cache_max_tokens=2048, cuda_graph_capture="startup",
+                  cuda_graph_batch_sizes=[1, 4, 8]) as ex:
+        runner = ex.step_runner
+        assert set(runner.graphs) == {(b, kv) for b in (1, 4, 8) for kv in (512, 1024)}
+        assert ex.kv_pool[:, :-1].abs().sum() == 0  # capture steps wrote only the pad block
+        captured = dict(runner.graphs)
+        results = ex.generate([GenerationRequest([5, 6, 7 + i], max_new_tokens=6) for i in range(3)])
+        assert all(len(r.output_token_ids) == 6 for r in results)
+        assert runner.graphs == captured and runner.replays > 0

@@ -92,3 +92,16 @@ def test_executor_refuses_cuda_graphs_on_the_cpu(tmp_path: Path) -> None:
                                max_num_tokens=32)
     with pytest.raises(ConfigError, match="cuda_graphs=True needs device='cuda'"):
         Executor(engine, cuda_graphs=True)
+
+
+def test_an_all_padding_step_writes_only_the_pad_block(network) -> None:  # type: ignore[no-untyped-def]
+    # What DecodeGraphRunner.capture_all runs to capture a bucket before any request exists.
+    spec = network.input_specs["kv_cache"]
+    pool = torch.zeros(tuple(6 if isinstance(d, str) else d for d in spec.shape))
+    empty = {name: torch.zeros(0, dtype=torch.int32)
+             for name in ("input_ids", "position_ids", "seq_lens", "past_lens", "last_token_ids")}
+    empty["cu_seqlens"] = torch.zeros(1, dtype=torch.int32)
+    empty["block_tables"] = torch.zeros((0, 1), dtype=torch.int32)
+    logits = _run(network, pad_decode_step(empty, batch=4, table_width=8, pad_block=5), pool)
+    assert logits.shape[0] == 4 and torch.isfinite(logits).all()
+    assert pool[:, :5].abs().sum() == 0 and pool[:, 5].abs().sum() > 0

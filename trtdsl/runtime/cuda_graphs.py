@@ -220,6 +220,21 @@ class DecodeGraphRunner:
         self.graphs: dict[tuple[int, int], _DecodeGraph] = {}
         self.replays = 0
 
+    def capture_all(self) -> int:
+        """Capture every (batch, K/V) bucket now (a server's startup) rather than on first use;
+        the capture steps consist of padded rows only, so they write only into the pad block.
+        Returns the number of graphs held."""
+        for batch in self.batch_buckets:
+            for kv_bound in self.kv_buckets:
+                if (batch, kv_bound) not in self.graphs:
+                    empty = {name: torch.zeros(0, dtype=torch.int32) for name in STEP_INPUT_NAMES}
+                    empty["cu_seqlens"] = torch.zeros(1, dtype=torch.int32)
+                    empty["block_tables"] = torch.zeros((0, 1), dtype=torch.int32)
+                    padded = pad_decode_step(empty, batch, self.table_width, self.pad_block)
+                    self.graphs[(batch, kv_bound)] = _DecodeGraph(self.eager.executor, self.kv_pool, padded,
+                                                                  kv_bound, self.pool)
+        return len(self.graphs)
+
     def run(self, feed: Mapping[str, torch.Tensor], hints: Mapping[str, Any]) -> torch.Tensor:
         n = int(feed["seq_lens"].shape[0])
         if int(hints["max_q_len"]) != 1 or n > self.batch_buckets[-1] or \

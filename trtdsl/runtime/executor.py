@@ -258,6 +258,8 @@ class Executor:
             no ``step_runner`` is given). Reserves one pool block for the padded rows.
         cuda_graph_batch_sizes: the batch buckets decode steps are padded to (default:
             ``cuda_graphs.default_batch_buckets(max_batch_size)``).
+        cuda_graph_capture: ``"lazy"`` captures a bucket's graph on its first step; ``"startup"``
+            captures every bucket in the constructor (servers: no capture pauses while serving).
         step_runner: run steps with this instead (tests, other backends).
     """
 
@@ -268,7 +270,7 @@ class Executor:
                  enable_chunked_context: bool = True, max_queue_size: int = 1024,
                  max_finished_results: int = 4096, seed: int | None = None,
                  cuda_graphs: bool | None = None, cuda_graph_batch_sizes: Sequence[int] | None = None,
-                 step_runner: StepRunner | None = None):
+                 cuda_graph_capture: str = "lazy", step_runner: StepRunner | None = None):
         from ..engine import Engine
         self.engine = engine_dir if isinstance(engine_dir, Engine) else Engine.load(engine_dir)
         self.device = torch.device(device)
@@ -278,6 +280,8 @@ class Executor:
                               "output; build it with attention_backend='plugin'")
         self.limits = self._limits(network, max_batch_size, max_num_tokens)
         use_graphs = self._wants_graphs(cuda_graphs, step_runner)
+        if cuda_graph_capture not in ("lazy", "startup"):
+            raise ConfigError(f"Executor: cuda_graph_capture={cuda_graph_capture!r} must be 'lazy' or 'startup'")
         eager = step_runner or EagerStepRunner(network, self.device,
                                                bool(self.engine.build_config.get("context_logits")))
         spec = network.input_specs["kv_cache"]
@@ -292,7 +296,10 @@ class Executor:
                 raise ConfigError("Executor: CUDA graphs reserve one K/V block for padding; the pool "
                                   "has 1 (raise kv_cache_max_tokens or pass cuda_graphs=False)")
             num_blocks -= 1  # the last block is the padded rows' scratch block, never handed out
-            self.step_runner = self._graph_runner(network, eager, num_blocks, cuda_graph_batch_sizes)
+            runner = self._graph_runner(network, eager, num_blocks, cuda_graph_batch_sizes)
+            if cuda_graph_capture == "startup":
+                runner.capture_all()
+            self.step_runner = runner
         self.kv_cache = KVCacheManager(num_blocks, self.limits.tokens_per_block, enable_prefix_reuse)
         self.scheduler = Scheduler(self.kv_cache, self.limits.max_batch_size,
                                    self.limits.max_num_tokens, scheduler_policy, enable_chunked_context)
@@ -342,7 +349,7 @@ class Executor:
         return bool(cuda_graphs)
 
     def _graph_runner(self, network: Any, eager: Any, pad_block: int,
-                      batch_sizes: Sequence[int] | None) -> StepRunner:
+                      batch_sizes: Sequence[int] | None) -> Any:
         from .cuda_graphs import DecodeGraphRunner, default_batch_buckets, default_kv_buckets
         lim = self.limits
         buckets = tuple(batch_sizes) if batch_sizes else default_batch_buckets(lim.max_batch_size)

@@ -62,7 +62,8 @@ def serve_main(args: argparse.Namespace) -> int:
         max_num_tokens=args.max_num_tokens, kv_cache_max_tokens=args.kv_cache_max_tokens,
         kv_cache_free_gpu_mem_fraction=args.kv_cache_free_gpu_mem_fraction,
         scheduler_policy=args.scheduler_policy, enable_prefix_reuse=not args.no_prefix_reuse,
-        max_queue_size=args.max_queue_size, cuda_graphs=False if args.no_cuda_graphs else None)
+        max_queue_size=args.max_queue_size, cuda_graphs=False if args.no_cuda_graphs else None,
+        cuda_graph_capture="startup")
     try:
         uvicorn.run(loaded.app, host=args.host, port=args.port, log_level=args.log_level)
     finally:
