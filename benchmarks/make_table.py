@@ -100,6 +100,36 @@ def kernel_tables() -> list[str]:
     return lines
 
 
+def _hf_cell(h: dict[str, Any]) -> str:
+    """transformers' tokens/s, saying when it stopped at its time limit or failed."""
+    if not h:
+        return "not finished in the run time limit"
+    if "error" in h:
+        return "failed (see JSON)"
+    cell = _fmt(h.get("output_tokens_per_s"), 0)
+    if h.get("partial"):
+        cell += f" (partial: {h.get('completed_requests')}/{h.get('requests')} answered in {h.get('time_limit_s'):g} s)"
+    return cell
+
+
+def _concurrency_table(res: dict[str, Any]) -> list[str]:
+    """Max concurrent sequences of each shape at the same memory fraction (newer result files only)."""
+    conc = res.get("max_concurrent_sequences")
+    if not conc:
+        return []
+    hf = res.get("transformers_continuous_batching", {})
+    lines = ["Max concurrent sequences at the same K/V memory fraction (how each is computed: "
+             "`max_concurrent_how` in the JSON)", "",
+             "| in/out | trtdsl (block tokens, K/V GiB) | transformers (block tokens, K/V GiB) |", "|---|---|---|"]
+    for shape, c in conc.items():
+        ours, h = res["trtdsl"].get(shape, {}), hf.get(shape, {}) if isinstance(hf, dict) else {}
+        theirs = (f"{c.get('transformers')} ({h.get('kv_block_tokens')}, {_fmt(h.get('kv_gib'), 1)})"
+                  if c.get("transformers") is not None else "–")
+        lines.append(f"| {shape} | {c.get('trtdsl')} ({ours.get('kv_block_tokens')}, {_fmt(ours.get('kv_gib'), 1)}) | "
+                     f"{theirs} |")
+    return lines + [""]
+
+
 def serving_tables() -> list[str]:
     lines: list[str] = []
     for fname, res in _load("bench_serving*.json"):
@@ -114,10 +144,10 @@ def serving_tables() -> list[str]:
             h = hf.get(shape, {}) if isinstance(hf, dict) else {}
             ratio = res.get("throughput_ratio", {}).get(shape)
             lines.append(f"| {shape} | {r['output_tokens_per_s']:.0f} | {r['ttft_p50_ms']:.0f} / {r['ttft_p99_ms']:.0f} | "
-                         f"{r['itl_p50_ms']:.1f} / {r['itl_p99_ms']:.1f} | "
-                         f"{_fmt(h.get('output_tokens_per_s'), 0) if h else 'not finished in the run time limit'} | "
-                         f"{_fmt(ratio, 1, 'x')} |")
+                         f"{r['itl_p50_ms']:.1f} / {r['itl_p99_ms']:.1f} | {_hf_cell(h)} | "
+                         f"{_fmt(ratio, 1, 'x')}{' (HF partial)' if h.get('partial') and ratio else ''} |")
         lines.append("")
+        lines += _concurrency_table(res)
     for fname, res in _load("decode_quant_*.json"):
         lines += [f"**Quantized decode** (8B shape, batch 1/8) — {res.get('device')} (`benchmarks/results/{fname}`)", "",
                   "| engine | batch | step ms | tok/s | vs bf16 |", "|---|---|---|---|---|"]
