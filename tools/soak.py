@@ -96,6 +96,7 @@ async def _one(client: httpx.AsyncClient, kind: str, path: str, body: dict[str, 
                     if line == "data: [DONE]":
                         rec["complete"] = True
                     if kind == "cancel" and chunks >= stop_after:
+                        rec["disconnected_early"] = not rec["complete"]
                         break  # leaving the block closes the connection: a disconnect
                 if kind == "cancel":
                     rec["complete"] = True
@@ -120,7 +121,23 @@ def _metric(text: str, name: str) -> float | None:
     return None
 
 
-async def _drive(url: str, n: int, duration: float, concurrency: int, seed: int) -> list[dict[str, Any]]:
+async def _sample_pool(client: httpx.AsyncClient, peak: dict[str, float], stop: asyncio.Event) -> None:
+    """Track the largest K/V pool use /metrics shows, sampled every 0.1 s (a lower bound: short
+    requests come and go between samples)."""
+    while not stop.is_set():
+        try:
+            used = _metric((await client.get("/metrics")).text, "trtdsl_kv_cache_used_blocks")
+            peak["kv_used_blocks_peak"] = max(peak.get("kv_used_blocks_peak", 0.0), used or 0.0)
+        except httpx.HTTPError:
+            pass
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=0.1)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def _drive(url: str, n: int, duration: float, concurrency: int, seed: int,
+                 peak: dict[str, float]) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     plans = [_plan(rng, i) for i in range(n)]
     sem = asyncio.Semaphore(concurrency)
@@ -134,7 +151,13 @@ async def _drive(url: str, n: int, duration: float, concurrency: int, seed: int)
                 await asyncio.sleep(delay)
             async with sem:
                 return await _one(client, *plans[i], random.Random(seed * 100003 + i))
-        return list(await asyncio.gather(*(run(i) for i in range(n))))
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(_sample_pool(client, peak, stop))
+        try:
+            return list(await asyncio.gather(*(run(i) for i in range(n))))
+        finally:
+            stop.set()
+            await sampler
 
 
 def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -163,6 +186,7 @@ def _report(records: list[dict[str, Any]], metrics_text: str, elapsed: float) ->
         "requests": len(records), "elapsed_s": round(elapsed, 1), "status_counts": statuses,
         "by_kind": {k: sum(1 for r in records if r["kind"] == k) for k in ("ok", "stream", "cancel", "malformed")},
         "accepted": len(accepted), "unanswered": len(unanswered),
+        "cancel_disconnected_before_done": sum(1 for r in records if r.get("disconnected_early")),
         "malformed_rejected_400": sum(1 for r in records if r["kind"] == "malformed" and r["complete"]),
         "rate_limited_429": statuses.get("429", 0),
         "server_errors_5xx": sum(v for k, v in statuses.items() if k.startswith("5")),
@@ -206,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             _wait_ready(url, proc)
             t0 = time.perf_counter()
-            records = asyncio.run(_drive(url, args.requests, args.duration, args.concurrency, args.seed))
+            peak: dict[str, float] = {}
+            records = asyncio.run(_drive(url, args.requests, args.duration, args.concurrency, args.seed, peak))
             elapsed = time.perf_counter() - t0
             metrics_text = ""
             for _ in range(100):  # cancellations are applied at the executor's next iteration
@@ -218,12 +243,27 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(30)
     report = {"engine": args.engine_dir or "tiny random llama (trtdsl.server.testing)",
-              "duration_target_s": args.duration, **_report(records, metrics_text, elapsed)}
+              **_provenance(), "duration_target_s": args.duration, "concurrency": args.concurrency,
+              **_report(records, metrics_text, elapsed), **peak}
+    # A server that generated nothing would make "back to empty" vacuous.
+    report["passed"] = report["passed"] and (report["generated_tokens"] or 0) > 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0 if report["passed"] else 1
+
+
+def _provenance() -> dict[str, Any]:
+    """When, on what and from which commit the soak ran (the report is committed)."""
+    import platform
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "git_commit": commit,
+            "python": platform.python_version(), "cpu_count": os.cpu_count()}
 
 
 def _free_port() -> int:
