@@ -117,7 +117,7 @@ def _capacity(blocks: int, block_tokens: int, inp: int, outp: int, bytes_per_tok
 def make_hf_model(cfg: dict[str, Any], dtype: torch.dtype, device: str) -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    config = LlamaConfig(**cfg, torch_dtype=dtype)
+    config = LlamaConfig(**cfg, dtype=dtype)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # initialize in the target dtype: no fp32 copy of 8B weights
     try:
@@ -216,9 +216,10 @@ def _hf_sizing(manager: Any) -> dict[str, Any]:
 
 
 def run_hf_shape(model: Any, prompts: list[list[int]], outp: int, settings: dict[str, Any],
-                 time_limit: float, bytes_per_token: int) -> dict[str, Any]:
+                 time_limit: float, bytes_per_token: int, keep_tokens: bool = False) -> dict[str, Any]:
     """One shape through transformers' continuous batching manager. After ``time_limit`` seconds it
-    stops and reports the requests completed so far, marked ``partial``."""
+    stops and reports the requests completed so far, marked ``partial``. ``keep_tokens`` adds the
+    generated ids (for tests)."""
     from transformers import GenerationConfig
     from transformers.generation.continuous_batching.utils import WorkloadHints
     n, inp = len(prompts), len(prompts[0])
@@ -253,6 +254,8 @@ def run_hf_shape(model: Any, prompts: list[list[int]], outp: int, settings: dict
                 itl.append((ts[-1] - ts[0]) / (len(ts) - 1))
     res = {**_summary(tokens, wall, ttft, itl), "requests": n, "completed_requests": len(done),
            **_capacity(sizing["num_blocks"], sizing["block_size"], inp, outp, bytes_per_token), "config": sizing}
+    if keep_tokens:
+        res["tokens"] = [list(r.generated_tokens) for r in done.values()]
     if len(done) < n:
         res.update(partial=True, time_limit_s=time_limit,
                    partial_note=f"stopped after {time_limit:g} s with {len(done)}/{n} requests answered: "

@@ -182,7 +182,7 @@ def _report(records: list[dict[str, Any]], metrics_text: str, elapsed: float) ->
     unanswered = [r for r in accepted if not r["complete"]]
     lat = sorted(r["latency_s"] for r in records if r["kind"] in ("ok", "stream") and r["complete"])
     used = _metric(metrics_text, "trtdsl_kv_cache_used_blocks")
-    report = {
+    report: dict[str, Any] = {
         "requests": len(records), "elapsed_s": round(elapsed, 1), "status_counts": statuses,
         "by_kind": {k: sum(1 for r in records if r["kind"] == k) for k in ("ok", "stream", "cancel", "malformed")},
         "accepted": len(accepted), "unanswered": len(unanswered),
