@@ -145,8 +145,9 @@ def run_trtdsl(engine: Any, device: str, shapes: list[tuple[int, int]], n: int, 
                mem_fraction: float, kv_tokens: int | None, itemsize: int) -> dict[str, Any]:
     from trtdsl.runtime.executor import Executor, GenerationRequest
     out: dict[str, Any] = {}
+    # As `trtdsl serve` does: capture every decode bucket before the clock starts.
     ex = Executor(engine, device=device, kv_cache_free_gpu_mem_fraction=mem_fraction,
-                  kv_cache_max_tokens=kv_tokens)
+                  kv_cache_max_tokens=kv_tokens, cuda_graph_capture="startup")
     try:
         tpb, blocks = ex.kv_cache.tokens_per_block, ex.kv_cache.num_blocks
         ex.generate([GenerationRequest([1, 2, 3], 2)])  # warm-up
