@@ -16,16 +16,19 @@ inline bool resolve_group(int64_t k, int& group, int num_groups) {
 
 }  // namespace
 
-extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const float* scales, void* out,
-                                       int64_t m, int64_t n, int64_t k, int bits, int group_size,
-                                       int num_groups, int dtype, cudaStream_t stream) {
+extern "C" int trtdsl_weight_only_gemv_zp(const void* x, const void* qweight, const float* scales,
+                                          const float* zeros, void* out, int64_t m, int64_t n, int64_t k, int bits,
+                                          int group_size, int num_groups, int config, int dtype,
+                                          cudaStream_t stream) {
   if (!x || !qweight || !scales || !out) return kErrNullPointer;
   if (m < 1 || n < 1 || k < 1 || n > kMaxInt || k > kMaxInt || !resolve_group(k, group_size, num_groups))
     return kErrShape;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-#define TRTDSL_GEMV(T, B)                                                                                  \
-  return launch_wo_gemv<T, B>(static_cast<const T*>(x), qweight, scales, static_cast<T*>(out), mi, ni, ki, \
-                              group_size, num_groups, stream)
+#define TRTDSL_GEMV(T, B)                                                                                        \
+  return zeros ? launch_wo_gemv<T, B, true>(static_cast<const T*>(x), qweight, scales, zeros, static_cast<T*>(out), \
+                                            mi, ni, ki, group_size, num_groups, config, stream)                   \
+               : launch_wo_gemv<T, B, false>(static_cast<const T*>(x), qweight, scales, nullptr,                  \
+                                             static_cast<T*>(out), mi, ni, ki, group_size, num_groups, config, stream)
   if (bits == 8) {
     if (dtype == kFloat16) TRTDSL_GEMV(__half, 8);
     if (dtype == kBFloat16) TRTDSL_GEMV(__nv_bfloat16, 8);
@@ -39,9 +42,16 @@ extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const
   return kErrDtype;
 }
 
-extern "C" int trtdsl_weight_only_dequantize(const void* qweight, const float* scales, void* out, int64_t n,
-                                             int64_t k, int bits, int group_size, int num_groups, int dtype,
-                                             cudaStream_t stream) {
+extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const float* scales, void* out,
+                                       int64_t m, int64_t n, int64_t k, int bits, int group_size,
+                                       int num_groups, int dtype, cudaStream_t stream) {
+  return trtdsl_weight_only_gemv_zp(x, qweight, scales, nullptr, out, m, n, k, bits, group_size, num_groups, 0,
+                                    dtype, stream);
+}
+
+extern "C" int trtdsl_weight_only_dequantize_zp(const void* qweight, const float* scales, const float* zeros,
+                                                void* out, int64_t n, int64_t k, int bits, int group_size,
+                                                int num_groups, int dtype, cudaStream_t stream) {
   if (!qweight || !scales || !out) return kErrNullPointer;
   if (n < 0 || k < 1 || k > kMaxInt || (bits == 4 && k % 2) || !resolve_group(k, group_size, num_groups))
     return kErrShape;
@@ -49,7 +59,7 @@ extern "C" int trtdsl_weight_only_dequantize(const void* qweight, const float* s
   const int8_t* q = static_cast<const int8_t*>(qweight);
   const int ni = static_cast<int>(n), ki = static_cast<int>(k);
 #define TRTDSL_DQ(T, B) \
-  return launch_wo_dequant<T, B>(q, scales, static_cast<T*>(out), ni, ki, group_size, num_groups, stream)
+  return launch_wo_dequant<T, B>(q, scales, zeros, static_cast<T*>(out), ni, ki, group_size, num_groups, stream)
   if (bits == 8) {
     if (dtype == kFloat32) TRTDSL_DQ(float, 8);
     if (dtype == kFloat16) TRTDSL_DQ(__half, 8);
@@ -63,6 +73,29 @@ extern "C" int trtdsl_weight_only_dequantize(const void* qweight, const float* s
   }
 #undef TRTDSL_DQ
   return kErrDtype;
+}
+
+extern "C" int trtdsl_weight_only_dequantize(const void* qweight, const float* scales, void* out, int64_t n,
+                                             int64_t k, int bits, int group_size, int num_groups, int dtype,
+                                             cudaStream_t stream) {
+  return trtdsl_weight_only_dequantize_zp(qweight, scales, nullptr, out, n, k, bits, group_size, num_groups, dtype,
+                                          stream);
+}
+
+extern "C" int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* scales, int64_t rows,
+                                             int64_t out_rows, int64_t k, int dtype, cudaStream_t stream) {
+  if (!x || !out || !scales) return kErrNullPointer;
+  if (rows < 0 || out_rows < rows || out_rows > kMaxInt || k < 1 || k > kMaxInt) return kErrShape;
+  if (out_rows == 0) return kOk;
+  auto* o = static_cast<__nv_fp8_storage_t*>(out);
+  const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
+  switch (dtype) {
+    case kFloat32: quantize_per_token_fp8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
+    case kFloat16: quantize_per_token_fp8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
+    case kBFloat16: quantize_per_token_fp8_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
+    default: return kErrDtype;
+  }
+  return launch_status();
 }
 
 extern "C" int trtdsl_quantize_fp8(const void* x, const float* scale, void* out, int64_t rows, int64_t out_rows,

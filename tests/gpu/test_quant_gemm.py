@@ -1,6 +1,8 @@
 """GPU tests of the quantized GEMM kernels (``trtdsl.plugins.cuda.quant_ops``) against the plain-torch
-plugin references of ``trtdsl.quantization.plugins``, on fresh random codes, scales and activations.
-Rows M = 1, 3 (decode GEMV), 17, 300 (dequantize + cuBLAS / padded cuBLASLt), fp16 and bf16."""
+plugin references of ``trtdsl.quantization.plugins``, on fresh random codes, scales, zeros and
+activations. The decode GEMVs (weight-only with and without zeros, FP8 with static / dynamic activation
+scales) at every row count 1..16 and every launch config, odd n, group sizes 32 / 64 / 128 / per-channel
+with a shorter last group; the large-M paths (dequantize + cuBLAS, cuBLASLt) at M = 17, 300."""
 
 from __future__ import annotations
 
@@ -32,23 +34,29 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 TOL = {torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
-def weight_only_inputs(m: int, k: int, n: int, bits: int, group: int, dtype: torch.dtype):
-    """Random codes over the whole int range (including the unused -8 / -128), random scales."""
+def weight_only_inputs(m: int, k: int, n: int, bits: int, group: int, dtype: torch.dtype, zp: bool = False):
+    """Random codes over the whole int range (including the unused -8 / -128), random scales; with
+    ``zp`` the fourth tensor is random additive zeros of either sign (else None)."""
     lo, hi = (-8, 8) if bits == 4 else (-128, 128)
     codes = torch.randint(lo, hi, (n, k), dtype=torch.int8, device="cuda")
     qweight = numerics.pack_int4(codes) if bits == 4 else codes
     scales = torch.rand(n, numerics.num_groups(k, group), device="cuda") * 0.02 + 1e-3
+    zeros = (torch.rand_like(scales) - 0.5) * 0.1 if zp else None
     x = torch.randn(m, k, device="cuda", dtype=dtype)
-    return x, qweight, scales
+    return x, qweight, scales, zeros
 
 
-def check_weight_only(m, k, n, bits, group, dtype):
+def weight_only_ref(x, qweight, scales, zeros, bits, group, k):
+    ins = [x, qweight, scales] + ([zeros] if zeros is not None else [])
+    return weight_only_gemm_reference(ins, {"bits": bits, "group_size": group, "in_features": k})
+
+
+def check_weight_only(m, k, n, bits, group, dtype, zp=False):
     from trtdsl.plugins.cuda.quant_ops import weight_only_gemm
-    x, qweight, scales = weight_only_inputs(m, k, n, bits, group, dtype)
-    fields = {"bits": bits, "group_size": group, "in_features": k}
-    out = weight_only_gemm(x, qweight, scales, bits, group, k)
-    ref = weight_only_gemm_reference([x, qweight, scales], fields)
-    assert rel_err(out, ref) < TOL[dtype], (m, k, n, bits, group, dtype)
+    x, qweight, scales, zeros = weight_only_inputs(m, k, n, bits, group, dtype, zp)
+    out = weight_only_gemm(x, qweight, scales, bits, group, k, zeros)
+    ref = weight_only_ref(x, qweight, scales, zeros, bits, group, k)
+    assert rel_err(out, ref) < TOL[dtype], (m, k, n, bits, group, dtype, zp)
 
 
 # ---------------------------------------------------------------- argument checks (run on CPU too)
@@ -111,7 +119,7 @@ def test_gemv_kernel_every_row_count(m, bits, dtype):
     """The decode kernel itself up to its 16-row limit (the dispatcher uses it only to GEMV_MAX_M)."""
     from trtdsl.plugins.cuda.quant_ops import GEMV_KERNEL_MAX_M, gemv_supported, weight_only_gemv
     k, n, group = 2048, 1000, 64
-    x, qweight, scales = weight_only_inputs(m, k, n, bits, group, dtype)
+    x, qweight, scales, _ = weight_only_inputs(m, k, n, bits, group, dtype)
     assert gemv_supported(x, bits, group, k, max_m=GEMV_KERNEL_MAX_M)
     out = weight_only_gemv(x, qweight, scales, bits, group, k // group)
     ref = weight_only_gemm_reference([x, qweight, scales], {"bits": bits, "group_size": group, "in_features": k})
@@ -122,7 +130,7 @@ def test_gemv_kernel_every_row_count(m, bits, dtype):
 def test_dequantize_matches_numerics():
     from trtdsl.plugins.cuda.quant_ops import dequantize_weight
     for bits, group in [(4, 64), (8, 48), (4, 0)]:
-        _, qweight, scales = weight_only_inputs(1, 320, 24, bits, group, torch.float32)
+        _, qweight, scales, _ = weight_only_inputs(1, 320, 24, bits, group, torch.float32)
         codes = numerics.unpack_int4(qweight) if bits == 4 else qweight
         ref = numerics.dequantize_weight(codes, scales, group)
         out = dequantize_weight(qweight, scales, bits, group, 320, torch.float32)
@@ -132,7 +140,7 @@ def test_dequantize_matches_numerics():
 @cuda
 def test_weight_only_gemv_is_graph_capturable():
     from trtdsl.plugins.cuda.quant_ops import weight_only_gemm
-    x, qweight, scales = weight_only_inputs(2, 512, 64, 4, 128, torch.bfloat16)
+    x, qweight, scales, _ = weight_only_inputs(2, 512, 64, 4, 128, torch.bfloat16)
     weight_only_gemm(x, qweight, scales, 4, 128, 512)  # build + warm up outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -172,6 +180,8 @@ def test_fp8_gemm(m, k, n, per_channel, dtype):
     from trtdsl.plugins.cuda.quant_ops import fp8_gemm
     ins = fp8_inputs(m, k, n, dtype, per_channel)
     assert rel_err(fp8_gemm(*ins), fp8_gemm_reference(ins, {})) < TOL[dtype]
+    dyn = ins[:3]  # the dynamic per-token format (no input_scale)
+    assert rel_err(fp8_gemm(*dyn), fp8_gemm_reference(dyn, {})) < TOL[dtype]
 
 
 @fp8
@@ -233,7 +243,7 @@ def test_registered_implementations_match_references(dtype):
     from trtdsl.plugins.cuda.register import register_cuda_implementations
     from trtdsl.plugins.registry import get_plugin
     register_cuda_implementations()
-    x, qweight, scales = weight_only_inputs(3, 256, 48, 4, 64, torch.float32)
+    x, qweight, scales, _ = weight_only_inputs(3, 256, 48, 4, 64, torch.float32)
     x = x.to(dtype).reshape(1, 3, 256)  # [batch, tokens, k]: leading dims are kept
     fields = {"bits": 4, "group_size": 64, "in_features": 256}
     cases = [(WEIGHT_ONLY_GEMM, [x, qweight, scales], fields, weight_only_gemm_reference),
@@ -246,3 +256,153 @@ def test_registered_implementations_match_references(dtype):
         out = get_plugin(name).implementations["cuda"](ins, flds, {})
         ref = reference(ins, flds, {})
         assert out.shape == (1, 3, 48) and rel_err(out, ref) < 1e-2, name
+
+
+# ---------------------------------------------------------------- decode GEMVs: every m, every config
+
+CONFIGS = [None, 0, 1, 2, 3, 4, 5]  # None: the quant_ops table; 0: the C++ prior; 1..5 forced
+GROUPS = [32, 64, 128, 0]  # with k = 352: 11 groups; 6 (last 32); 3 (last 96); per-channel
+
+
+def test_gemv_config_tables_name_valid_configs():
+    from trtdsl.plugins.cuda import quant_ops as Q
+    for table in (Q.WO_GEMV_CONFIG, Q.FP8_GEMV_CONFIG):
+        assert all(1 <= c <= Q.NUM_GEMV_CONFIGS for c in table.values())
+    for m in range(1, Q.GEMV_KERNEL_MAX_M + 1):
+        for n in (37, 4096, 128256):
+            assert 1 <= Q.gemv_config("wo", m, n, 4) <= Q.NUM_GEMV_CONFIGS
+            assert 1 <= Q.gemv_config("fp8", m, n) <= Q.NUM_GEMV_CONFIGS
+
+
+def test_fp8_gemv_rejects_bad_arguments():
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemv
+    xq = torch.zeros(2, 32, dtype=torch.float8_e4m3fn)
+    with pytest.raises(PluginError, match="xq must be a CUDA tensor"):
+        fp8_gemv(xq, torch.zeros(8, 32, dtype=torch.float8_e4m3fn), torch.ones(1), torch.ones(8), torch.float16)
+
+
+@cuda
+@pytest.mark.parametrize("zp", [False, True])
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("m", range(1, 17))
+def test_weight_only_gemv_every_row_count_and_config(m, config, bits, zp):
+    from trtdsl.plugins.cuda.quant_ops import GEMV_KERNEL_MAX_M, gemv_supported, weight_only_gemv
+    dtype = DTYPES[m % 2]
+    group = GROUPS[m % 4]
+    k, n = 352, 37  # odd n: blocks of 2 / 4 / 8 rows all end in a partial block
+    x, qweight, scales, zeros = weight_only_inputs(m, k, n, bits, group, dtype, zp)
+    assert gemv_supported(x, bits, group, k, max_m=GEMV_KERNEL_MAX_M)
+    out = weight_only_gemv(x, qweight, scales, bits, group, numerics.num_groups(k, group), zeros, config)
+    assert rel_err(out, weight_only_ref(x, qweight, scales, zeros, bits, group, k)) < TOL[dtype]
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits,group", [(4, 128), (4, 32), (8, 64)])
+@pytest.mark.parametrize("m", [1, 5, 8, 13, 16, 17, 300])
+def test_weight_only_zero_points_through_dispatch(m, bits, group, dtype):
+    """GEMV (m <= GEMV_MAX_M) and dequantize + cuBLAS paths with the asymmetric format."""
+    check_weight_only(m, 1024, 200, bits, group, dtype, zp=True)
+    check_weight_only(m, 192, 24, bits, 48 if bits == 8 else 64, dtype, zp=True)  # dequant kernel paths
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", BIG[:3])
+@pytest.mark.parametrize("m", [1, 8, 16])
+def test_weight_only_zero_points_llama_shapes(m, k, n, dtype):
+    check_weight_only(m, k, n, 4, 128, dtype, zp=True)
+
+
+@cuda
+def test_dequantize_with_zeros_matches_numerics_bitwise():
+    from trtdsl.plugins.cuda.quant_ops import dequantize_weight
+    for bits, group, k in [(4, 64, 320), (8, 48, 320), (4, 0, 320), (8, 64, 200), (4, 128, 330)]:
+        _, qweight, scales, zeros = weight_only_inputs(1, k, 24, bits, group, torch.float32, zp=True)
+        codes = numerics.unpack_int4(qweight) if bits == 4 else qweight
+        ref = numerics.dequantize_weight(codes, scales, group, zeros)
+        out = dequantize_weight(qweight, scales, bits, group, k, torch.float32, zeros)
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@cuda
+def test_quantize_per_token_fp8_matches_numerics_bitwise():
+    from trtdsl.plugins.cuda.quant_ops import quantize_per_token_fp8
+    for dtype in DTYPES + [torch.float32]:
+        x = torch.randn(6, 1000, device="cuda", dtype=dtype) * torch.logspace(-3, 2, 6, device="cuda")[:, None].to(dtype)
+        x[2] = 0  # an all-zero row takes the 1e-8 floor
+        codes, scales = quantize_per_token_fp8(x, pad_rows_to=8)
+        ref_codes, ref_scales = numerics.quantize_per_token_fp8(x)
+        assert codes.shape == (8, 1000) and (codes[6:].view(torch.uint8) == 0).all()
+        assert torch.equal(scales, ref_scales)
+        assert torch.equal(codes[:6].view(torch.uint8), ref_codes.view(torch.uint8))
+
+
+@cuda
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("m", range(1, 17))
+def test_fp8_gemv_every_row_count_and_config(m, config):
+    """Static / dynamic activation scales x per-tensor / per-channel weight scales, fp16 / bf16 / fp32
+    outputs, odd n: the exact fp8 products summed in fp32 differ from the reference only in order."""
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemv, quantize_fp8, quantize_per_token_fp8
+    dtype = [torch.float16, torch.bfloat16, torch.float32][m % 3]
+    dynamic, per_channel = bool(m % 2), bool((m // 2) % 2)
+    x, w, w_scale, x_scale = fp8_inputs(m, 272, 37, dtype, per_channel)
+    if dynamic:
+        xq, xs = quantize_per_token_fp8(x)
+        ins = [x, w, w_scale]
+    else:
+        xq, xs = quantize_fp8(x, x_scale), x_scale
+        ins = [x, w, w_scale, x_scale]
+    out = fp8_gemv(xq, w, xs, w_scale, dtype, config)
+    assert rel_err(out, fp8_gemm_reference(ins, {})) < TOL.get(dtype, 1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("k,n", BIG)
+@pytest.mark.parametrize("m", [1, 8])
+def test_fp8_gemv_llama_shapes(m, k, n, dynamic):
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemm
+    ins = fp8_inputs(m, k, n, torch.bfloat16, True)
+    ins = ins[:3] if dynamic else ins
+    assert rel_err(fp8_gemm(*ins), fp8_gemm_reference(ins, {})) < TOL[torch.bfloat16]
+
+
+@cuda
+def test_fp8_dynamic_gemv_is_graph_capturable():
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemm
+    x, w, ws, _ = fp8_inputs(3, 512, 64, torch.bfloat16, True)
+    fp8_gemm(x, w, ws)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fp8_gemm(x, w, ws)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(out, fp8_gemm(x, w, ws), rtol=0, atol=0)
+
+
+@cuda
+def test_registered_kernels_take_zero_point_and_dynamic_formats(monkeypatch):
+    """The 4-input weight-only and 3-input FP8 formats run kernels, not the references."""
+    import trtdsl.quantization.plugins as qp
+    from trtdsl.plugins.cuda.register import register_cuda_implementations
+    from trtdsl.plugins.registry import get_plugin
+    register_cuda_implementations()
+    wo_ref, fp8_ref = qp.weight_only_gemm_reference, qp.fp8_gemm_reference
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the torch reference ran instead of a kernel")
+
+    monkeypatch.setattr(qp, "weight_only_gemm_reference", forbidden)
+    monkeypatch.setattr(qp, "fp8_gemm_reference", forbidden)
+    for m in (2, 40):
+        x, qweight, scales, zeros = weight_only_inputs(m, 256, 48, 4, 64, torch.bfloat16, zp=True)
+        fields = {"bits": 4, "group_size": 64, "in_features": 256}
+        out = get_plugin(WEIGHT_ONLY_GEMM).implementations["cuda"]([x, qweight, scales, zeros], fields, {})
+        assert rel_err(out, wo_ref([x, qweight, scales, zeros], fields)) < TOL[torch.bfloat16]
+        if torch.cuda.get_device_capability() >= (8, 9):
+            ins = fp8_inputs(m, 256, 48, torch.bfloat16, True)[:3]
+            out = get_plugin(FP8_GEMM).implementations["cuda"](ins, {}, {})
+            assert rel_err(out, fp8_ref(ins, {})) < TOL[torch.bfloat16]

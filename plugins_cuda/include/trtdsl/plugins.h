@@ -80,6 +80,30 @@ int trtdsl_int8_gemm_epilogue(const int32_t* acc, int64_t acc_stride, const floa
                               const float* w_scales, void* out, int64_t m, int64_t n, int dtype,
                               cudaStream_t stream);
 
+/* Weight-only GEMM with optional additive zeros (asymmetric format: w = code * scale + zero, zeros
+ * float32 [n, num_groups] or NULL) and a forced GEMV launch shape (config 0 = automatic, 1..5 see
+ * kQuantGemvConfigs in quant_gemm.cuh). trtdsl_weight_only_gemv / _dequantize are these with
+ * zeros = NULL, config = 0. */
+int trtdsl_weight_only_gemv_zp(const void* x, const void* qweight, const float* scales, const float* zeros, void* out,
+                               int64_t m, int64_t n, int64_t k, int bits, int group_size, int num_groups, int config,
+                               int dtype, cudaStream_t stream);
+int trtdsl_weight_only_dequantize_zp(const void* qweight, const float* scales, const float* zeros, void* out,
+                                     int64_t n, int64_t k, int bits, int group_size, int num_groups, int dtype,
+                                     cudaStream_t stream);
+
+/* Dynamic per-row e4m3 codes of x (scale max|x_row| / 448) into out [out_rows, k] (padding rows zero)
+ * and the float32 scales [rows]. */
+int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* scales, int64_t rows, int64_t out_rows, int64_t k,
+                                  int dtype, cudaStream_t stream);
+
+/* FP8 decode GEMV (plugins_cuda/src/fp8_gemv.cu): out [m, n] = (sum_k xq[m, k] * weight[n, k]) *
+ * (x_scale[m * x_scale_stride] * w_scale[n * w_scale_stride]) for 1 <= m <= 16, xq / weight e4m3
+ * (xq from trtdsl_quantize_fp8 or _per_token_fp8), strides 0 (per tensor) or 1; fp32 accumulation of
+ * exact products; out fp32 / fp16 / bf16. k % 16 == 0, xq and weight 16-byte aligned. */
+int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* x_scale, int64_t x_scale_stride,
+                    const float* w_scale, int64_t w_scale_stride, void* out, int64_t m, int64_t n, int64_t k,
+                    int config, int dtype, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -11,7 +11,6 @@
 
 namespace trtdsl {
 
-constexpr int kGemvThreads = 128;  // 4 warps; each warp owns NR output rows over the whole k
 constexpr int kGemvMaxM = 16;      // the GEMV serves 1..16 activation rows (decode steps)
 
 // Weights are read exactly once: bypass L1 so it keeps the activations, which every warp re-reads.
@@ -69,128 +68,56 @@ template <typename T> __device__ __forceinline__ void act8(const T* p, float* f)
   }
 }
 
-// y[m, n] = sum_k x[m, k] * code[n, k] * scale[n, k / group]. A block owns NR output rows; its 4 warps
-// split k (more blocks in flight for n = 4096, where one row group per warp left SMs half idle). Each
-// warp streams its part of the NR weight rows once with 16-byte loads (16 int8 or 32 int4 codes per lane per step), dequantizes in registers and
-// multiplies all MT activation rows (rows >= m are clamped reads whose results are dropped), fp32
-// partial sums per 16/32-code chunk scaled once by the chunk's group scale. Requires k % EPV == 0
-// and group % EPV == 0 (checked by the launcher), so a chunk never straddles two groups.
-template <typename T, int MT, int BITS, int NR>
-__global__ void __launch_bounds__(kGemvThreads) wo_gemv_kernel(const T* __restrict__ x,
-                                                               const uint4* __restrict__ qw,
-                                                               const float* __restrict__ scales,
-                                                               T* __restrict__ out, int m, int n, int k,
-                                                               int vecs_per_group, int num_groups) {
-  constexpr int EPV = BITS == 8 ? 16 : 32;  // codes per 16-byte vector
-  constexpr int kWarps = kGemvThreads / 32;
-  __shared__ float red[kWarps][NR * MT];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int row0 = blockIdx.x * NR;
-  const int vecs = k / EPV;
-  const uint4* wrow[NR];
-  const float* srow[NR];
-#pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    const int row = min(row0 + r, n - 1);  // tail rows recompute the last row; never stored
-    wrow[r] = qw + static_cast<int64_t>(row) * vecs;
-    srow[r] = scales + static_cast<int64_t>(row) * num_groups;
-  }
-  // Activation rows i >= m read row m - 1 (valid memory; their sums are never stored), so the hot
-  // loop has no bounds checks. Row offsets are recomputed rather than held: MT pointers would cost
-  // 2 * MT registers.
-  const int last = m - 1;
+// Launch shapes of the weight-only and FP8 decode GEMVs (wo_gemv.cuh, fp8_gemv.cuh), swept by
+// benchmarks/bench_quant_gemm.py: NR weight rows per block (shrunk so NR * MT <= 32 at large m), KW
+// warps per block splitting k, U 16-byte loads per row and thread in flight per step.
+struct QuantGemvConfig {
+  int nr, kw, u;
+};
+constexpr int kQuantGemvNumConfigs = 5;
+constexpr QuantGemvConfig kQuantGemvConfigs[kQuantGemvNumConfigs + 1] = {
+    {0, 0, 0},  // 0 = automatic (quant_gemv_auto_config); callers usually pass the Python table's pick
+    {4, 4, 1},  // 1: 128 threads, 4 loads per thread (the first kernel; int8 reached 90-99% of copy)
+    {4, 1, 4},  // 2: one warp per 4 rows over all k, 16 loads in flight, shuffle-only reduce (wide n)
+    {2, 2, 2},  // 3: 64 threads, 4 loads: twice the blocks of 2 for narrow n
+    {2, 4, 2},  // 4: 128 threads, 4 loads: long rows (k = 14336) of narrow n
+    {8, 1, 2},  // 5: one warp per 8 rows: x reused 8x (m >= 2 turns compute bound)
+};
 
-  float acc[NR][MT];
-#pragma unroll
-  for (int r = 0; r < NR; ++r)
-#pragma unroll
-    for (int i = 0; i < MT; ++i) acc[r][i] = 0.f;
-
-#pragma unroll(MT <= 2 ? 2 : 1)  // two steps in flight where registers allow
-  for (int v = warp * 32 + lane; v < vecs; v += kGemvThreads) {
-    uint4 wv[NR];
-#pragma unroll
-    for (int r = 0; r < NR; ++r) wv[r] = ld_stream(wrow[r] + v);  // NR independent loads in flight
-    const int g = v / vecs_per_group;
-    float p[NR][MT];
-#pragma unroll
-    for (int r = 0; r < NR; ++r)
-#pragma unroll
-      for (int i = 0; i < MT; ++i) p[r][i] = 0.f;
-#pragma unroll
-    for (int h = 0; h < EPV / 8; ++h) {
-      float wf[NR][8];
-#pragma unroll
-      for (int r = 0; r < NR; ++r) dequant8<BITS>(wv[r], h, wf[r]);
-#pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        float xf[8];
-        act8<T>(x + static_cast<int64_t>(min(i, last)) * k + v * EPV + h * 8, xf);
-#pragma unroll
-        for (int r = 0; r < NR; ++r)
-#pragma unroll
-          for (int j = 0; j < 8; ++j) p[r][i] = fmaf(wf[r][j], xf[j], p[r][i]);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      const float s = __ldg(srow[r] + g);
-#pragma unroll
-      for (int i = 0; i < MT; ++i) acc[r][i] = fmaf(p[r][i], s, acc[r][i]);
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < NR; ++r)
-#pragma unroll
-    for (int i = 0; i < MT; ++i) {
-      const float s = warp_sum(acc[r][i]);
-      if (lane == 0) red[warp][r * MT + i] = s;
-    }
-  __syncthreads();
-  for (int t = threadIdx.x; t < NR * MT; t += kGemvThreads) {
-    const int r = t / MT, i = t % MT;
-    float s = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += red[w][t];
-    if (row0 + r < n && i < m) out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(s);
-  }
+// Untuned prior for config 0 (reasoning, not measurement): int4 rows of k = 4096 are only 2 KB, so at
+// small m the weight stream needs many loads in flight per thread (config 2) when n gives enough
+// blocks, else more, smaller blocks (3). Larger m and int8 keep the measured first kernel (1).
+inline int quant_gemv_auto_config(int bits, int m, int n, int k) {
+  (void)k;
+  if (bits == 4 && m <= 2) return n >= 8192 ? 2 : 3;
+  return 1;
 }
 
-template <typename T, int MT, int BITS>
-inline int launch_wo_gemv_mt(const T* x, const void* qw, const float* scales, T* out, int m, int n, int k,
-                             int group, int num_groups, cudaStream_t stream) {
-  constexpr int EPV = BITS == 8 ? 16 : 32;
-  constexpr int NR = MT >= 8 ? 2 : 4;  // bounds acc + partials + codes in registers
-  const int blocks = (n + NR - 1) / NR;
-  wo_gemv_kernel<T, MT, BITS, NR><<<blocks, kGemvThreads, 0, stream>>>(
-      x, static_cast<const uint4*>(qw), scales, out, m, n, k, group / EPV, num_groups);
-  return launch_status();
+// y = x W^T for 1 <= m <= kGemvMaxM with W = codes * scales (+ zeros when ZP), defined in
+// wo_gemv.cuh and instantiated in plugins_cuda/src/wo_gemv_b{4,8}[_zp].cu. config: 0 auto, 1..5 above.
+template <typename T, int BITS, bool ZP>
+int launch_wo_gemv(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
+                   int k, int group, int num_groups, int config, cudaStream_t stream);
+
+// Dequantize codes [n, k] (int4: packed [n, k / 2]) into T [n, k] for the cuBLAS (large-M) path:
+// code * scale, then + zero when zeros is not null (separately rounded, as numerics.dequantize_weight
+// computes it, so fp32 output is bitwise the reference). One thread per 8 output columns when
+// k % 8 == 0 and the group is a multiple of 8 (one scale, one 16-byte store); otherwise one thread
+// per column (any k / group: the fallback of every shape).
+__device__ __forceinline__ float dequant_value(int code, float s, const float* zrow, int g) {
+  const float w = __fmul_rn(static_cast<float>(code), s);
+  return zrow ? __fadd_rn(w, __ldg(zrow + g)) : w;
 }
 
-template <typename T, int BITS>
-inline int launch_wo_gemv(const T* x, const void* qw, const float* scales, T* out, int m, int n, int k,
-                          int group, int num_groups, cudaStream_t stream) {
-  constexpr int EPV = BITS == 8 ? 16 : 32;
-  if (m < 1 || m > kGemvMaxM || k % EPV || group % EPV) return kErrShape;
-  if (!aligned16(x) || !aligned16(qw)) return kErrUnsupported;
-  // MT rounds m up to a power of two: 5 instantiations instead of 16, at most 2x the FMAs.
-  if (m == 1) return launch_wo_gemv_mt<T, 1, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
-  if (m == 2) return launch_wo_gemv_mt<T, 2, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
-  if (m <= 4) return launch_wo_gemv_mt<T, 4, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
-  if (m <= 8) return launch_wo_gemv_mt<T, 8, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
-  return launch_wo_gemv_mt<T, 16, BITS>(x, qw, scales, out, m, n, k, group, num_groups, stream);
-}
-
-// Dequantize codes [n, k] (int4: packed [n, k / 2]) into T [n, k] for the cuBLAS (large-M) path.
-// One thread per 8 output columns when k % 8 == 0 and the group is a multiple of 8 (one scale, one
-// 16-byte store); otherwise one thread per column (any k / group: the fallback of every shape).
 template <typename T, int BITS, bool VEC>
 __global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __restrict__ scales,
-                                  T* __restrict__ out, int n, int k, int group, int num_groups) {
+                                  const float* __restrict__ zeros, T* __restrict__ out, int n, int k,
+                                  int group, int num_groups) {
   const int row = blockIdx.x;
   const int64_t kb = BITS == 8 ? k : k / 2;
   const int8_t* q = qw + row * kb;
   const float* s = scales + static_cast<int64_t>(row) * num_groups;
+  const float* z = zeros ? zeros + static_cast<int64_t>(row) * num_groups : nullptr;
   T* o = out + static_cast<int64_t>(row) * k;
   if constexpr (VEC) {
     const int c0 = (blockIdx.y * blockDim.x + threadIdx.x) * 8;
@@ -209,7 +136,7 @@ __global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __
     }
     Vec<T, 8> r;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) r.v[j] = from_float<T>(static_cast<float>(codes[j]) * sc);
+    for (int j = 0; j < 8; ++j) r.v[j] = from_float<T>(dequant_value(codes[j], sc, z, c0 / group));
     store_vec<T, 8>(o + c0, r);
   } else {
     const int c = blockIdx.y * blockDim.x + threadIdx.x;
@@ -221,21 +148,21 @@ __global__ void wo_dequant_kernel(const int8_t* __restrict__ qw, const float* __
       const int b = q[c / 2];
       code = (c & 1) ? (b >> 4) : static_cast<int>(static_cast<int8_t>(b << 4)) >> 4;
     }
-    o[c] = from_float<T>(static_cast<float>(code) * __ldg(s + c / group));
+    o[c] = from_float<T>(dequant_value(code, __ldg(s + c / group), z, c / group));
   }
 }
 
 template <typename T, int BITS>
-inline int launch_wo_dequant(const int8_t* qw, const float* scales, T* out, int n, int k, int group,
-                             int num_groups, cudaStream_t stream) {
+inline int launch_wo_dequant(const int8_t* qw, const float* scales, const float* zeros, T* out, int n, int k,
+                             int group, int num_groups, cudaStream_t stream) {
   const bool vec = k % 8 == 0 && group % 8 == 0 && aligned16(out) && (reinterpret_cast<uintptr_t>(qw) & 7) == 0;
   const int threads = 256;
   if (vec) {
     const dim3 grid(n, (k / 8 + threads - 1) / threads);  // rows on x: n may exceed 65535
-    wo_dequant_kernel<T, BITS, true><<<grid, threads, 0, stream>>>(qw, scales, out, n, k, group, num_groups);
+    wo_dequant_kernel<T, BITS, true><<<grid, threads, 0, stream>>>(qw, scales, zeros, out, n, k, group, num_groups);
   } else {
     const dim3 grid(n, (k + threads - 1) / threads);
-    wo_dequant_kernel<T, BITS, false><<<grid, threads, 0, stream>>>(qw, scales, out, n, k, group, num_groups);
+    wo_dequant_kernel<T, BITS, false><<<grid, threads, 0, stream>>>(qw, scales, zeros, out, n, k, group, num_groups);
   }
   return launch_status();
 }
@@ -270,6 +197,29 @@ __global__ void quantize_fp8_kernel(const T* __restrict__ x, const float* __rest
     const float v = row < rows ? __fdiv_rn(to_float<T>(xr[c]), s) : 0.f;
     o[c] = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
   }
+}
+
+// Dynamic per-token e4m3: scale = max(amax, 1e-8) * (1 / 448) (torch's CUDA division by a Python
+// scalar multiplies by the reciprocal, see the int8 quantizer), codes = e4m3(x / scale) with IEEE
+// division, saturating: codes and scales are numerics.quantize_per_token_fp8 on the GPU, bitwise.
+template <typename T>
+__global__ void quantize_per_token_fp8_kernel(const T* __restrict__ x, __nv_fp8_storage_t* __restrict__ out,
+                                              float* __restrict__ out_scales, int rows, int k) {
+  __shared__ float scratch[32];
+  const int row = blockIdx.x;
+  __nv_fp8_storage_t* o = out + static_cast<int64_t>(row) * k;
+  if (row >= rows) {  // padding rows (uniform per block)
+    for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = 0;
+    return;
+  }
+  const T* xr = x + static_cast<int64_t>(row) * k;
+  float amax = 0.f;
+  for (int c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float<T>(xr[c])));
+  amax = block_max(amax, scratch);
+  const float s = __fmul_rn(fmaxf(amax, 1e-8f), 1.f / 448.f);
+  if (threadIdx.x == 0) out_scales[row] = s;
+  for (int c = threadIdx.x; c < k; c += blockDim.x)
+    o[c] = __nv_cvt_float_to_fp8(__fdiv_rn(to_float<T>(xr[c]), s), __NV_SATFINITE, __NV_E4M3);
 }
 
 // Per-token symmetric int8: scale = max(amax, 1e-8) * (1 / 127) (what torch's CUDA division by a

@@ -1,13 +1,21 @@
-"""Torch bindings of the quantized GEMM kernels (``plugins_cuda/src/quant_gemm.cu``) and the cuBLASLt
-paths around them. Formats are those of :mod:`trtdsl.quantization.numerics`; semantics are the torch
-references in :mod:`trtdsl.quantization.plugins`.
+"""Torch bindings of the quantized GEMM kernels (``plugins_cuda/src/quant_gemm.cu``, ``wo_gemv_b*.cu``,
+``fp8_gemv.cu``) and the cuBLASLt paths around them. Formats are those of
+:mod:`trtdsl.quantization.numerics`; semantics are the torch references in
+:mod:`trtdsl.quantization.plugins`.
 
 * ``weight_only_gemm``: ``m <= GEMV_MAX_M`` rows (decode) run the GEMV kernel that streams the packed
-  weights once and dequantizes in registers; larger ``m`` dequantizes into an fp16/bf16 buffer and calls
-  cuBLAS (``F.linear``). ``m`` is a host-side shape, so the choice needs no synchronization.
-* ``fp8_gemm``: a fused quantize kernel (static input scale) then ``torch._scaled_mm`` (cuBLASLt).
+  weights once and dequantizes in registers (symmetric, or asymmetric with additive ``zeros``); larger
+  ``m`` dequantizes into an fp16/bf16 buffer and calls cuBLAS (``F.linear``). ``m`` is a host-side
+  shape, so the choice needs no synchronization.
+* ``fp8_gemm``: e4m3 activations from a quantize kernel (static per-tensor ``input_scale``, or dynamic
+  per-token when it is ``None``), then for ``m <= FP8_GEMV_MAX_M`` the FP8 GEMV (exact fp8 x fp8
+  products, fp32 accumulation: the reference's numerics), else ``torch._scaled_mm`` (cuBLASLt).
 * ``int8_gemm``: a per-token quantize kernel, ``torch._int_mm`` (int32 out; cuBLASLt wants > 16
   rows, so short inputs are zero-padded by the quantizer itself), then a fused scale epilogue.
+
+GEMV launch shapes (rows per block, warps splitting k, loads in flight; ``kQuantGemvConfigs`` in
+``quant_gemm.cuh``) come from the tables ``WO_GEMV_CONFIG`` / ``FP8_GEMV_CONFIG`` below, which
+``benchmarks/bench_quant_gemm.py`` measures ("best_config" in its JSON).
 
 Like :mod:`.ops`, nothing here reads device values or synchronizes (CUDA-graph capturable)."""
 
@@ -23,25 +31,68 @@ from trtdsl.errors import PluginError
 from ._lib import call, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
-__all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "gemv_supported", "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8",
-           "fp8_gemm", "quantize_per_token_int8", "int8_gemm"]
+__all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
+           "FP8_GEMV_CONFIG", "gemv_config", "gemv_supported", "weight_only_gemm", "weight_only_gemv",
+           "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8", "fp8_gemv", "fp8_gemm",
+           "quantize_per_token_int8", "int8_gemm"]
 
-# The GEMV kernel takes up to 16 rows (kGemvMaxM in quant_gemm.cuh) but runs on CUDA cores: on H100
-# it beats bf16 cuBLAS only up to a few rows (docs/quant_kernels.md), so larger m dequantizes.
+# The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
+# m ~ 8 on H100 (docs/quant_kernels.md): at m = 8 the int4 GEMV still beat dequantize + cuBLAS
+# (0.55x vs 0.42x of bf16 on the 8B shapes), at m = 16 it lost, so m = 9..16 dequantizes.
 GEMV_KERNEL_MAX_M = 16
-GEMV_MAX_M = 4
+GEMV_MAX_M = 8
+# FP8 GEMV vs _scaled_mm (~0.6-0.85 of copy at any m <= 16): the GEMV does 16 fp32 FMAs per weight
+# byte at m = 16, ~1.5x the time of the weight stream, so it stops at 8 (measure: bench_quant_gemm).
+FP8_GEMV_MAX_M = 8
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
+
+NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: launch shapes 1..5 (0 = the C++ automatic choice)
+WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row group (configs 2, 5)
+# (bits, MT, n >= WIDE_N) -> GEMV launch config, MT = m rounded up to 1, 2, 4, 8, 16; missing keys
+# use config 1 (the first kernel: int8 at 90-99% of copy). An untuned prior: int4 rows of k = 4096 are
+# only 2 KB, so at small m it needs more loads in flight per thread (2) or more, smaller blocks (3).
+# After a GPU run, copy bench_quant_gemm.py's "best_config" here (one line per entry).
+WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {
+    (4, 1, True): 2, (4, 1, False): 3,
+    (4, 2, True): 2, (4, 2, False): 3,
+}
+# (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
+FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {
+    (1, True): 2, (2, True): 2,
+}
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # Argument types of the launchers declared in plugins.h (kept next to it: change both together).
 _SIGNATURES: dict[str, list] = {
     "trtdsl_weight_only_gemv": [_P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_gemv_zp": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize": [_P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_dequantize_zp": [_P, _P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_quantize_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
+    "trtdsl_quantize_per_token_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
+    "trtdsl_fp8_gemv": [_P, _P, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
 }
 register_signatures(_SIGNATURES)
+
+
+def _mt(m: int) -> int:
+    """The kernels' row bucket: m rounded up to a power of two (1, 2, 4, 8, 16)."""
+    return 1 << max(0, m - 1).bit_length()
+
+
+def gemv_config(kind: str, m: int, n: int, bits: int = 4) -> int:
+    """Launch config (1..NUM_GEMV_CONFIGS) the tables pick for a ``kind`` ("wo" or "fp8") GEMV."""
+    wide = n >= WIDE_N
+    if kind == "fp8":
+        return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
+    return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
+
+
+def _check_config(op: str, config: int) -> None:
+    if not 0 <= config <= NUM_GEMV_CONFIGS:
+        raise PluginError(f"{op}: config must be 0..{NUM_GEMV_CONFIGS}, got {config}")
 
 
 def _as_2d(op: str, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -56,7 +107,7 @@ def _num_groups(k: int, group_size: int) -> int:
 
 
 def _check_weight_only(op: str, x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,
-                       group_size: int, k: int) -> int:
+                       group_size: int, k: int, zeros: torch.Tensor | None = None) -> int:
     if bits not in (4, 8):
         raise PluginError(f"{op}: bits must be 4 or 8, got {bits}")
     if group_size < 0 or (bits == 4 and k % 2):
@@ -66,22 +117,31 @@ def _check_weight_only(op: str, x: torch.Tensor, qweight: torch.Tensor, scales: 
         raise PluginError(f"{op}: qweight has shape {tuple(qweight.shape)}; expected [n, "
                           f"{k // 2 if bits == 4 else k}] for {bits}-bit in_features={k}")
     groups = _num_groups(k, group_size)
-    _check(op, "scales", scales, x.device, (torch.float32,), ndim=2)
-    if tuple(scales.shape) != (qweight.shape[0], groups):
-        raise PluginError(f"{op}: scales has shape {tuple(scales.shape)}, expected "
-                          f"({qweight.shape[0]}, {groups})")
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if t is None:
+            continue
+        _check(op, name, t, x.device, (torch.float32,), ndim=2)
+        if tuple(t.shape) != (qweight.shape[0], groups):
+            raise PluginError(f"{op}: {name} has shape {tuple(t.shape)}, expected "
+                              f"({qweight.shape[0]}, {groups})")
     return groups
 
 
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
 def dequantize_weight(qweight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int,
-                      in_features: int, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """``codes * scales`` as a ``[n, in_features]`` tensor of ``dtype`` (fp32/fp16/bf16)."""
+                      in_features: int, dtype: torch.dtype = torch.bfloat16,
+                      zeros: torch.Tensor | None = None) -> torch.Tensor:
+    """``codes * scales`` (``+ zeros`` for the asymmetric format) as a ``[n, in_features]`` tensor of
+    ``dtype`` (fp32/fp16/bf16); fp32 is bitwise ``numerics.dequantize_weight``."""
     op = "dequantize_weight"
     probe = torch.empty(0, in_features, dtype=dtype, device=qweight.device)
-    groups = _check_weight_only(op, probe, qweight, scales, bits, group_size, in_features)
+    groups = _check_weight_only(op, probe, qweight, scales, bits, group_size, in_features, zeros)
     out = torch.empty(qweight.shape[0], in_features, dtype=dtype, device=qweight.device)
-    call("trtdsl_weight_only_dequantize", qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
-          qweight.shape[0], in_features, bits, group_size, groups, _DTYPE_CODES[dtype], _stream(qweight))
+    call("trtdsl_weight_only_dequantize_zp", qweight.data_ptr(), scales.data_ptr(), _ptr(zeros), out.data_ptr(),
+         qweight.shape[0], in_features, bits, group_size, groups, _DTYPE_CODES[dtype], _stream(qweight))
     return out
 
 
@@ -93,31 +153,37 @@ def gemv_supported(x2: torch.Tensor, bits: int, group_size: int, k: int, max_m: 
 
 
 def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,
-                     group_size: int, groups: int) -> torch.Tensor:
+                     group_size: int, groups: int, zeros: torch.Tensor | None = None,
+                     config: int | None = None) -> torch.Tensor:
     """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported` with
-    ``max_m=GEMV_KERNEL_MAX_M``)."""
+    ``max_m=GEMV_KERNEL_MAX_M``). ``config``: launch shape 1..5, 0 = the C++ prior, ``None`` = the
+    ``WO_GEMV_CONFIG`` table."""
     m, k = x2.shape
     n = qweight.shape[0]
+    config = gemv_config("wo", m, n, bits) if config is None else config
+    _check_config("weight_only_gemv", config)
     out = x2.new_empty(m, n)
-    call("trtdsl_weight_only_gemv", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), out.data_ptr(),
-          m, n, k, bits, group_size, groups, _DTYPE_CODES[x2.dtype], _stream(x2))
+    call("trtdsl_weight_only_gemv_zp", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), _ptr(zeros),
+         out.data_ptr(), m, n, k, bits, group_size, groups, config, _DTYPE_CODES[x2.dtype], _stream(x2))
     return out
 
 
 def weight_only_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,
-                     group_size: int, in_features: int) -> torch.Tensor:
-    """``x W^T`` with int8 / packed-int4 weights and group-wise scales; ``x [..., k]`` fp16/bf16
-    (fp32 runs through the dequantize path in fp32)."""
+                     group_size: int, in_features: int, zeros: torch.Tensor | None = None) -> torch.Tensor:
+    """``x W^T`` with int8 / packed-int4 weights, group-wise scales and optional additive ``zeros``
+    (``W = codes * scales + zeros``); ``x [..., k]`` fp16/bf16 (fp32 runs the dequantize path in fp32)."""
     op = "weight_only_gemm"
     x2 = _as_2d(op, x, in_features)
-    groups = _check_weight_only(op, x2, qweight, scales, bits, group_size, in_features)
+    groups = _check_weight_only(op, x2, qweight, scales, bits, group_size, in_features, zeros)
     n = qweight.shape[0]
     if x2.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], n)
+    zeros = None if zeros is None else zeros.contiguous()
     if gemv_supported(x2, bits, group_size, in_features):
-        out = weight_only_gemv(x2, qweight.contiguous(), scales.contiguous(), bits, group_size, groups)
+        out = weight_only_gemv(x2, qweight.contiguous(), scales.contiguous(), bits, group_size, groups, zeros)
     else:
-        w = dequantize_weight(qweight.contiguous(), scales.contiguous(), bits, group_size, in_features, x2.dtype)
+        w = dequantize_weight(qweight.contiguous(), scales.contiguous(), bits, group_size, in_features, x2.dtype,
+                              zeros)
         out = F.linear(x2, w)
     return out.view(*x.shape[:-1], n)
 
@@ -131,37 +197,118 @@ def quantize_fp8(x2: torch.Tensor, scale: torch.Tensor, pad_rows_to: int = 1) ->
     rows = -(-m // pad_rows_to) * pad_rows_to
     out = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device=x2.device)
     call("trtdsl_quantize_fp8", x2.data_ptr(), scale.data_ptr(), out.data_ptr(), m, rows, k,
-          _DTYPE_CODES[x2.dtype], _stream(x2))
+         _DTYPE_CODES[x2.dtype], _stream(x2))
     return out
 
 
-def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor,
-             pad_rows_to: int = 1) -> torch.Tensor:
-    """FP8 W8A8 ``x W^T``: static per-tensor input scale, per-tensor ``[1]`` or per-channel ``[n]``
-    weight scale. Needs k and n multiples of 16 (cuBLASLt) and an sm_89+ GPU."""
+def quantize_per_token_fp8(x2: torch.Tensor, pad_rows_to: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic per-row e4m3 codes (rows padded with zeros to a multiple of ``pad_rows_to``) and float32
+    scales ``[m, 1]`` (``max|x_row| / 448``): ``numerics.quantize_per_token_fp8`` on the GPU, bitwise."""
+    op = "quantize_per_token_fp8"
+    _check(op, "x", x2, dtypes=_DTYPE_CODES, ndim=2)
+    m, k = x2.shape
+    rows = -(-m // pad_rows_to) * pad_rows_to
+    codes = torch.empty(rows, k, dtype=torch.float8_e4m3fn, device=x2.device)
+    scales = torch.empty(m, 1, dtype=torch.float32, device=x2.device)
+    call("trtdsl_quantize_per_token_fp8", x2.data_ptr(), codes.data_ptr(), scales.data_ptr(), m, rows, k,
+         _DTYPE_CODES[x2.dtype], _stream(x2))
+    return codes, scales
+
+
+def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weight_scale: torch.Tensor,
+             out_dtype: torch.dtype, config: int | None = None) -> torch.Tensor:
+    """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` for e4m3 ``xq [m <= 16, k]``
+    (from :func:`quantize_fp8` / :func:`quantize_per_token_fp8`), e4m3 ``weight [n, k]``, ``x_scale``
+    ``[1]`` or ``[m, 1]``, ``weight_scale`` ``[1]`` or ``[n]``; ``k % 16 == 0``. ``config`` as in
+    :func:`weight_only_gemv` (``None`` = the ``FP8_GEMV_CONFIG`` table)."""
+    op = "fp8_gemv"
+    _check(op, "xq", xq, dtypes=(torch.float8_e4m3fn,), ndim=2)
+    _check(op, "weight", weight, xq.device, (torch.float8_e4m3fn,), ndim=2)
+    m, k = xq.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k or k % 16 or not 1 <= m <= GEMV_KERNEL_MAX_M:
+        raise PluginError(f"{op}: needs xq [1..{GEMV_KERNEL_MAX_M}, k] and weight [n, k] with k % 16 == 0, "
+                          f"got {tuple(xq.shape)} and {tuple(weight.shape)}")
+    _check(op, "x_scale", x_scale, xq.device, (torch.float32,))
+    _check(op, "weight_scale", weight_scale, xq.device, (torch.float32,))
+    if x_scale.numel() not in (1, m) or weight_scale.numel() not in (1, n):
+        raise PluginError(f"{op}: x_scale must have 1 or {m} values and weight_scale 1 or {n}, got "
+                          f"{tuple(x_scale.shape)} and {tuple(weight_scale.shape)}")
+    if out_dtype not in _DTYPE_CODES:
+        raise PluginError(f"{op}: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
+    config = gemv_config("fp8", m, n) if config is None else config
+    _check_config(op, config)
+    out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+    call("trtdsl_fp8_gemv", xq.data_ptr(), weight.data_ptr(), x_scale.data_ptr(), int(x_scale.numel() > 1),
+         weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(), m, n, k, config,
+         _DTYPE_CODES[out_dtype], _stream(xq))
+    return out
+
+
+def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+             input_scale: torch.Tensor | None = None, pad_rows_to: int = 1,
+             gemv_max_m: int = FP8_GEMV_MAX_M) -> torch.Tensor:
+    """FP8 W8A8 ``x W^T``: static per-tensor ``input_scale`` ``[1]`` or, with ``None``, dynamic
+    per-token activation scales; per-tensor ``[1]`` or per-channel ``[n]`` weight scale. Up to
+    ``gemv_max_m`` rows run the FP8 GEMV (k % 16 == 0, any GPU); more rows run cuBLASLt
+    ``_scaled_mm`` (k and n multiples of 16, sm_89+)."""
     op = "fp8_gemm"
     _check(op, "weight", weight, dtypes=(torch.float8_e4m3fn,), ndim=2)
     n, k = weight.shape
     x2 = _as_2d(op, x, k)
-    if k % 16 or n % 16:
-        raise PluginError(f"{op}: cuBLASLt FP8 needs in/out features divisible by 16, got k={k}, n={n}")
     _check(op, "weight_scale", weight_scale, x2.device, (torch.float32,), ndim=1)
     if weight_scale.shape[0] not in (1, n):
         raise PluginError(f"{op}: weight_scale must be [1] or [{n}], got {tuple(weight_scale.shape)}")
     m = x2.shape[0]
-    xq = quantize_fp8(x2, input_scale.reshape(1), pad_rows_to)
+    if m == 0:
+        return x.new_empty(*x.shape[:-1], n)
+    if m <= min(gemv_max_m, GEMV_KERNEL_MAX_M) and k % 16 == 0 and weight.data_ptr() % 16 == 0:
+        if input_scale is None:
+            xq, xs = quantize_per_token_fp8(x2)
+        else:
+            xs = input_scale.reshape(1)
+            xq = quantize_fp8(x2, xs)
+        return fp8_gemv(xq, weight.contiguous(), xs, weight_scale, x2.dtype).view(*x.shape[:-1], n)
+    if k % 16 or n % 16:
+        raise PluginError(f"{op}: cuBLASLt FP8 needs in/out features divisible by 16, got k={k}, n={n}")
     wt = weight.t()  # [k, n] column-major: the layout cuBLASLt's fp8 GEMM wants
-    if weight_scale.shape[0] == 1:
-        out = torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(()), scale_b=weight_scale.reshape(()),
-                               out_dtype=x2.dtype)
-    elif x2.dtype == torch.bfloat16:  # rowwise scaling (bf16 output only)
-        out = torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(1, 1).expand(xq.shape[0], 1).contiguous(),
-                               scale_b=weight_scale.reshape(1, n), out_dtype=torch.bfloat16)
-    else:  # fp16/fp32 with per-channel scales: fp32 result, channel scale applied after
-        acc = torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(()), scale_b=_ONE.get(x2.device),
-                               out_dtype=torch.float32)
-        out = (acc * weight_scale).to(x2.dtype)
+    if input_scale is None:
+        out = _scaled_mm_per_token(x2, wt, weight_scale, pad_rows_to)
+    else:
+        out = _scaled_mm_static(x2, wt, weight_scale, input_scale, pad_rows_to)
     return out[:m].view(*x.shape[:-1], n)
+
+
+def _scaled_mm_static(x2: torch.Tensor, wt: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor,
+                      pad_rows_to: int) -> torch.Tensor:
+    n = wt.shape[1]
+    xq = quantize_fp8(x2, input_scale.reshape(1), pad_rows_to)
+    if weight_scale.shape[0] == 1:
+        return torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(()), scale_b=weight_scale.reshape(()),
+                                out_dtype=x2.dtype)
+    if x2.dtype == torch.bfloat16:  # rowwise scaling (bf16 output only)
+        return torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(1, 1).expand(xq.shape[0], 1).contiguous(),
+                                scale_b=weight_scale.reshape(1, n), out_dtype=torch.bfloat16)
+    # fp16/fp32 with per-channel scales: fp32 result, channel scale applied after
+    acc = torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(()), scale_b=_ONE.get(x2.device),
+                           out_dtype=torch.float32)
+    return (acc * weight_scale).to(x2.dtype)
+
+
+def _scaled_mm_per_token(x2: torch.Tensor, wt: torch.Tensor, weight_scale: torch.Tensor,
+                         pad_rows_to: int) -> torch.Tensor:
+    """Dynamic per-token activations: rowwise-scaled cuBLASLt for bf16 output; otherwise an fp32
+    product scaled as the reference does, ``acc * (x_scale * w_scale)``."""
+    n = wt.shape[1]
+    xq, xs = quantize_per_token_fp8(x2, pad_rows_to)
+    if x2.dtype == torch.bfloat16:
+        if xq.shape[0] != xs.shape[0]:  # padding rows: their codes are zero, any scale works
+            xs = torch.cat([xs, xs.new_ones(xq.shape[0] - xs.shape[0], 1)])
+        ws = weight_scale.reshape(1, -1).expand(1, n).contiguous()
+        return torch._scaled_mm(xq, wt, scale_a=xs, scale_b=ws, out_dtype=torch.bfloat16)
+    one = _ONE.get(x2.device)
+    acc = torch._scaled_mm(xq, wt, scale_a=one, scale_b=one, out_dtype=torch.float32)[:x2.shape[0]]
+    return (acc * (xs * weight_scale)).to(x2.dtype)
 
 
 class _Ones:

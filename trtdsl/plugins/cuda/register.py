@@ -1,5 +1,6 @@
 """CUDA implementations of the quantized GEMM plugins (``trtdsl.weight_only_gemm``, ``trtdsl.fp8_gemm``,
-``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`).
+``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`), every input format included: weight-only
+with or without zeros, FP8 with a static or a dynamic (per-token) activation scale.
 
 ``register_cuda_implementations()`` sets ``get_plugin(name).implementations["cuda"]`` for the three, each
 with the reference's signature ``(ins, fields, hints) -> tensor``. Cases the kernels do not cover
@@ -27,22 +28,22 @@ def _has_fp8(device_index: int) -> bool:
 
 def _weight_only_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
     from .quant_ops import weight_only_gemm
-    if len(ins) == 4:  # the asymmetric format (zeros): no kernel yet, the reference runs on the GPU
-        from ...quantization.plugins import weight_only_gemm_reference
-        return weight_only_gemm_reference(ins, fields, hints)
-    x, qweight, scales = ins
+    x, qweight, scales = ins[:3]
+    zeros = ins[3] if len(ins) == 4 else None  # the asymmetric format: w = code * scale + zero
     return weight_only_gemm(x, qweight, scales, int(fields["bits"]), int(fields["group_size"]),
-                            int(fields["in_features"]))
+                            int(fields["in_features"]), zeros)
 
 
 def _fp8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
     from ...quantization.plugins import fp8_gemm_reference
-    from .quant_ops import fp8_gemm
-    if len(ins) == 3:  # dynamic per-token activation scales: no kernel yet, the reference runs
-        return fp8_gemm_reference(ins, fields, hints)
-    x, w, w_scale, x_scale = ins
+    from .quant_ops import FP8_GEMV_MAX_M, fp8_gemm
+    x, w, w_scale = ins[:3]
+    x_scale = ins[3] if len(ins) == 4 else None  # None: dynamic per-token activation scales
     n, k = w.shape
-    if x.dtype not in _HALF or k % 16 or n % 16 or not _has_fp8(x.device.index or 0):
+    rows = x.numel() // k if k else 0
+    gemv = 1 <= rows <= FP8_GEMV_MAX_M and k % 16 == 0  # the FP8 GEMV: any n, any activation dtype
+    scaled_mm = x.dtype in _HALF and k % 16 == 0 and n % 16 == 0 and _has_fp8(x.device.index or 0)
+    if not (gemv or scaled_mm):
         return fp8_gemm_reference(ins, fields, hints)
     return fp8_gemm(x, w, w_scale, x_scale)
 

@@ -1,0 +1,174 @@
+// FP8 (e4m3) W8A8 decode GEMV: y[m, n] = T(acc[m, n] * (x_scale[m] * w_scale[n])) with
+// acc = sum_k xq[m, k] * wq[n, k] over e4m3 codes of the already-quantized activations (static
+// per-tensor or dynamic per-row scale) and weights. Every e4m3 value is exact in fp16 and every product
+// of two is exact in fp32, so this is the reference's arithmetic (trtdsl/quantization/plugins.py:
+// fp8 x fp8 products, fp32 accumulation, then scales) up to summation order. CUDA cores, not tensor
+// cores: at m <= 8 the weight stream, not the math, bounds the time, and Hopper's fp8 MMA is reported
+// to keep fewer accumulator bits than fp32. Same block shapes (kQuantGemvConfigs) as the weight-only GEMV.
+#pragma once
+#include <cuda_fp8.h>
+
+#include "trtdsl/quant_gemm.cuh"
+
+namespace trtdsl {
+
+constexpr int kFp8GemvMaxM = 16;
+
+// 8 e4m3 codes (two 32-bit words) -> fp32, through the fp8x2 -> half2 convert (one instruction on
+// sm_89+; the header emulates it on older targets).
+__device__ __forceinline__ void fp8x8_to_float(uint32_t w0, uint32_t w1, float* f) {
+  const uint32_t w[2] = {w0, w1};
+#pragma unroll
+  for (int q = 0; q < 2; ++q)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const __half2_raw h =
+          __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w[q] >> (16 * j)), __NV_E4M3);
+      const float2 t = __half22float2(*reinterpret_cast<const __half2*>(&h));
+      f[4 * q + 2 * j] = t.x;
+      f[4 * q + 2 * j + 1] = t.y;
+    }
+}
+
+// Block shape as in wo_gemv_kernel: NR weight rows, KW warps splitting k, U 16-byte loads (16 codes)
+// per row and thread in flight. Rows past n / m are clamped reads, never stored. k % 16 == 0.
+template <typename T, int MT, int NR, int KW, int U>
+__global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const uint4* __restrict__ xq,
+                                                           const uint4* __restrict__ wq,
+                                                           const float* __restrict__ x_scale, int xs_stride,
+                                                           const float* __restrict__ w_scale, int ws_stride,
+                                                           T* __restrict__ out, int m, int n, int k) {
+  constexpr int kThreads = KW * 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int row0 = blockIdx.x * NR;
+  const int vecs = k / 16;
+  const uint4* wrow[NR];
+#pragma unroll
+  for (int r = 0; r < NR; ++r) wrow[r] = wq + static_cast<int64_t>(min(row0 + r, n - 1)) * vecs;
+  const int last = m - 1;
+
+  float acc[NR][MT];
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[r][i] = 0.f;
+
+  for (int v0 = threadIdx.x; v0 < vecs; v0 += kThreads * U) {
+    uint4 wv[U][NR];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = v0 + u * kThreads;
+#pragma unroll
+      for (int r = 0; r < NR; ++r) wv[u][r] = v < vecs ? ld_stream(wrow[r] + v) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int v = v0 + u * kThreads;
+      if (v < vecs) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // 8 codes at a time bounds the registers of converted weights
+          float wf[NR][8];
+#pragma unroll
+          for (int r = 0; r < NR; ++r)
+            fp8x8_to_float(h == 0 ? wv[u][r].x : wv[u][r].z, h == 0 ? wv[u][r].y : wv[u][r].w, wf[r]);
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            const uint4 xv = __ldg(xq + static_cast<int64_t>(min(i, last)) * vecs + v);
+            float xf[8];
+            fp8x8_to_float(h == 0 ? xv.x : xv.z, h == 0 ? xv.y : xv.w, xf);
+#pragma unroll
+            for (int r = 0; r < NR; ++r)
+#pragma unroll
+              for (int j = 0; j < 8; ++j) acc[r][i] = fmaf(wf[r][j], xf[j], acc[r][i]);
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < NR; ++r)
+#pragma unroll
+    for (int i = 0; i < MT; ++i) acc[r][i] = warp_sum(acc[r][i]);
+  // The reference's order: acc * (x_scale * w_scale), each product rounded once.
+  if constexpr (KW == 1) {
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r)
+#pragma unroll
+        for (int i = 0; i < MT; ++i)
+          if (row0 + r < n && i < m) {
+            const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
+            out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(__fmul_rn(acc[r][i], sc));
+          }
+    }
+  } else {
+    __shared__ float red[KW][NR * MT];
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < NR; ++r)
+#pragma unroll
+        for (int i = 0; i < MT; ++i) red[warp][r * MT + i] = acc[r][i];
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < NR * MT; t += kThreads) {
+      const int r = t / MT, i = t % MT;
+      float s = 0.f;
+#pragma unroll
+      for (int w = 0; w < KW; ++w) s += red[w][t];
+      if (row0 + r < n && i < m) {
+        const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
+        out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(__fmul_rn(s, sc));
+      }
+    }
+  }
+}
+
+template <typename T, int MT, int NR0, int KW, int U>
+inline int launch_fp8_gemv_cfg(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
+                               int ws_stride, T* out, int m, int n, int k, cudaStream_t stream) {
+  constexpr int NR = NR0 * MT <= 32 ? NR0 : (32 / MT > 0 ? 32 / MT : 1);  // acc in registers
+  const int blocks = (n + NR - 1) / NR;
+  fp8_gemv_kernel<T, MT, NR, KW, U><<<blocks, KW * 32, 0, stream>>>(
+      static_cast<const uint4*>(xq), static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
+  return launch_status();
+}
+
+template <typename T, int MT>
+inline int launch_fp8_gemv_mt(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
+                              int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
+  // Keep in step with kQuantGemvConfigs (quant_gemm.cuh).
+#define TRTDSL_FP8_CFG(NR, KW, U) \
+  return launch_fp8_gemv_cfg<T, MT, NR, KW, U>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, stream)
+  switch (config) {
+    case 1: TRTDSL_FP8_CFG(4, 4, 1);
+    case 2: TRTDSL_FP8_CFG(4, 1, 4);
+    case 3: TRTDSL_FP8_CFG(2, 2, 2);
+    case 4: TRTDSL_FP8_CFG(2, 4, 2);
+    case 5: TRTDSL_FP8_CFG(8, 1, 2);
+    default: return kErrUnsupported;
+  }
+#undef TRTDSL_FP8_CFG
+}
+
+// Untuned prior for config 0: fp8 rows of k = 4096 are 4 KB, like int8's, whose first kernel
+// (config 1) reached 90-99% of copy; one warp per 4 rows with 16 loads in flight for wide n.
+inline int fp8_gemv_auto_config(int m, int n, int k) {
+  (void)k;
+  return m <= 2 && n >= 8192 ? 2 : 1;
+}
+
+template <typename T>
+inline int launch_fp8_gemv(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
+                           int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
+  if (m < 1 || m > kFp8GemvMaxM || n < 1 || k < 16 || k % 16) return kErrShape;
+  if (!aligned16(xq) || !aligned16(wq)) return kErrUnsupported;
+  if (config < 0 || config > kQuantGemvNumConfigs) return kErrUnsupported;
+  if (config == 0) config = fp8_gemv_auto_config(m, n, k);
+  if (m == 1) return launch_fp8_gemv_mt<T, 1>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m == 2) return launch_fp8_gemv_mt<T, 2>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m <= 4) return launch_fp8_gemv_mt<T, 4>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m <= 8) return launch_fp8_gemv_mt<T, 8>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  return launch_fp8_gemv_mt<T, 16>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+}
+
+}  // namespace trtdsl
