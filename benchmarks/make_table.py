@@ -60,11 +60,14 @@ def decode_tables() -> list[str]:
         if ceiling:
             lines += ["", f"- the floor is the prefill's FLOPs at the bf16 cuBLAS GEMM rate measured in the "
                       f"same run ({ceiling:.0f} TFLOP/s on 8192^3)"]
-        lines += [""] + executor_table(res)
+        lines += [""]
+    for fname, res in _load("decode_*.json"):
+        if "models" in res:
+            lines += executor_table(res, fname)
     return lines
 
 
-def executor_table(res: dict[str, Any]) -> list[str]:
+def executor_table(res: dict[str, Any], fname: str) -> list[str]:
     """The in-flight Executor's time between streamed tokens (bench_decode --executor)."""
     rows = []
     for model, entry in res["models"].items():
@@ -77,8 +80,8 @@ def executor_table(res: dict[str, Any]) -> list[str]:
             rows.append(f"| {model} | {b} | {g['itl_ms']:.2f} | {_fmt(e.get('itl_ms'), 2)} | {_fmt(harness, 2)} |")
     if not rows:
         return []
-    return ["**In-flight Executor** (what `ModelRunner`/`trtdsl serve` run: scheduler, sampling and one host "
-            "round trip per step; median time between streamed tokens, prompt 128):", "",
+    return [f"**In-flight Executor** (what `ModelRunner`/`trtdsl serve` run: scheduler, sampling and one host "
+            f"round trip per step; median time between streamed tokens, prompt 128; `benchmarks/results/{fname}`):", "",
             "| model | batch | CUDA graphs ms | eager ms | graph-replayed step alone ms |",
             "|---|---|---|---|---|", *rows, ""]
 
@@ -157,6 +160,15 @@ def serving_tables() -> list[str]:
                 for b, r in entry[key]["decode"].items():
                     ratio = entry.get("ratios", {}).get(f"{mode}_decode_b{b}_vs_bf16", 1.0 if mode == "bf16" else None)
                     lines.append(f"| {model} {mode} | {b} | {r['step_ms']:.2f} | {r['tokens_per_s']:.0f} | {_fmt(ratio, 2)}x |")
+        lines += ["", "| engine | prompt | TTFT ms (graph) | TFLOP/s | floor ms at GEMM ceiling |", "|---|---|---|---|---|"]
+        for model, entry in res["models"].items():
+            for key in [k for k in entry if k.startswith("ours")]:
+                mode = key.removeprefix("ours_") if key != "ours" else "bf16"
+                for n, r in entry[key]["ttft"].items():
+                    lines.append(f"| {model} {mode} | {n} | {r['graph_ms']:.1f} | {_fmt(r.get('tflops'), 0)} | "
+                                 f"{_fmt(r.get('floor_ms_at_gemm_ceiling'))} |")
+        if res.get("gemm_ceiling_tflops"):
+            lines.append(f"\n- bf16 GEMM ceiling measured in this run: {res['gemm_ceiling_tflops']:.0f} TFLOP/s")
         lines.append("")
     return lines
 

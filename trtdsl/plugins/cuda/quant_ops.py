@@ -43,7 +43,7 @@ GEMV_KERNEL_MAX_M = 16
 GEMV_MAX_M = 8
 # FP8 GEMV vs _scaled_mm (~0.6-0.85 of copy at any m <= 16): the GEMV does 16 fp32 FMAs per weight
 # byte at m = 16, ~1.5x the time of the weight stream, so it stops at 8 (measure: bench_quant_gemm).
-FP8_GEMV_MAX_M = 8
+FP8_GEMV_MAX_M = 4  # at m = 8 _scaled_mm won on 3 of 4 8B shapes (quant_gemm_h100.json)
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
 
 NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: launch shapes 1..5 (0 = the C++ automatic choice)
@@ -52,14 +52,13 @@ WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row gro
 # use config 1 (the first kernel: int8 at 90-99% of copy). An untuned prior: int4 rows of k = 4096 are
 # only 2 KB, so at small m it needs more loads in flight per thread (2) or more, smaller blocks (3).
 # After a GPU run, copy bench_quant_gemm.py's "best_config" here (one line per entry).
-WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {
-    (4, 1, True): 2, (4, 1, False): 3,
-    (4, 2, True): 2, (4, 2, False): 3,
+WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {  # measured: quant_gemm_h100.json "summary"
+    (4, 1, True): 1, (4, 1, False): 1,
+    (4, 2, True): 1, (4, 2, False): 1,
+    (4, 8, True): 5, (4, 8, False): 5,
 }
 # (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
-FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {
-    (1, True): 2, (2, True): 2,
-}
+FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}  # config 1 was best or within 3% at m = 1 (H100)
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # Argument types of the launchers declared in plugins.h (kept next to it: change both together).
