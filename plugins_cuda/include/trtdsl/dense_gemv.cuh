@@ -73,12 +73,7 @@ __global__ void __launch_bounds__(KW * 32) dense_gemv_kernel(const T* __restrict
 
   for (int v0 = threadIdx.x; v0 < vecs; v0 += kThreads * U) {
     uint4 wv[U][NR];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int v = v0 + u * kThreads;
-#pragma unroll
-      for (int r = 0; r < NR; ++r) wv[u][r] = v < vecs ? ld_stream(wrow[r] + v) : make_uint4(0, 0, 0, 0);
-    }
+    load_weight_step<U, NR, kThreads>(wv, wrow, v0, vecs);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int v = v0 + u * kThreads;

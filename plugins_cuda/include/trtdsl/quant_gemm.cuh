@@ -22,6 +22,20 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
   return r;
 }
 
+// One step of a GEMV's weight stream: thread t reads vector v0 + u * THREADS of each of its NR rows
+// for u < U, all U * NR loads issued before any is used so they overlap in the memory system
+// (vectors at or past `vecs` read as zeros). Shared by the dense, weight-only and FP8 GEMVs.
+template <int U, int NR, int THREADS>
+__device__ __forceinline__ void load_weight_step(uint4 (&wv)[U][NR], const uint4* const (&wrow)[NR], int v0,
+                                                 int vecs) {
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int v = v0 + u * THREADS;
+#pragma unroll
+    for (int r = 0; r < NR; ++r) wv[u][r] = v < vecs ? ld_stream(wrow[r] + v) : make_uint4(0, 0, 0, 0);
+  }
+}
+
 // Exact integer -> float without the quarter-rate I2F: place the biased code u (0..255) in the low
 // mantissa bits of 2^23 (0x4B000000) with one byte permute, then subtract 2^23 + bias.
 __device__ __forceinline__ float biased_byte_to_float(uint32_t word, int byte, float offset) {
