@@ -11,7 +11,7 @@ import torch
 
 from trtdsl.errors import ConfigError, ShapeError
 from trtdsl.runtime.cuda_graphs import (bucket_for, default_batch_buckets, default_kv_buckets,
-                                        pad_decode_step)
+                                        pad_decode_step, padding_only_step)
 from trtdsl.runtime.step_inputs import SequenceStep, build_step_inputs
 
 TPB = 8
@@ -98,10 +98,6 @@ def test_an_all_padding_step_writes_only_the_pad_block(network) -> None:  # type
     # What DecodeGraphRunner.capture_all runs to capture a bucket before any request exists.
     spec = network.input_specs["kv_cache"]
     pool = torch.zeros(tuple(6 if isinstance(d, str) else d for d in spec.shape))
-    empty = {name: torch.zeros(0, dtype=torch.int32)
-             for name in ("input_ids", "position_ids", "seq_lens", "past_lens", "last_token_ids")}
-    empty["cu_seqlens"] = torch.zeros(1, dtype=torch.int32)
-    empty["block_tables"] = torch.zeros((0, 1), dtype=torch.int32)
-    logits = _run(network, pad_decode_step(empty, batch=4, table_width=8, pad_block=5), pool)
+    logits = _run(network, padding_only_step(batch=4, table_width=8, pad_block=5), pool)
     assert logits.shape[0] == 4 and torch.isfinite(logits).all()
     assert pool[:, :5].abs().sum() == 0 and pool[:, 5].abs().sum() > 0

@@ -24,7 +24,7 @@ import torch
 from ..errors import BackendError, ConfigError, ShapeError
 
 __all__ = ["CapturedStep", "CudaGraphCache", "DecodeGraphRunner", "bucket_for", "default_batch_buckets",
-           "default_kv_buckets", "pad_decode_step"]
+           "default_kv_buckets", "pad_decode_step", "padding_only_step"]
 
 
 class CapturedStep:
@@ -155,6 +155,15 @@ def pad_decode_step(feed: Mapping[str, torch.Tensor], batch: int, table_width: i
             "cu_seqlens": ramp, "block_tables": padded_tables, "last_token_ids": ramp[:-1]}
 
 
+def padding_only_step(batch: int, table_width: int, pad_block: int) -> dict[str, torch.Tensor]:
+    """A decode step of ``batch`` padded rows and no sequence: what a bucket is captured with before
+    any request exists (it writes K/V only into ``pad_block``)."""
+    empty = {name: torch.zeros(0, dtype=torch.int32) for name in STEP_INPUT_NAMES}
+    empty["cu_seqlens"] = torch.zeros(1, dtype=torch.int32)
+    empty["block_tables"] = torch.zeros((0, 1), dtype=torch.int32)
+    return pad_decode_step(empty, batch, table_width, pad_block)
+
+
 class _DecodeGraph:
     """A captured decode step of one (batch, K/V bound) bucket. Its step inputs are views of ONE
     device int32 buffer, loaded per replay from a pinned host buffer with a single copy."""
@@ -162,15 +171,11 @@ class _DecodeGraph:
     def __init__(self, executor: Any, kv_pool: torch.Tensor, padded: Mapping[str, torch.Tensor],
                  kv_bound: int, pool: Any):
         self.shapes = {name: tuple(padded[name].shape) for name in STEP_INPUT_NAMES}
-        total = sum(math.prod(s) for s in self.shapes.values())
-        self.host = torch.empty(total, dtype=torch.int32, pin_memory=True)
-        self.device_buffer = torch.empty(total, dtype=torch.int32, device=kv_pool.device)
-        self.views: dict[str, torch.Tensor] = {}
-        offset = 0
-        for name, shape in self.shapes.items():
-            size = math.prod(shape)
-            self.views[name] = self.device_buffer[offset:offset + size].view(shape)
-            offset += size
+        sizes = [math.prod(shape) for shape in self.shapes.values()]
+        self.host = torch.empty(sum(sizes), dtype=torch.int32, pin_memory=True)
+        self.device_buffer = torch.empty(sum(sizes), dtype=torch.int32, device=kv_pool.device)
+        self.views = {name: part.view(shape) for (name, shape), part
+                      in zip(self.shapes.items(), self.device_buffer.split(sizes))}
         self.load(padded)
         feed = {**self.views, "kv_cache": kv_pool}
         # Every input is captured by address (the views and the pool); nothing is cloned.
@@ -227,10 +232,7 @@ class DecodeGraphRunner:
         for batch in self.batch_buckets:
             for kv_bound in self.kv_buckets:
                 if (batch, kv_bound) not in self.graphs:
-                    empty = {name: torch.zeros(0, dtype=torch.int32) for name in STEP_INPUT_NAMES}
-                    empty["cu_seqlens"] = torch.zeros(1, dtype=torch.int32)
-                    empty["block_tables"] = torch.zeros((0, 1), dtype=torch.int32)
-                    padded = pad_decode_step(empty, batch, self.table_width, self.pad_block)
+                    padded = padding_only_step(batch, self.table_width, self.pad_block)
                     self.graphs[(batch, kv_bound)] = _DecodeGraph(self.eager.executor, self.kv_pool, padded,
                                                                   kv_bound, self.pool)
         return len(self.graphs)

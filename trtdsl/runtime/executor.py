@@ -285,18 +285,20 @@ class Executor:
         eager = step_runner or EagerStepRunner(network, self.device,
                                                bool(self.engine.build_config.get("context_logits")))
         spec = network.input_specs["kv_cache"]
-        num_blocks = self._pool_blocks(spec, kv_cache_max_tokens, kv_cache_free_gpu_mem_fraction)
-        if use_graphs and kv_cache_max_tokens is not None and num_blocks < self.limits.max_num_blocks:
-            num_blocks += 1  # an explicit token budget stays usable in full; the pad block is extra
-        shape = tuple(num_blocks if isinstance(d, str) else d for d in spec.shape)
+        pool_blocks = self._pool_blocks(spec, kv_cache_max_tokens, kv_cache_free_gpu_mem_fraction)
+        if use_graphs and kv_cache_max_tokens is not None and pool_blocks < self.limits.max_num_blocks:
+            pool_blocks += 1  # an explicit token budget stays usable in full; the pad block is extra
+        if use_graphs and pool_blocks < 2:
+            raise ConfigError("Executor: CUDA graphs reserve one K/V block for padding; the pool "
+                              "has 1 (raise kv_cache_max_tokens or pass cuda_graphs=False)")
+        shape = tuple(pool_blocks if isinstance(d, str) else d for d in spec.shape)
         self.kv_pool = torch.zeros(shape, dtype=spec.dtype.torch, device=self.device)
+        # With graphs, the pool's last block is the padded rows' scratch block, never handed out.
+        num_blocks = pool_blocks - 1 if use_graphs else pool_blocks
         self.step_runner: StepRunner = eager
         if use_graphs:
-            if num_blocks < 2:
-                raise ConfigError("Executor: CUDA graphs reserve one K/V block for padding; the pool "
-                                  "has 1 (raise kv_cache_max_tokens or pass cuda_graphs=False)")
-            num_blocks -= 1  # the last block is the padded rows' scratch block, never handed out
-            runner = self._graph_runner(network, eager, num_blocks, cuda_graph_batch_sizes)
+            runner = self._graph_runner(network, eager, pad_block=num_blocks,
+                                        batch_sizes=cuda_graph_batch_sizes)
             if cuda_graph_capture == "startup":
                 runner.capture_all()
             self.step_runner = runner
