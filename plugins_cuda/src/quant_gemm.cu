@@ -90,9 +90,9 @@ extern "C" int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* sc
   auto* o = static_cast<__nv_fp8_storage_t*>(out);
   const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
   switch (dtype) {
-    case kFloat32: quantize_per_token_fp8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
-    case kFloat16: quantize_per_token_fp8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
-    case kBFloat16: quantize_per_token_fp8_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
+    case kFloat32: quantize_per_token_kernel<float, Fp8Code><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
+    case kFloat16: quantize_per_token_kernel<__half, Fp8Code><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
+    case kBFloat16: quantize_per_token_kernel<__nv_bfloat16, Fp8Code><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
     default: return kErrDtype;
   }
   return launch_status();
@@ -123,9 +123,9 @@ extern "C" int trtdsl_quantize_per_token_int8(const void* x, void* out, float* s
   auto* o = static_cast<int8_t*>(out);
   const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
   switch (dtype) {
-    case kFloat32: quantize_int8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
-    case kFloat16: quantize_int8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
-    case kBFloat16: quantize_int8_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
+    case kFloat32: quantize_per_token_kernel<float, Int8Code><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
+    case kFloat16: quantize_per_token_kernel<__half, Int8Code><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
+    case kBFloat16: quantize_per_token_kernel<__nv_bfloat16, Int8Code><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
     default: return kErrDtype;
   }
   return launch_status();

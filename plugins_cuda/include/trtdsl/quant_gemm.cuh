@@ -213,39 +213,29 @@ __global__ void quantize_fp8_kernel(const T* __restrict__ x, const float* __rest
   }
 }
 
-// Dynamic per-token e4m3: scale = max(amax, 1e-8) * (1 / 448) (torch's CUDA division by a Python
-// scalar multiplies by the reciprocal, see the int8 quantizer), codes = e4m3(x / scale) with IEEE
-// division, saturating: codes and scales are numerics.quantize_per_token_fp8 on the GPU, bitwise.
-template <typename T>
-__global__ void quantize_per_token_fp8_kernel(const T* __restrict__ x, __nv_fp8_storage_t* __restrict__ out,
-                                              float* __restrict__ out_scales, int rows, int k) {
-  __shared__ float scratch[32];
-  const int row = blockIdx.x;
-  __nv_fp8_storage_t* o = out + static_cast<int64_t>(row) * k;
-  if (row >= rows) {  // padding rows (uniform per block)
-    for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = 0;
-    return;
-  }
-  const T* xr = x + static_cast<int64_t>(row) * k;
-  float amax = 0.f;
-  for (int c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float<T>(xr[c])));
-  amax = block_max(amax, scratch);
-  const float s = __fmul_rn(fmaxf(amax, 1e-8f), 1.f / 448.f);
-  if (threadIdx.x == 0) out_scales[row] = s;
-  for (int c = threadIdx.x; c < k; c += blockDim.x)
-    o[c] = __nv_cvt_float_to_fp8(__fdiv_rn(to_float<T>(xr[c]), s), __NV_SATFINITE, __NV_E4M3);
-}
+// Dynamic per-token quantization, one block per row: scale = max(amax, 1e-8) * (1 / code max)
+// (torch's CUDA division by a Python scalar multiplies by the reciprocal), codes = encode(x / scale)
+// with IEEE division: codes and scales are those of numerics.quantize_per_token_* on the GPU,
+// bitwise. Rows in [rows, gridDim.x) are zero padding (uniform per block, so no barrier is skipped
+// divergently). Code: e4m3 saturating at +-448, or int8 rint clamped to +-127.
+struct Fp8Code {
+  using Out = __nv_fp8_storage_t;
+  static constexpr float kInvMax = 1.f / 448.f;
+  __device__ static Out encode(float v) { return __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3); }
+};
+struct Int8Code {
+  using Out = int8_t;
+  static constexpr float kInvMax = 1.f / 127.f;
+  __device__ static Out encode(float v) { return static_cast<int8_t>(fminf(fmaxf(rintf(v), -127.f), 127.f)); }
+};
 
-// Per-token symmetric int8: scale = max(amax, 1e-8) * (1 / 127) (what torch's CUDA division by a
-// scalar computes), q = clamp(rint(x / scale), +-127) with IEEE division: codes and scales match the
-// reference on the GPU bit for bit.
-template <typename T>
-__global__ void quantize_int8_kernel(const T* __restrict__ x, int8_t* __restrict__ out,
-                                     float* __restrict__ out_scales, int rows, int k) {
+template <typename T, typename Code>
+__global__ void quantize_per_token_kernel(const T* __restrict__ x, typename Code::Out* __restrict__ out,
+                                          float* __restrict__ out_scales, int rows, int k) {
   __shared__ float scratch[32];
   const int row = blockIdx.x;
-  int8_t* o = out + static_cast<int64_t>(row) * k;
-  if (row >= rows) {  // padding rows (uniform per block, so no barrier is skipped divergently)
+  typename Code::Out* o = out + static_cast<int64_t>(row) * k;
+  if (row >= rows) {
     for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = 0;
     return;
   }
@@ -253,12 +243,9 @@ __global__ void quantize_int8_kernel(const T* __restrict__ x, int8_t* __restrict
   float amax = 0.f;
   for (int c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float<T>(xr[c])));
   amax = block_max(amax, scratch);
-  const float s = __fmul_rn(fmaxf(amax, 1e-8f), 1.f / 127.f);
+  const float s = __fmul_rn(fmaxf(amax, 1e-8f), Code::kInvMax);
   if (threadIdx.x == 0) out_scales[row] = s;
-  for (int c = threadIdx.x; c < k; c += blockDim.x) {
-    const float q = rintf(__fdiv_rn(to_float<T>(xr[c]), s));
-    o[c] = static_cast<int8_t>(fminf(fmaxf(q, -127.f), 127.f));
-  }
+  for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = Code::encode(__fdiv_rn(to_float<T>(xr[c]), s));
 }
 
 // out[m, n] = T((float(acc[m, n]) * x_scale[m]) * w_scale[n]), the reference's order of operations.
