@@ -5,7 +5,7 @@ Every pass keeps the network's inputs, outputs (names and tensors) and each surv
 
 >>> stats = optimize(net, fold=True, fuse_elementwise=True)
 >>> stats
-{'dead_code': 3, 'folded': 2, 'add_rms_norm': 0, 'swiglu': 0, 'pointwise': 5, 'layers': 41}
+{'dead_code': 3, 'folded': 2, 'scale_fold': 0, 'add_rms_norm': 0, 'swiglu': 0, 'pointwise': 5, 'layers': 41}
 """
 
 from __future__ import annotations
@@ -15,21 +15,27 @@ from .dce import eliminate_dead_code
 from .fold import fold_constants
 from .fusion import fuse_add_rms_norm, fuse_elementwise, fuse_swiglu
 from .graph import toposort
+from .scale_fold import fold_channel_scales
 
 __all__ = ["optimize", "eliminate_dead_code", "fold_constants", "fuse_elementwise", "fuse_add_rms_norm",
-           "fuse_swiglu", "toposort"]
+           "fuse_swiglu", "fold_channel_scales", "toposort"]
 
 
 def optimize(net: Network, *, fold: bool = True, max_fold_elements: int = 1 << 16,
              fuse_elementwise: bool = False, fuse_add_rms_norm: bool = False,
-             fuse_swiglu: bool = False) -> dict[str, int]:
-    """Run the passes in their order (DCE, folding, DCE, norm fusion, pointwise fusion); returns
-    per-pass counts. Norm fusion runs first so the pointwise pass cannot swallow its residual add."""
+             fuse_swiglu: bool = False, fold_scales: bool = True) -> dict[str, int]:
+    """Run the passes in their order (DCE, folding, DCE, channel-scale folding, norm fusion, SwiGLU
+    fusion, pointwise fusion); returns per-pass counts. Norm fusion runs first so the pointwise pass
+    cannot swallow its residual add; channel scales fold before the SwiGLU fusion, which would hide
+    the pattern they fold through."""
     from . import fusion
-    stats = {"dead_code": eliminate_dead_code(net), "folded": 0, "add_rms_norm": 0, "swiglu": 0, "pointwise": 0}
+    stats = {"dead_code": eliminate_dead_code(net), "folded": 0, "scale_fold": 0, "add_rms_norm": 0,
+             "swiglu": 0, "pointwise": 0}
     if fold:
         stats["folded"] = fold_constants(net, max_fold_elements)
         stats["dead_code"] += eliminate_dead_code(net)
+    if fold_scales:
+        stats["scale_fold"] = fold_channel_scales(net)
     if fuse_add_rms_norm:
         stats["add_rms_norm"] = fusion.fuse_add_rms_norm(net)
     if fuse_swiglu:  # before the pointwise pass, which would otherwise take its multiplies

@@ -1,0 +1,104 @@
+"""fold_channel_scales: the multiply AWQ / SmoothQuant leave before down_proj disappears into the
+gate_up GEMM's dequantization scales, and the network computes the same function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import trtdsl
+import trtdsl.functional as F
+from trtdsl.backends.torch_executor import TorchExecutor
+from trtdsl.ir.network import LayerKind, Network
+from trtdsl.passes import fold_channel_scales, optimize
+from trtdsl.quantization import quantize_network
+
+K, INTER = 64, 96
+
+
+def _param(name: str, value: torch.Tensor) -> trtdsl.Parameter:
+    p = trtdsl.Parameter(tuple(value.shape), value=value)
+    p.qualname = name
+    return p
+
+
+def build_swiglu_mlp(extra_reader: bool = False) -> Network:
+    """``down(swiglu(gate_up(rms_norm(x))))``, the GatedMLP of the Llama models."""
+    g = torch.Generator().manual_seed(0)
+    net = Network("swiglu_mlp")
+    x = net.add_input("x", "float32", ["tokens", K])
+    norm = _param("norm.weight", torch.rand(K, generator=g) + 0.5)
+    gate_up = _param("gate_up.weight", torch.randn(2 * INTER, K, generator=g) / K ** 0.5)
+    down = _param("down.weight", torch.randn(K, INTER, generator=g) / INTER ** 0.5)
+    h = F.linear(F.rms_norm(x, norm, eps=1e-6), gate_up)
+    F.linear(F.swiglu(h), down).mark_output("y")
+    if extra_reader:  # the gate_up output is also an output: its rows must not change
+        h.mark_output("gate_up")
+    return net
+
+
+def feeds() -> list[dict[str, torch.Tensor]]:
+    out = []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        out.append({"x": torch.randn(24, K, generator=g) * torch.logspace(-1, 1, K)})
+    return out
+
+
+def _constant_multiplies(net: Network) -> int:
+    """Elementwise products with a constant operand (what AWQ / SmoothQuant insert)."""
+    producers = {id(t): layer for layer in net.layers for t in layer.outputs}
+
+    def from_constant(t: trtdsl.Tensor) -> bool:
+        layer = producers.get(id(t))
+        while layer is not None and layer.kind is LayerKind.SHUFFLE:
+            layer = producers.get(id(layer.inputs[0]))
+        return layer is not None and layer.kind is LayerKind.CONSTANT
+    return sum(1 for layer in net.layers if layer.kind is LayerKind.ELEMENTWISE and
+               layer.attrs.get("op") == "prod" and any(from_constant(t) for t in layer.inputs))
+
+
+@pytest.mark.parametrize("mode,options", [("int4_awq", {"group_size": 32}), ("int8_sq", {}),
+                                          ("int4_awq", {"group_size": 32, "zero_point": False})])
+def test_down_proj_scale_folds_into_gate_up(mode: str, options: dict) -> None:
+    qnet = quantize_network(build_swiglu_mlp(), mode, calibration_feeds=feeds(), progress=False, **options)
+    before = _constant_multiplies(qnet)
+    assert before == 1, "precondition: the pass left one multiply before down_proj"
+    x = feeds()[0]["x"] * 1.3
+    want = TorchExecutor(qnet).run({"x": x})["y"]
+    folded_net = quantize_network(build_swiglu_mlp(), mode, calibration_feeds=feeds(), progress=False, **options)
+    assert fold_channel_scales(folded_net) == 1
+    assert _constant_multiplies(folded_net) == 0
+    got = TorchExecutor(folded_net).run({"x": x})["y"]
+    # int8_sq re-quantizes the down input per token: a last-bit change may flip one rounding.
+    tol = 1e-5 if mode != "int8_sq" else 2e-2
+    assert (got - want).abs().max() <= tol * want.abs().max()
+
+
+def test_the_unquantized_copy_is_untouched() -> None:
+    float_net = build_swiglu_mlp()
+    qnet = quantize_network(float_net, "int4_awq", calibration_feeds=feeds(), progress=False, group_size=32)
+    x = feeds()[1]["x"]
+    want = TorchExecutor(qnet).run({"x": x})["y"]
+    fold_channel_scales(qnet)
+    # Constants are shared between network clones: the fold must write new tensors.
+    again = quantize_network(float_net, "int4_awq", calibration_feeds=feeds(), progress=False, group_size=32)
+    assert torch.equal(TorchExecutor(again).run({"x": x})["y"], want)
+
+
+def test_no_fold_when_the_gemm_output_has_another_reader() -> None:
+    qnet = quantize_network(build_swiglu_mlp(extra_reader=True), "int4_awq", calibration_feeds=feeds(),
+                            progress=False, group_size=32)
+    assert fold_channel_scales(qnet) == 0
+    assert _constant_multiplies(qnet) == 1
+
+
+def test_optimize_folds_before_fusing_swiglu() -> None:
+    qnet = quantize_network(build_swiglu_mlp(), "int4_awq", calibration_feeds=feeds(), progress=False,
+                            group_size=32)
+    x = feeds()[2]["x"]
+    want = TorchExecutor(qnet).run({"x": x})["y"]
+    stats = optimize(qnet, fuse_swiglu=True)
+    assert stats["scale_fold"] == 1 and stats["swiglu"] == 1
+    got = TorchExecutor(qnet).run({"x": x})["y"]
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))

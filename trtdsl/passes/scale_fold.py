@@ -1,0 +1,108 @@
+"""Fold a per-channel activation scale into the quantized GEMM that produces the activation.
+
+AWQ and SmoothQuant divide a GEMM's input by per-channel factors ``s``. When the input comes from a
+normalization the quantization pass folds ``1/s`` into the norm's weight; the input of ``down_proj``
+comes from ``swiglu(gate_up(x))`` instead, so the pass leaves one multiply ``y * c`` before it: one
+more kernel per layer in every decode step. Here ``swiglu`` is ``silu(g) * u`` with ``u`` the up
+half of the gate_up GEMM's output, so ``c * swiglu(g, u) = silu(g) * (c * u)``: scaling output
+channel ``j`` of ``u`` by ``c_j`` is the same function, and a quantized GEMM's output channel is
+scaled by scaling that row's dequantization scales (``scales`` and ``zeros`` of the weight-only GEMM,
+``weight_scale`` of the fp8 / int8 GEMMs when it is per channel). The multiply then disappears
+(AutoAWQ folds the same factor into ``up_proj``'s float weight; after quantization the scales are the
+place: rounding ``W / c`` row-wise gives the codes of ``W`` with scales divided by ``c``).
+
+Only exact rewrites are made: the constant must be a per-last-dim vector read by nothing else, the
+GEMM's scale constants must be private to it, and every intermediate tensor must have no other reader.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..ir.network import Layer, LayerKind, Network, Tensor
+from .graph import consumers, output_ids, sync_bookkeeping
+
+__all__ = ["fold_channel_scales"]
+
+#: quantized GEMM plugin -> input positions of its per-output-channel dequantization factors.
+_SCALED_INPUTS = {"trtdsl.weight_only_gemm": (2, 3), "trtdsl.fp8_gemm": (2,), "trtdsl.int8_gemm": (2,)}
+
+
+def fold_channel_scales(net: Network) -> int:
+    """Remove ``swiglu(quantized_gemm(x)) * c`` multiplies by scaling the GEMM's up-half
+    dequantization scales by ``c``; returns how many were folded."""
+    from .fusion import _swiglu_match  # the matcher of the SwiGLU fusion: one definition of the pattern
+
+    users = consumers(net)
+    outs = output_ids(net)
+    folded = 0
+    for mul in list(net.layers):
+        if mul.kind is not LayerKind.ELEMENTWISE or mul.attrs.get("op") != "prod" or id(mul.outputs[0]) in outs:
+            continue
+        for y, c_t in (mul.inputs, mul.inputs[::-1]):
+            c_src = _private_constant(c_t, users)
+            if c_src is None or y.producer is None or len(users.get(id(y), [])) != 1:
+                continue
+            match = _swiglu_match(y.producer, users)
+            if match is None:
+                continue
+            gemm_out = match[0].inputs[0]  # the gate slice reads the gate_up GEMM's output
+            if id(gemm_out) in outs or any(id(t) in outs for m in match for t in m.outputs):
+                break  # a network output would change with the GEMM's rows
+            if _fold_into_gemm(gemm_out, c_src.attrs["value"], users):
+                _bypass(net, mul, y)
+                folded += 1
+                users = consumers(net)
+            break
+    if folded:
+        sync_bookkeeping(net)
+    return folded
+
+
+def _fold_into_gemm(gemm_out: Tensor, c: torch.Tensor, users: dict[int, list[Layer]]) -> bool:
+    """Scale the up half (second half of the output channels) of the quantized GEMM producing
+    ``gemm_out`` by ``c``; False (nothing changed) when that is not an exact rewrite."""
+    gemm = gemm_out.producer
+    if gemm is None or gemm.kind is not LayerKind.PLUGIN or gemm.attrs.get("name") not in _SCALED_INPUTS:
+        return False
+    width = gemm_out.shape[-1]
+    c = c.reshape(-1) if all(d == 1 for d in c.shape[:-1]) else c
+    if c.ndim != 1 or not isinstance(width, int) or 2 * c.numel() != width or len(users.get(id(gemm_out), [])) != 2:
+        return False  # a bias add or another reader sits between: the rows are not the output channels
+    positions = [p for p in _SCALED_INPUTS[gemm.attrs["name"]] if p < len(gemm.inputs)]
+    sources = [_private_constant(gemm.inputs[p], users) for p in positions]
+    if any(src is None or src.attrs["value"].shape[0] != width for src in sources):
+        return False  # per-tensor fp8 scale, or a scale constant shared with another layer
+    factor = torch.cat([torch.ones(c.numel(), dtype=torch.float32), c.float()])
+    for src in sources:
+        assert src is not None
+        value = src.attrs["value"]
+        shape = (width,) + (1,) * (value.ndim - 1)
+        # A new tensor, never in place: clones of a network share constant values.
+        src.attrs["value"] = (value.float() * factor.reshape(shape)).to(value.dtype)
+    return True
+
+
+def _private_constant(t: Tensor, users: dict[int, list[Layer]]) -> Layer | None:
+    """The CONSTANT layer behind ``t`` (through single-reader reshapes) if ``t`` is its only use."""
+    layer = t.producer
+    cur = t
+    while layer is not None and layer.kind is LayerKind.SHUFFLE and \
+            layer.attrs.get("first_transpose") is None and layer.attrs.get("second_transpose") is None:
+        if len(users.get(id(cur), [])) != 1:
+            return None
+        cur = layer.inputs[0]
+        layer = cur.producer
+    if layer is None or layer.kind is not LayerKind.CONSTANT or len(users.get(id(cur), [])) != 1:
+        return None
+    return layer
+
+
+def _bypass(net: Network, mul: Layer, y: Tensor) -> None:
+    """Make every reader of ``mul``'s output read ``y`` and drop ``mul`` (its constant dies in DCE)."""
+    out = mul.outputs[0]
+    for layer in net.layers:
+        layer.inputs = [y if t is out else t for t in layer.inputs]
+    net.layers.remove(mul)
+    from .dce import eliminate_dead_code
+    eliminate_dead_code(net)
