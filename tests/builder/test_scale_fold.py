@@ -102,3 +102,57 @@ def test_optimize_folds_before_fusing_swiglu() -> None:
     assert stats["scale_fold"] == 1 and stats["swiglu"] == 1
     got = TorchExecutor(qnet).run({"x": x})["y"]
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_net(tmp_path_factory: pytest.TempPathFactory) -> Network:
+    transformers = pytest.importorskip("transformers")
+    from trtdsl.models import from_hugging_face
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2)
+    path = tmp_path_factory.mktemp("tiny_llama")
+    transformers.LlamaForCausalLM(config).save_pretrained(path)
+    return from_hugging_face(path, "float32").build_network(max_batch_size=2, max_num_tokens=64, max_seq_len=64,
+                                                            tokens_per_block=16, context_logits=True)
+
+
+def _llama_feeds(net: Network) -> list[dict[str, torch.Tensor]]:
+    from trtdsl.quantization import prefill_feeds
+    g = torch.Generator().manual_seed(3)
+    chunks = [torch.randint(0, 128, (32,), generator=g).tolist() for _ in range(4)]
+    return list(prefill_feeds(net, chunks, batch_size=2))
+
+
+def _o_proj_multiplies(net: Network) -> list[trtdsl.Tensor]:
+    """The constant operand of each multiply reading an attention output."""
+    out = []
+    for layer in net.layers:
+        if layer.kind is LayerKind.ELEMENTWISE and layer.attrs.get("op") == "prod":
+            a, b = layer.inputs
+            if a.producer is not None and a.producer.attrs.get("name") == "trtdsl.attention":
+                out.append(b)
+    return out
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_o_proj_scale_folds_into_v_rows_only_when_tied_per_kv_group(tiny_llama_net: Network, tied: bool) -> None:
+    feeds = _llama_feeds(tiny_llama_net)
+    qnet = quantize_network(tiny_llama_net, "int4_awq", calibration_feeds=feeds, progress=False, group_size=32)
+    consts = _o_proj_multiplies(qnet)
+    assert len(consts) == 2, "precondition: AWQ scaled both o_proj inputs"
+    g = torch.Generator().manual_seed(5)
+    for t in consts:  # give each multiply a tied (or untied) factor: 4 heads in 2 K/V groups of 2
+        src = t.producer
+        while src.kind is not LayerKind.CONSTANT:
+            src = src.inputs[0].producer
+        per_group = torch.rand(2, 1, 16, generator=g) + 0.5
+        c = per_group.expand(2, 2, 16) if tied else torch.rand(2, 2, 16, generator=g) + 0.5
+        src.attrs["value"] = c.reshape(src.attrs["value"].shape).to(src.attrs["value"].dtype)
+    feed = {k: v.clone() for k, v in feeds[0].items()}
+    want = TorchExecutor(qnet).run(feed)["logits"]
+    folded = fold_channel_scales(qnet)
+    assert folded == (4 if tied else 2)  # (the down_proj multiplies always fold)
+    assert len(_o_proj_multiplies(qnet)) == (0 if tied else 2)
+    got = TorchExecutor(qnet).run({k: v.clone() for k, v in feeds[0].items()})["logits"]
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))

@@ -1,5 +1,13 @@
 """Fold a per-channel activation scale into the quantized GEMM that produces the activation.
 
+Two patterns, both exact rewrites of what AWQ / SmoothQuant leave as a separate multiply:
+
+* ``swiglu(gate_up(x)) * c`` (before down_proj): scale the up half of the gate_up GEMM by ``c``;
+* ``attention(qkv(x)) * c`` (before o_proj): attention output channel ``(h, d)`` is a convex
+  combination of V channel ``(h // group, d)``, so when ``c`` is the same for every query head of a
+  K/V group (AWQ ties it so for GQA models) scaling V's rows of the qkv GEMM by ``c`` is the same
+  function. Not done when the K/V cache is quantized (its calibrated V scales would no longer fit).
+
 AWQ and SmoothQuant divide a GEMM's input by per-channel factors ``s``. When the input comes from a
 normalization the quantization pass folds ``1/s`` into the norm's weight; the input of ``down_proj``
 comes from ``swiglu(gate_up(x))`` instead, so the pass leaves one multiply ``y * c`` before it: one
@@ -24,13 +32,15 @@ from .graph import consumers, output_ids, sync_bookkeeping
 
 __all__ = ["fold_channel_scales"]
 
+ATTENTION = "trtdsl.attention"
 #: quantized GEMM plugin -> input positions of its per-output-channel dequantization factors.
 _SCALED_INPUTS = {"trtdsl.weight_only_gemm": (2, 3), "trtdsl.fp8_gemm": (2,), "trtdsl.int8_gemm": (2,)}
 
 
 def fold_channel_scales(net: Network) -> int:
-    """Remove ``swiglu(quantized_gemm(x)) * c`` multiplies by scaling the GEMM's up-half
-    dequantization scales by ``c``; returns how many were folded."""
+    """Remove ``swiglu(quantized_gemm(x)) * c`` and ``attention(quantized_gemm(x)) * c`` multiplies
+    by scaling the GEMM's up-half / V rows of dequantization scales by ``c``; returns how many were
+    folded."""
     from .fusion import _swiglu_match  # the matcher of the SwiGLU fusion: one definition of the pattern
 
     users = consumers(net)
@@ -43,13 +53,20 @@ def fold_channel_scales(net: Network) -> int:
             c_src = _private_constant(c_t, users)
             if c_src is None or y.producer is None or len(users.get(id(y), [])) != 1:
                 continue
-            match = _swiglu_match(y.producer, users)
-            if match is None:
-                continue
-            gemm_out = match[0].inputs[0]  # the gate slice reads the gate_up GEMM's output
-            if id(gemm_out) in outs or any(id(t) in outs for m in match for t in m.outputs):
-                break  # a network output would change with the GEMM's rows
-            if _fold_into_gemm(gemm_out, c_src.attrs["value"], users):
+            if _is_attention(y.producer):
+                gemm_out, rows = _attention_v_rows(y.producer, c_src.attrs["value"])
+                match: tuple[Layer, ...] | None = (y.producer,)
+                readers = [y.producer]
+            else:
+                match = _swiglu_match(y.producer, users)
+                if match is None:
+                    continue
+                gemm_out = match[0].inputs[0]  # the gate slice reads the gate_up GEMM's output
+                rows = _up_half_rows(gemm_out, c_src.attrs["value"])
+                readers = [match[0], match[1]]  # the gate and up slices
+            if rows is None or id(gemm_out) in outs or any(id(t) in outs for m in match for t in m.outputs):
+                break  # not an exact rewrite, or a network output would change with the GEMM's rows
+            if _scale_gemm_rows(gemm_out, rows, users, readers):
                 _bypass(net, mul, y)
                 folded += 1
                 users = consumers(net)
@@ -59,21 +76,53 @@ def fold_channel_scales(net: Network) -> int:
     return folded
 
 
-def _fold_into_gemm(gemm_out: Tensor, c: torch.Tensor, users: dict[int, list[Layer]]) -> bool:
-    """Scale the up half (second half of the output channels) of the quantized GEMM producing
-    ``gemm_out`` by ``c``; False (nothing changed) when that is not an exact rewrite."""
+def _channel_vector(c: torch.Tensor) -> torch.Tensor | None:
+    """``c`` as a vector over the last dim (it broadcasts over the tokens), else None."""
+    return c.reshape(-1).float() if all(d == 1 for d in c.shape[:-1]) else None
+
+
+def _up_half_rows(gemm_out: Tensor, c: torch.Tensor) -> torch.Tensor | None:
+    """Per-output-row factors of the gate_up GEMM: 1 for the gate half, ``c`` for the up half."""
+    vec, width = _channel_vector(c), gemm_out.shape[-1]
+    if vec is None or not isinstance(width, int) or 2 * vec.numel() != width:
+        return None
+    return torch.cat([torch.ones(vec.numel()), vec])
+
+
+def _is_attention(layer: Layer | None) -> bool:
+    return layer is not None and layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION
+
+
+def _attention_v_rows(attn: Layer, c: torch.Tensor) -> tuple[Tensor, torch.Tensor | None]:
+    """The qkv tensor ``attn`` reads and per-row factors of its GEMM (``c`` on V's rows, 1 on q and
+    k), or None when ``c`` differs between query heads sharing a K/V head."""
+    f = attn.attrs["fields"]
+    heads, kv_heads, hd = int(f["num_heads"]), int(f["num_kv_heads"]), int(f["head_dim"])
+    qkv, vec = attn.inputs[0], _channel_vector(c)
+    if vec is None or vec.numel() != heads * hd or qkv.shape[-1] != (heads + 2 * kv_heads) * hd:
+        return qkv, None
+    per_head = vec.view(kv_heads, heads // kv_heads, hd)
+    if not bool((per_head == per_head[:, :1]).all()):
+        return qkv, None
+    rows = torch.ones((heads + 2 * kv_heads) * hd)
+    rows[(heads + kv_heads) * hd:] = per_head[:, 0].reshape(-1)
+    return qkv, rows
+
+
+def _scale_gemm_rows(gemm_out: Tensor, factor: torch.Tensor, users: dict[int, list[Layer]],
+                     readers: list[Layer]) -> bool:
+    """Scale output row ``j`` of the quantized GEMM producing ``gemm_out`` by ``factor[j]`` when
+    ``readers`` are all that read it; False (nothing changed) when that is not an exact rewrite."""
     gemm = gemm_out.producer
     if gemm is None or gemm.kind is not LayerKind.PLUGIN or gemm.attrs.get("name") not in _SCALED_INPUTS:
         return False
     width = gemm_out.shape[-1]
-    c = c.reshape(-1) if all(d == 1 for d in c.shape[:-1]) else c
-    if c.ndim != 1 or not isinstance(width, int) or 2 * c.numel() != width or len(users.get(id(gemm_out), [])) != 2:
+    if {id(layer) for layer in users.get(id(gemm_out), [])} != {id(layer) for layer in readers}:
         return False  # a bias add or another reader sits between: the rows are not the output channels
     positions = [p for p in _SCALED_INPUTS[gemm.attrs["name"]] if p < len(gemm.inputs)]
     sources = [_private_constant(gemm.inputs[p], users) for p in positions]
     if any(src is None or src.attrs["value"].shape[0] != width for src in sources):
         return False  # per-tensor fp8 scale, or a scale constant shared with another layer
-    factor = torch.cat([torch.ones(c.numel(), dtype=torch.float32), c.float()])
     for src in sources:
         assert src is not None
         value = src.attrs["value"]
