@@ -55,7 +55,7 @@ def fold_channel_scales(net: Network) -> int:
                 continue
             if _is_attention(y.producer):
                 gemm_out, rows = _attention_v_rows(y.producer, c_src.attrs["value"])
-                match: tuple[Layer, ...] | None = (y.producer,)
+                changed: tuple[Layer, ...] = (y.producer,)
                 readers = [y.producer]
             else:
                 match = _swiglu_match(y.producer, users)
@@ -63,8 +63,8 @@ def fold_channel_scales(net: Network) -> int:
                     continue
                 gemm_out = match[0].inputs[0]  # the gate slice reads the gate_up GEMM's output
                 rows = _up_half_rows(gemm_out, c_src.attrs["value"])
-                readers = [match[0], match[1]]  # the gate and up slices
-            if rows is None or id(gemm_out) in outs or any(id(t) in outs for m in match for t in m.outputs):
+                changed, readers = match, [match[0], match[1]]  # readers: the gate and up slices
+            if rows is None or id(gemm_out) in outs or any(id(t) in outs for m in changed for t in m.outputs):
                 break  # not an exact rewrite, or a network output would change with the GEMM's rows
             if _scale_gemm_rows(gemm_out, rows, users, readers):
                 _bypass(net, mul, y)
