@@ -90,3 +90,85 @@ def test_gptq_config_errors() -> None:
         QuantConfig(mode="int8_sq", gptq=True)
     with pytest.raises(ConfigError, match="calibration_feeds"):  # its Hessian needs calibration
         quantize_network(build_mlp(), "int4_wo", gptq=True)
+
+
+def _column_by_column(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """GPTQ straight from the paper's equations (float64, no blocks, no Cholesky trick): after
+    rounding column j, ``W[:, j+1:] -= err_j * Hinv[j, j+1:] / Hinv[j, j]`` and column j is removed
+    from the inverse Hessian. Symmetric int codes on the RTN scales of ``w``."""
+    w = w.double().clone()
+    _, scales = nq.quantize_weight(w.float(), bits, group_size)
+    s = nq.expand_group_scales(scales, w.shape[1], group_size).double()
+    qmax = 2 ** (bits - 1) - 1
+    hinv = torch.linalg.inv(h.double())
+    codes = torch.empty(w.shape, dtype=torch.int8)
+    for j in range(w.shape[1]):
+        c = torch.round(w[:, j] / s[:, j]).clamp(-qmax, qmax)
+        codes[:, j] = c.to(torch.int8)
+        err = (w[:, j] - c * s[:, j]) / hinv[j, j]
+        w[:, j + 1:] -= err[:, None] * hinv[j, j + 1:][None, :]
+        hinv = hinv - hinv[:, j:j + 1] @ hinv[j:j + 1, :] / hinv[j, j]  # eliminate column j
+    return codes
+
+
+@pytest.mark.parametrize("block", [1, 16, 128])
+def test_blocked_sweep_equals_the_column_by_column_algorithm(block: int) -> None:
+    x, w = correlated_rows(5, k=80), torch.randn(24, 80, generator=torch.Generator().manual_seed(6))
+    h = gptq.hessian(x)
+    expected = _column_by_column(w, h, 4, 16)
+    _, scales = nq.quantize_weight(w, 4, 16)
+    s_full = nq.expand_group_scales(scales, 80, 16).double()
+    codes = torch.empty(w.shape, dtype=torch.int8)
+
+    def round_column(j: int, col: torch.Tensor) -> torch.Tensor:
+        c = torch.round(col / s_full[:, j]).clamp(-7, 7)
+        codes[:, j] = c.to(torch.int8)
+        return c * s_full[:, j]
+
+    gptq._sweep(w.double(), gptq._inverse_cholesky(h), round_column, block=block)
+    assert torch.equal(codes, expected)
+    # The float32 path used by the pass: the same codes but for rare ties.
+    codes32, _, _ = gptq.gptq_int(w, h, 4, 16, False, block=block)
+    assert float((codes32 != expected).float().mean()) < 0.01
+
+
+@pytest.mark.parametrize("zero_point", [True, False])
+def test_act_order_keeps_the_format_and_lowers_output_error(zero_point: bool) -> None:
+    x, w = correlated_rows(7), torch.randn(48, 96, generator=torch.Generator().manual_seed(8))
+    h = gptq.hessian(x)
+    codes, scales, zeros = gptq.gptq_int(w, h, 4, 32, zero_point, act_order=True)
+    rtn = nq.fake_quantize_weight(w, 4, 32, zero_point=zero_point)
+    ref_scales = (nq.quantize_weight_asym(w, 4, 32) if zero_point else nq.quantize_weight(w, 4, 32))[1]
+    torch.testing.assert_close(scales, ref_scales, rtol=0, atol=0)  # static groups: RTN's scales
+    natural, _, _ = gptq.gptq_int(w, h, 4, 32, zero_point)
+    assert not torch.equal(codes, natural)  # the order changed what was rounded which way
+    held_out = correlated_rows(7, rows=512)[256:]
+    q = nq.dequantize_weight(codes, scales, 32, zeros)
+    assert _out_err(held_out, w, q) < 0.97 * _out_err(held_out, w, rtn)
+    fp8 = gptq.gptq_fp8(w, h, w.abs().amax(dim=1) / nq.FP8_MAX, act_order=True)
+    assert fp8.dtype == torch.float8_e4m3fn and fp8.shape == w.shape
+
+
+def test_calibration_hessian_sums_every_row_and_gptq_requires_it() -> None:
+    from trtdsl.quantization import calibrate
+    mlp = build_mlp()
+    feeds = [{"x": activations(s, rows=64)} for s in range(4)]
+    stats = calibrate(mlp, feeds, max_rows=16, progress=False, hessians=True)
+    # The gate/up input is rms_norm(x) * w: recompute it in plain torch over all 256 rows.
+    w = {layer.attrs["weight_name"]: layer.attrs["value"] for layer in mlp.layers
+         if layer.kind is LayerKind.CONSTANT and "weight_name" in layer.attrs}
+    x = torch.cat([f["x"] for f in feeds])
+    n = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * w["norm.weight"]
+    name = next(k for k, v in stats.xtx.items() if v.shape[0] == n.shape[1])
+    assert stats.samples[name].shape[0] == 16 and stats.rows[name] == 256
+    torch.testing.assert_close(stats.second_moment(name), (n.double().T @ n.double()) / 256,
+                               rtol=1e-5, atol=1e-6)
+    without = calibrate(mlp, feeds, progress=False)
+    assert without.second_moment(name) is None
+    with pytest.raises(ConfigError, match="hessians=True"):
+        quantize_network(mlp, "int4_wo", calibration=without, gptq=True, progress=False)
+    qnet = quantize_network(mlp, "int4_awq", calibration=stats, gptq=True, gptq_act_order=True,
+                            group_size=32, progress=False)
+    assert qnet.metadata["quantization"]["gptq_act_order"] is True
+    with pytest.raises(ConfigError, match="gptq_damp"):
+        QuantConfig(mode="int4_wo", gptq=True, gptq_damp=0.0)

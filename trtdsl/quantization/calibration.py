@@ -6,7 +6,8 @@
 * :func:`prefill_feeds` turns token chunks into step feeds (docs/batch_interface.md) for a network.
 * :func:`collect_statistics` runs a copy of the network with every GEMM input marked as an extra
   output, keeping per-channel ``max|x|`` and ``mean|x|``, a bounded sample of rows (AWQ's searches),
-  and each attention layer's K/V ``max|.|`` read back from the cache pool after each step.
+  optionally ``X^T X`` over *all* rows (GPTQ's Hessian), and each attention layer's K/V ``max|.|``
+  read back from the cache pool after each step.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ class CalibrationStats:
     abs_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # [k] sum |x| per channel
     rows: dict[str, int] = field(default_factory=dict)  # tokens seen
     samples: dict[str, torch.Tensor] = field(default_factory=dict)  # [<= max_rows, k]
+    # [k, k] float64 sum of x^T x over every row (only when collected with hessians=True): GPTQ needs
+    # the full Hessian, since a few hundred sampled rows of a 1536-wide input under-determine it.
+    xtx: dict[str, torch.Tensor] = field(default_factory=dict)
     kv_amax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer_idx -> [2, kv_heads] (K, V)
     steps: int = 0
     _sample_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -95,12 +99,21 @@ class CalibrationStats:
     def abs_mean(self, name: str) -> torch.Tensor:
         return self.abs_sum[name] / max(self.rows[name], 1)
 
+    def second_moment(self, name: str) -> torch.Tensor | None:
+        """``X^T X / N`` (float64 ``[k, k]``) over every calibration row of ``name``, or ``None``
+        when the statistics were collected without ``hessians=True``."""
+        xtx = self.xtx.get(name)
+        return None if xtx is None else xtx / max(self.rows[name], 1)
+
 
 def collect_statistics(network: Network, tensor_names: Sequence[str],
                        feeds: Iterable[Mapping[str, Any]], *, max_rows: int = 512,
-                       kv_cache: bool = False, progress: bool = True, seed: int = 0) -> CalibrationStats:
+                       kv_cache: bool = False, progress: bool = True, seed: int = 0,
+                       hessians: bool = False) -> CalibrationStats:
     """Run ``network`` (unchanged: a copy gets the extra outputs) over ``feeds`` and collect
-    statistics of the tensors named ``tensor_names`` (and of the K/V cache when ``kv_cache``)."""
+    statistics of the tensors named ``tensor_names`` (and of the K/V cache when ``kv_cache``).
+    ``hessians`` also sums ``X^T X`` over every row of each tensor (``[k, k]`` float64 each: 19 MB
+    for a 1536-wide input; GPTQ reads it)."""
     probe = clone_network(network)
     by_name = {t.name: t for layer in probe.layers for t in layer.outputs}
     by_name.update({t.name: t for t in probe.inputs.values()})
@@ -125,7 +138,7 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
     for feed in _progress(feeds, progress):
         result = executor.run(feed)
         for name, out in out_names.items():
-            _accumulate(stats, name, result[out].detach().float(), max_rows, gen)
+            _accumulate(stats, name, result[out].detach().float(), max_rows, gen, hessians)
         if kv_cache:
             pool = feed["kv_cache"]
             for _, idx in attn_layers:
@@ -139,20 +152,25 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
 
 
 def calibrate(network: Network, calibration_feeds: Iterable[Mapping[str, Any]], *,
-              max_rows: int = 512, progress: bool = True) -> CalibrationStats:
+              max_rows: int = 512, progress: bool = True, hessians: bool = False) -> CalibrationStats:
     """Statistics for every quantization mode at once: the inputs of all GEMMs with constant weights
     and, when the network has a K/V cache, its per-layer ranges. Pass the result to several
-    ``quantize_network(..., calibration=stats)`` calls to calibrate only once."""
+    ``quantize_network(..., calibration=stats)`` calls to calibrate only once. ``hessians=True``
+    also collects GPTQ's ``X^T X`` (needed by ``gptq=True`` configurations; ~0.8 GB for a 30-layer
+    model with 576/1536-wide GEMM inputs)."""
     names = sorted({site.x.name for site in find_gemm_sites(network)})
     has_cache = any(layer.kind is LayerKind.PLUGIN and "layer_idx" in layer.attrs.get("fields", {})
                     for layer in network.layers)
     return collect_statistics(network, names, calibration_feeds, max_rows=max_rows,
-                              kv_cache=has_cache, progress=progress)
+                              kv_cache=has_cache, progress=progress, hessians=hessians)
 
 
 def _accumulate(stats: CalibrationStats, name: str, x: torch.Tensor, max_rows: int,
-                gen: torch.Generator) -> None:
+                gen: torch.Generator, hessian: bool = False) -> None:
     x = x.reshape(-1, x.shape[-1])
+    if hessian:  # float32 product of one step's rows, float64 sum over steps
+        xtx = (x.T @ x).double()
+        stats.xtx[name] = xtx if name not in stats.xtx else stats.xtx[name] + xtx
     amax, total = x.abs().amax(dim=0), x.abs().sum(dim=0)
     if name in stats.amax:
         amax, total = torch.maximum(stats.amax[name], amax), stats.abs_sum[name] + total

@@ -44,8 +44,14 @@ class QuantConfig:
             GEMMs to leave in float; the LM head is excluded by default, as in TensorRT-LLM.
         max_calibration_rows: activation rows kept per GEMM input for AWQ's searches.
         gptq: round the weights with GPTQ's error compensation (:mod:`trtdsl.quantization.gptq`)
-            instead of to nearest, using the calibration rows' ``X^T X``; same stored format, so
-            every kernel runs it. Applies to int8_wo, int4_wo, int4_awq and fp8 (needs calibration).
+            instead of to nearest, using ``X^T X`` summed over every calibration row (collected with
+            ``calibrate(..., hessians=True)``; ``quantize_network`` does so itself when it calibrates);
+            same stored format, so every kernel runs it. Applies to int8_wo, int4_wo, int4_awq and
+            fp8 (needs calibration).
+        gptq_damp: GPTQ's diagonal damping, as a fraction of the mean Hessian diagonal.
+        gptq_act_order: GPTQ visits the input columns by decreasing Hessian diagonal instead of
+            left to right (scales stay the per-group ones of the original weights, so the stored
+            format is unchanged).
     """
 
     mode: str | None = None
@@ -61,6 +67,8 @@ class QuantConfig:
     exclude: tuple[str, ...] = ("*lm_head*",)
     max_calibration_rows: int = 512
     gptq: bool = False
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,6 +94,8 @@ class QuantConfig:
         if self.gptq and self.mode not in ("int8_wo", "int4_wo", "int4_awq", "fp8"):
             problems.append(f"gptq applies to the int8_wo, int4_wo, int4_awq and fp8 weights, not mode "
                             f"{self.mode!r}")
+        if not 0.0 < self.gptq_damp <= 10.0:
+            problems.append(f"gptq_damp {self.gptq_damp} must lie in (0, 10]")
         if isinstance(self.exclude, str):
             problems.append("exclude must be a tuple of glob patterns, not a string")
         if problems:

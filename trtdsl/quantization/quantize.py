@@ -99,7 +99,8 @@ def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
                           "float network), e.g. trtdsl.quantization.prefill_feeds(network, "
                           "token_chunks(tokenizer.encode(builtin_text()), 256, 16))")
     return collect_statistics(network, names, feeds, max_rows=cfg.max_calibration_rows,
-                              kv_cache=cfg.kv_cache_dtype is not None, progress=progress)
+                              kv_cache=cfg.kv_cache_dtype is not None, progress=progress,
+                              hessians=cfg.gptq)
 
 
 # -- GEMM rewrites ---------------------------------------------------------------------------------------
@@ -119,7 +120,7 @@ def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
 
 def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits: int,
                  group_size: int, clip: torch.Tensor | None = None, zero_point: bool = False,
-                 hessian: torch.Tensor | None = None) -> None:
+                 hessian: torch.Tensor | None = None, act_order: bool = False) -> None:
     k = w.shape[1]
     if bits == 4 and k % 2:
         raise ConfigError(f"quantize_network: int4 needs an even number of input features; "
@@ -127,7 +128,8 @@ def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits:
     consts: list[tuple[str, torch.Tensor, DType]] = []
     zeros: torch.Tensor | None = None
     if hessian is not None:  # GPTQ rounding onto the same grid
-        codes, scales, zeros = gptq.gptq_int(w, hessian, bits, group_size, zero_point, clip)
+        codes, scales, zeros = gptq.gptq_int(w, hessian, bits, group_size, zero_point, clip,
+                                             act_order=act_order)
     elif zero_point:
         codes, scales, zeros = nq.quantize_weight_asym(w, bits, group_size, clip)
     else:
@@ -141,19 +143,28 @@ def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits:
 
 def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
              s: torch.Tensor | None = None) -> torch.Tensor | None:
-    """GPTQ's ``X^T X`` of the group's input (divided by the smoothing ``s`` when there is one)."""
+    """GPTQ's damped ``X^T X / N`` of the group's input over all calibration rows (of ``x / s`` when
+    the group is smoothed by ``s``), or ``None`` without ``gptq``."""
     if not cfg.gptq:
         return None
     assert stats is not None
-    x = stats.samples[group[0].x.name].float()
-    return gptq.hessian(x if s is None else x / s)
+    name = group[0].x.name
+    h = stats.second_moment(name)
+    if h is None:
+        raise ConfigError(f"quantize_network: gptq=True needs X^T X of every GEMM input, and the "
+                          f"calibration statistics have none for {name!r} ({group[0].describe()}); "
+                          f"collect them with calibrate(network, feeds, hessians=True)")
+    if s is not None:  # (x / s)^T (x / s) = diag(1/s) X^T X diag(1/s)
+        inv = 1.0 / s.double()
+        h = h * inv[:, None] * inv[None, :]
+    return gptq.damped(h, cfg.gptq_damp)
 
 
 def _quantize_wo(net: Network, group: list[GemmSite], cfg: QuantConfig, stats: Any) -> None:
     h = _hessian(cfg, stats, group)
     for site in group:
         _weight_only(net, site, site.x, site.weight, cfg.weight_bits or 8, cfg.group_size,
-                     zero_point=cfg.uses_zero_point, hessian=h)
+                     zero_point=cfg.uses_zero_point, hessian=h, act_order=cfg.gptq_act_order)
 
 
 def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
@@ -169,7 +180,8 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
     for site, w in zip(group, weights):
         ws = w * s
         clip = nq.awq_search_clip(samples / s, ws, cfg.group_size, zero_point=zp) if cfg.awq_clip else None
-        _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp, hessian=h)
+        _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp, hessian=h,
+                     act_order=cfg.gptq_act_order)
 
 
 def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
@@ -184,7 +196,8 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
         w = site.weight.float()
         amax = w.abs().amax(dim=1) if cfg.fp8_per_channel_weights else w.abs().amax().reshape(1)
         w_scale = amax.clamp_min(1e-8) / nq.FP8_MAX
-        codes = nq.quantize_fp8(w, w_scale[:, None]) if h is None else gptq.gptq_fp8(w, h, w_scale)
+        codes = nq.quantize_fp8(w, w_scale[:, None]) if h is None else \
+            gptq.gptq_fp8(w, h, w_scale, act_order=cfg.gptq_act_order)
         _replace_gemm(net, site, site.x, FP8_GEMM, [("weight", codes, DType.fp8),
                       ("weight_scale", w_scale, DType.float32), *consts])
 
