@@ -15,9 +15,11 @@ from ._trt import INSTALL_HINT, require_tensorrt
 from .build import ENGINE_NAME, TensorRTOptions, define_network, lower_to_tensorrt
 from .emitters import EMITTERS
 from .native_plugins import NATIVE_PLUGIN_LOWERINGS
-from .plugins import PLUGIN_LOWERINGS, register_tensorrt_plugins
+from .plugins import (PLUGIN_LOWERINGS, PluginLowering, PluginPlan, PluginSignature, plan_plugin,
+                      register_tensorrt_plugins)
 from .runner import TensorRTRunner
 
 __all__ = ["lower_to_tensorrt", "TensorRTRunner", "TensorRTOptions", "define_network", "EMITTERS",
-           "PLUGIN_LOWERINGS", "NATIVE_PLUGIN_LOWERINGS", "register_tensorrt_plugins",
+           "PLUGIN_LOWERINGS", "PluginLowering", "PluginSignature", "PluginPlan", "plan_plugin",
+           "NATIVE_PLUGIN_LOWERINGS", "register_tensorrt_plugins",
            "require_tensorrt", "INSTALL_HINT", "ENGINE_NAME"]
