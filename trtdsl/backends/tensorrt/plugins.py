@@ -214,7 +214,7 @@ def run_plugin(name: str, inputs: "list[trtp.Tensor]", fields: dict[str, Any],
 # -- registration ----------------------------------------------------------------------------------------
 # One function per TensorRT plugin, each defining its @trtp.register and @trtp.impl pair. The tensor
 # arguments of both are PLUGIN_LOWERINGS' signature inputs, in order, and each impl passes exactly
-# those to run_plugin (tests/backend_tensorrt/test_quant_lowering_tensorrt.py checks this statically).
+# those to run_plugin (tests/backend_tensorrt/test_tensorrt_quant_lowering.py checks this statically).
 def _gemm_desc(x: "trtp.TensorDesc", w: "trtp.TensorDesc") -> "trtp.TensorDesc":
     """``x.shape[:-1] + (n,)`` in x's dtype: the output of every quantized GEMM plugin (``w`` is
     ``[n, k]``, or ``[n, k // 2]`` for packed int4: the row count is n either way)."""
