@@ -94,8 +94,8 @@ def nll(network: Any, windows: list[list[int]]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--window", type=int, default=512, help="evaluation window (tokens)")
-    ap.add_argument("--eval-windows", type=int, default=16)
-    ap.add_argument("--calib-chunks", type=int, default=8)
+    ap.add_argument("--eval-windows", type=int, default=32)
+    ap.add_argument("--calib-chunks", type=int, default=64)
     ap.add_argument("--calib-len", type=int, default=256)
     ap.add_argument("--only", nargs="*", help="labels of the cases to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="4 calibration chunks, 4 evaluation windows")
@@ -104,6 +104,9 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=0.0,
                     help="scale every calibrated range (GEMM inputs, K/V) by 1 + JITTER: measures how much "
                          "the result moves when the rounding pattern is re-drawn (e.g. 1e-6)")
+    ap.add_argument("--stats-cache", type=Path, metavar="PATH",
+                    help="load the calibration statistics from PATH when it holds those of the same "
+                         "calibration tokens, else calibrate and save them there (~1 GB with Hessians)")
     args = ap.parse_args()
     if args.quick:
         args.calib_chunks, args.eval_windows = min(args.calib_chunks, 4), min(args.eval_windows, 4)
@@ -124,7 +127,8 @@ def main() -> None:
           f"{len(windows)} x {args.window} evaluation tokens", flush=True)
 
     t = time.time()
-    stats = calibrate(net, feeds)  # once, for every mode
+    hessians = any(c[3].get("gptq") for c in cases)
+    stats = cached_calibration(args.stats_cache, net, feeds, calib, hessians)  # once, for every mode
     calib_s = time.time() - t
     if args.jitter:
         stats = jittered(stats, 1.0 + args.jitter)
@@ -162,6 +166,22 @@ def main() -> None:
     print(write_result("quant_accuracy_quick" if args.quick or args.case or args.only else "quant_accuracy",
                        payload))
     print(markdown(rows))
+
+
+def cached_calibration(path: Path | None, net: Any, feeds: list, calib: list[list[int]],
+                       hessians: bool) -> Any:
+    """``calibrate(net, feeds)`` (with GPTQ's Hessians when a case needs them), or the statistics
+    saved at ``path`` by an earlier run on the same calibration tokens."""
+    key = fingerprint([torch.tensor(c) for c in calib])
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=False)
+        if saved["tokens"] == key and (saved["stats"].xtx or not hessians):
+            print(f"calibration statistics from {path}", flush=True)
+            return saved["stats"]
+    stats = calibrate(net, feeds, hessians=hessians)
+    if path is not None:
+        torch.save({"tokens": key, "stats": stats}, path)
+    return stats
 
 
 def fingerprint(tensors: list[torch.Tensor]) -> str:

@@ -172,3 +172,57 @@ def test_calibration_hessian_sums_every_row_and_gptq_requires_it() -> None:
     assert qnet.metadata["quantization"]["gptq_act_order"] is True
     with pytest.raises(ConfigError, match="gptq_damp"):
         QuantConfig(mode="int4_wo", gptq=True, gptq_damp=0.0)
+
+
+def test_dynamic_groups_take_scales_from_the_updated_weights() -> None:
+    x, w = correlated_rows(9), torch.randn(32, 96, generator=torch.Generator().manual_seed(10))
+    h = gptq.hessian(x)
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def minmax(j: int, wg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seen.append((j, wg.clone()))
+        _, s, z = nq.quantize_weight_asym(wg, 4, 0)
+        return s[:, 0], z[:, 0]
+
+    codes, scales, zeros = gptq.gptq_int(w, h, 4, 32, True, group_params=minmax, block=64)
+    assert [j for j, _ in seen] == [0, 32, 64]
+    torch.testing.assert_close(seen[0][1], w[:, :32])  # nothing rounded before the first group
+    assert not torch.allclose(seen[1][1], w[:, 32:64])  # later groups carry the earlier errors
+    for j, wg in seen:  # stored scales/zeros are the ones computed from the updated weights
+        _, s, z = nq.quantize_weight_asym(wg, 4, 0)
+        torch.testing.assert_close(scales[:, j // 32], s[:, 0])
+        torch.testing.assert_close(zeros[:, j // 32], z[:, 0])
+    assert int(codes.min()) >= -8 and int(codes.max()) <= 7
+    held_out = correlated_rows(9, rows=512)[256:]
+    rtn = nq.fake_quantize_weight(w, 4, 32, zero_point=True)
+    q = nq.dequantize_weight(codes, scales, 32, zeros)
+    assert _out_err(held_out, w, q) < 0.97 * _out_err(held_out, w, rtn)
+
+
+def test_equivalent_rows_reproduce_the_second_moment() -> None:
+    from trtdsl.quantization.quantize import _equivalent_rows
+    x = correlated_rows(11, rows=300, k=40)
+    h = x.double().T @ x.double() / 300
+    r = _equivalent_rows(h)
+    torch.testing.assert_close(r.double().T @ r.double(), h, rtol=1e-5, atol=1e-6)
+    h[:, 3] = h[3, :] = 0  # a dead channel: singular, still reproduced
+    r = _equivalent_rows(h)
+    torch.testing.assert_close(r.double().T @ r.double(), h, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{"awq_all_rows": True},
+                                     {"gptq": True, "gptq_static_groups": False},
+                                     {"gptq": True, "awq_all_rows": True, "gptq_act_order": True}])
+def test_awq_variants_stay_close(options: dict) -> None:
+    mlp = build_mlp()
+    feeds = [{"x": activations(s, rows=64)} for s in range(4)]
+    qnet = quantize_network(mlp, "int4_awq", calibration_feeds=feeds, group_size=32, progress=False,
+                            **options)
+    rtn = quantize_network(mlp, "int4_wo", group_size=32, progress=False)
+    x = activations(99)
+    ref = _plain_torch_mlp(mlp, x)
+    err = float((_run(qnet, x) - ref).norm() / ref.norm())
+    err_rtn = float((_run(rtn, x) - ref).norm() / ref.norm())
+    assert err < err_rtn, (err, err_rtn)
+    with pytest.raises(ConfigError, match="gptq_static_groups"):
+        QuantConfig(mode="int4_awq", gptq=True, gptq_static_groups=False, gptq_act_order=True)

@@ -52,6 +52,15 @@ class QuantConfig:
         gptq_act_order: GPTQ visits the input columns by decreasing Hessian diagonal instead of
             left to right (scales stay the per-group ones of the original weights, so the stored
             format is unchanged).
+        gptq_static_groups: GPTQ keeps the round-to-nearest scales (and AWQ clip ratios) of the
+            original weights; ``False`` computes each group's scales (and, for int4_awq with
+            ``awq_clip``, runs the clip search) when the sweep reaches the group, on the weights as
+            updated by the earlier columns (GPTQ's original scheme; needs ``gptq_act_order=False``
+            and ``group_size > 0``). Same stored format either way.
+        awq_all_rows: AWQ's scale and clip searches score the output error over every calibration
+            row, through rows with the same ``X^T X`` (a Cholesky factor: needs the statistics'
+            Hessians, which ``quantize_network`` collects itself), instead of the first 256 / 128
+            sampled rows.
     """
 
     mode: str | None = None
@@ -69,6 +78,8 @@ class QuantConfig:
     gptq: bool = False
     gptq_damp: float = 0.01
     gptq_act_order: bool = False
+    gptq_static_groups: bool = True
+    awq_all_rows: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,6 +107,11 @@ class QuantConfig:
                             f"{self.mode!r}")
         if not 0.0 < self.gptq_damp <= 10.0:
             problems.append(f"gptq_damp {self.gptq_damp} must lie in (0, 10]")
+        if not self.gptq_static_groups and (self.gptq_act_order or self.group_size == 0):
+            problems.append("gptq_static_groups=False needs gptq_act_order=False and group_size > 0 "
+                            "(act order visits a group's columns out of order)")
+        if self.awq_all_rows and self.mode != "int4_awq":
+            problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
         if isinstance(self.exclude, str):
             problems.append("exclude must be a tuple of glob patterns, not a string")
         if problems:
@@ -107,6 +123,11 @@ class QuantConfig:
         if self.gptq:  # its Hessian comes from calibration rows
             return True
         return self.mode in CALIBRATED_MODES and not (self.mode == "fp8" and self.fp8_dynamic)
+
+    @property
+    def needs_hessians(self) -> bool:
+        """Whether the quantizers read ``X^T X`` of the GEMM inputs (``calibrate(hessians=True)``)."""
+        return self.gptq or self.awq_all_rows
 
     @property
     def needs_calibration(self) -> bool:

@@ -28,6 +28,8 @@ from . import numerics as nq
 __all__ = ["hessian", "damped", "gptq_int", "gptq_fp8"]
 
 RoundColumn = Callable[[int, torch.Tensor], torch.Tensor]
+#: ``(first column, current weights of the group [n, g]) -> (scales [n], zeros [n] or None)``
+GroupParams = Callable[[int, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 def damped(h: torch.Tensor, damp: float = 0.01) -> torch.Tensor:
@@ -52,11 +54,15 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
     return torch.linalg.cholesky(hinv, upper=True)
 
 
-def _sweep(w: torch.Tensor, u: torch.Tensor, round_column: RoundColumn, block: int = 128) -> torch.Tensor:
+def _sweep(w: torch.Tensor, u: torch.Tensor, round_column: RoundColumn, block: int = 128,
+           group_size: int = 0, on_group: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Round the columns of ``w [n, k]`` left to right with ``round_column(col_index, column) ->
     rounded column`` (float, dequantized), each error propagated to the later columns through the
     upper Cholesky factor ``u`` of ``H^-1``, in blocks of ``block`` columns. Works in ``w``'s dtype
-    when it is float64, else float32. Returns the dequantized result."""
+    when it is float64, else float32. ``on_group(j, w[:, j:j + group_size])`` is called before
+    column ``j`` of every group, with the group's weights as updated by all earlier columns (``block``
+    must then be a multiple of ``group_size``, so a group never straddles blocks). Returns the
+    dequantized result."""
     dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     w, u = w.to(dtype).clone(), u.to(dtype)
     n, k = w.shape
@@ -66,6 +72,8 @@ def _sweep(w: torch.Tensor, u: torch.Tensor, round_column: RoundColumn, block: i
         wb, ub = w[:, b0:b1], u[b0:b1, b0:b1]  # views: updates land in w
         errs = torch.empty(n, b1 - b0, dtype=dtype)
         for j in range(b1 - b0):
+            if on_group is not None and (b0 + j) % group_size == 0:
+                on_group(b0 + j, wb[:, j:j + group_size])
             q[:, b0 + j] = round_column(b0 + j, wb[:, j])
             errs[:, j] = (wb[:, j] - q[:, b0 + j]) / ub[j, j]
             wb[:, j + 1:] -= errs[:, j:j + 1] * ub[j:j + 1, j + 1:]
@@ -86,14 +94,19 @@ def _ordered_sweep(w: torch.Tensor, h: torch.Tensor, round_column: RoundColumn, 
 
 
 def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_point: bool,
-             clip: torch.Tensor | None = None, *, act_order: bool = False, block: int = 128
+             clip: torch.Tensor | None = None, *, act_order: bool = False, block: int = 128,
+             group_params: GroupParams | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """GPTQ rounding onto the int grid of :func:`~trtdsl.quantization.numerics.quantize_weight`
-    (symmetric) or ``quantize_weight_asym`` (``zero_point``), with that function's scales (and
-    zeros, and ``clip``) computed from ``w``. ``h`` is the (damped) Hessian. Returns
-    ``(codes, scales, zeros or None)``."""
+    (symmetric) or ``quantize_weight_asym`` (``zero_point``). ``h`` is the (damped) Hessian.
+
+    Static groups (default): the scales (and zeros, and ``clip``) are those round-to-nearest computes
+    from ``w``. ``group_params`` instead computes each group's scales/zeros when the sweep reaches
+    it, from the group's weights as updated by the earlier columns (GPTQ's original per-group
+    scales; needs ``group_size > 0`` and natural order). Returns ``(codes, scales, zeros or None)``,
+    the scales and zeros ``[n, num_groups]`` either way."""
     w = w.float()
-    k = w.shape[1]
+    n, k = w.shape
     if zero_point:
         _, scales, zeros = nq.quantize_weight_asym(w, bits, group_size, clip)
         lo_code, hi_code = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
@@ -102,17 +115,36 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_
         zeros = None
         hi_code = {8: nq.INT8_MAX, 4: nq.INT4_MAX}[bits]
         lo_code = -hi_code
-    s_full = nq.expand_group_scales(scales, k, group_size)
-    z_full = nq.expand_group_scales(zeros, k, group_size) if zeros is not None else \
-        torch.zeros_like(s_full)
+    on_group = None
+    if group_params is not None:
+        if act_order or group_size == 0:
+            raise ValueError("gptq_int: per-group scales from updated weights need group_size > 0 "
+                             "and act_order=False")
+        block = max(1, block // group_size) * group_size
+
+        def on_group(j: int, wg: torch.Tensor) -> None:
+            g_scales, g_zeros = group_params(j, wg.float())
+            scales[:, j // group_size] = g_scales
+            if zeros is not None:
+                assert g_zeros is not None
+                zeros[:, j // group_size] = g_zeros
+
     codes = torch.empty(w.shape, dtype=torch.int8)
 
     def round_column(j: int, col: torch.Tensor) -> torch.Tensor:
-        c = torch.round((col.float() - z_full[:, j]) / s_full[:, j]).clamp(lo_code, hi_code)
+        g = 0 if group_size == 0 else j // group_size  # read at call time: on_group may have set it
+        s_j = scales[:, g]
+        z_j = zeros[:, g] if zeros is not None else torch.zeros_like(s_j)
+        c = torch.round((col.float() - z_j) / s_j).clamp(lo_code, hi_code)
         codes[:, j] = c.to(torch.int8)
-        return c * s_full[:, j] + z_full[:, j]
+        return c * s_j + z_j
 
-    _ordered_sweep(w, h, round_column, act_order, block)
+    if act_order:
+        perm = torch.argsort(torch.diagonal(h), descending=True, stable=True)
+        _sweep(w[:, perm], _inverse_cholesky(h[perm][:, perm]),
+               lambda j, col: round_column(int(perm[j]), col), block)
+    else:
+        _sweep(w, _inverse_cholesky(h), round_column, block, group_size, on_group)
     return codes, scales, zeros
 
 

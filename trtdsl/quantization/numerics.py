@@ -173,8 +173,8 @@ def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: int,
-                      grid: int = 20, zero_point: bool = False, max_rows: int = 256
-                      ) -> tuple[torch.Tensor, float, float]:
+                      grid: int = 20, zero_point: bool = False, max_rows: int = 256,
+                      x_abs_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
     """AWQ's activation-aware per-input-channel scale search.
 
     ``x [N, k]`` are calibration activations of the GEMMs ``weights`` (each ``[n_i, k]``, all reading
@@ -183,11 +183,13 @@ def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: 
     ``sqrt(max(s) * min(s)) == 1``. Each is scored by the output error of the int4 GEMMs,
     ``||(x / s) Q(W s)^T - x W^T||^2``. ``alpha = 0`` of the first family is plain round-to-nearest,
     so the result is never worse than RTN on ``x``; the first ``max_rows`` rows score (the search
-    costs ``2 * (grid + 1)`` GEMMs of them). Returns ``(s [k], best error, RTN error)``."""
+    costs ``2 * (grid + 1)`` GEMMs of them). ``x_abs_mean`` gives ``mean|x_j|`` when ``x`` are not
+    activation rows themselves (e.g. rows with the same ``X^T X``, which score the error exactly).
+    Returns ``(s [k], best error, RTN error)``."""
     x = x.float()[:max_rows]
     w = torch.cat([wi.float() for wi in weights], dim=0)
     ref = x @ w.T
-    x_mean = x.abs().mean(dim=0).clamp_min(1e-5)
+    x_mean = (x.abs().mean(dim=0) if x_abs_mean is None else x_abs_mean.float()).clamp_min(1e-5)
     w_mean = (w.abs() / w.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)).mean(dim=0).clamp_min(1e-5)
     best_err, best_s, rtn_err = math.inf, torch.ones_like(x_mean), math.inf
     candidates = [x_mean.pow(i / grid) for i in range(grid + 1)]

@@ -100,7 +100,7 @@ def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
                           "token_chunks(tokenizer.encode(builtin_text()), 256, 16))")
     return collect_statistics(network, names, feeds, max_rows=cfg.max_calibration_rows,
                               kv_cache=cfg.kv_cache_dtype is not None, progress=progress,
-                              hessians=cfg.gptq)
+                              hessians=cfg.needs_hessians)
 
 
 # -- GEMM rewrites ---------------------------------------------------------------------------------------
@@ -120,7 +120,8 @@ def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
 
 def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits: int,
                  group_size: int, clip: torch.Tensor | None = None, zero_point: bool = False,
-                 hessian: torch.Tensor | None = None, act_order: bool = False) -> None:
+                 hessian: torch.Tensor | None = None, act_order: bool = False,
+                 group_params: gptq.GroupParams | None = None) -> None:
     k = w.shape[1]
     if bits == 4 and k % 2:
         raise ConfigError(f"quantize_network: int4 needs an even number of input features; "
@@ -129,7 +130,7 @@ def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits:
     zeros: torch.Tensor | None = None
     if hessian is not None:  # GPTQ rounding onto the same grid
         codes, scales, zeros = gptq.gptq_int(w, hessian, bits, group_size, zero_point, clip,
-                                             act_order=act_order)
+                                             act_order=act_order, group_params=group_params)
     elif zero_point:
         codes, scales, zeros = nq.quantize_weight_asym(w, bits, group_size, clip)
     else:
@@ -141,47 +142,89 @@ def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits:
     _replace_gemm(net, site, x, WEIGHT_ONLY_GEMM, consts, bits=bits, group_size=group_size, in_features=k)
 
 
+def _second_moment(stats: CalibrationStats | None, group: list[GemmSite], why: str) -> torch.Tensor:
+    assert stats is not None
+    name = group[0].x.name
+    h = stats.second_moment(name)
+    if h is None:
+        raise ConfigError(f"quantize_network: {why} needs X^T X of every GEMM input, and the "
+                          f"calibration statistics have none for {name!r} ({group[0].describe()}); "
+                          f"collect them with calibrate(network, feeds, hessians=True)")
+    return h
+
+
 def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
              s: torch.Tensor | None = None) -> torch.Tensor | None:
     """GPTQ's damped ``X^T X / N`` of the group's input over all calibration rows (of ``x / s`` when
     the group is smoothed by ``s``), or ``None`` without ``gptq``."""
     if not cfg.gptq:
         return None
-    assert stats is not None
-    name = group[0].x.name
-    h = stats.second_moment(name)
-    if h is None:
-        raise ConfigError(f"quantize_network: gptq=True needs X^T X of every GEMM input, and the "
-                          f"calibration statistics have none for {name!r} ({group[0].describe()}); "
-                          f"collect them with calibrate(network, feeds, hessians=True)")
+    h = _second_moment(stats, group, "gptq=True")
     if s is not None:  # (x / s)^T (x / s) = diag(1/s) X^T X diag(1/s)
         inv = 1.0 / s.double()
         h = h * inv[:, None] * inv[None, :]
     return gptq.damped(h, cfg.gptq_damp)
 
 
+def _equivalent_rows(h: torch.Tensor) -> torch.Tensor:
+    """``[k, k]`` rows ``R`` with ``R^T R == h`` (``L^T`` of ``h = L L^T``): any output error that
+    is quadratic in the activations is the same over ``R`` as over every calibration row."""
+    eye = torch.eye(h.shape[0], dtype=torch.float64)
+    l, info = torch.linalg.cholesky_ex(h.double() + eye * 1e-10 * float(torch.diagonal(h).mean()))
+    if int(info):  # numerically singular (dead channels): a symmetric square root instead
+        vals, vecs = torch.linalg.eigh(h.double())
+        return (vecs * vals.clamp_min(0).sqrt()).T.float()
+    return l.T.float()
+
+
+def _group_params(cfg: QuantConfig, bits: int, x: torch.Tensor | None) -> gptq.GroupParams | None:
+    """Per-group scales/zeros computed from GPTQ's updated weights (``gptq_static_groups=False``),
+    with AWQ's clip search on the group when ``x`` (calibration rows of the GEMM input) is given."""
+    if not cfg.gptq or cfg.gptq_static_groups:
+        return None
+    zp = cfg.uses_zero_point
+
+    def params(j: int, wg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        clip = None if x is None else nq.awq_search_clip(x[:, j:j + wg.shape[1]], wg, 0, zero_point=zp,
+                                                         max_rows=x.shape[0])
+        if zp:
+            _, scales, zeros = nq.quantize_weight_asym(wg, bits, 0, clip)
+            return scales[:, 0], zeros[:, 0]
+        return nq.quantize_weight(wg, bits, 0, clip)[1][:, 0], None
+    return params
+
+
 def _quantize_wo(net: Network, group: list[GemmSite], cfg: QuantConfig, stats: Any) -> None:
     h = _hessian(cfg, stats, group)
+    bits = cfg.weight_bits or 8
     for site in group:
-        _weight_only(net, site, site.x, site.weight, cfg.weight_bits or 8, cfg.group_size,
-                     zero_point=cfg.uses_zero_point, hessian=h, act_order=cfg.gptq_act_order)
+        _weight_only(net, site, site.x, site.weight, bits, cfg.group_size, zero_point=cfg.uses_zero_point,
+                     hessian=h, act_order=cfg.gptq_act_order, group_params=_group_params(cfg, bits, None))
 
 
 def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
                   stats: CalibrationStats | None) -> None:
     assert stats is not None
-    samples = stats.samples[group[0].x.name]
+    name = group[0].x.name
+    samples, x_mean, rows = stats.samples[name], None, {}
+    if cfg.awq_all_rows:  # rows equivalent to all calibration rows; mean|x| from the statistics
+        samples = _equivalent_rows(_second_moment(stats, group, "awq_all_rows=True"))
+        x_mean, rows = stats.abs_mean(name), {"max_rows": samples.shape[0]}
     weights = [s.weight.float() for s in group]
     zp = cfg.uses_zero_point
-    s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid, zero_point=zp)
+    s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid, zero_point=zp,
+                                   x_abs_mean=x_mean, **rows)
     # s == 1 (the search kept plain rounding): no multiply to add, nothing to fold.
     x = group[0].x if bool((s == 1).all()) else _scale_activation(net, group, 1.0 / s)
     h = _hessian(cfg, stats, group, s)
+    xs = samples / s
+    dynamic = _group_params(cfg, 4, xs if cfg.awq_clip else None)
     for site, w in zip(group, weights):
         ws = w * s
-        clip = nq.awq_search_clip(samples / s, ws, cfg.group_size, zero_point=zp) if cfg.awq_clip else None
+        clip = nq.awq_search_clip(xs, ws, cfg.group_size, zero_point=zp, **rows) \
+            if cfg.awq_clip and dynamic is None else None
         _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp, hessian=h,
-                     act_order=cfg.gptq_act_order)
+                     act_order=cfg.gptq_act_order, group_params=dynamic)
 
 
 def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
