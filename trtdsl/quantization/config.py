@@ -35,6 +35,9 @@ class QuantConfig:
         fp8_per_channel_weights: one fp8 weight scale per output channel (else per tensor).
         fp8_dynamic: fp8 activations scaled per token at run time (``max|x_row| / 448``) instead of
             one static calibrated per-tensor scale.
+        kv_cache_headroom: the K/V scales are ``headroom * max|calibrated| / qmax``: > 1 leaves room
+            for values larger than calibration saw (fewer saturate), < 1 spends int8 codes on the bulk
+            of the values (more saturate).
         kv_cache_scales: ``"head"`` (one K and one V scale per K/V head and layer) or ``"tensor"``
             (one K and one V scale per layer).
         smoothquant_alpha: migration strength ``a`` of ``s_j = max|X_j|^a / max|W_j|^(1-a)``.
@@ -70,6 +73,7 @@ class QuantConfig:
     fp8_per_channel_weights: bool = True
     fp8_dynamic: bool = False
     kv_cache_scales: str = "head"
+    kv_cache_headroom: float = 1.0
     smoothquant_alpha: float = 0.5
     awq_grid: int = 20
     awq_clip: bool = True
@@ -94,6 +98,8 @@ class QuantConfig:
             problems.append(f"kv_cache_scales {self.kv_cache_scales!r}; expected 'head' or 'tensor'")
         if self.zero_point and self.mode not in ("int8_wo", "int4_wo", "int4_awq"):
             problems.append(f"zero_point applies to the weight-only modes, not mode {self.mode!r}")
+        if not 0.0 < self.kv_cache_headroom <= 100.0:
+            problems.append(f"kv_cache_headroom {self.kv_cache_headroom} must lie in (0, 100]")
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
             problems.append(f"smoothquant_alpha {self.smoothquant_alpha} must lie in [0, 1]")
         if self.awq_grid < 1:

@@ -84,7 +84,7 @@ def quantize_network(network: Network, mode: str | None = None, *,
             quantize_group(net, group, cfg, stats)
     if cfg.kv_cache_dtype:
         _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats,
-                           per_head=cfg.kv_cache_scales == "head")
+                           per_head=cfg.kv_cache_scales == "head", headroom=cfg.kv_cache_headroom)
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
     return net
@@ -313,7 +313,7 @@ def _attention_layers(net: Network) -> list[Layer]:
 
 
 def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
-                       stats: CalibrationStats | None, per_head: bool) -> None:
+                       stats: CalibrationStats | None, per_head: bool, headroom: float = 1.0) -> None:
     assert stats is not None
     pool = layers[0].inputs[6]
     input_name = next((n for n, t in net.inputs.items() if t is pool), None)
@@ -332,7 +332,7 @@ def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
         amax = amax.float().reshape(2, -1)  # [2, kv_heads] (older statistics: [2, 1])
         if not per_head or amax.shape[1] != fields["num_kv_heads"]:
             amax = amax.amax(dim=1)
-        scales = amax.clamp_min(1e-6) / kvq.KV_QMAX[dtype]
+        scales = amax.clamp_min(1e-6) * headroom / kvq.KV_QMAX[dtype]
         inputs = list(layer.inputs)
 
         def build(inputs: list[Tensor] = inputs, scales: torch.Tensor = scales,
