@@ -13,13 +13,13 @@ extern "C" int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* 
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int xs = static_cast<int>(x_scale_stride), ws = static_cast<int>(w_scale_stride);
   if (dtype == kFloat16)
-    return launch_fp8_gemv<__half>(xq, weight, x_scale, xs, w_scale, ws, static_cast<__half*>(out), mi, ni, ki,
+    return launch_fp8_gemv<__half, false>(xq, weight, x_scale, xs, w_scale, ws, static_cast<__half*>(out), mi, ni, ki,
                                    config, stream);
   if (dtype == kBFloat16)
-    return launch_fp8_gemv<__nv_bfloat16>(xq, weight, x_scale, xs, w_scale, ws, static_cast<__nv_bfloat16*>(out),
+    return launch_fp8_gemv<__nv_bfloat16, false>(xq, weight, x_scale, xs, w_scale, ws, static_cast<__nv_bfloat16*>(out),
                                           mi, ni, ki, config, stream);
   if (dtype == kFloat32)
-    return launch_fp8_gemv<float>(xq, weight, x_scale, xs, w_scale, ws, static_cast<float*>(out), mi, ni, ki,
+    return launch_fp8_gemv<float, false>(xq, weight, x_scale, xs, w_scale, ws, static_cast<float*>(out), mi, ni, ki,
                                   config, stream);
   return kErrDtype;
 }

@@ -24,6 +24,17 @@ extern "C" int trtdsl_weight_only_gemv_zp(const void* x, const void* qweight, co
   if (m < 1 || n < 1 || k < 1 || n > kMaxInt || k > kMaxInt || !resolve_group(k, group_size, num_groups))
     return kErrShape;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  if (bits == 4 && config >= kWoTcFirstConfig) {  // the tensor-core kernel
+#define TRTDSL_TC(T)                                                                                              \
+  return zeros ? launch_wo_gemv_tc<T, true>(static_cast<const T*>(x), qweight, scales, zeros, static_cast<T*>(out), \
+                                            mi, ni, ki, group_size, num_groups, config, stream)                   \
+               : launch_wo_gemv_tc<T, false>(static_cast<const T*>(x), qweight, scales, nullptr,                  \
+                                             static_cast<T*>(out), mi, ni, ki, group_size, num_groups, config, stream)
+    if (dtype == kFloat16) TRTDSL_TC(__half);
+    if (dtype == kBFloat16) TRTDSL_TC(__nv_bfloat16);
+#undef TRTDSL_TC
+    return kErrDtype;
+  }
 #define TRTDSL_GEMV(T, B)                                                                                        \
   return zeros ? launch_wo_gemv<T, B, true>(static_cast<const T*>(x), qweight, scales, zeros, static_cast<T*>(out), \
                                             mi, ni, ki, group_size, num_groups, config, stream)                   \

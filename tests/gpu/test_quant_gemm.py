@@ -260,18 +260,28 @@ def test_registered_implementations_match_references(dtype):
 
 # ---------------------------------------------------------------- decode GEMVs: every m, every config
 
-CONFIGS = [None, 0, 1, 2, 3, 4, 5]  # None: the quant_ops table; 0: the C++ prior; 1..5 forced
+CONFIGS = [None, 0, 1, 2, 3, 4, 5, 6, 7]  # None: the quant_ops table; 0: the C++ prior; 1..7 forced (CUDA cores)
 GROUPS = [32, 64, 128, 0]  # with k = 352: 11 groups; 6 (last 32); 3 (last 96); per-channel
 
 
 def test_gemv_config_tables_name_valid_configs():
     from trtdsl.plugins.cuda import quant_ops as Q
-    for table in (Q.WO_GEMV_CONFIG, Q.FP8_GEMV_CONFIG):
-        assert all(1 <= c <= Q.NUM_GEMV_CONFIGS for c in table.values())
+    cuda_core = range(1, Q.NUM_GEMV_CONFIGS + 1)
+    assert all(c in cuda_core for c in Q.FP8_GEMV_CONFIG.values())
+    # tensor-core configs only for int4 keys
+    assert all(c in cuda_core or (key[0] == 4 and c in Q.WO_TC_CONFIGS) for key, c in Q.WO_GEMV_CONFIG.items())
     for m in range(1, Q.GEMV_KERNEL_MAX_M + 1):
         for n in (37, 4096, 128256):
-            assert 1 <= Q.gemv_config("wo", m, n, 4) <= Q.NUM_GEMV_CONFIGS
-            assert 1 <= Q.gemv_config("fp8", m, n) <= Q.NUM_GEMV_CONFIGS
+            assert Q.gemv_config("wo", m, n, 4) in (*cuda_core, *Q.WO_TC_CONFIGS)
+            assert Q.gemv_config("wo", m, n, 8) in cuda_core
+            assert Q.gemv_config("fp8", m, n) in cuda_core
+
+
+def test_tensor_core_configs_are_int4_only():
+    from trtdsl.plugins.cuda.quant_ops import WO_TC_CONFIGS, _check_config
+    _check_config("op", WO_TC_CONFIGS[0], tensor_core=True)
+    with pytest.raises(PluginError, match="config must be 0..7, got 8"):
+        _check_config("op", WO_TC_CONFIGS[0])
 
 
 def test_fp8_gemv_rejects_bad_arguments():
@@ -406,3 +416,112 @@ def test_registered_kernels_take_zero_point_and_dynamic_formats(monkeypatch):
             ins = fp8_inputs(m, 256, 48, torch.bfloat16, True)[:3]
             out = get_plugin(FP8_GEMM).implementations["cuda"](ins, {}, {})
             assert rel_err(out, fp8_ref(ins, {})) < TOL[torch.bfloat16]
+
+
+# ---------------------------------------------------------------- int4 tensor-core decode kernel
+
+# (k, group): partial last k block of 128 (576 = 4.5 blocks) with a shorter last group; groups that
+# are multiples of 128 (codes in the mma, scales in fp32) and 32 / 64 / 96 (weights dequantized in T
+# before the mma); per-channel with k % 128 != 0.
+TC_SHAPES = [(576, 128), (1536, 64), (576, 32), (352, 0), (1536, 128), (1056, 96), (640, 256), (1536, 0)]
+
+
+@cuda
+@pytest.mark.parametrize("zp", [False, True])
+@pytest.mark.parametrize("config", [8, 9, 10, 11])
+@pytest.mark.parametrize("m", range(1, 17))
+def test_int4_tensor_core_gemv_every_row_count_and_config(m, config, zp):
+    """Every m (one or two activation tiles of 8), every launch shape, odd n (partial row tiles),
+    fp16 / bf16. Tolerance TOL: relative to the output's norm; the codes-in-mma path differs from the
+    reference in summation order only, the dequantize-in-T path also rounds each weight to T (~2^-9
+    relative for bf16, 2^-12 for fp16, random sign: a few 1e-3 of the norm at most)."""
+    from trtdsl.plugins.cuda.quant_ops import weight_only_gemv
+    dtype = DTYPES[(m + config) % 2]
+    k, group = TC_SHAPES[(m + 3 * config) % len(TC_SHAPES)]
+    n = 203 if m % 3 else 37
+    x, qweight, scales, zeros = weight_only_inputs(m, k, n, 4, group, dtype, zp)
+    out = weight_only_gemv(x, qweight, scales, 4, group, numerics.num_groups(k, group), zeros, config)
+    assert rel_err(out, weight_only_ref(x, qweight, scales, zeros, 4, group, k)) < TOL[dtype], (k, group, dtype)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,group", TC_SHAPES)
+def test_int4_tensor_core_gemv_all_shapes(k, group, dtype):
+    from trtdsl.plugins.cuda.quant_ops import weight_only_gemv
+    for m, zp in ((1, True), (8, False), (16, True)):
+        x, qweight, scales, zeros = weight_only_inputs(m, k, 75, 4, group, dtype, zp)
+        out = weight_only_gemv(x, qweight, scales, 4, group, numerics.num_groups(k, group), zeros, 9)
+        assert rel_err(out, weight_only_ref(x, qweight, scales, zeros, 4, group, k)) < TOL[dtype], (m, zp)
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("k,n", BIG[:3])
+@pytest.mark.parametrize("m", [1, 2, 8, 16])
+def test_int4_tensor_core_gemv_llama_shapes(m, k, n, dtype):
+    """int4_awq's format (zeros, group 128) on the 8B shapes, the table's pick and the first config."""
+    from trtdsl.plugins.cuda.quant_ops import weight_only_gemv
+    x, qweight, scales, zeros = weight_only_inputs(m, k, n, 4, 128, dtype, zp=True)
+    ref = weight_only_ref(x, qweight, scales, zeros, 4, 128, k)
+    for config in (None, 8):
+        out = weight_only_gemv(x, qweight, scales, 4, 128, k // 128, zeros, config)
+        assert rel_err(out, ref) < TOL[dtype], config
+
+
+@cuda
+def test_int4_tensor_core_gemv_is_graph_capturable():
+    from trtdsl.plugins.cuda.quant_ops import weight_only_gemv
+    x, qweight, scales, zeros = weight_only_inputs(3, 512, 64, 4, 128, torch.bfloat16, zp=True)
+    weight_only_gemv(x, qweight, scales, 4, 128, 4, zeros, 9)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = weight_only_gemv(x, qweight, scales, 4, 128, 4, zeros, 9)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.testing.assert_close(out, weight_only_gemv(x, qweight, scales, 4, 128, 4, zeros, 9), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- FP8 GEMV with the quantizer fused in
+
+@fp8
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("m", range(1, 17))
+def test_fp8_gemv_static_is_the_two_kernel_path_bitwise(m, config):
+    """Same e4m3 codes (saturating values included), same products and summation order as
+    quantize_fp8 + fp8_gemv with the same config: equal bits, not just close."""
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemv, fp8_gemv_static, quantize_fp8
+    dtype = DTYPES[m % 2]
+    x, w, w_scale, x_scale = fp8_inputs(m, 272 if m % 3 else 4096, 37, dtype, per_channel=bool(m % 4))
+    fused = fp8_gemv_static(x, w, x_scale, w_scale, config)
+    two = fp8_gemv(quantize_fp8(x, x_scale), w, x_scale, w_scale, dtype, config)
+    assert torch.equal(fused.view(torch.int16), two.view(torch.int16))
+    assert rel_err(fused, fp8_gemm_reference([x, w, w_scale, x_scale], {})) < TOL[dtype]
+
+
+@fp8
+def test_fp8_gemm_static_decode_is_one_launch(monkeypatch):
+    """With FP8_FUSE_STATIC_QUANT the dispatcher's static path at m <= FP8_GEMV_MAX_M runs the fused
+    kernel (one kernel in the profile); fp32 activations still take the two-kernel path."""
+    from trtdsl.plugins.cuda import quant_ops
+    from trtdsl.plugins.cuda.quant_ops import FP8_GEMV_MAX_M, fp8_gemm
+    monkeypatch.setattr(quant_ops, "FP8_FUSE_STATIC_QUANT", True)
+    ins = fp8_inputs(FP8_GEMV_MAX_M, 512, 64, torch.bfloat16, True)
+    fp8_gemm(*ins)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fp8_gemm(*ins)
+        torch.cuda.synchronize()
+    kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert len(kernels) == 1 and "fp8_gemv_kernel" in kernels[0], kernels
+    ins32 = [ins[0].float(), *ins[1:]]
+    assert rel_err(fp8_gemm(*ins32), fp8_gemm_reference(ins32, {})) < 1e-5
+
+
+@fp8
+def test_fp8_gemv_static_rejects_bad_arguments():
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemv_static
+    x, w, ws, xs = fp8_inputs(2, 64, 8, torch.bfloat16, True)
+    with pytest.raises(PluginError, match="input_scale must have 1 value"):
+        fp8_gemv_static(x, w, xs.expand(2).contiguous(), ws)
+    with pytest.raises(PluginError, match="x has dtype float32"):
+        fp8_gemv_static(x.float(), w, xs, ws)

@@ -30,10 +30,29 @@ __device__ __forceinline__ void fp8x8_to_float(uint32_t w0, uint32_t w1, float* 
     }
 }
 
+// 8 activations of T (one 16-byte load) -> their e4m3 codes of x / s -> fp32. The codes are those of
+// quantize_fp8_kernel bitwise (IEEE division, round to nearest even, saturating at +-448); the
+// round trip through fp8x2 -> half2 gives the exact code value the unfused GEMV reads.
+template <typename T> __device__ __forceinline__ void quantize8_fp8(const T* p, float s, float* f) {
+  act8<T>(p, f);
+#pragma unroll
+  for (int j = 0; j < 8; j += 2) {
+    const float2 q = make_float2(__fdiv_rn(f[j], s), __fdiv_rn(f[j + 1], s));
+    const __nv_fp8x2_storage_t c = __nv_cvt_float2_to_fp8x2(q, __NV_SATFINITE, __NV_E4M3);
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(c, __NV_E4M3);
+    const float2 t = __half22float2(*reinterpret_cast<const __half2*>(&h));
+    f[j] = t.x;
+    f[j + 1] = t.y;
+  }
+}
+
 // Block shape as in wo_gemv_kernel: NR weight rows, KW warps splitting k, U 16-byte loads (16 codes)
 // per row and thread in flight. Rows past n / m are clamped reads, never stored. k % 16 == 0.
-template <typename T, int MT, int NR, int KW, int U>
-__global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const uint4* __restrict__ xq,
+// QX: xin is the unquantized activation (T) and x_scale the static per-tensor input scale; every
+// block quantizes the x values it reads (the same codes as the separate quantizer, so the same
+// products and the same sums: one launch instead of two). Else xin holds e4m3 codes.
+template <typename T, int MT, int NR, int KW, int U, bool QX>
+__global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restrict__ xin,
                                                            const uint4* __restrict__ wq,
                                                            const float* __restrict__ x_scale, int xs_stride,
                                                            const float* __restrict__ w_scale, int ws_stride,
@@ -46,6 +65,9 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const uint4* __restri
 #pragma unroll
   for (int r = 0; r < NR; ++r) wrow[r] = wq + static_cast<int64_t>(min(row0 + r, n - 1)) * vecs;
   const int last = m - 1;
+  const uint4* xq = static_cast<const uint4*>(xin);
+  const T* xt = static_cast<const T*>(xin);
+  const float in_scale = QX ? __ldg(x_scale) : 1.f;
 
   float acc[NR][MT];
 #pragma unroll
@@ -68,9 +90,13 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const uint4* __restri
             fp8x8_to_float(h == 0 ? wv[u][r].x : wv[u][r].z, h == 0 ? wv[u][r].y : wv[u][r].w, wf[r]);
 #pragma unroll
           for (int i = 0; i < MT; ++i) {
-            const uint4 xv = __ldg(xq + static_cast<int64_t>(min(i, last)) * vecs + v);
             float xf[8];
-            fp8x8_to_float(h == 0 ? xv.x : xv.z, h == 0 ? xv.y : xv.w, xf);
+            if constexpr (QX) {
+              quantize8_fp8<T>(xt + static_cast<int64_t>(min(i, last)) * k + v * 16 + h * 8, in_scale, xf);
+            } else {
+              const uint4 xv = __ldg(xq + static_cast<int64_t>(min(i, last)) * vecs + v);
+              fp8x8_to_float(h == 0 ? xv.x : xv.z, h == 0 ? xv.y : xv.w, xf);
+            }
 #pragma unroll
             for (int r = 0; r < NR; ++r)
 #pragma unroll
@@ -118,28 +144,30 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const uint4* __restri
   }
 }
 
-template <typename T, int MT, int NR0, int KW, int U>
+template <typename T, int MT, bool QX, int NR0, int KW, int U>
 inline int launch_fp8_gemv_cfg(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
                                int ws_stride, T* out, int m, int n, int k, cudaStream_t stream) {
   constexpr int NR = NR0 * MT <= 32 ? NR0 : (32 / MT > 0 ? 32 / MT : 1);  // acc in registers
   const int blocks = (n + NR - 1) / NR;
-  fp8_gemv_kernel<T, MT, NR, KW, U><<<blocks, KW * 32, 0, stream>>>(
-      static_cast<const uint4*>(xq), static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
+  fp8_gemv_kernel<T, MT, NR, KW, U, QX><<<blocks, KW * 32, 0, stream>>>(
+      xq, static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
   return launch_status();
 }
 
-template <typename T, int MT>
+template <typename T, int MT, bool QX>
 inline int launch_fp8_gemv_mt(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
                               int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
   // Keep in step with kQuantGemvConfigs (quant_gemm.cuh).
 #define TRTDSL_FP8_CFG(NR, KW, U) \
-  return launch_fp8_gemv_cfg<T, MT, NR, KW, U>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, stream)
+  return launch_fp8_gemv_cfg<T, MT, QX, NR, KW, U>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, stream)
   switch (config) {
     case 1: TRTDSL_FP8_CFG(4, 4, 1);
     case 2: TRTDSL_FP8_CFG(4, 1, 4);
     case 3: TRTDSL_FP8_CFG(2, 2, 2);
     case 4: TRTDSL_FP8_CFG(2, 4, 2);
     case 5: TRTDSL_FP8_CFG(8, 1, 2);
+    case 6: TRTDSL_FP8_CFG(4, 8, 1);
+    case 7: TRTDSL_FP8_CFG(2, 8, 1);
     default: return kErrUnsupported;
   }
 #undef TRTDSL_FP8_CFG
@@ -152,18 +180,21 @@ inline int fp8_gemv_auto_config(int m, int n, int k) {
   return m <= 2 && n >= 8192 ? 2 : 1;
 }
 
-template <typename T>
+// QX = false: xq holds e4m3 codes. QX = true: xq is x itself (T, 16-bit) and xs the static input scale
+// (xs_stride 0), quantized inside the GEMV.
+template <typename T, bool QX>
 inline int launch_fp8_gemv(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
                            int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
   if (m < 1 || m > kFp8GemvMaxM || n < 1 || k < 16 || k % 16) return kErrShape;
   if (!aligned16(xq) || !aligned16(wq)) return kErrUnsupported;
+  if (QX && (sizeof(T) != 2 || xs_stride != 0)) return kErrUnsupported;
   if (config < 0 || config > kQuantGemvNumConfigs) return kErrUnsupported;
   if (config == 0) config = fp8_gemv_auto_config(m, n, k);
-  if (m == 1) return launch_fp8_gemv_mt<T, 1>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  if (m == 2) return launch_fp8_gemv_mt<T, 2>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  if (m <= 4) return launch_fp8_gemv_mt<T, 4>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  if (m <= 8) return launch_fp8_gemv_mt<T, 8>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  return launch_fp8_gemv_mt<T, 16>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m == 1) return launch_fp8_gemv_mt<T, 1, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m == 2) return launch_fp8_gemv_mt<T, 2, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m <= 4) return launch_fp8_gemv_mt<T, 4, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m <= 8) return launch_fp8_gemv_mt<T, 8, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  return launch_fp8_gemv_mt<T, 16, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
 }
 
 }  // namespace trtdsl

@@ -104,6 +104,19 @@ int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* x_scale, in
                     const float* w_scale, int64_t w_scale_stride, void* out, int64_t m, int64_t n, int64_t k,
                     int config, int dtype, cudaStream_t stream);
 
+/* Launch configs beyond the "1..5" above: 6 and 7 are CUDA-core shapes of both GEMVs (kQuantGemvConfigs),
+ * 8..11 the int4 tensor-core decode kernel (wo_gemv_tc.cuh, kWoTcConfigs; trtdsl_weight_only_gemv_zp
+ * with bits 4 only, any group that is a multiple of 32). */
+
+/* FP8 decode GEMV with the static activation quantizer fused in (plugins_cuda/src/fp8_gemv_q.cu):
+ * trtdsl_quantize_fp8(x, input_scale) followed by trtdsl_fp8_gemv(..., x_scale = input_scale, stride 0)
+ * in one launch, bitwise the same output (same codes, products and summation order for the same
+ * config). x / out fp16 or bf16 (dtype) [m, k] / [m, n], 1 <= m <= 16, k % 16 == 0, x and weight
+ * 16-byte aligned; input_scale [1]. */
+int trtdsl_fp8_gemv_static(const void* x, const float* input_scale, const void* weight, const float* w_scale,
+                           int64_t w_scale_stride, void* out, int64_t m, int64_t n, int64_t k, int config, int dtype,
+                           cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

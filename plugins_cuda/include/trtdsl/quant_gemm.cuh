@@ -88,7 +88,7 @@ template <typename T> __device__ __forceinline__ void act8(const T* p, float* f)
 struct QuantGemvConfig {
   int nr, kw, u;
 };
-constexpr int kQuantGemvNumConfigs = 5;
+constexpr int kQuantGemvNumConfigs = 7;
 constexpr QuantGemvConfig kQuantGemvConfigs[kQuantGemvNumConfigs + 1] = {
     {0, 0, 0},  // 0 = automatic (quant_gemv_auto_config); callers usually pass the Python table's pick
     {4, 4, 1},  // 1: 128 threads, 4 loads per thread (the first kernel; int8 reached 90-99% of copy)
@@ -96,6 +96,8 @@ constexpr QuantGemvConfig kQuantGemvConfigs[kQuantGemvNumConfigs + 1] = {
     {2, 2, 2},  // 3: 64 threads, 4 loads: twice the blocks of 2 for narrow n
     {2, 4, 2},  // 4: 128 threads, 4 loads: long rows (k = 14336) of narrow n
     {8, 1, 2},  // 5: one warp per 8 rows: x reused 8x (m >= 2 turns compute bound)
+    {4, 8, 1},  // 6: 256 threads: twice config 1's loads in flight per block (short k, narrow n)
+    {2, 8, 1},  // 7: 256 threads over 2 rows: twice the blocks of 6
 };
 
 // Untuned prior for config 0 (reasoning, not measurement): int4 rows of k = 4096 are only 2 KB, so at
@@ -112,6 +114,15 @@ inline int quant_gemv_auto_config(int bits, int m, int n, int k) {
 template <typename T, int BITS, bool ZP>
 int launch_wo_gemv(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
                    int k, int group, int num_groups, int config, cudaStream_t stream);
+
+// int4 tensor-core decode GEMV (wo_gemv_tc.cuh, instantiated in src/wo_gemv_tc_{bf16,f16}.cu): configs
+// kWoTcFirstConfig..kWoTcLastConfig of the same config numbering, shapes {NT tiles of 16 rows, KW warps
+// splitting k, U k blocks of 128 per step}: 8 = {1, 4, 4}, 9 = {1, 8, 4}, 10 = {2, 4, 2}, 11 = {1, 8, 2}.
+constexpr int kWoTcFirstConfig = 8;
+constexpr int kWoTcLastConfig = 11;
+template <typename T, bool ZP>
+int launch_wo_gemv_tc(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n, int k,
+                      int group, int num_groups, int config, cudaStream_t stream);
 
 // Dequantize codes [n, k] (int4: packed [n, k / 2]) into T [n, k] for the cuBLAS (large-M) path:
 // code * scale, then + zero when zeros is not null (separately rounded, as numerics.dequantize_weight

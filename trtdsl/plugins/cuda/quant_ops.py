@@ -3,9 +3,9 @@
 :mod:`trtdsl.quantization.numerics`; semantics are the torch references in
 :mod:`trtdsl.quantization.plugins`.
 
-* ``weight_only_gemm``: ``m <= GEMV_MAX_M`` rows (decode) run the GEMV kernel that streams the packed
-  weights once and dequantizes in registers (symmetric, or asymmetric with additive ``zeros``); larger
-  ``m`` dequantizes into an fp16/bf16 buffer and calls cuBLAS (``F.linear``). ``m`` is a host-side
+* ``weight_only_gemm``: ``m <= gemv_max_m(bits)`` rows (decode; int4 up to 16 on the tensor-core
+  kernel) run a GEMV kernel that streams the packed weights once and dequantizes in registers
+  (symmetric, or asymmetric with additive ``zeros``); larger ``m`` dequantizes into an fp16/bf16 buffer and calls cuBLAS (``F.linear``). ``m`` is a host-side
   shape, so the choice needs no synchronization.
 * ``fp8_gemm``: e4m3 activations from a quantize kernel (static per-tensor ``input_scale``, or dynamic
   per-token when it is ``None``), then for ``m <= FP8_GEMV_MAX_M`` the FP8 GEMV (exact fp8 x fp8
@@ -32,8 +32,10 @@ from ._lib import call, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
-           "FP8_GEMV_CONFIG", "gemv_config", "gemv_supported", "weight_only_gemm", "weight_only_gemv",
-           "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8", "fp8_gemv", "fp8_gemm",
+           "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config",
+           "gemv_max_m", "gemv_supported",
+           "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
+           "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
            "quantize_per_token_int8", "int8_gemm"]
 
 # The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
@@ -41,23 +43,37 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
 # (0.55x vs 0.42x of bf16 on the 8B shapes), at m = 16 it lost, so m = 9..16 dequantizes.
 GEMV_KERNEL_MAX_M = 16
 GEMV_MAX_M = 8
+# int4 has the tensor-core decode kernel (configs WO_TC_CONFIGS), not compute bound at m <= 16: at
+# m = 16 it took 11-161 us where dequantize + cuBLAS took 28-890 us (H100, 8B shapes).
+INT4_GEMV_MAX_M = 16
+# The static-scale FP8 GEMV with the quantizer fused in (fp8_gemv_static) is bitwise the two-kernel
+# path but measured no faster at m = 1 (H100: 10.0 vs 10.0 us at 4096x4096, 28.0 vs 24.1 us at
+# 14336x4096): every block re-quantizes the x it reads with IEEE divisions, which costs what the
+# saved launch gains. Off until that is cheaper (docs/quant_kernels.md).
+FP8_FUSE_STATIC_QUANT = False
 # FP8 GEMV vs _scaled_mm (~0.6-0.85 of copy at any m <= 16): the GEMV does 16 fp32 FMAs per weight
 # byte at m = 16, ~1.5x the time of the weight stream, so it stops at 8 (measure: bench_quant_gemm).
 FP8_GEMV_MAX_M = 4  # at m = 8 _scaled_mm won on 3 of 4 8B shapes (quant_gemm_h100.json)
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
 
-NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: launch shapes 1..5 (0 = the C++ automatic choice)
+NUM_GEMV_CONFIGS = 7  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..7 (0 = the C++ automatic choice)
+# kWoTcFirstConfig..kWoTcLastConfig: the int4 tensor-core kernel (wo_gemv_tc.cuh), weight-only 4-bit only.
+WO_TC_CONFIGS = (8, 9, 10, 11)
 WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row group (configs 2, 5)
 # (bits, MT, n >= WIDE_N) -> GEMV launch config, MT = m rounded up to 1, 2, 4, 8, 16; missing keys
 # use config 1 (the first kernel: int8 at 90-99% of copy). An untuned prior: int4 rows of k = 4096 are
 # only 2 KB, so at small m it needs more loads in flight per thread (2) or more, smaller blocks (3).
 # After a GPU run, copy bench_quant_gemm.py's "best_config" here (one line per entry).
 WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {  # measured: quant_gemm_h100.json "summary"
-    (4, 1, True): 1, (4, 1, False): 1,
-    (4, 2, True): 1, (4, 2, False): 1,
-    (4, 8, True): 5, (4, 8, False): 5,
-}
-# (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
+    # m = 1, narrow n: the CUDA-core kernel (config 1) was best or within 2% on the 8B shapes; every
+    # other bucket: the tensor-core kernel (10 for wide n, 11 for narrow), 1.2-5x the CUDA-core one
+    # from m = 8 and ahead of dequantize + cuBLAS up to m = 16 (2.4-5.5x).
+    (4, 1, True): 10, (4, 1, False): 1,
+    (4, 2, True): 10, (4, 2, False): 11,
+    (4, 4, True): 10, (4, 4, False): 11,
+    (4, 8, True): 10, (4, 8, False): 11,
+    (4, 16, True): 10, (4, 16, False): 11,
+}# (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
 FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}  # config 1 was best or within 3% at m = 1 (H100)
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
@@ -70,6 +86,7 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_quantize_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_quantize_per_token_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_fp8_gemv": [_P, _P, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
+    "trtdsl_fp8_gemv_static": [_P, _P, _P, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
 }
@@ -89,9 +106,15 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4) -> int:
     return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
 
 
-def _check_config(op: str, config: int) -> None:
-    if not 0 <= config <= NUM_GEMV_CONFIGS:
-        raise PluginError(f"{op}: config must be 0..{NUM_GEMV_CONFIGS}, got {config}")
+def _check_config(op: str, config: int, tensor_core: bool = False) -> None:
+    if not (0 <= config <= NUM_GEMV_CONFIGS or (tensor_core and config in WO_TC_CONFIGS)):
+        extra = f" or {WO_TC_CONFIGS[0]}..{WO_TC_CONFIGS[-1]} (int4 tensor cores)" if tensor_core else ""
+        raise PluginError(f"{op}: config must be 0..{NUM_GEMV_CONFIGS}{extra}, got {config}")
+
+
+def gemv_max_m(bits: int) -> int:
+    """Rows up to which :func:`weight_only_gemm` runs the GEMV (else dequantize + cuBLAS)."""
+    return INT4_GEMV_MAX_M if bits == 4 else GEMV_MAX_M
 
 
 def _as_2d(op: str, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -155,12 +178,12 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                      group_size: int, groups: int, zeros: torch.Tensor | None = None,
                      config: int | None = None) -> torch.Tensor:
     """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported` with
-    ``max_m=GEMV_KERNEL_MAX_M``). ``config``: launch shape 1..5, 0 = the C++ prior, ``None`` = the
-    ``WO_GEMV_CONFIG`` table."""
+    ``max_m=GEMV_KERNEL_MAX_M``). ``config``: CUDA-core launch shape 1..7, int4 tensor-core kernel
+    8..11 (``WO_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the ``WO_GEMV_CONFIG`` table."""
     m, k = x2.shape
     n = qweight.shape[0]
     config = gemv_config("wo", m, n, bits) if config is None else config
-    _check_config("weight_only_gemv", config)
+    _check_config("weight_only_gemv", config, tensor_core=bits == 4)
     out = x2.new_empty(m, n)
     call("trtdsl_weight_only_gemv_zp", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), _ptr(zeros),
          out.data_ptr(), m, n, k, bits, group_size, groups, config, _DTYPE_CODES[x2.dtype], _stream(x2))
@@ -178,7 +201,7 @@ def weight_only_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
     if x2.shape[0] == 0:
         return x.new_empty(*x.shape[:-1], n)
     zeros = None if zeros is None else zeros.contiguous()
-    if gemv_supported(x2, bits, group_size, in_features):
+    if gemv_supported(x2, bits, group_size, in_features, gemv_max_m(bits)):
         out = weight_only_gemv(x2, qweight.contiguous(), scales.contiguous(), bits, group_size, groups, zeros)
     else:
         w = dequantize_weight(qweight.contiguous(), scales.contiguous(), bits, group_size, in_features, x2.dtype,
@@ -244,6 +267,33 @@ def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weig
     return out
 
 
+def fp8_gemv_static(x2: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor,
+                    weight_scale: torch.Tensor, config: int | None = None) -> torch.Tensor:
+    """The FP8 decode kernel with the static activation quantizer fused in: bitwise
+    ``fp8_gemv(quantize_fp8(x2, input_scale), weight, input_scale, weight_scale, x2.dtype, config)`` in
+    one launch. ``x2 [m <= 16, k]`` fp16/bf16, 16-byte aligned; ``input_scale [1]``; output in x2's dtype."""
+    op = "fp8_gemv_static"
+    _check(op, "x", x2, dtypes=_HALF_TYPES, ndim=2)
+    _check(op, "weight", weight, x2.device, (torch.float8_e4m3fn,), ndim=2)
+    m, k = x2.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k or k % 16 or not 1 <= m <= GEMV_KERNEL_MAX_M or x2.data_ptr() % 16:
+        raise PluginError(f"{op}: needs a 16-byte aligned x [1..{GEMV_KERNEL_MAX_M}, k] and weight [n, k] with "
+                          f"k % 16 == 0, got {tuple(x2.shape)} and {tuple(weight.shape)}")
+    _check(op, "input_scale", input_scale, x2.device, (torch.float32,))
+    _check(op, "weight_scale", weight_scale, x2.device, (torch.float32,))
+    if input_scale.numel() != 1 or weight_scale.numel() not in (1, n):
+        raise PluginError(f"{op}: input_scale must have 1 value and weight_scale 1 or {n}, got "
+                          f"{tuple(input_scale.shape)} and {tuple(weight_scale.shape)}")
+    config = gemv_config("fp8", m, n) if config is None else config
+    _check_config(op, config)
+    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    call("trtdsl_fp8_gemv_static", x2.data_ptr(), input_scale.data_ptr(), weight.data_ptr(),
+         weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(), m, n, k, config,
+         _DTYPE_CODES[x2.dtype], _stream(x2))
+    return out
+
+
 def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
              input_scale: torch.Tensor | None = None, pad_rows_to: int = 1,
              gemv_max_m: int = FP8_GEMV_MAX_M) -> torch.Tensor:
@@ -264,6 +314,9 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     if m <= min(gemv_max_m, GEMV_KERNEL_MAX_M) and k % 16 == 0 and weight.data_ptr() % 16 == 0:
         if input_scale is None:
             xq, xs = quantize_per_token_fp8(x2)
+        elif FP8_FUSE_STATIC_QUANT and x2.dtype in _HALF_TYPES and x2.data_ptr() % 16 == 0:  # one launch
+            out = fp8_gemv_static(x2, weight.contiguous(), input_scale.reshape(1), weight_scale)
+            return out.view(*x.shape[:-1], n)
         else:
             xs = input_scale.reshape(1)
             xq = quantize_fp8(x2, xs)
