@@ -260,7 +260,7 @@ def test_registered_implementations_match_references(dtype):
 
 # ---------------------------------------------------------------- decode GEMVs: every m, every config
 
-CONFIGS = [None, 0, 1, 2, 3, 4, 5, 6, 7]  # None: the quant_ops table; 0: the C++ prior; 1..7 forced (CUDA cores)
+CONFIGS = [None, 0, 1, 2, 3, 4, 5]  # None: the quant_ops table; 0: the C++ prior; 1..5 forced (CUDA cores)
 GROUPS = [32, 64, 128, 0]  # with k = 352: 11 groups; 6 (last 32); 3 (last 96); per-channel
 
 
@@ -280,7 +280,7 @@ def test_gemv_config_tables_name_valid_configs():
 def test_tensor_core_configs_are_int4_only():
     from trtdsl.plugins.cuda.quant_ops import WO_TC_CONFIGS, _check_config
     _check_config("op", WO_TC_CONFIGS[0], tensor_core=True)
-    with pytest.raises(PluginError, match="config must be 0..7, got 8"):
+    with pytest.raises(PluginError, match="config must be 0..5, got 8"):
         _check_config("op", WO_TC_CONFIGS[0])
 
 

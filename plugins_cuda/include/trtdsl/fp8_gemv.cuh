@@ -166,8 +166,6 @@ inline int launch_fp8_gemv_mt(const void* xq, const void* wq, const float* xs, i
     case 3: TRTDSL_FP8_CFG(2, 2, 2);
     case 4: TRTDSL_FP8_CFG(2, 4, 2);
     case 5: TRTDSL_FP8_CFG(8, 1, 2);
-    case 6: TRTDSL_FP8_CFG(4, 8, 1);
-    case 7: TRTDSL_FP8_CFG(2, 8, 1);
     default: return kErrUnsupported;
   }
 #undef TRTDSL_FP8_CFG

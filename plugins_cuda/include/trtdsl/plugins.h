@@ -104,8 +104,7 @@ int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* x_scale, in
                     const float* w_scale, int64_t w_scale_stride, void* out, int64_t m, int64_t n, int64_t k,
                     int config, int dtype, cudaStream_t stream);
 
-/* Launch configs beyond the "1..5" above: 6 and 7 are CUDA-core shapes of both GEMVs (kQuantGemvConfigs),
- * 8..11 the int4 tensor-core decode kernel (wo_gemv_tc.cuh, kWoTcConfigs; trtdsl_weight_only_gemv_zp
+/* Launch configs beyond the "1..5" above: 8..11 are the int4 tensor-core decode kernel (wo_gemv_tc.cuh, kWoTcConfigs; trtdsl_weight_only_gemv_zp
  * with bits 4 only, any group that is a multiple of 32). */
 
 /* FP8 decode GEMV with the static activation quantizer fused in (plugins_cuda/src/fp8_gemv_q.cu):

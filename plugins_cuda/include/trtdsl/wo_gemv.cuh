@@ -151,8 +151,6 @@ inline int launch_wo_gemv_mt(const T* x, const void* qw, const float* scales, co
     case 3: TRTDSL_WO_CFG(2, 2, 2);
     case 4: TRTDSL_WO_CFG(2, 4, 2);
     case 5: TRTDSL_WO_CFG(8, 1, 2);
-    case 6: TRTDSL_WO_CFG(4, 8, 1);
-    case 7: TRTDSL_WO_CFG(2, 8, 1);
     default: return kErrUnsupported;
   }
 #undef TRTDSL_WO_CFG

@@ -56,7 +56,7 @@ FP8_FUSE_STATIC_QUANT = False
 FP8_GEMV_MAX_M = 4  # at m = 8 _scaled_mm won on 3 of 4 8B shapes (quant_gemm_h100.json)
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
 
-NUM_GEMV_CONFIGS = 7  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..7 (0 = the C++ automatic choice)
+NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..5 (0 = the C++ automatic choice)
 # kWoTcFirstConfig..kWoTcLastConfig: the int4 tensor-core kernel (wo_gemv_tc.cuh), weight-only 4-bit only.
 WO_TC_CONFIGS = (8, 9, 10, 11)
 WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row group (configs 2, 5)
@@ -178,7 +178,7 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                      group_size: int, groups: int, zeros: torch.Tensor | None = None,
                      config: int | None = None) -> torch.Tensor:
     """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported` with
-    ``max_m=GEMV_KERNEL_MAX_M``). ``config``: CUDA-core launch shape 1..7, int4 tensor-core kernel
+    ``max_m=GEMV_KERNEL_MAX_M``). ``config``: CUDA-core launch shape 1..5, int4 tensor-core kernel
     8..11 (``WO_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the ``WO_GEMV_CONFIG`` table."""
     m, k = x2.shape
     n = qweight.shape[0]
