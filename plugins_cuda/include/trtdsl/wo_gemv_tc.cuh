@@ -22,22 +22,21 @@
 //   cannot scale separately): the weight code * s + z is formed in T (one fma, rounded to T: bf16
 //   keeps 8 bits) before the mma. Errors ~2^-9 (bf16) / 2^-12 (fp16) of each weight, random in sign.
 #pragma once
+#include "trtdsl/attention_mma.cuh"
 #include "trtdsl/quant_gemm.cuh"
 
 namespace trtdsl {
 
 template <typename T> struct TcTraits;
 
+// The mma itself is attention_mma.cuh's (one wrapper per dtype for the whole project).
 template <> struct TcTraits<__nv_bfloat16> {
   using T2 = __nv_bfloat162;
   static constexpr uint32_t kMagic = 0x43084308u;  // bf16x2 (136, 136): 0x4300 = 128, | 8 = the flipped sign bit
   static constexpr uint32_t kOne = 0x3F803F80u;    // bf16x2 (1, 1)
   __device__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                              uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    attn::Mma<__nv_bfloat16>::run(d, {a0, a1, a2, a3}, b0, b1);
   }
   __device__ static T2 pair(float v) { return __float2bfloat162_rn(v); }
 };
@@ -48,10 +47,7 @@ template <> struct TcTraits<__half> {
   static constexpr uint32_t kOne = 0x3C003C00u;    // fp16x2 (1, 1)
   __device__ static void mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                              uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    attn::Mma<__half>::run(d, {a0, a1, a2, a3}, b0, b1);
   }
   __device__ static T2 pair(float v) { return __float2half2_rn(v); }
 };
