@@ -68,10 +68,13 @@ def test_logits_and_logprobs_match_transformers(runner, hf, tiny_engine):
 def test_streaming_yields_growing_outputs(runner):
     chunks = list(runner.generate([PROMPTS[1]], max_new_tokens=6, end_id=-1, streaming=True))
     lengths = [int(c["sequence_lengths"][0, 0]) for c in chunks]
-    # one update per new token (the executor path may fold tokens that arrived together)
-    assert lengths == sorted(set(lengths)) and lengths[-1] == 2 + 6 and len(chunks) >= 3
+    # One update per new token, except that the executor path folds the tokens that arrived while
+    # the consumer was busy (how many depends on the machine's load, so the count is not asserted).
+    assert lengths == sorted(set(lengths)) and lengths[-1] == 2 + 6
     final = runner.generate([PROMPTS[1]], max_new_tokens=6, end_id=-1)
     assert torch.equal(chunks[-1]["output_ids"], final["output_ids"])
+    for chunk, n in zip(chunks, lengths):  # every update is a prefix of the final sequence
+        assert torch.equal(chunk["output_ids"][0, 0, :n], final["output_ids"][0, 0, :n])
 
 
 def test_end_id_stop_words_and_bad_words(runner, hf):
