@@ -6,6 +6,10 @@
 #   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
 # The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
+# Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
+# unchanged are reused, a fresh machine then recompiles only what changed) and packs the objects of
+# this build into $OUT/plugin_objs.tgz; back here, unpack them with
+#   mkdir -p .plugin_cache && tar xzf <files_at>/plugin_objs.tgz -C .plugin_cache
 set -uo pipefail
 export PYTHONPATH=".:/tmp/site" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}
@@ -25,7 +29,14 @@ setup() {
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  nvcc --version | tail -2
+  export TRTDSL_PLUGIN_CACHE="$PWD/.plugin_cache"
+  local t0=$SECONDS
   python3 -c "from trtdsl.plugins.cuda import build_plugins; print(build_plugins())" || status=1
+  echo "plugin build: $((SECONDS - t0)) s"
+  python3 -c "from trtdsl.plugins.cuda import object_paths; print('\n'.join('objs/' + p.name for p in object_paths()))" \
+    > /tmp/objs.txt && tar czf "$OUT/plugin_objs.tgz" -C .plugin_cache -T /tmp/objs.txt \
+    && ls -la "$OUT/plugin_objs.tgz"
 }
 
 tests() {

@@ -4,7 +4,13 @@ The library lands in ``<cache>/<hash>/libtrtdsl_plugins.so`` where ``<cache>`` i
 ``$TRTDSL_PLUGIN_CACHE`` or ``~/.cache/trtdsl/plugins`` and the hash covers every source file, the
 nvcc flags and the nvcc version, so an edited kernel never loads a stale binary. Concurrent builders
 (pytest-xdist workers, several ranks) serialize on a file lock and the library appears by atomic
-rename, so a half-written file is never loaded."""
+rename, so a half-written file is never loaded.
+
+Each translation unit's object is also kept, in ``<cache>/objs/``, under a hash of the ``.cu``, every
+header it includes (followed recursively), the flags and the nvcc version: editing one kernel
+recompiles only the units that include what changed. The tensor-core units take minutes, so carrying
+``objs/`` to a fresh GPU machine (``benchmarks/gpu_session.sh`` packs and unpacks it) saves most of a
+rebuild there."""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import concurrent.futures
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -19,7 +26,7 @@ from pathlib import Path
 
 from trtdsl.errors import PluginError
 
-__all__ = ["build_plugins", "library_path", "source_dir", "find_nvcc", "NVCC_FLAGS"]
+__all__ = ["build_plugins", "library_path", "object_paths", "source_dir", "find_nvcc", "NVCC_FLAGS"]
 
 LIB_NAME = "libtrtdsl_plugins.so"
 # sm_90a machine code for Hopper, plus compute_80 PTX so other GPUs (sm_80+) JIT-compile it.
@@ -81,13 +88,58 @@ def _run(cmd: list[str]) -> None:
         raise PluginError(f"building the CUDA plugins failed:\n$ {' '.join(cmd)}\n{res.stderr[-4000:]}")
 
 
-def _compile_all(src: Path, nvcc: str, tmp: Path) -> Path:
-    """Compile each .cu in parallel (they are independent), then link one shared library."""
+_INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
+
+
+def _included_files(path: Path, src: Path, seen: set[Path]) -> None:
+    """Add ``path`` and every quoted include it reaches (looked up beside the file, then in
+    ``include/``) to ``seen``; system headers (``<...>``) belong to the nvcc version in the key."""
+    if path in seen:
+        return
+    seen.add(path)
+    for name in _INCLUDE.findall(path.read_text(errors="replace")):
+        for base in (path.parent, src / "include"):
+            if (base / name).is_file():
+                _included_files((base / name).resolve(), src, seen)
+                break
+
+
+def _object_key(cu: Path, src: Path, version: str) -> str:
+    """Hash of everything that decides ``cu``'s object file."""
+    files: set[Path] = set()
+    _included_files(cu.resolve(), src, files)
+    h = hashlib.sha256(" ".join(NVCC_FLAGS).encode() + version.encode())
+    for f in sorted(files):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _compile_one(cmd: list[str], obj: Path) -> None:
+    """Compile into a temporary name and rename: a concurrent builder never links half an object."""
+    part = obj.with_suffix(f".{os.getpid()}.part")
+    _run([*cmd, "-o", str(part)])
+    os.replace(part, obj)
+
+
+def object_paths() -> list[Path]:
+    """The cached object files the current sources need (built or not), e.g. to carry them."""
+    src, nvcc = source_dir(), find_nvcc()
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    return [_cache_root() / "objs" / f"{cu.stem}-{_object_key(cu, src, version)}.o"
+            for cu in sorted(src.glob("src/*.cu"))]
+
+
+def _compile_all(src: Path, nvcc: str, tmp: Path, force: bool = False) -> Path:
+    """Compile the .cu files whose object is not cached (all of them with ``force``), in parallel
+    (they are independent), then link one shared library."""
     cus = sorted(src.glob("src/*.cu"))
-    objs = [tmp / (cu.stem + ".o") for cu in cus]
+    objs = object_paths()
+    objs[0].parent.mkdir(parents=True, exist_ok=True)
     base = [nvcc, *NVCC_FLAGS, "-I", str(src / "include")]
+    todo = [(cu, o) for cu, o in zip(cus, objs) if force or not o.exists()]
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(cus), os.cpu_count() or 1))) as ex:
-        list(ex.map(_run, [[*base, "-c", str(cu), "-o", str(o)] for cu, o in zip(cus, objs)]))
+        list(ex.map(lambda job: _compile_one([*base, "-c", str(job[0])], job[1]), todo))
     out = tmp / LIB_NAME
     _run([nvcc, "-shared", *[str(o) for o in objs], "-o", str(out)])  # cudart linked statically
     return out
@@ -109,7 +161,7 @@ def build_plugins(force: bool = False, verbose: bool = False) -> Path:
             if verbose:
                 print(f"trtdsl: building CUDA plugins into {target_dir}")
             with tempfile.TemporaryDirectory(dir=target_dir) as tmp:
-                built = _compile_all(src, nvcc, Path(tmp))
+                built = _compile_all(src, nvcc, Path(tmp), force)
                 os.replace(built, target)  # atomic: loaders see no file or a whole file
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
