@@ -78,6 +78,7 @@ CASES: list[tuple[str | None, str | None, dict[str, Any], set[str]]] = [
     ("int8_sq", "int8", {}, {"int8_gemm", "attention_quant_kv"}),
     (None, "fp8", {}, {"attention_quant_kv"}),
     (None, "int8", {"kv_cache_scales": "tensor"}, {"attention_quant_kv"}),
+    (None, "fp8", {"kv_cache_rotation": "hadamard"}, {"attention_quant_kv"}),
 ]
 
 
@@ -97,7 +98,9 @@ def _check_plans(net: Network) -> set[str]:
         for want, tensor in zip(inputs[1:], layer.inputs[1:]):
             assert tensor.name == want or tensor.name.endswith("." + want), (layer.name, want, tensor.name)
         fields = layer.attrs["fields"]
-        assert plan.attrs == {k: v for k, v in fields.items() if k in plan.attrs}
+        # Every TensorRT attribute is the layer's field, or the lowering's default where it has none.
+        assert plan.attrs == {name: fields.get(name, default)
+                              for name, _, default in PLUGIN_LOWERINGS[plan.plugin].fields}
         assert set(fields) - set(plan.attrs) <= set(PLUGIN_LOWERINGS[plan.plugin].implied_fields)
         used.add(plan.signature.qdp_name)
     return used

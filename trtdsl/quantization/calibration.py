@@ -23,6 +23,7 @@ from ..ir.network import LayerKind, Network
 from ..runtime.kv_cache import blocks_for_tokens
 from ..runtime.step_inputs import build_static_step_inputs
 from .graph import clone_network, find_gemm_sites
+from .kv_cache import hadamard
 
 __all__ = ["CALIBRATION_TOPICS", "EVALUATION_TOPICS", "builtin_text", "token_chunks", "prefill_feeds",
            "CalibrationStats", "collect_statistics", "calibrate"]
@@ -93,6 +94,9 @@ class CalibrationStats:
     # the full Hessian, since a few hundred sampled rows of a 1536-wide input under-determine it.
     xtx: dict[str, torch.Tensor] = field(default_factory=dict)
     kv_amax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer_idx -> [2, kv_heads] (K, V)
+    # layer_idx -> [kv_heads] max |k H| of the keys rotated by the Hadamard matrix (``k_rotation``);
+    # only when head_dim is a power of two.
+    k_amax_rotated: dict[int, torch.Tensor] = field(default_factory=dict)
     steps: int = 0
     _sample_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -142,13 +146,24 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
         if kv_cache:
             pool = feed["kv_cache"]
             for _, idx in attn_layers:
-                amax = pool[idx].float().abs().amax(dim=(0, 3, 4))  # [2, kv_heads]: K, V per head
-                prev = stats.kv_amax.get(idx)
-                stats.kv_amax[idx] = amax if prev is None else torch.maximum(prev, amax)
+                _accumulate_kv(stats, idx, pool[idx])
         stats.steps += 1
     if stats.steps == 0:
         raise ConfigError("calibration: the calibration feeds were empty")
     return stats
+
+
+def _accumulate_kv(stats: CalibrationStats, idx: int, layer_pool: torch.Tensor) -> None:
+    """Fold one layer's pool ``[blocks, 2, kv_heads, tpb, head_dim]`` into the K/V ranges."""
+    pool = layer_pool.float()
+    amax = pool.abs().amax(dim=(0, 3, 4))  # [2, kv_heads]: K, V per head
+    prev = stats.kv_amax.get(idx)
+    stats.kv_amax[idx] = amax if prev is None else torch.maximum(prev, amax)
+    head_dim = pool.shape[-1]
+    if head_dim & (head_dim - 1) == 0:
+        rotated = (pool[:, 0] @ hadamard(head_dim)).abs().amax(dim=(0, 2, 3))  # [kv_heads]
+        prev = stats.k_amax_rotated.get(idx)
+        stats.k_amax_rotated[idx] = rotated if prev is None else torch.maximum(prev, rotated)
 
 
 def calibrate(network: Network, calibration_feeds: Iterable[Mapping[str, Any]], *,

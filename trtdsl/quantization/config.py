@@ -40,6 +40,10 @@ class QuantConfig:
             of the values (more saturate).
         kv_cache_scales: ``"head"`` (one K and one V scale per K/V head and layer) or ``"tensor"``
             (one K and one V scale per layer).
+        kv_cache_rotation: ``"hadamard"`` stores K multiplied by the orthonormal Hadamard matrix of
+            the head dimension (q gets the same rotation, so the scores are unchanged), which spreads
+            the channels where q and k are both large over all channels; ``"none"`` (default)
+            stores K as is. Needs a power-of-two head_dim (see :mod:`.kv_cache`).
         smoothquant_alpha: migration strength ``a`` of ``s_j = max|X_j|^a / max|W_j|^(1-a)``.
         awq_grid: number of steps of the AWQ alpha grid over ``[0, 1]``.
         awq_clip: also run AWQ's per-group clip-ratio search.
@@ -74,6 +78,7 @@ class QuantConfig:
     fp8_dynamic: bool = False
     kv_cache_scales: str = "head"
     kv_cache_headroom: float = 1.0
+    kv_cache_rotation: str = "none"
     smoothquant_alpha: float = 0.5
     awq_grid: int = 20
     awq_clip: bool = True
@@ -96,6 +101,10 @@ class QuantConfig:
             problems.append(f"kv_cache_dtype {self.kv_cache_dtype!r}; expected 'fp8', 'int8' or None")
         if self.kv_cache_scales not in ("head", "tensor"):
             problems.append(f"kv_cache_scales {self.kv_cache_scales!r}; expected 'head' or 'tensor'")
+        if self.kv_cache_rotation not in ("none", "hadamard"):
+            problems.append(f"kv_cache_rotation {self.kv_cache_rotation!r}; expected 'none' or 'hadamard'")
+        if self.kv_cache_rotation != "none" and self.kv_cache_dtype is None:
+            problems.append("kv_cache_rotation applies to a quantized K/V cache: set kv_cache_dtype")
         if self.zero_point and self.mode not in ("int8_wo", "int4_wo", "int4_awq"):
             problems.append(f"zero_point applies to the weight-only modes, not mode {self.mode!r}")
         if not 0.0 < self.kv_cache_headroom <= 100.0:

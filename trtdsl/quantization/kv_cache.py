@@ -7,6 +7,14 @@ are quantized when written (``code = saturate(value / scale)``, rounded to neare
 dequantized when read (``code * scale``), so every query, including those of the step that wrote
 them, sees the cache's precision -- exactly what a fused kernel does.
 
+Field ``k_rotation="hadamard"`` (default ``"none"``) multiplies q and k, after RoPE, by the same
+orthonormal Hadamard matrix ``H`` of the head dimension before K is stored: ``(qH)(kH)^T = q k^T``, so
+the scores are unchanged in exact arithmetic, but fp8's rounding error of a score,
+``sum_i q_i k_i e_i``, no longer concentrates on the few channels where q and k are both large
+(RoPE's slow-turning pairs), which is where a floating-point code's relative error costs most.
+The K scales then bound ``|kH|`` (calibrated on rotated keys). V is stored unrotated: a rotation
+keeps the total squared error of ``sum_j p_j v_j`` the same, so it would buy nothing there.
+
 The lead's ``paged_attention_reference`` stores ``k.to(cache.dtype)`` with no scale; this module keeps
 its own reference (reusing its RoPE helper) instead of changing it.
 """
@@ -22,13 +30,28 @@ from ..plugins.attention_reference import apply_rope
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from .numerics import FP8_MAX, INT8_MAX
 
-__all__ = ["ATTENTION", "ATTENTION_QUANT_KV", "KV_CACHE_DTYPES", "quantize_kv", "dequantize_kv",
-           "quant_kv_attention_reference", "register"]
+__all__ = ["ATTENTION", "ATTENTION_QUANT_KV", "KV_CACHE_DTYPES", "K_ROTATIONS", "hadamard",
+           "quantize_kv", "dequantize_kv", "quant_kv_attention_reference", "register"]
 
 ATTENTION = "trtdsl.attention"
 ATTENTION_QUANT_KV = "trtdsl.attention_quant_kv"
 KV_CACHE_DTYPES = {"fp8": DType.fp8, "int8": DType.int8}
 KV_QMAX = {DType.fp8: FP8_MAX, DType.int8: float(INT8_MAX)}
+K_ROTATIONS = ("none", "hadamard")
+
+
+def hadamard(d: int) -> torch.Tensor:
+    """The orthonormal Sylvester Hadamard matrix of size ``d`` (a power of two), float32:
+    ``H[i, j] = (-1)^popcount(i & j) / sqrt(d)``, symmetric, ``H @ H = I``."""
+    if d < 1 or d & (d - 1):
+        raise ShapeError(f"hadamard: size {d} is not a power of two")
+    idx = torch.arange(d)
+    bits = torch.bitwise_and(idx[:, None], idx[None, :])
+    parity = torch.zeros_like(bits)
+    while bool(bits.any()):
+        parity ^= bits & 1
+        bits = bits >> 1
+    return (1.0 - 2.0 * parity.float()) / d ** 0.5
 
 
 def quantize_kv(x: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -54,6 +77,9 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
         cs = cos_sin[position_ids.long()]
         style = fields.get("rope_style", "neox")
         q, k = apply_rope(q, cs, rotary_dim, style), apply_rope(k, cs, rotary_dim, style)
+    if fields.get("k_rotation", "none") == "hadamard":
+        rot = hadamard(d).to(qkv.device)
+        q, k = q.float() @ rot, k.float() @ rot
     out = torch.empty(num_tokens, heads, d, dtype=qkv.dtype, device=qkv.device)
     cache = kv_cache[fields["layer_idx"]]
     # [] (per layer) or [kv_heads] (per head) -> broadcast over [tokens, kv_heads, head_dim]
@@ -84,11 +110,17 @@ def _shape_rule(ins: list, fields: dict) -> list:
         raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales), "
                          f"got {len(ins)}\n  inputs: {names}")
     qkv, kv_cache, scales = ins[0], ins[6], ins[8]
-    attention_fields = {k: v for k, v in fields.items() if k != "kv_cache_dtype"}
+    attention_fields = {k: v for k, v in fields.items() if k not in ("kv_cache_dtype", "k_rotation")}
     out = attention_shape_rule(ins[:8], attention_fields)  # every check of trtdsl.attention
     if fields.get("kv_cache_dtype") != kv_cache.dtype.value:
         raise DTypeError(f"{ATTENTION_QUANT_KV}: field kv_cache_dtype={fields.get('kv_cache_dtype')!r} "
                          f"but the kv_cache input is {kv_cache.dtype.value}\n  inputs: {names}")
+    rotation = fields.get("k_rotation", "none")
+    if rotation not in K_ROTATIONS:
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: k_rotation={rotation!r}; expected one of {K_ROTATIONS}")
+    if rotation == "hadamard" and fields["head_dim"] & (fields["head_dim"] - 1):
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: k_rotation='hadamard' needs a power-of-two head_dim, "
+                         f"got {fields['head_dim']}")
     if kv_cache.dtype not in KV_QMAX:
         raise DTypeError(f"{ATTENTION_QUANT_KV}: kv_cache must be int8 or fp8, got "
                          f"{kv_cache.dtype.value}\n  inputs: {names}")

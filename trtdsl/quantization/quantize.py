@@ -84,7 +84,8 @@ def quantize_network(network: Network, mode: str | None = None, *,
             quantize_group(net, group, cfg, stats)
     if cfg.kv_cache_dtype:
         _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats,
-                           per_head=cfg.kv_cache_scales == "head", headroom=cfg.kv_cache_headroom)
+                           per_head=cfg.kv_cache_scales == "head", headroom=cfg.kv_cache_headroom,
+                           rotation=cfg.kv_cache_rotation)
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
     return net
@@ -312,8 +313,23 @@ def _attention_layers(net: Network) -> list[Layer]:
     return layers
 
 
+def _rotated_k_amax(stats: CalibrationStats, layer: Layer, heads: int) -> torch.Tensor:
+    """Calibrated ``max |k H|`` of ``layer``'s keys, per K/V head (or one value if ``heads == 1``)."""
+    fields = layer.attrs["fields"]
+    # Statistics saved before rotated ranges were collected have no such attribute.
+    rotated = getattr(stats, "k_amax_rotated", {}).get(fields["layer_idx"])
+    if rotated is None:
+        raise ConfigError(f"quantize_network: kv_cache_rotation needs the calibrated ranges of the "
+                          f"rotated keys of attention layer {layer.name!r} (head_dim "
+                          f"{fields['head_dim']} must be a power of two; statistics from before this "
+                          f"option must be collected again with calibrate())")
+    rotated = rotated.float().reshape(-1)
+    return rotated if heads == rotated.numel() else rotated.amax().reshape(1)
+
+
 def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
-                       stats: CalibrationStats | None, per_head: bool, headroom: float = 1.0) -> None:
+                       stats: CalibrationStats | None, per_head: bool, headroom: float = 1.0,
+                       rotation: str = "none") -> None:
     assert stats is not None
     pool = layers[0].inputs[6]
     input_name = next((n for n, t in net.inputs.items() if t is pool), None)
@@ -329,7 +345,9 @@ def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
         if amax is None:
             raise ConfigError(f"quantize_network: calibration saw no K/V for attention layer "
                               f"{layer.name!r} (layer_idx {fields['layer_idx']})")
-        amax = amax.float().reshape(2, -1)  # [2, kv_heads] (older statistics: [2, 1])
+        amax = amax.float().reshape(2, -1).clone()  # [2, kv_heads] (older statistics: [2, 1])
+        if rotation != "none":
+            amax[0] = _rotated_k_amax(stats, layer, amax.shape[1])
         if not per_head or amax.shape[1] != fields["num_kv_heads"]:
             amax = amax.amax(dim=1)
         scales = amax.clamp_min(1e-6) * headroom / kvq.KV_QMAX[dtype]
@@ -338,8 +356,9 @@ def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
         def build(inputs: list[Tensor] = inputs, scales: torch.Tensor = scales,
                   fields: dict = fields, name: str = layer.name) -> Tensor:
             t = _const(net, scales, DType.float32, f"{name}.kv_scales")
+            extra = {"k_rotation": rotation} if rotation != "none" else {}
             return F.plugin(kvq.ATTENTION_QUANT_KV, [*inputs, t], **fields,
-                            kv_cache_dtype=dtype.value)[0]
+                            kv_cache_dtype=dtype.value, **extra)[0]
         splice(net, layer, build, replace_layer=True, module_path=layer.module_path)
     net.metadata["kv_cache_dtype"] = dtype.value
     if isinstance(net.metadata.get("build"), dict):  # what the model's build_network recorded

@@ -46,6 +46,7 @@ _ATTENTION_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("num_heads", int, None), ("num_kv_heads", int, None), ("head_dim", int, None),
     ("layer_idx", int, None), ("tokens_per_block", int, None), ("softmax_scale", float, None),
     ("rotary_dim", int, 0), ("rope_style", str, "neox"))
+_QUANT_KV_FIELDS = _ATTENTION_FIELDS + (("k_rotation", str, "none"),)
 _WEIGHT_ONLY_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("bits", int, None), ("group_size", int, None), ("in_features", int, None))
 
@@ -101,7 +102,7 @@ PLUGIN_LOWERINGS: dict[str, PluginLowering] = {
         (PluginSignature("attention", _ATTENTION_INPUTS),), _ATTENTION_FIELDS, num_outputs=2),
     # kv_cache_dtype is the kv_cache input's dtype (the IR's shape rule checks they agree).
     "trtdsl.attention_quant_kv": PluginLowering(
-        (PluginSignature("attention_quant_kv", _ATTENTION_INPUTS + ("kv_scales",)),), _ATTENTION_FIELDS,
+        (PluginSignature("attention_quant_kv", _ATTENTION_INPUTS + ("kv_scales",)),), _QUANT_KV_FIELDS,
         num_outputs=2, implied_fields=("kv_cache_dtype",)),
     "trtdsl.weight_only_gemm": PluginLowering(
         (PluginSignature("weight_only_gemm", ("x", "qweight", "scales")),  # symmetric: w = q * s
@@ -261,19 +262,19 @@ def _register_attention_quant_kv() -> None:
     def describe(qkv: D, position_ids: D, seq_lens: D, past_lens: D, cu_seqlens: D, block_tables: D,
                  kv_cache: D, rope_cos_sin: D, kv_scales: D, num_heads: int, num_kv_heads: int,
                  head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float,
-                 rotary_dim: int, rope_style: str) -> tuple[D, D]:
+                 rotary_dim: int, rope_style: str, k_rotation: str) -> tuple[D, D]:
         return _attention_desc(qkv, kv_cache, num_heads, head_dim)
 
     @trtp.impl(f"{NAMESPACE}::attention_quant_kv")
     def run(qkv: T, position_ids: T, seq_lens: T, past_lens: T, cu_seqlens: T, block_tables: T,
             kv_cache: T, rope_cos_sin: T, kv_scales: T, num_heads: int, num_kv_heads: int,
             head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
-            rope_style: str, outputs: tuple[T, T], stream: int) -> None:
+            rope_style: str, k_rotation: str, outputs: tuple[T, T], stream: int) -> None:
         # kv_cache_dtype is not a TensorRT attribute: the cache tensor's own type says it.
         fields = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                       layer_idx=layer_idx, tokens_per_block=tokens_per_block,
                       softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style,
-                      kv_cache_dtype=dtype_of_trt(kv_cache.dtype).value)
+                      kv_cache_dtype=dtype_of_trt(kv_cache.dtype).value, k_rotation=k_rotation)
         run_plugin("trtdsl.attention_quant_kv", [qkv, position_ids, seq_lens, past_lens, cu_seqlens,
                                                  block_tables, kv_cache, rope_cos_sin, kv_scales],
                    fields, outputs[:1], stream)
