@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from trtdsl.errors import PluginError
 
-from ._lib import call, register_signatures
+from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
@@ -36,7 +36,7 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "gemv_max_m", "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
-           "quantize_per_token_int8", "int8_gemm"]
+           "quantize_per_token_int8", "int8_gemm", "set_programmatic_launch", "programmatic_launch_enabled"]
 
 # The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
 # m ~ 8 on H100 (docs/quant_kernels.md): at m = 8 the int4 GEMV still beat dequantize + cuBLAS
@@ -89,8 +89,25 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_fp8_gemv_static": [_P, _P, _P, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
+    "trtdsl_set_pdl": [_I],  # pdl.cuh
+    "trtdsl_pdl_enabled": [],
 }
 register_signatures(_SIGNATURES)
+
+
+def set_programmatic_launch(enabled: bool) -> bool:
+    """Turn programmatic dependent launch (``plugins_cuda/include/trtdsl/pdl.cuh``) of the kernels that
+    support it (quantized GEMVs, fp8 quantizers, RMSNorm, SwiGLU) on or off; returns the previous
+    setting. Default: on unless env ``TRTDSL_PDL=0``; only sm_90+ devices get the launch attribute.
+    A measurement switch: CUDA graphs captured earlier keep the launches they recorded, so recapture
+    after changing it."""
+    return bool(lib().trtdsl_set_pdl(1 if enabled else 0))
+
+
+def programmatic_launch_enabled() -> bool:
+    """Whether kernels launched from now on request programmatic dependent launch (see
+    :func:`set_programmatic_launch`)."""
+    return bool(lib().trtdsl_pdl_enabled())
 
 
 def _mt(m: int) -> int:
