@@ -8,12 +8,14 @@
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
 # Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
 # unchanged are reused, a fresh machine then recompiles only what changed) and packs the objects of
-# this build into $OUT/plugin_objs.tgz; back here, unpack them with
-#   mkdir -p .plugin_cache && tar xzf <files_at>/plugin_objs.tgz -C .plugin_cache
+# this build into $OUT/plugin_objs.tgz.0, .1, ... (15 MB pieces: one file that comes back may hold
+# 16 MB); back here, unpack them with
+#   mkdir -p .plugin_cache && cat <files_at>/plugin_objs.tgz.* | tar xz -C .plugin_cache
 set -uo pipefail
 export PYTHONPATH=".:/tmp/site" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+touch /tmp/session_start
 status=0
 
 setup() {
@@ -35,8 +37,8 @@ setup() {
   python3 -c "from trtdsl.plugins.cuda import build_plugins; print(build_plugins())" || status=1
   echo "plugin build: $((SECONDS - t0)) s"
   python3 -c "from trtdsl.plugins.cuda import object_paths; print('\n'.join('objs/' + p.name for p in object_paths()))" \
-    > /tmp/objs.txt && tar czf "$OUT/plugin_objs.tgz" -C .plugin_cache -T /tmp/objs.txt \
-    && ls -la "$OUT/plugin_objs.tgz"
+    > /tmp/objs.txt && tar cz -C .plugin_cache -T /tmp/objs.txt | split -b 15M -d -a 1 - "$OUT/plugin_objs.tgz." \
+    && ls -la "$OUT"/plugin_objs.tgz.*
 }
 
 tests() {
@@ -60,8 +62,9 @@ serving() {
   timeout ${SERVING_TIMEOUT:-240} python3 benchmarks/bench_serving.py ${SERVING_ARGS:-} 2>&1 | tee "$OUT/serving.log" | tail -20
 }
 
-results() {  # bring every result file of this run back
-  mkdir -p "$OUT/results" && cp benchmarks/results/*.json "$OUT/results/" 2>/dev/null
+results() {  # bring back the result files this run wrote (few files may come back from a call)
+  mkdir -p "$OUT/results" && find benchmarks/results -name '*.json' -newer /tmp/session_start \
+    -exec cp {} "$OUT/results/" \;
   ls -la "$OUT/results" | tail -20
 }
 

@@ -34,12 +34,15 @@ def _check_context_logits(net: Network) -> None:
                           "it with context_logits=True")
 
 
-def _paged_feeds(net: Network, tokens: torch.Tensor, chunk: int) -> list[dict[str, torch.Tensor]]:
+def _paged_feeds(net: Network, tokens: torch.Tensor, chunk: int,
+                 device: str | torch.device = "cpu") -> list[dict[str, torch.Tensor]]:
     spec = net.input_specs["kv_cache"]
     tokens_per_block = int(spec.shape[4])
     num_blocks = math.ceil(len(tokens) / tokens_per_block)
     shape = [num_blocks if isinstance(d, str) else d for d in spec.shape]
-    cache = torch.zeros(shape, dtype=spec.dtype.torch)
+    # On the executor's device: a pool fed from elsewhere is copied in for each step, and what a
+    # step writes into the copy would be gone by the next chunk.
+    cache = torch.zeros(shape, dtype=spec.dtype.torch, device=device)
     i32 = torch.int32
     feeds = []
     for past in range(0, len(tokens), chunk):
@@ -65,7 +68,7 @@ def token_logprobs(network: Network, token_ids: Sequence[int] | torch.Tensor, *,
         run_step = TorchExecutor(network, device).run
     chunk = min(chunk_size or len(tokens), _max_dim(network, "num_tokens"))
     if "kv_cache" in network.inputs:
-        feeds = _paged_feeds(network, tokens, chunk)
+        feeds = _paged_feeds(network, tokens, chunk, device)
     elif chunk < len(tokens):
         raise ConfigError(f"network {network.name!r} has no K/V cache, so the {len(tokens)} tokens must "
                           f"fit one step, but its profile allows {chunk}")

@@ -2,7 +2,7 @@
 // shared by the context and the decode kernels. A warp owns 16 query rows; K/V tiles of BN keys sit
 // in shared memory as [key][D + 8] (the 16-byte row pad makes ldmatrix rows hit distinct banks).
 #pragma once
-#include "trtdsl/common.cuh"
+#include "trtdsl/kv_quant.cuh"
 
 namespace trtdsl {
 namespace attn {
@@ -199,6 +199,46 @@ __device__ __forceinline__ void load_kv_tile(T* sK, T* sV, const T* cache_layer,
     cp_async16(sK + r * LD + col, cache_layer + off, ok);
     cp_async16(sV + r * LD + col, cache_layer + off + v_off, ok);
   }
+}
+
+// The same tile from a quantized cache (KV_T = int8 / fp8 e4m3 codes): 8 codes (8 bytes) per chunk
+// loaded synchronously and widened to T (exact) into the same [key][D + 8] layout, so attend_tile is
+// unchanged; the K and V scales are applied by the caller (softmax scale, output).
+template <typename T, typename KV_T, int D, int BN>
+__device__ __forceinline__ void load_kv_tile_codes(T* sK, T* sV, const KV_T* cache_layer, const int* bt_row,
+                                                   int key0, int kv_end, int kh, int num_kv_heads, int tpb,
+                                                   int tid, int nthreads) {
+  constexpr int CH = D / 8, LD = D + 8;
+  const int64_t head_stride = static_cast<int64_t>(tpb) * D;
+  const int64_t v_off = num_kv_heads * head_stride;
+  for (int c = tid; c < BN * CH; c += nthreads) {
+    const int r = c / CH, col = (c % CH) * 8, key = key0 + r;
+    Vec<T, 8> k8, v8;
+    if (key < kv_end) {
+      const int64_t blk = bt_row[key / tpb];
+      const int64_t off = (blk * 2 * num_kv_heads + kh) * head_stride + static_cast<int64_t>(key % tpb) * D + col;
+      const Vec<KV_T, 8> kc = load_vec<KV_T, 8>(cache_layer + off);
+      const Vec<KV_T, 8> vc = load_vec<KV_T, 8>(cache_layer + off + v_off);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) { k8.v[i] = code_to<T>(kc.v[i]); v8.v[i] = code_to<T>(vc.v[i]); }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) { k8.v[i] = from_float<T>(0.f); v8.v[i] = from_float<T>(0.f); }
+    }
+    store_vec<T, 8>(sK + r * LD + col, k8);
+    store_vec<T, 8>(sV + r * LD + col, v8);
+  }
+}
+
+// One tile from a cache of element type KV_T (== T: cp.async copy; int8 / fp8: widened codes).
+template <typename T, typename KV_T, int D, int BN>
+__device__ __forceinline__ void load_kv(T* sK, T* sV, const KV_T* cache_layer, const int* bt_row, int key0,
+                                        int kv_end, int kh, int num_kv_heads, int tpb, int tid, int nthreads) {
+  if constexpr (std::is_same<T, KV_T>::value)
+    load_kv_tile<T, D, BN>(sK, sV, cache_layer, bt_row, key0, kv_end, kh, num_kv_heads, tpb, tid, nthreads);
+  else
+    load_kv_tile_codes<T, KV_T, D, BN>(sK, sV, cache_layer, bt_row, key0, kv_end, kh, num_kv_heads, tpb, tid,
+                                       nthreads);
 }
 
 }  // namespace attn

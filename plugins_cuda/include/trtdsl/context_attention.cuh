@@ -18,6 +18,8 @@ struct AttentionParams {
   float scale_log2;                  // softmax_scale * log2(e)
   // decode only: split-K partials
   float* ws_o; float* ws_ml; int kv_chunk; int max_splits;
+  // quantized cache (KV_T = int8 / fp8): K scales then V scales, [2] or [2, KVH] (kv_quant.cuh)
+  const float* kv_scales; int scales_per_head;
 };
 
 namespace attn {
@@ -25,7 +27,7 @@ constexpr int kCtxBM = 64, kCtxBN = 64, kCtxWarps = 4;
 template <int D> constexpr int ctx_smem_bytes() { return 2 * 2 * kCtxBN * (D + 8) * 2; }
 }  // namespace attn
 
-template <typename T, int D>
+template <typename T, int D, typename KV_T = T>
 // (128, 3): cap registers so three blocks (12 warps) share an SM; at 189 registers only two fit.
 __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionParams p) {
   using namespace attn;
@@ -49,17 +51,20 @@ __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionPara
   WarpState<D> st;
   init_state<T, D>(st, qrow(r0), qrow(r1), lane);
   const int lim0 = past + r0 / G, lim1 = past + r1 / G;
-  const T* cache = static_cast<const T*>(p.cache_layer);
+  const KV_T* cache = static_cast<const KV_T*>(p.cache_layer);
   const int* bt_row = p.block_tables + s * p.bt_stride;
   const int ntiles = (kv_end + kCtxBN - 1) / kCtxBN;
-  load_kv_tile<T, D, kCtxBN>(smem, smem + TILE, cache, bt_row, 0, kv_end, kh, p.num_kv_heads,
-                             p.tokens_per_block, threadIdx.x, blockDim.x);
+  // Codes times scale: the K scale multiplies every score, the V scale the output.
+  const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+  const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
+  load_kv<T, KV_T, D, kCtxBN>(smem, smem + TILE, cache, bt_row, 0, kv_end, kh, p.num_kv_heads,
+                              p.tokens_per_block, threadIdx.x, blockDim.x);
   cp_async_commit();
   for (int it = 0; it < ntiles; ++it) {
     if (it + 1 < ntiles) {
       T* nxt = smem + ((it + 1) & 1) * 2 * TILE;
-      load_kv_tile<T, D, kCtxBN>(nxt, nxt + TILE, cache, bt_row, (it + 1) * kCtxBN, kv_end, kh, p.num_kv_heads,
-                                 p.tokens_per_block, threadIdx.x, blockDim.x);
+      load_kv<T, KV_T, D, kCtxBN>(nxt, nxt + TILE, cache, bt_row, (it + 1) * kCtxBN, kv_end, kh, p.num_kv_heads,
+                                  p.tokens_per_block, threadIdx.x, blockDim.x);
     }
     cp_async_commit();  // an empty group on the last tile keeps the wait count uniform
     cp_async_wait<1>();
@@ -68,9 +73,9 @@ __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionPara
     const int key0 = it * kCtxBN;
     if (key0 <= warp_max_lim) {  // a warp whose rows all end before this tile skips it
       if (key0 + kCtxBN - 1 > min_lim)
-        attend_tile<T, D, kCtxBN, true>(st, cur, cur + TILE, key0, lim0, lim1, p.scale_log2, lane);
+        attend_tile<T, D, kCtxBN, true>(st, cur, cur + TILE, key0, lim0, lim1, scale_log2, lane);
       else
-        attend_tile<T, D, kCtxBN, false>(st, cur, cur + TILE, key0, lim0, lim1, p.scale_log2, lane);
+        attend_tile<T, D, kCtxBN, false>(st, cur, cur + TILE, key0, lim0, lim1, scale_log2, lane);
     }
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
@@ -81,7 +86,7 @@ __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionPara
   for (int h = 0; h < 2; ++h) {
     const int r = h ? r1 : r0;
     if (r >= rows) continue;
-    const float inv = 1.f / st.l[h];
+    const float inv = v_scale / st.l[h];
     T* orow = out + (start + r / G) * p.out_stride + (kh * G + r % G) * D;
 #pragma unroll
     for (int i = 0; i < D / 8; ++i)
@@ -89,13 +94,13 @@ __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionPara
   }
 }
 
-template <typename T, int D>
+template <typename T, int D, typename KV_T = T>
 int launch_context_attention(const AttentionParams& p, int max_q_len, cudaStream_t stream) {
   using namespace attn;
   const int G = p.num_heads / p.num_kv_heads;
   if (max_q_len <= 0 || p.batch == 0) return kOk;
   constexpr int smem = ctx_smem_bytes<D>();
-  auto kernel = context_attention_kernel<T, D>;
+  auto kernel = context_attention_kernel<T, D, KV_T>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;
   const int64_t mblocks = (static_cast<int64_t>(max_q_len) * G + kCtxBM - 1) / kCtxBM;

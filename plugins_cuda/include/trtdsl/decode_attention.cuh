@@ -11,18 +11,11 @@ namespace trtdsl {
 namespace attn {
 constexpr int kDecBN = 32, kDecWarps = 4;
 template <int D> constexpr int dec_smem_bytes() { return kDecWarps * 2 * 2 * kDecBN * (D + 8) * 2; }
-
-// Hook for a quantized cache: KV_T is the stored type. Only KV_T == T exists today; an fp8/int8
-// cache would copy raw bytes with cp.async and dequantize when building the B fragments.
-template <typename T, typename KV_T> struct DecodeKv {
-  static_assert(sizeof(T) == sizeof(KV_T), "quantized K/V caches are not implemented yet");
-};
 }  // namespace attn
 
 template <typename T, int D, typename KV_T = T>
 __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p) {
   using namespace attn;
-  (void)sizeof(DecodeKv<T, KV_T>);
   constexpr int LD = D + 8, TILE = kDecBN * LD;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -38,17 +31,20 @@ __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p
   const T* q = static_cast<const T*>(p.q) + tok * p.q_stride + kh * G * D;
   WarpState<D> st;
   init_state<T, D>(st, gr0 < G ? q + gr0 * D : nullptr, gr1 < G ? q + gr1 * D : nullptr, lane);
-  const T* cache = static_cast<const T*>(p.cache_layer);
+  const KV_T* cache = static_cast<const KV_T*>(p.cache_layer);
   const int* bt_row = p.block_tables + s * p.bt_stride;
   const int ntiles = (k_end - k_begin + kDecBN - 1) / kDecBN;
-  load_kv_tile<T, D, kDecBN>(smem, smem + TILE, cache, bt_row, k_begin, k_end, kh, p.num_kv_heads,
-                             p.tokens_per_block, lane, 32);
+  // Codes times scale: the K scale multiplies every score, the V scale the (linear) partial output.
+  const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+  const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
+  load_kv<T, KV_T, D, kDecBN>(smem, smem + TILE, cache, bt_row, k_begin, k_end, kh, p.num_kv_heads,
+                              p.tokens_per_block, lane, 32);
   cp_async_commit();
   for (int it = 0; it < ntiles; ++it) {
     if (it + 1 < ntiles) {
       T* nxt = smem + ((it + 1) & 1) * 2 * TILE;
-      load_kv_tile<T, D, kDecBN>(nxt, nxt + TILE, cache, bt_row, k_begin + (it + 1) * kDecBN, k_end, kh,
-                                 p.num_kv_heads, p.tokens_per_block, lane, 32);
+      load_kv<T, KV_T, D, kDecBN>(nxt, nxt + TILE, cache, bt_row, k_begin + (it + 1) * kDecBN, k_end, kh,
+                                  p.num_kv_heads, p.tokens_per_block, lane, 32);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -56,9 +52,9 @@ __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p
     const T* cur = smem + (it & 1) * 2 * TILE;
     const int key0 = k_begin + it * kDecBN;
     if (key0 + kDecBN > k_end)
-      attend_tile<T, D, kDecBN, true>(st, cur, cur + TILE, key0, k_end - 1, k_end - 1, p.scale_log2, lane);
+      attend_tile<T, D, kDecBN, true>(st, cur, cur + TILE, key0, k_end - 1, k_end - 1, scale_log2, lane);
     else
-      attend_tile<T, D, kDecBN, false>(st, cur, cur + TILE, key0, 0, 0, p.scale_log2, lane);
+      attend_tile<T, D, kDecBN, false>(st, cur, cur + TILE, key0, 0, 0, scale_log2, lane);
     __syncwarp();
   }
   reduce_l(st);
@@ -71,7 +67,7 @@ __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p
     float* o = p.ws_o + slot * D;
 #pragma unroll
     for (int i = 0; i < D / 8; ++i)
-      *reinterpret_cast<float2*>(o + i * 8 + c2) = make_float2(st.o[i][2 * h], st.o[i][2 * h + 1]);
+      *reinterpret_cast<float2*>(o + i * 8 + c2) = make_float2(st.o[i][2 * h] * v_scale, st.o[i][2 * h + 1] * v_scale);
     if ((lane & 3) == 0) *reinterpret_cast<float2*>(p.ws_ml + slot * 2) = make_float2(st.m[h], st.l[h]);
   }
 }
@@ -110,7 +106,7 @@ inline int decode_kv_chunk(int batch, int num_heads, int num_kv_heads, int max_k
   return static_cast<int>(chunk);
 }
 
-template <typename T, int D>
+template <typename T, int D, typename KV_T = T>
 int launch_decode_attention(const AttentionParams& p, int max_kv_len, cudaStream_t stream) {
   using namespace attn;
   if (p.batch == 0 || max_kv_len <= 0) return kOk;
@@ -118,7 +114,7 @@ int launch_decode_attention(const AttentionParams& p, int max_kv_len, cudaStream
   const int splits = (max_kv_len + p.kv_chunk - 1) / p.kv_chunk;
   if (splits > p.max_splits) return kErrWorkspace;
   constexpr int smem = dec_smem_bytes<D>();
-  auto kernel = decode_attention_kernel<T, D>;
+  auto kernel = decode_attention_kernel<T, D, KV_T>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;
   if (p.batch > 65535 || static_cast<int64_t>(p.num_kv_heads) * groups > 65535) return kErrShape;

@@ -1,8 +1,12 @@
 // RoPE + K/V cache write for one packed step (first half of the trtdsl.attention semantics).
 // Token t of sequence s (found by binary search over cu_seqlens on the device: no host sync) is
 // rotated with the angles of position_ids[t]; its k and v go to cache position p = past_lens[s] + i.
+// A quantized cache (CacheT = fp8 e4m3 / int8) stores saturate(value / scale) per K/V head
+// (trtdsl/quantization/kv_cache.py's arithmetic: IEEE division, round to nearest even); with
+// k_rotation the rotated q and k of each head are multiplied by the orthonormal Hadamard matrix
+// first (staged in shared memory, since every output element reads the whole head).
 #pragma once
-#include "trtdsl/common.cuh"
+#include "trtdsl/kv_quant.cuh"
 
 namespace trtdsl {
 
@@ -15,6 +19,9 @@ struct RopeKvParams {
   const int* block_tables; int64_t bt_stride;
   const float* cos_sin; int rotary_dim; int neox;
   int num_heads, num_kv_heads, head_dim, tokens_per_block;
+  const float* kv_scales = nullptr;     // quantized cache: K scales then V scales, per head or one each
+  int scales_per_head = 0;
+  int k_rotation = 0;                   // 1: Hadamard-rotate q and k after RoPE (power-of-two head_dim)
 };
 
 // Sequence owning packed token t: the last s with cu_seqlens[s] <= t (skips empty sequences).
@@ -29,6 +36,7 @@ __device__ __forceinline__ int find_sequence(const int* cu_seqlens, int batch, i
 
 template <typename T, typename CacheT>
 __global__ void rope_kv_kernel(RopeKvParams p) {
+  extern __shared__ float staged[];  // k_rotation: RoPE'd q and k heads, [(H + KVH) * D]
   const int t = blockIdx.x;
   if (t >= p.cu_seqlens[p.batch]) return;  // padding tokens of a graph-sized step
   const int s = find_sequence(p.cu_seqlens, p.batch, t);
@@ -59,32 +67,57 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
       y0 = from_float<T>(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn)));
       y1 = from_float<T>(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn)));
     }
-    if (h < p.num_heads) {
+    if (p.k_rotation && h < p.num_heads + p.num_kv_heads) {
+      staged[h * D + i0] = to_float(y0);  // rounded to T first, as the reference's RoPE output is
+      staged[h * D + i1] = to_float(y1);
+    } else if (h < p.num_heads) {
       T* q = static_cast<T*>(p.q_out) + t * p.q_out_stride + h * D;
       q[i0] = y0; q[i1] = y1;
     } else if (h < p.num_heads + p.num_kv_heads) {
       const int kh = h - p.num_heads;
-      kslot[kh * head_stride + i0] = static_cast<CacheT>(y0);
-      kslot[kh * head_stride + i1] = static_cast<CacheT>(y1);
+      const float inv = kv_code_scale<CacheT>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+      kslot[kh * head_stride + i0] = to_cache<T, CacheT>(y0, inv);
+      kslot[kh * head_stride + i1] = to_cache<T, CacheT>(y1, inv);
       if (p.k_out) {
         T* k = static_cast<T*>(p.k_out) + t * p.k_out_stride + kh * D;
         k[i0] = y0; k[i1] = y1;
       }
     } else {
       const int vh = h - p.num_heads - p.num_kv_heads;
-      vslot[vh * head_stride + i0] = static_cast<CacheT>(y0);
-      vslot[vh * head_stride + i1] = static_cast<CacheT>(y1);
+      const float inv = kv_code_scale<CacheT>(p.kv_scales, p.scales_per_head, 1, vh, p.num_kv_heads);
+      vslot[vh * head_stride + i0] = to_cache<T, CacheT>(y0, inv);
+      vslot[vh * head_stride + i1] = to_cache<T, CacheT>(y1, inv);
+    }
+  }
+  if (!p.k_rotation) return;
+  __syncthreads();
+  // (x H)[i] = sum_j x[j] (-1)^popcount(i & j) / sqrt(D): D multiply-adds per element, cheap next to
+  // the GEMMs around it, and no cross-thread butterfly to get wrong.
+  const float norm = rsqrtf(static_cast<float>(D));
+  for (int idx = threadIdx.x; idx < (p.num_heads + p.num_kv_heads) * D; idx += blockDim.x) {
+    const int h = idx / D, i = idx % D;
+    const float* x = staged + h * D;
+    float acc = 0.f;
+    for (int j = 0; j < D; ++j) acc += (__popc(i & j) & 1) ? -x[j] : x[j];
+    acc *= norm;
+    if (h < p.num_heads) {
+      static_cast<T*>(p.q_out)[t * p.q_out_stride + h * D + i] = from_float<T>(acc);
+    } else {
+      const int kh = h - p.num_heads;
+      const float inv = kv_code_scale<CacheT>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+      kslot[kh * head_stride + i] = float_to_cache<CacheT>(acc, inv);
     }
   }
 }
 
-template <typename T>
+template <typename T, typename CacheT = T>
 int launch_rope_kv(const RopeKvParams& p, int num_tokens, cudaStream_t stream) {
   if (num_tokens == 0) return kOk;
   const int total = (p.num_heads + 2 * p.num_kv_heads) * (p.head_dim / 2);
   const int threads = total >= 512 ? 512 : ((total + 31) / 32) * 32;
-  // Cache dtype == activation dtype today; a quantized cache adds a CacheT instance here.
-  rope_kv_kernel<T, T><<<num_tokens, threads, 0, stream>>>(p);
+  const size_t smem = p.k_rotation ? sizeof(float) * (p.num_heads + p.num_kv_heads) * p.head_dim : 0;
+  if (smem > 48 * 1024) return kErrShape;
+  rope_kv_kernel<T, CacheT><<<num_tokens, threads, smem, stream>>>(p);
   return launch_status();
 }
 

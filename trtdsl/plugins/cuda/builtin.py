@@ -40,6 +40,20 @@ def _attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict
     return paged_attention(*ins, **fields, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)))
 
 
+def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from ...quantization.kv_cache import quant_kv_attention_reference
+    from .kv_quant_ops import KV_CODE_DTYPES, paged_attention_quant_kv
+    qkv, seq_lens, past_lens, kv_cache = ins[0], ins[2], ins[3], ins[6]
+    if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128) or kv_cache.dtype not in KV_CODE_DTYPES:
+        return quant_kv_attention_reference(ins, fields, hints)  # what the kernels don't cover
+    max_q, max_kv = hints.get("max_q_len"), hints.get("max_kv_len")
+    if max_q is None or max_kv is None:
+        max_q, max_kv = int(seq_lens.max()), int((seq_lens + past_lens).max())
+    kw = {k: v for k, v in fields.items() if k not in ("kv_cache_dtype", "k_rotation")}
+    return paged_attention_quant_kv(*ins, **kw, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)),
+                                    k_rotation=fields.get("k_rotation", "none") == "hadamard")
+
+
 def _add_rms_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> list:
     from . import rmsnorm
     a, b, weight = ins
@@ -61,7 +75,9 @@ def _swiglu_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[st
 
 def register_cuda_implementations() -> None:
     """Attach the CUDA kernels to their plugins (idempotent)."""
+    from ...quantization import kv_cache  # registers trtdsl.attention_quant_kv
     get_plugin("trtdsl.attention").implementations["cuda"] = _attention_cuda
+    get_plugin(kv_cache.ATTENTION_QUANT_KV).implementations["cuda"] = _attention_quant_kv_cuda
     get_plugin("trtdsl.add_rms_norm").implementations["cuda"] = _add_rms_norm_cuda
     get_plugin("trtdsl.swiglu").implementations["cuda"] = _swiglu_cuda
     try:

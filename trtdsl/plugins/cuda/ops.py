@@ -98,8 +98,10 @@ def swiglu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 
 
 def _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
-                num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, dtypes) -> None:
-    """Shared checks of the packed/paged step inputs (docs/batch_interface.md)."""
+                num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, dtypes,
+                cache_dtypes: tuple | None = None) -> None:
+    """Shared checks of the packed/paged step inputs (docs/batch_interface.md). The cache has qkv's
+    dtype unless ``cache_dtypes`` says otherwise (a quantized cache)."""
     _check(op, "qkv", qkv, dtypes=dtypes, ndim=2)
     dev = qkv.device
     _check_meta(op, dev, position_ids=position_ids, seq_lens=seq_lens, past_lens=past_lens,
@@ -116,7 +118,7 @@ def _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     if qkv.shape[1] != (num_heads + 2 * num_kv_heads) * head_dim:
         raise PluginError(f"{op}: qkv has {qkv.shape[1]} features, expected (num_heads + 2 * num_kv_heads) * "
                           f"head_dim = {(num_heads + 2 * num_kv_heads) * head_dim}")
-    _check(op, "kv_cache", kv_cache, dev, (qkv.dtype,), ndim=6)
+    _check(op, "kv_cache", kv_cache, dev, cache_dtypes or (qkv.dtype,), ndim=6)
     want = (2, num_kv_heads, tokens_per_block, head_dim)
     if tuple(kv_cache.shape[2:]) != want or not 0 <= layer_idx < kv_cache.shape[0]:
         raise PluginError(f"{op}: kv_cache has shape {tuple(kv_cache.shape)}; expected [num_layers > {layer_idx}, "

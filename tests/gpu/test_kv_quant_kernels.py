@@ -1,0 +1,119 @@
+"""CUDA attention over a quantized (fp8 e4m3 / int8) K/V cache, against the torch reference of
+``trtdsl.attention_quant_kv`` (trtdsl/quantization/kv_cache.py): codes written by the RoPE + write
+kernel, prefill (context kernel) and decode (split-K kernel) outputs, per-head and per-layer scales,
+the Hadamard-rotated keys, and the executor choosing the kernels for a quantized network."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_kernels import make_step, rel_err  # the step builder of the kernel tests
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CACHES = [torch.float8_e4m3fn, torch.int8]
+QMAX = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}
+
+
+def quant_step(seq_lens, past_lens, heads, kv_heads, head_dim, tpb, dtype, cache_dtype, per_head, seed=0):
+    step = make_step(seq_lens, past_lens, heads, kv_heads, head_dim, tpb, dtype, rotary_dim=head_dim, seed=seed)
+    float_cache = step["kv_cache"].float()
+    amax = float_cache.abs().amax(dim=(0, 1, 4, 5))  # [2, kv_heads]: what calibration would see
+    scales = (amax if per_head else amax.amax(dim=1)) * 1.25 / QMAX[cache_dtype]
+    # The past tokens' codes: the cache a previous step left (written by the reference's rounding).
+    from trtdsl.quantization.kv_cache import quantize_kv
+    shape = (1, 1, 2, kv_heads if per_head else 1, 1, 1)
+    step["kv_cache"] = quantize_kv(float_cache, scales.reshape(shape), cache_dtype).contiguous()
+    return step, scales.contiguous()
+
+
+def run_both(step, scales, *, rotation, max_q_len=None):
+    from trtdsl.plugins.cuda.kv_quant_ops import paged_attention_quant_kv
+    from trtdsl.quantization.kv_cache import quant_kv_attention_reference
+    heads_total = step["qkv"].shape[1] // step["kv_cache"].shape[-1]
+    d = step["kv_cache"].shape[-1]
+    kv_heads = step["kv_cache"].shape[3]
+    fields = dict(num_heads=heads_total - 2 * kv_heads, num_kv_heads=kv_heads, head_dim=d, layer_idx=1,
+                  tokens_per_block=step["kv_cache"].shape[4], softmax_scale=d ** -0.5, rotary_dim=d,
+                  rope_style="neox")
+    ref_step = {k: v.clone() for k, v in step.items()}
+    ref_step["block_tables"] = ref_step["block_tables"].clamp_min(0)
+    ref = quant_kv_attention_reference(list(ref_step.values()) + [scales],
+                                       {**fields, "kv_cache_dtype": "fp8",
+                                        "k_rotation": "hadamard" if rotation else "none"})
+    seq = step["seq_lens"].tolist()
+    totals = [p + n for p, n in zip(step["past_lens"].tolist(), seq)]
+    out = paged_attention_quant_kv(*step.values(), scales, **fields, max_q_len=max_q_len or max(max(seq), 1),
+                                   max_kv_len=max(totals), k_rotation=rotation)
+    return out, ref, step["kv_cache"], ref_step["kv_cache"]
+
+
+def check(step, scales, cache_dtype, rotation, max_q_len=None):
+    out, ref, cache, ref_cache = run_both(step, scales, rotation=rotation, max_q_len=max_q_len)
+    rows = step["seq_lens"].sum().item()
+    # fp8 / int8 K/V: the kernels see the same codes; what differs is fp16/bf16 rounding of q, P and
+    # the one-ulp RoPE differences that can flip a code, so the bound is the cache format's rounding.
+    assert rel_err(out[:rows], ref[:rows].to(out.dtype)) < (3e-2 if cache_dtype == torch.float8_e4m3fn else 2e-2)
+    same = (cache.view(torch.uint8) == ref_cache.view(torch.uint8)).float().mean().item()
+    assert same > (0.97 if rotation else 0.995), f"only {same:.4f} of the cached codes agree"
+    per = scales.reshape(1, 1, 2, -1, 1, 1)
+    torch.testing.assert_close(cache.float() * per, ref_cache.float() * per, rtol=0.13, atol=float(scales.max()))
+
+
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", CACHES)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("case", [([7, 1, 129, 33], [0, 5, 40, 100]), ([1, 1, 1], [0, 63, 300])])
+def test_quantized_cache_attention_matches_reference(dtype, cache_dtype, head_dim, rotation, case):
+    seq_lens, past_lens = case
+    step, scales = quant_step(seq_lens, past_lens, 12, 4, head_dim, 16, dtype, cache_dtype, per_head=True)
+    check(step, scales, cache_dtype, rotation)
+
+
+@cuda
+@pytest.mark.parametrize("cache_dtype", CACHES)
+def test_per_layer_scales_and_decode_through_context_kernel(cache_dtype):
+    step, scales = quant_step([1, 1], [17, 200], 8, 2, 128, 64, torch.bfloat16, cache_dtype, per_head=False)
+    check(step, scales, cache_dtype, rotation=False, max_q_len=2)  # max_q_len 2: the context kernel
+    step, scales = quant_step([1, 1], [17, 200], 8, 2, 128, 64, torch.bfloat16, cache_dtype, per_head=False)
+    check(step, scales, cache_dtype, rotation=False)  # the split-K decode kernel
+
+
+@cuda
+def test_bad_scales_are_a_plugin_error():
+    from trtdsl.errors import PluginError
+    from trtdsl.plugins.cuda.kv_quant_ops import paged_attention_quant_kv
+    step, scales = quant_step([3], [0], 4, 2, 64, 16, torch.float16, torch.int8, per_head=True)
+    fields = dict(num_heads=4, num_kv_heads=2, head_dim=64, layer_idx=0, tokens_per_block=16,
+                  softmax_scale=0.125, rotary_dim=64, rope_style="neox", max_q_len=3, max_kv_len=3)
+    with pytest.raises(PluginError, match="kv_scales has shape"):  # 3 heads' scales for 2 K/V heads
+        paged_attention_quant_kv(*step.values(), scales[:, :1].repeat(1, 3).contiguous(), **fields)
+    with pytest.raises(PluginError, match="kv_scales has dtype"):
+        paged_attention_quant_kv(*step.values(), scales.half(), **fields)
+
+
+@cuda
+@pytest.mark.parametrize("kv,rotation", [("fp8", "none"), ("fp8", "hadamard"), ("int8", "none")])
+def test_quantized_cache_network_on_cuda_matches_cpu_reference(tmp_path, kv, rotation):
+    transformers = pytest.importorskip("transformers")
+    from trtdsl.models import from_hugging_face
+    from trtdsl.models.eval import token_logprobs
+    from trtdsl.quantization import calibrate, prefill_feeds, quantize_network, token_chunks
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=256,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, tie_word_embeddings=True)
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(tmp_path)
+    net = from_hugging_face(tmp_path, "bfloat16").build_network(
+        max_batch_size=2, max_num_tokens=128, max_seq_len=160, tokens_per_block=16, context_logits=True)
+    ids = torch.randint(0, 128, (256,), generator=torch.Generator().manual_seed(1)).tolist()
+    stats = calibrate(net, list(prefill_feeds(net, token_chunks(ids, 64, 4), batch_size=2)), progress=False)
+    qnet = quantize_network(net, None, kv_cache_dtype=kv, calibration=stats, kv_cache_rotation=rotation)
+    tokens = torch.randint(0, 128, (150,), generator=torch.Generator().manual_seed(2))
+    # chunk 50: prefill steps through the context kernel, each reading the codes earlier steps wrote
+    on_gpu = token_logprobs(qnet, tokens, device="cuda", chunk_size=50)
+    on_cpu = token_logprobs(qnet, tokens, device="cpu", chunk_size=50)
+    assert float((on_gpu - on_cpu).abs().max()) < 0.1  # bf16 activations: kernel vs torch rounding
+    assert float((on_gpu - on_cpu).abs().mean()) < 0.01

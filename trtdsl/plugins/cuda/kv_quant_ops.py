@@ -1,0 +1,74 @@
+"""Torch binding of paged attention over a quantized (fp8 e4m3 / int8) K/V cache: the CUDA
+implementation of ``trtdsl.attention_quant_kv`` (reference: trtdsl/quantization/kv_cache.py).
+
+RoPE + quantize-on-write (``trtdsl_rope_kv_write_quant``; with ``k_rotation`` the Hadamard rotation
+of q and k too), then the context or split-K decode kernel reading codes and applying the K scale
+to the scores and the V scale to the output (``*_quant`` launchers, plugins_cuda/include/trtdsl/
+kv_quant.cuh). No host synchronization: graph-capturable like ``ops.paged_attention``."""
+
+from __future__ import annotations
+
+import torch
+
+from trtdsl.errors import PluginError
+
+from ._lib import call
+from .ops import (_DTYPE_CODES, _HALF_TYPES, _ROPE_STYLES, _check, _check_rope, _check_step, _stream,
+                  decode_workspace)
+
+__all__ = ["paged_attention_quant_kv", "KV_CODE_DTYPES"]
+
+#: cache dtype -> the C ABI's dtype code (plugins_cuda/include/trtdsl/common.cuh)
+KV_CODE_DTYPES = {torch.float8_e4m3fn: 3, torch.int8: 4}
+
+
+def _check_scales(op: str, kv_scales: torch.Tensor, num_kv_heads: int, device: torch.device) -> int:
+    """``kv_scales`` float32 ``[2]`` or ``[2, num_kv_heads]``; returns whether it is per head."""
+    _check(op, "kv_scales", kv_scales, device, (torch.float32,))
+    if tuple(kv_scales.shape) == (2,):
+        return 0
+    if tuple(kv_scales.shape) == (2, num_kv_heads):
+        return 1
+    raise PluginError(f"{op}: kv_scales has shape {tuple(kv_scales.shape)}; expected (2,) or (2, {num_kv_heads})")
+
+
+def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
+                             rope_cos_sin, kv_scales, *, num_heads: int, num_kv_heads: int, head_dim: int,
+                             layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
+                             rope_style: str, max_q_len: int, max_kv_len: int,
+                             k_rotation: bool = False) -> torch.Tensor:
+    """``trtdsl.attention_quant_kv`` on CUDA: ``[tokens, num_heads * head_dim]`` in qkv's dtype."""
+    op = "paged_attention_quant_kv"
+    _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
+                num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES, tuple(KV_CODE_DTYPES))
+    _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
+    if head_dim not in (64, 128):
+        raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
+    if max_q_len < 1 or max_kv_len < max_q_len:
+        raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
+    per_head = _check_scales(op, kv_scales, num_kv_heads, qkv.device)
+    code, kv_code = _DTYPE_CODES[qkv.dtype], KV_CODE_DTYPES[kv_cache.dtype]
+    tokens, batch, stream = qkv.shape[0], seq_lens.shape[0], _stream(qkv)
+    q = qkv.new_empty(tokens, num_heads * head_dim)
+    out = qkv.new_empty(tokens, num_heads * head_dim)
+    if tokens == 0:
+        return out
+    call("trtdsl_rope_kv_write_quant", qkv.data_ptr(), qkv.stride(0), q.data_ptr(), q.stride(0),
+         kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(), past_lens.data_ptr(),
+         cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
+         rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style], tokens,
+         num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, code, kv_code, kv_scales.data_ptr(),
+         per_head, int(k_rotation), stream)
+    common = (q.data_ptr(), q.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], seq_lens.data_ptr(),
+              past_lens.data_ptr(), cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
+              out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
+              float(softmax_scale))
+    if max_q_len == 1:
+        chunk, nbytes = decode_workspace(batch, num_heads, num_kv_heads, head_dim, int(max_kv_len))
+        workspace = torch.empty(nbytes, dtype=torch.uint8, device=qkv.device)
+        call("trtdsl_decode_attention_quant", *common, int(max_kv_len), chunk, workspace.data_ptr(), nbytes, code,
+             kv_code, kv_scales.data_ptr(), per_head, stream)
+    else:
+        call("trtdsl_context_attention_quant", *common, int(max_q_len), code, kv_code, kv_scales.data_ptr(),
+             per_head, stream)
+    return out
