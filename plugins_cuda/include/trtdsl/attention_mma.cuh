@@ -201,45 +201,77 @@ __device__ __forceinline__ void load_kv_tile(T* sK, T* sV, const T* cache_layer,
   }
 }
 
-// The same tile from a quantized cache (KV_T = int8 / fp8 e4m3 codes): 8 codes (8 bytes) per chunk
-// loaded synchronously and widened to T (exact) into the same [key][D + 8] layout, so attend_tile is
-// unchanged; the K and V scales are applied by the caller (softmax scale, output).
-template <typename T, typename KV_T, int D, int BN>
-__device__ __forceinline__ void load_kv_tile_codes(T* sK, T* sV, const KV_T* cache_layer, const int* bt_row,
-                                                   int key0, int kv_end, int kh, int num_kv_heads, int tpb,
-                                                   int tid, int nthreads) {
-  constexpr int CH = D / 8, LD = D + 8;
+// A quantized cache (KV_T = int8 / fp8 e4m3 codes) goes through shared memory twice: cp.async copies
+// the raw codes of a tile ([key][D] bytes, 16 codes per copy, zero-filled past kv_end = code 0 =
+// value 0) while the previous tile is attended, then widen_kv_codes turns them into T (exact) in the
+// [key][D + 8] layout attend_tile reads. The K and V scales are applied by the caller.
+template <typename KV_T, int D, int BN>
+__device__ __forceinline__ void load_kv_codes(KV_T* rK, KV_T* rV, const KV_T* cache_layer, const int* bt_row,
+                                              int key0, int kv_end, int kh, int num_kv_heads, int tpb, int tid,
+                                              int nthreads) {
+  static_assert(sizeof(KV_T) == 1, "codes are one byte");
+  constexpr int CH = D / 16;
   const int64_t head_stride = static_cast<int64_t>(tpb) * D;
   const int64_t v_off = num_kv_heads * head_stride;
   for (int c = tid; c < BN * CH; c += nthreads) {
-    const int r = c / CH, col = (c % CH) * 8, key = key0 + r;
-    Vec<T, 8> k8, v8;
-    if (key < kv_end) {
+    const int r = c / CH, col = (c % CH) * 16, key = key0 + r;
+    const bool ok = key < kv_end;
+    int64_t off = 0;
+    if (ok) {
       const int64_t blk = bt_row[key / tpb];
-      const int64_t off = (blk * 2 * num_kv_heads + kh) * head_stride + static_cast<int64_t>(key % tpb) * D + col;
-      const Vec<KV_T, 8> kc = load_vec<KV_T, 8>(cache_layer + off);
-      const Vec<KV_T, 8> vc = load_vec<KV_T, 8>(cache_layer + off + v_off);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) { k8.v[i] = code_to<T>(kc.v[i]); v8.v[i] = code_to<T>(vc.v[i]); }
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) { k8.v[i] = from_float<T>(0.f); v8.v[i] = from_float<T>(0.f); }
+      off = (blk * 2 * num_kv_heads + kh) * head_stride + static_cast<int64_t>(key % tpb) * D + col;
     }
+    cp_async16(rK + r * D + col, cache_layer + off, ok);
+    cp_async16(rV + r * D + col, cache_layer + off + v_off, ok);
+  }
+}
+
+template <typename T, typename KV_T, int D, int BN>
+__device__ __forceinline__ void widen_kv_codes(T* sK, T* sV, const KV_T* rK, const KV_T* rV, int tid, int nthreads) {
+  constexpr int CH = D / 8, LD = D + 8;
+  for (int c = tid; c < BN * CH; c += nthreads) {
+    const int r = c / CH, col = (c % CH) * 8;
+    const Vec<KV_T, 8> kc = load_vec<KV_T, 8>(rK + r * D + col), vc = load_vec<KV_T, 8>(rV + r * D + col);
+    Vec<T, 8> k8, v8;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) { k8.v[i] = code_to<T>(kc.v[i]); v8.v[i] = code_to<T>(vc.v[i]); }
     store_vec<T, 8>(sK + r * LD + col, k8);
     store_vec<T, 8>(sV + r * LD + col, v8);
   }
 }
 
-// One tile from a cache of element type KV_T (== T: cp.async copy; int8 / fp8: widened codes).
+// Shared-memory pipeline of K/V tiles for a cache of element type KV_T: two stages. A float cache
+// (KV_T == T) copies tiles straight into two T stages; a code cache copies raw codes into two byte
+// stages and widens the current one into a single T tile. `kBytes` is what one pipeline needs.
 template <typename T, typename KV_T, int D, int BN>
-__device__ __forceinline__ void load_kv(T* sK, T* sV, const KV_T* cache_layer, const int* bt_row, int key0,
-                                        int kv_end, int kh, int num_kv_heads, int tpb, int tid, int nthreads) {
-  if constexpr (std::is_same<T, KV_T>::value)
-    load_kv_tile<T, D, BN>(sK, sV, cache_layer, bt_row, key0, kv_end, kh, num_kv_heads, tpb, tid, nthreads);
-  else
-    load_kv_tile_codes<T, KV_T, D, BN>(sK, sV, cache_layer, bt_row, key0, kv_end, kh, num_kv_heads, tpb, tid,
-                                       nthreads);
-}
+struct KvPipeline {
+  static constexpr bool kCodes = !std::is_same<T, KV_T>::value;
+  static constexpr int LD = D + 8, TILE = BN * LD, RAW = BN * D;
+  static constexpr int kBytes = kCodes ? 2 * 2 * RAW + 2 * TILE * 2 : 2 * 2 * TILE * 2;
+  uint8_t* base;
+  __device__ T* tiles() const { return reinterpret_cast<T*>(base + (kCodes ? 2 * 2 * RAW : 0)); }
+  __device__ KV_T* raw(int stage) const { return reinterpret_cast<KV_T*>(base) + stage * 2 * RAW; }
+  // Start copying keys [key0, key0 + BN) into `stage` (cp.async: commit and wait as for load_kv_tile).
+  __device__ void issue(int stage, const KV_T* cache, const int* bt_row, int key0, int kv_end, int kh,
+                        int num_kv_heads, int tpb, int tid, int nthreads) const {
+    if constexpr (kCodes)
+      load_kv_codes<KV_T, D, BN>(raw(stage), raw(stage) + RAW, cache, bt_row, key0, kv_end, kh, num_kv_heads, tpb,
+                                 tid, nthreads);
+    else
+      load_kv_tile<T, D, BN>(tiles() + stage * 2 * TILE, tiles() + stage * 2 * TILE + TILE, cache, bt_row, key0,
+                             kv_end, kh, num_kv_heads, tpb, tid, nthreads);
+  }
+  // The K tile (V follows at + TILE) of a landed stage. For codes this widens them, and the caller
+  // must synchronize (the threads that widen are the ones that attend) before reading the tile.
+  __device__ const T* ready(int stage, int tid, int nthreads) const {
+    if constexpr (kCodes) {
+      widen_kv_codes<T, KV_T, D, BN>(tiles(), tiles() + TILE, raw(stage), raw(stage) + RAW, tid, nthreads);
+      return tiles();
+    } else {
+      return tiles() + stage * 2 * TILE;
+    }
+  }
+};
 
 }  // namespace attn
 }  // namespace trtdsl

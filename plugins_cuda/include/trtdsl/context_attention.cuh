@@ -24,16 +24,19 @@ struct AttentionParams {
 
 namespace attn {
 constexpr int kCtxBM = 64, kCtxBN = 64, kCtxWarps = 4;
-template <int D> constexpr int ctx_smem_bytes() { return 2 * 2 * kCtxBN * (D + 8) * 2; }
+template <typename T, int D, typename KV_T = T> constexpr int ctx_smem_bytes() {
+  return KvPipeline<T, KV_T, D, kCtxBN>::kBytes;
+}
 }  // namespace attn
 
 template <typename T, int D, typename KV_T = T>
 // (128, 3): cap registers so three blocks (12 warps) share an SM; at 189 registers only two fit.
 __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionParams p) {
   using namespace attn;
-  constexpr int LD = D + 8, TILE = kCtxBN * LD;
+  using Pipe = KvPipeline<T, KV_T, D, kCtxBN>;
+  constexpr int TILE = Pipe::TILE;
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  T* smem = reinterpret_cast<T*>(smem_raw);  // [stage][K|V][BN][LD]
+  const Pipe pipe{smem_raw};
   const int s = blockIdx.z, kh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
   // Reversed so the longest causal rows (the most tiles) start first and the tail is short.
   const int n = p.seq_lens[s], rows = n * G, m0 = (gridDim.x - 1 - blockIdx.x) * kCtxBM;
@@ -57,19 +60,17 @@ __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionPara
   // Codes times scale: the K scale multiplies every score, the V scale the output.
   const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
   const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
-  load_kv<T, KV_T, D, kCtxBN>(smem, smem + TILE, cache, bt_row, 0, kv_end, kh, p.num_kv_heads,
-                              p.tokens_per_block, threadIdx.x, blockDim.x);
+  pipe.issue(0, cache, bt_row, 0, kv_end, kh, p.num_kv_heads, p.tokens_per_block, threadIdx.x, blockDim.x);
   cp_async_commit();
   for (int it = 0; it < ntiles; ++it) {
-    if (it + 1 < ntiles) {
-      T* nxt = smem + ((it + 1) & 1) * 2 * TILE;
-      load_kv<T, KV_T, D, kCtxBN>(nxt, nxt + TILE, cache, bt_row, (it + 1) * kCtxBN, kv_end, kh, p.num_kv_heads,
-                                  p.tokens_per_block, threadIdx.x, blockDim.x);
-    }
+    if (it + 1 < ntiles)
+      pipe.issue((it + 1) & 1, cache, bt_row, (it + 1) * kCtxBN, kv_end, kh, p.num_kv_heads, p.tokens_per_block,
+                 threadIdx.x, blockDim.x);
     cp_async_commit();  // an empty group on the last tile keeps the wait count uniform
     cp_async_wait<1>();
     __syncthreads();
-    const T* cur = smem + (it & 1) * 2 * TILE;
+    const T* cur = pipe.ready(it & 1, threadIdx.x, blockDim.x);
+    if constexpr (Pipe::kCodes) __syncthreads();
     const int key0 = it * kCtxBN;
     if (key0 <= warp_max_lim) {  // a warp whose rows all end before this tile skips it
       if (key0 + kCtxBN - 1 > min_lim)
@@ -99,7 +100,7 @@ int launch_context_attention(const AttentionParams& p, int max_q_len, cudaStream
   using namespace attn;
   const int G = p.num_heads / p.num_kv_heads;
   if (max_q_len <= 0 || p.batch == 0) return kOk;
-  constexpr int smem = ctx_smem_bytes<D>();
+  constexpr int smem = ctx_smem_bytes<T, D, KV_T>();
   auto kernel = context_attention_kernel<T, D, KV_T>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;

@@ -10,16 +10,19 @@ namespace trtdsl {
 
 namespace attn {
 constexpr int kDecBN = 32, kDecWarps = 4;
-template <int D> constexpr int dec_smem_bytes() { return kDecWarps * 2 * 2 * kDecBN * (D + 8) * 2; }
+template <typename T, int D, typename KV_T = T> constexpr int dec_smem_bytes() {
+  return kDecWarps * KvPipeline<T, KV_T, D, kDecBN>::kBytes;  // one pipeline per warp
+}
 }  // namespace attn
 
 template <typename T, int D, typename KV_T = T>
 __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p) {
   using namespace attn;
-  constexpr int LD = D + 8, TILE = kDecBN * LD;
+  using Pipe = KvPipeline<T, KV_T, D, kDecBN>;
+  constexpr int TILE = Pipe::TILE;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  T* smem = reinterpret_cast<T*>(smem_raw) + warp * 4 * TILE;  // this warp's [stage][K|V][BN][LD]
+  const Pipe pipe{smem_raw + warp * Pipe::kBytes};  // this warp's own stages
   const int s = blockIdx.z, G = p.num_heads / p.num_kv_heads, groups = (G + 15) / 16;
   const int kh = blockIdx.y / groups, g0 = (blockIdx.y % groups) * 16;
   if (p.seq_lens[s] == 0) return;
@@ -37,19 +40,17 @@ __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p
   // Codes times scale: the K scale multiplies every score, the V scale the (linear) partial output.
   const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
   const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
-  load_kv<T, KV_T, D, kDecBN>(smem, smem + TILE, cache, bt_row, k_begin, k_end, kh, p.num_kv_heads,
-                              p.tokens_per_block, lane, 32);
+  pipe.issue(0, cache, bt_row, k_begin, k_end, kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
   cp_async_commit();
   for (int it = 0; it < ntiles; ++it) {
-    if (it + 1 < ntiles) {
-      T* nxt = smem + ((it + 1) & 1) * 2 * TILE;
-      load_kv<T, KV_T, D, kDecBN>(nxt, nxt + TILE, cache, bt_row, k_begin + (it + 1) * kDecBN, k_end, kh,
-                                  p.num_kv_heads, p.tokens_per_block, lane, 32);
-    }
+    if (it + 1 < ntiles)
+      pipe.issue((it + 1) & 1, cache, bt_row, k_begin + (it + 1) * kDecBN, k_end, kh, p.num_kv_heads,
+                 p.tokens_per_block, lane, 32);
     cp_async_commit();
     cp_async_wait<1>();
     __syncwarp();
-    const T* cur = smem + (it & 1) * 2 * TILE;
+    const T* cur = pipe.ready(it & 1, lane, 32);
+    if constexpr (Pipe::kCodes) __syncwarp();
     const int key0 = k_begin + it * kDecBN;
     if (key0 + kDecBN > k_end)
       attend_tile<T, D, kDecBN, true>(st, cur, cur + TILE, key0, k_end - 1, k_end - 1, scale_log2, lane);
@@ -113,7 +114,7 @@ int launch_decode_attention(const AttentionParams& p, int max_kv_len, cudaStream
   const int G = p.num_heads / p.num_kv_heads, groups = (G + 15) / 16;
   const int splits = (max_kv_len + p.kv_chunk - 1) / p.kv_chunk;
   if (splits > p.max_splits) return kErrWorkspace;
-  constexpr int smem = dec_smem_bytes<D>();
+  constexpr int smem = dec_smem_bytes<T, D, KV_T>();
   auto kernel = decode_attention_kernel<T, D, KV_T>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;
