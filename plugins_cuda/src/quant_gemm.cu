@@ -101,12 +101,11 @@ extern "C" int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* sc
   auto* o = static_cast<__nv_fp8_storage_t*>(out);
   const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
   switch (dtype) {
-    case kFloat32: quantize_per_token_kernel<float, Fp8Code><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
-    case kFloat16: quantize_per_token_kernel<__half, Fp8Code><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
-    case kBFloat16: quantize_per_token_kernel<__nv_bfloat16, Fp8Code><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
+    case kFloat32: return launch_pdl(quantize_per_token_kernel<float, Fp8Code>, dim3(grid), dim3(256), 0, stream, static_cast<const float*>(x), o, scales, r, ki);
+    case kFloat16: return launch_pdl(quantize_per_token_kernel<__half, Fp8Code>, dim3(grid), dim3(256), 0, stream, static_cast<const __half*>(x), o, scales, r, ki);
+    case kBFloat16: return launch_pdl(quantize_per_token_kernel<__nv_bfloat16, Fp8Code>, dim3(grid), dim3(256), 0, stream, static_cast<const __nv_bfloat16*>(x), o, scales, r, ki);
     default: return kErrDtype;
   }
-  return launch_status();
 }
 
 extern "C" int trtdsl_quantize_fp8(const void* x, const float* scale, void* out, int64_t rows, int64_t out_rows,
@@ -118,12 +117,11 @@ extern "C" int trtdsl_quantize_fp8(const void* x, const float* scale, void* out,
   const int r = static_cast<int>(rows), ki = static_cast<int>(k);
   const dim3 grid(static_cast<unsigned>(out_rows), static_cast<unsigned>((k + kQuantCols - 1) / kQuantCols));
   switch (dtype) {
-    case kFloat32: quantize_fp8_kernel<float><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), scale, o, r, ki); break;
-    case kFloat16: quantize_fp8_kernel<__half><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), scale, o, r, ki); break;
-    case kBFloat16: quantize_fp8_kernel<__nv_bfloat16><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), scale, o, r, ki); break;
+    case kFloat32: return launch_pdl(quantize_fp8_kernel<float>, dim3(grid), dim3(256), 0, stream, static_cast<const float*>(x), scale, o, r, ki);
+    case kFloat16: return launch_pdl(quantize_fp8_kernel<__half>, dim3(grid), dim3(256), 0, stream, static_cast<const __half*>(x), scale, o, r, ki);
+    case kBFloat16: return launch_pdl(quantize_fp8_kernel<__nv_bfloat16>, dim3(grid), dim3(256), 0, stream, static_cast<const __nv_bfloat16*>(x), scale, o, r, ki);
     default: return kErrDtype;
   }
-  return launch_status();
 }
 
 extern "C" int trtdsl_quantize_per_token_int8(const void* x, void* out, float* scales, int64_t rows,

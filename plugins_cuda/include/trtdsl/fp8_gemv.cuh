@@ -67,6 +67,11 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
   const int last = m - 1;
   const uint4* xq = static_cast<const uint4*>(xin);
   const T* xt = static_cast<const T*>(xin);
+  // PDL (pdl.cuh): the first weight step to L2 while the previous kernel finishes; x and its scale
+  // (a dynamic one is the quantizer's output) after the wait.
+  prefetch_weight_step<U, NR, kThreads>(wrow, threadIdx.x, vecs);
+  pdl_wait();
+  pdl_launch_dependents();
   const float in_scale = QX ? __ldg(x_scale) : 1.f;
 
   float acc[NR][MT];
@@ -149,9 +154,8 @@ inline int launch_fp8_gemv_cfg(const void* xq, const void* wq, const float* xs, 
                                int ws_stride, T* out, int m, int n, int k, cudaStream_t stream) {
   constexpr int NR = NR0 * MT <= 32 ? NR0 : (32 / MT > 0 ? 32 / MT : 1);  // acc in registers
   const int blocks = (n + NR - 1) / NR;
-  fp8_gemv_kernel<T, MT, NR, KW, U, QX><<<blocks, KW * 32, 0, stream>>>(
-      xq, static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
-  return launch_status();
+  return launch_pdl(fp8_gemv_kernel<T, MT, NR, KW, U, QX>, dim3(blocks), dim3(KW * 32), 0, stream, xq,
+                    static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
 }
 
 template <typename T, int MT, bool QX>

@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #include "trtdsl/common.cuh"
+#include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
 
@@ -33,6 +34,20 @@ __device__ __forceinline__ void load_weight_step(uint4 (&wv)[U][NR], const uint4
     const int v = v0 + u * THREADS;
 #pragma unroll
     for (int r = 0; r < NR; ++r) wv[u][r] = v < vecs ? ld_stream(wrow[r] + v) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// The lines load_weight_step(.., v0, ..) will read, fetched into L2 (one thread per 128-byte line: 8
+// consecutive 16-byte vectors). For the part of a GEMV before pdl_wait() (pdl.cuh): weights only.
+template <int U, int NR, int THREADS>
+__device__ __forceinline__ void prefetch_weight_step(const uint4* const (&wrow)[NR], int v0, int vecs) {
+  if (v0 & 7) return;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int v = v0 + u * THREADS;
+#pragma unroll
+    for (int r = 0; r < NR; ++r)
+      if (v < vecs) pdl_prefetch_l2(wrow[r] + v);
   }
 }
 
@@ -211,6 +226,8 @@ constexpr int kQuantCols = 1024;  // columns per block of the fp8 quantizer (gri
 template <typename T>
 __global__ void quantize_fp8_kernel(const T* __restrict__ x, const float* __restrict__ scale,
                                     __nv_fp8_storage_t* __restrict__ out, int rows, int k) {
+  pdl_wait();  // x is the previous kernel's output (pdl.cuh)
+  pdl_launch_dependents();
   const int row = blockIdx.x;
   const float s = __ldg(scale);
   const T* xr = x + static_cast<int64_t>(row) * k;
@@ -242,6 +259,8 @@ template <typename T, typename Code>
 __global__ void quantize_per_token_kernel(const T* __restrict__ x, typename Code::Out* __restrict__ out,
                                           float* __restrict__ out_scales, int rows, int k) {
   __shared__ float scratch[32];
+  pdl_wait();  // x is the previous kernel's output, out may still be read by it (pdl.cuh)
+  pdl_launch_dependents();
   const int row = blockIdx.x;
   typename Code::Out* o = out + static_cast<int64_t>(row) * k;
   if (row >= rows) {

@@ -3,6 +3,7 @@
 // (scale and store) does not re-read device memory: the kernel moves each byte once.
 #pragma once
 #include "trtdsl/common.cuh"
+#include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
 
@@ -12,6 +13,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
                                int64_t res_stride, int64_t out_stride, int64_t res_out_stride, float eps) {
   extern __shared__ float row_cache[];
   __shared__ float scratch[32];
+  pdl_wait();  // x / residual come from the previous kernel, which may still read residual_out (pdl.cuh)
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const int64_t nvec = hidden / VEC;
@@ -58,9 +61,8 @@ int launch_rmsnorm_v(const T* x, const T* res, const T* w, T* out, T* res_out, i
     return kErrLaunch;
   const int64_t nvec = hidden / VEC;
   const int threads = nvec >= 1024 ? 1024 : static_cast<int>(((nvec + 31) / 32) * 32);
-  kernel<<<static_cast<unsigned>(rows), threads, smem, stream>>>(x, res, w, out, res_out, hidden, xs, rs, os,
-                                                                  ros, eps);
-  return launch_status();
+  return launch_pdl(kernel, dim3(static_cast<unsigned>(rows)), dim3(threads), smem, stream, x, res, w, out, res_out,
+                    hidden, xs, rs, os, ros, eps);
 }
 
 // Picks 16-byte vectors when every pointer, stride and the hidden size allow them, else scalars.

@@ -40,6 +40,10 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_kernel(const T* __restrict__ 
     grow[r] = static_cast<int64_t>(row) * num_groups;
   }
   const int last = m - 1;
+  // PDL (pdl.cuh): the first weight step to L2 while the previous kernel finishes; x after the wait.
+  prefetch_weight_step<U, NR, kThreads>(wrow, threadIdx.x, vecs);
+  pdl_wait();
+  pdl_launch_dependents();
 
   float acc[NR][MT];
 #pragma unroll
@@ -134,9 +138,8 @@ inline int launch_wo_gemv_cfg(const T* x, const void* qw, const float* scales, c
   constexpr int EPV = BITS == 8 ? 16 : 32;
   constexpr int NR = clamp_rows<NR0, MT>();
   const int blocks = (n + NR - 1) / NR;
-  wo_gemv_kernel<T, MT, BITS, NR, KW, U, ZP><<<blocks, KW * 32, 0, stream>>>(
-      x, static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, group / EPV, num_groups);
-  return launch_status();
+  return launch_pdl(wo_gemv_kernel<T, MT, BITS, NR, KW, U, ZP>, dim3(blocks), dim3(KW * 32), 0, stream, x,
+                    static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, group / EPV, num_groups);
 }
 
 template <typename T, int MT, int BITS, bool ZP>

@@ -23,6 +23,7 @@
 //   keeps 8 bits) before the mma. Errors ~2^-9 (bf16) / 2^-12 (fp16) of each weight, random in sign.
 #pragma once
 #include "trtdsl/attention_mma.cuh"
+#include "trtdsl/pdl.cuh"
 #include "trtdsl/quant_gemm.cuh"
 
 namespace trtdsl {
@@ -104,6 +105,22 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc_kernel(const T* __restrict
   const T* xrow[NB];
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb) xrow[nb] = x + static_cast<int64_t>(min(g + 8 * nb, m - 1)) * k;
+
+  // PDL (pdl.cuh): the weights are constant, so this warp's first step goes to L2 while the previous
+  // kernel finishes; x (its output) is read only after the wait. One lane per quad: its 4 vectors share a line.
+  if (t == 0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int c = (warp * U + u) * 4;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          if (c < chunks) pdl_prefetch_l2(wrow[nt][h] + c);
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
 
   float acc[NT][NB][4];
 #pragma unroll
@@ -249,9 +266,8 @@ template <typename T, int NB, bool ZP, bool DQ, int NT, int KW, int U>
 inline int launch_wo_tc_cfg(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
                             int k, int group, int num_groups, cudaStream_t stream) {
   const int blocks = (n + NT * 16 - 1) / (NT * 16);
-  wo_gemv_tc_kernel<T, NB, NT, KW, U, ZP, DQ><<<blocks, KW * 32, 0, stream>>>(
-      x, static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, group, num_groups);
-  return launch_status();
+  return launch_pdl(wo_gemv_tc_kernel<T, NB, NT, KW, U, ZP, DQ>, dim3(blocks), dim3(KW * 32), 0, stream, x,
+                    static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, group, num_groups);
 }
 
 template <typename T, int NB, bool ZP>

@@ -1,0 +1,221 @@
+"""Where one decode step's GPU time goes, kernel by kernel, for bf16 and quantized engines, with
+programmatic dependent launch (plugins_cuda/include/trtdsl/pdl.cuh) on and off in the same process.
+
+For each mode it builds bench_decode's engine (Llama-3-8B shape, random weights, the same passes and
+quantization), and for PDL off, then on (graphs recaptured after each switch):
+* the decode step time (CUDA-graph replay + GPU argmax) at each batch, as bench_decode measures it;
+* at batch 1, the kernels of a few graph replays under the torch profiler: per kernel name (count per
+  step, us per step) and per position of the repeating per-layer kernel sequence (median us over the
+  layers, the idle gap before it, and for the GEMVs the weight bytes of that layer's GEMM -> GB/s).
+Writes benchmarks/results/decode_profile_<device>.json (and $OUT). From the repository root:
+``PYTHONPATH=. python benchmarks/profile_decode.py --model 8b --modes bf16,int4_wo,fp8``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_decode import OurEngine, our_model  # noqa: E402
+from benchmarks.common import copy_bandwidth_gbps, cuda_time_ms, device_slug, write_result  # noqa: E402
+
+# Per-layer GEMMs in execution order, by the module names their constants carry.
+GEMMS = ("attention.qkv", "attention.dense", "feed_forward.gate_up", "feed_forward.down")
+
+
+def short(name: str) -> str:
+    """Kernel name without the return type and namespaces, template arguments kept (they are the
+    config), cut to 100 characters."""
+    name = name.replace("void ", "", 1).replace("trtdsl::", "").replace("(anonymous namespace)::", "")
+    return name[:100]
+
+
+def gemm_bytes(engine: OurEngine, layer: int = 0) -> dict[str, int]:
+    """Bytes of each GEMM's constants (codes, scales, zeros) in one layer: what its GEMV streams."""
+    out = {g: 0 for g in GEMMS}
+    for name, value in engine.executor.constants.items():
+        if not name.startswith(f"layers.{layer}."):
+            continue
+        for g in GEMMS:
+            if name.startswith(f"layers.{layer}.{g}."):
+                out[g] += value.numel() * value.element_size()
+    return out
+
+
+def step_kernels(engine: OurEngine, prompt: int, steps: int = 3) -> list[list[tuple[str, float, float]]]:
+    """(name, start us, end us) of each kernel of `steps` graph-replayed b=1 decode steps."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    feed = engine.feed([1], [prompt])
+    hints = {"max_q_len": 1, "max_kv_len": prompt + 40}
+    run = lambda: engine.graphs.run(("decode", 1), feed, hints)  # noqa: E731
+    run()
+    torch.cuda.synchronize()
+    per_step: list[list[tuple[str, float, float]]] = []
+    for _ in range(steps):  # one profile per step: the kernels of a step are exactly one replay's
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+        evs = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+        if not evs:  # a profiler that does not see graph kernels: the eager step runs the same ones
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                engine.executor.run(feed, hints=hints)
+                torch.cuda.synchronize()
+            evs = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            print("profiler saw no graph kernels: eager step profiled", flush=True)
+        evs.sort(key=lambda e: e.time_range.start)
+        per_step.append([(e.name, e.time_range.start, e.time_range.end) for e in evs
+                         if "memcpy" not in e.name.lower() and "memset" not in e.name.lower()])
+    return per_step
+
+
+def find_period(names: list[str], reps: int) -> tuple[int, int]:
+    """(offset, period) of the first kernel sequence repeated `reps` times."""
+    for period in range(2, len(names) // reps + 1):
+        for off in range(0, len(names) - reps * period + 1):
+            if all(names[off + i] == names[off + i + period] for i in range((reps - 1) * period)):
+                return off, period
+    raise RuntimeError("no repeating per-layer kernel sequence found")
+
+
+def layer_table(kernels: list[tuple[str, float, float]], layers: int, bytes_of: dict[str, int]) -> dict[str, Any]:
+    """The repeating sequence: layer 0's norm is not the fused residual one, so it starts at layer 0's
+    qkv GEMM (its quantizer for fp8) and ends with the next layer's residual-add RMSNorm (the last
+    layer's is the final norm: layers - 1 full repeats); its GEMVs are the layer's GEMMS in order."""
+    names = [k[0] for k in kernels]
+    layers -= 1
+    off, period = find_period(names, layers)
+    gemv = [p for p in range(period) if "gemv" in names[off + p].lower()]
+    rows = []
+    for p in range(period):
+        durs = [kernels[off + layer * period + p][2] - kernels[off + layer * period + p][1] for layer in range(layers)]
+        gaps = [kernels[off + layer * period + p][1] - kernels[off + layer * period + p - 1][2]
+                for layer in range(layers) if off + layer * period + p > 0]
+        row: dict[str, Any] = {"kernel": short(names[off + p]), "us": statistics.median(durs),
+                               "gap_before_us": statistics.median(gaps) if gaps else None}
+        if p in gemv and len(gemv) == len(GEMMS):
+            gemm = GEMMS[gemv.index(p)]
+            row["gemm"], row["bytes"] = gemm, bytes_of[gemm]
+            row["gb_per_s"] = bytes_of[gemm] / (row["us"] * 1e-6) / 1e9
+        rows.append(row)
+    mid = off + layers // 2 * period
+    return {"kernels_per_layer": period,
+            "layer_us_median_span": kernels[mid + period][1] - kernels[mid][1],  # start to next start
+            "sequence": rows}
+
+
+def by_name(steps: list[list[tuple[str, float, float]]]) -> list[dict[str, Any]]:
+    agg: dict[str, list[float]] = {}
+    for kernels in steps:
+        for name, t0, t1 in kernels:
+            agg.setdefault(short(name), []).append(t1 - t0)
+    rows = [{"kernel": k, "count_per_step": len(v) / len(steps), "us_per_step": sum(v) / len(steps)}
+            for k, v in agg.items()]
+    return sorted(rows, key=lambda r: -r["us_per_step"])
+
+
+def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
+                 wo_configs: list[int]) -> dict[str, Any]:
+    from trtdsl.plugins.cuda import quant_ops
+    from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
+    from trtdsl.runtime.cuda_graphs import CudaGraphCache
+    t0 = time.perf_counter()
+    engine = OurEngine(model, max(batches), prompt + steps + 64, max_tokens=max(batches) * prompt,
+                       quant=None if mode == "bf16" else mode)
+    print(f"[{mode}] engine built in {time.perf_counter() - t0:.0f} s", flush=True)
+    layers = model.config.num_layers
+    bytes_of = gemm_bytes(engine)
+    res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
+    for b in batches:
+        engine.prefill(b, prompt)
+    variants = [("pdl_off", False, None), ("pdl_on", True, None)]
+    if mode.startswith("int4"):  # the m = 1 narrow-n GEMVs (qkv, o, down): other launch shapes
+        variants += [(f"pdl_on_cfg{c}", True, c) for c in wo_configs]
+    default_cfg = quant_ops.WO_GEMV_CONFIG.get((4, 1, False))
+    for key, pdl, cfg in variants:
+        set_programmatic_launch(pdl)
+        quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = cfg if cfg is not None else default_cfg
+        engine.graphs = CudaGraphCache(engine.executor)  # recapture: launches record the attribute
+        entry: dict[str, Any] = {"decode_ms": {}, "graph_replay_ms": {}}
+        for b in batches:
+            entry["decode_ms"][str(b)] = engine.decode_step_time(b, prompt, steps)["median_ms"]
+            feed = engine.feed([1] * b, [prompt] * b)
+            hints = {"max_q_len": 1, "max_kv_len": prompt + steps + 8}
+            entry["graph_replay_ms"][str(b)] = cuda_time_ms(
+                lambda: engine.graphs.run(("decode", b), feed, hints), warmup=3, iters=steps)["median_ms"]
+        kernels = step_kernels(engine, prompt)
+        busy = [sum(k[2] - k[1] for k in ks) for ks in kernels]
+        entry["b1_kernels_per_step"] = len(kernels[0])
+        entry["b1_kernel_busy_us"] = statistics.median(busy)
+        entry["b1_first_to_last_us"] = statistics.median(ks[-1][2] - ks[0][1] for ks in kernels)
+        entry["by_name"] = by_name(kernels)[:30]
+        try:
+            entry["layer"] = layer_table(kernels[-1], layers, bytes_of)
+        except (RuntimeError, ValueError, IndexError) as exc:  # report, keep the rest
+            entry["layer"] = {"error": str(exc)}
+        res[key] = entry
+        lay = entry["layer"]
+        print(f"[{mode}] {key}: decode " + ", ".join(f"b={b} {t:.3f} ms (graph {entry['graph_replay_ms'][b]:.3f})"
+                                                     for b, t in entry["decode_ms"].items())
+              + f"; b=1 {entry['b1_kernels_per_step']} kernels, busy {entry['b1_kernel_busy_us']:.0f} us of "
+              f"{entry['b1_first_to_last_us']:.0f} us; layer {lay.get('layer_us_median_span', 0):.1f} us in "
+              f"{lay.get('kernels_per_layer')} kernels", flush=True)
+        for row in lay.get("sequence", []):
+            extra = f" {row['gemm']} {row['gb_per_s']:.0f} GB/s" if "gemm" in row else ""
+            gap = row["gap_before_us"]
+            print(f"    {row['us']:7.2f} us (gap {gap if gap is None else round(gap, 2)}) {row['kernel'][:70]}{extra}",
+                  flush=True)
+    set_programmatic_launch(True)
+    quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = default_cfg
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="8b")
+    ap.add_argument("--modes", default="bf16,int4_wo,fp8")
+    ap.add_argument("--batches", default="1,8")
+    ap.add_argument("--prompt", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--wo-configs", default="", help="int4: also time these m = 1 narrow-n GEMV configs (PDL on)")
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    copy = copy_bandwidth_gbps()
+    t0 = time.perf_counter()
+    model = our_model(args.model)
+    print(f"copy {copy:.0f} GB/s; model {args.model} on the GPU in {time.perf_counter() - t0:.0f} s", flush=True)
+    results: dict[str, Any] = {"model": args.model, "copy_bandwidth_gbps": copy, "prompt_len": args.prompt,
+                               "modes": {}}
+    name = f"decode_profile_{device_slug()}"
+    for mode in args.modes.split(","):
+        results["modes"][mode] = profile_mode(model, mode, batches, args.prompt, args.steps,
+                                               [int(c) for c in args.wo_configs.split(",") if c])
+        write_result(name, results)  # after each mode, so a timeout keeps what finished
+    ratios = {}
+    bf = results["modes"].get("bf16")
+    for mode, r in results["modes"].items():
+        if bf and mode != "bf16":
+            for key in [k for k in r if k.startswith("pdl_")]:
+                ref = "pdl_on" if key.startswith("pdl_on") else "pdl_off"
+                for b, t in r[key]["decode_ms"].items():
+                    ratios[f"{mode}_{key}_b{b}_vs_bf16_{ref}"] = bf[ref]["decode_ms"][b] / t
+                    if ref == "pdl_on":
+                        ratios[f"{mode}_{key}_b{b}_vs_bf16_pdl_off"] = bf["pdl_off"]["decode_ms"][b] / t
+    results["ratios"] = ratios
+    print("ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()), flush=True)
+    write_result(name, results)
+
+
+if __name__ == "__main__":
+    main()
