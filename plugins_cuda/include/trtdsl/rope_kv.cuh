@@ -4,7 +4,7 @@
 // A quantized cache (CacheT = fp8 e4m3 / int8) stores saturate(value / scale) per K/V head
 // (trtdsl/quantization/kv_cache.py's arithmetic: IEEE division, round to nearest even); with
 // k_rotation the rotated q and k of each head are multiplied by the orthonormal Hadamard matrix
-// first (staged in shared memory, since every output element reads the whole head).
+// first (staged in shared memory, transformed by butterfly passes: every output reads the whole head).
 #pragma once
 #include "trtdsl/kv_quant.cuh"
 
@@ -90,22 +90,31 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
     }
   }
   if (!p.k_rotation) return;
+  // In-place fast Walsh-Hadamard transform of every staged head: log2(D) butterfly passes give
+  // (x H)[i] = sum_j x[j] (-1)^popcount(i & j); the 1/sqrt(D) is applied on the way out.
+  const int rows = p.num_heads + p.num_kv_heads, half = D / 2;
+  for (int len = 1; len < D; len <<= 1) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < rows * half; idx += blockDim.x) {
+      const int h = idx / half, b = idx % half;
+      const int i = (b / len) * 2 * len + b % len;
+      float* x = staged + h * D;
+      const float a = x[i], c = x[i + len];
+      x[i] = a + c;
+      x[i + len] = a - c;
+    }
+  }
   __syncthreads();
-  // (x H)[i] = sum_j x[j] (-1)^popcount(i & j) / sqrt(D): D multiply-adds per element, cheap next to
-  // the GEMMs around it, and no cross-thread butterfly to get wrong.
   const float norm = rsqrtf(static_cast<float>(D));
-  for (int idx = threadIdx.x; idx < (p.num_heads + p.num_kv_heads) * D; idx += blockDim.x) {
+  for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
     const int h = idx / D, i = idx % D;
-    const float* x = staged + h * D;
-    float acc = 0.f;
-    for (int j = 0; j < D; ++j) acc += (__popc(i & j) & 1) ? -x[j] : x[j];
-    acc *= norm;
+    const float y = staged[idx] * norm;
     if (h < p.num_heads) {
-      static_cast<T*>(p.q_out)[t * p.q_out_stride + h * D + i] = from_float<T>(acc);
+      static_cast<T*>(p.q_out)[t * p.q_out_stride + h * D + i] = from_float<T>(y);
     } else {
       const int kh = h - p.num_heads;
       const float inv = kv_code_scale<CacheT>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
-      kslot[kh * head_stride + i] = float_to_cache<CacheT>(acc, inv);
+      kslot[kh * head_stride + i] = float_to_cache<CacheT>(y, inv);
     }
   }
 }
