@@ -16,6 +16,8 @@ export PYTHONPATH=".:/tmp/site" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 touch /tmp/session_start
+# Every stage (and every separate invocation) must find the same kernel build.
+export TRTDSL_PLUGIN_CACHE="${TRTDSL_PLUGIN_CACHE:-$PWD/.plugin_cache}"
 status=0
 
 setup() {
@@ -32,7 +34,6 @@ setup() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   nvcc --version | tail -2
-  export TRTDSL_PLUGIN_CACHE="$PWD/.plugin_cache"
   local t0=$SECONDS
   python3 -c "from trtdsl.plugins.cuda import build_plugins; print(build_plugins())" || status=1
   echo "plugin build: $((SECONDS - t0)) s"
