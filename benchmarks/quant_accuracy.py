@@ -82,6 +82,10 @@ CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = 
     ("fp8 K/V cache", None, "fp8", {}, 0.5),
     ("fp8 K/V cache (per-layer scales)", None, "fp8", {"kv_cache_scales": "tensor"}, None),
     ("int8 K/V cache", None, "int8", {}, None),
+    ("fp8 K/V cache, Hadamard-rotated K", None, "fp8", {"kv_cache_rotation": "hadamard"}, 0.5),
+    ("fp8 K/V cache, Hadamard-rotated K, headroom 2", None, "fp8",
+     {"kv_cache_rotation": "hadamard", "kv_cache_headroom": 2.0}, 0.5),
+    ("int8 K/V cache, Hadamard-rotated K", None, "int8", {"kv_cache_rotation": "hadamard"}, None),
 ]
 
 
