@@ -68,6 +68,11 @@ class QuantConfig:
             row, through rows with the same ``X^T X`` (a Cholesky factor: needs the statistics'
             Hessians, which ``quantize_network`` collects itself), instead of the first 256 / 128
             sampled rows.
+        awq_tie_gqa: for an attention output (o_proj's input) of a GQA model, AWQ searches factors
+            equal across the query heads that share a K/V head (the candidates' statistics are
+            averaged geometrically over those heads; alpha = 0 is still plain rounding). One factor
+            per V channel is what ``optimize`` can fold exactly into the V rows of the qkv GEMM, so
+            no multiply is left before o_proj. ``False``: one factor per channel (a multiply stays).
     """
 
     mode: str | None = None
@@ -89,6 +94,7 @@ class QuantConfig:
     gptq_act_order: bool = False
     gptq_static_groups: bool = True
     awq_all_rows: bool = False
+    awq_tie_gqa: bool = True
 
     def __post_init__(self) -> None:
         problems = []

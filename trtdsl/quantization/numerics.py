@@ -23,7 +23,8 @@ from ..errors import ConfigError
 __all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_groups",
            "expand_group_scales", "quantize_weight", "dequantize_weight", "fake_quantize_weight",
            "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
-           "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8"]
+           "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8",
+           "tie_channels", "gqa_tie"]
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 INT8_MAX = 127
@@ -172,9 +173,33 @@ def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return torch.round(xf / scales).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scales
 
 
+def tie_channels(s: torch.Tensor, tie: torch.Tensor | None) -> torch.Tensor:
+    """``s [k]`` with every channel replaced by the geometric mean over the channels sharing its
+    class in ``tie`` (``[k]`` class ids, ``None``: untouched). A geometric mean keeps ``s = 1``
+    (plain rounding) at 1 and commutes with the powers the AWQ candidates take of a statistic."""
+    if tie is None:
+        return s
+    logs = s.double().log()
+    classes = int(tie.max()) + 1
+    total = torch.zeros(classes, dtype=torch.float64).index_add_(0, tie, logs)
+    count = torch.zeros(classes, dtype=torch.float64).index_add_(0, tie, torch.ones_like(logs))
+    return (total / count)[tie].exp().to(s.dtype)
+
+
+def gqa_tie(num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Class ids ``[num_heads * head_dim]`` of attention-output channels tying channel ``d`` of every
+    query head that shares a K/V head (query head ``h`` reads K/V head ``h // (heads / kv_heads)``).
+    A factor tied so is one factor per V channel: :mod:`trtdsl.passes.scale_fold` folds it exactly
+    into the V rows of the qkv GEMM."""
+    group = num_heads // num_kv_heads
+    kv = torch.arange(num_heads).div(group, rounding_mode="floor")
+    return (kv[:, None] * head_dim + torch.arange(head_dim)[None, :]).reshape(-1)
+
+
 def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: int,
                       grid: int = 20, zero_point: bool = False, max_rows: int = 256,
-                      x_abs_mean: torch.Tensor | None = None) -> tuple[torch.Tensor, float, float]:
+                      x_abs_mean: torch.Tensor | None = None, tie: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, float, float]:
     """AWQ's activation-aware per-input-channel scale search.
 
     ``x [N, k]`` are calibration activations of the GEMMs ``weights`` (each ``[n_i, k]``, all reading
@@ -185,7 +210,8 @@ def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: 
     so the result is never worse than RTN on ``x``; the first ``max_rows`` rows score (the search
     costs ``2 * (grid + 1)`` GEMMs of them). ``x_abs_mean`` gives ``mean|x_j|`` when ``x`` are not
     activation rows themselves (e.g. rows with the same ``X^T X``, which score the error exactly).
-    Returns ``(s [k], best error, RTN error)``."""
+    ``tie`` (class ids ``[k]``, e.g. :func:`gqa_tie`) searches only factors equal within each class:
+    every candidate is tied by :func:`tie_channels` before it is scored. Returns ``(s [k], best error, RTN error)``."""
     x = x.float()[:max_rows]
     w = torch.cat([wi.float() for wi in weights], dim=0)
     ref = x @ w.T
@@ -195,6 +221,7 @@ def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: 
     candidates = [x_mean.pow(i / grid) for i in range(grid + 1)]
     candidates += [x_mean.pow(i / grid) / w_mean.pow(1 - i / grid) for i in range(grid + 1)]
     for i, s in enumerate(candidates):
+        s = tie_channels(s, tie)
         s = s / (s.max() * s.min()).sqrt()
         q = fake_quantize_weight(w * s, 4, group_size, zero_point=zero_point)
         err = float(((x / s) @ q.T - ref).pow(2).mean())

@@ -214,7 +214,7 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
     weights = [s.weight.float() for s in group]
     zp = cfg.uses_zero_point
     s, _, _ = nq.awq_search_scales(samples, weights, cfg.group_size, cfg.awq_grid, zero_point=zp,
-                                   x_abs_mean=x_mean, **rows)
+                                   x_abs_mean=x_mean, tie=_gqa_tie(cfg, group[0].x), **rows)
     # s == 1 (the search kept plain rounding): no multiply to add, nothing to fold.
     x = group[0].x if bool((s == 1).all()) else _scale_activation(net, group, 1.0 / s)
     h = _hessian(cfg, stats, group, s)
@@ -226,6 +226,21 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
             if cfg.awq_clip and dynamic is None else None
         _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp, hessian=h,
                      act_order=cfg.gptq_act_order, group_params=dynamic)
+
+
+def _gqa_tie(cfg: QuantConfig, x: Tensor) -> torch.Tensor | None:
+    """Channel classes tying AWQ's factors of an attention output across the query heads sharing a
+    K/V head (``awq_tie_gqa``): so tied, the multiply before o_proj folds exactly into the V rows of
+    the qkv GEMM (:mod:`trtdsl.passes.scale_fold`). ``None`` for other inputs and without GQA."""
+    layer = x.producer
+    if not cfg.awq_tie_gqa or layer is None or layer.kind is not LayerKind.PLUGIN or \
+            layer.attrs.get("name") != kvq.ATTENTION:
+        return None
+    f = layer.attrs["fields"]
+    heads, kv_heads, hd = int(f["num_heads"]), int(f["num_kv_heads"]), int(f["head_dim"])
+    if heads == kv_heads or heads % kv_heads or x.shape[-1] != heads * hd:
+        return None
+    return nq.gqa_tie(heads, kv_heads, hd)
 
 
 def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
