@@ -5,7 +5,7 @@ Every pass keeps the network's inputs, outputs (names and tensors) and each surv
 
 >>> stats = optimize(net, fold=True, fuse_elementwise=True)
 >>> stats
-{'dead_code': 3, 'folded': 2, 'scale_fold': 0, 'add_rms_norm': 0, 'swiglu': 0, 'pointwise': 5, 'layers': 41}
+{'dead_code': 3, 'folded': 2, 'scale_fold': 0, 'add_rms_norm': 0, 'swiglu': 0, 'fp8_activations': 0, 'pointwise': 5, 'layers': 41}
 """
 
 from __future__ import annotations
@@ -17,20 +17,31 @@ from .fusion import fuse_add_rms_norm, fuse_elementwise, fuse_swiglu
 from .graph import toposort
 from .scale_fold import fold_channel_scales
 
+
+def fuse_fp8_activations(net: Network) -> int:
+    """See :func:`trtdsl.passes.fp8_act_fuse.fuse_fp8_activations` (imported on use: it needs the
+    quantization plugins, whose package imports this one)."""
+    from .fp8_act_fuse import fuse_fp8_activations as fuse
+    return fuse(net)
+
 __all__ = ["optimize", "eliminate_dead_code", "fold_constants", "fuse_elementwise", "fuse_add_rms_norm",
-           "fuse_swiglu", "fold_channel_scales", "toposort"]
+           "fuse_swiglu", "fold_channel_scales", "toposort", "fuse_fp8_activations"]
 
 
 def optimize(net: Network, *, fold: bool = True, max_fold_elements: int = 1 << 16,
              fuse_elementwise: bool = False, fuse_add_rms_norm: bool = False,
-             fuse_swiglu: bool = False, fold_scales: bool = True) -> dict[str, int]:
+             fuse_swiglu: bool = False, fold_scales: bool = True,
+             fuse_fp8_activations: bool | None = None) -> dict[str, int]:
     """Run the passes in their order (DCE, folding, DCE, channel-scale folding, norm fusion, SwiGLU
-    fusion, pointwise fusion); returns per-pass counts. Norm fusion runs first so the pointwise pass
-    cannot swallow its residual add; channel scales fold before the SwiGLU fusion, which would hide
-    the pattern they fold through."""
+    fusion, fp8 activation fusion, pointwise fusion); returns per-pass counts. The fp8 activation
+    fusion (:mod:`.fp8_act_fuse`: static fp8 GEMM inputs quantized by the norm / SwiGLU that makes
+    them) runs, by default (``None``), wherever the norm or SwiGLU fusion does, i.e. where the
+    backend has fused kernels. Norm fusion runs first so the pointwise
+    pass cannot swallow its residual add; channel scales fold before the SwiGLU fusion, which would
+    hide the pattern they fold through."""
     from . import fusion
     stats = {"dead_code": eliminate_dead_code(net), "folded": 0, "scale_fold": 0, "add_rms_norm": 0,
-             "swiglu": 0, "pointwise": 0}
+             "swiglu": 0, "fp8_activations": 0, "pointwise": 0}
     if fold:
         stats["folded"] = fold_constants(net, max_fold_elements)
         stats["dead_code"] += eliminate_dead_code(net)
@@ -40,6 +51,10 @@ def optimize(net: Network, *, fold: bool = True, max_fold_elements: int = 1 << 1
         stats["add_rms_norm"] = fusion.fuse_add_rms_norm(net)
     if fuse_swiglu:  # before the pointwise pass, which would otherwise take its multiplies
         stats["swiglu"] = fusion.fuse_swiglu(net)
+    run_fp8 = (fuse_add_rms_norm or fuse_swiglu) if fuse_fp8_activations is None else fuse_fp8_activations
+    if run_fp8:
+        from .fp8_act_fuse import fuse_fp8_activations as fuse_fp8  # imports the quantization plugins
+        stats["fp8_activations"] = fuse_fp8(net)
     if fuse_elementwise:
         stats["pointwise"] = fusion.fuse_elementwise(net)
     stats["layers"] = len(net.layers)

@@ -19,6 +19,9 @@ plugin                     inputs                                               
 =========================  ====================================================  ===================
 
 Every output is ``x.shape[:-1] + (n,)`` in ``x``'s dtype (``y = x W^T`` of the dequantized weights).
+``trtdsl.fp8_gemm`` also takes an fp8 ``x``: e4m3 codes of ``x / input_scale`` already (made by a
+quantizing norm / SwiGLU, ``trtdsl.passes.fp8_act_fuse``), with the static input list only and the
+field ``out_dtype`` (a float :class:`DType`) giving the output dtype.
 Formats are those of :mod:`trtdsl.quantization.numerics`.
 """
 
@@ -93,7 +96,31 @@ def weight_only_gemm_reference(ins: list, fields: dict, hints: dict | None = Non
     return (x.float() @ w.T).to(x.dtype)
 
 
+def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
+    """``x`` already holds e4m3 codes of ``x / input_scale`` (a quantizing norm / SwiGLU made them,
+    ``trtdsl/passes/fp8_act_fuse.py``): the static input list only, output dtype from ``out_dtype``."""
+    _check(len(ins) == 4, FP8_GEMM, f"an fp8 x (already quantized) needs the static input list (x, weight, "
+           f"weight_scale, input_scale): its input_scale says what the codes mean; got {len(ins)} inputs", ins)
+    out_dtype = fields.get("out_dtype")
+    _check(out_dtype in _ACT_DTYPES, FP8_GEMM, f"an fp8 x needs the field out_dtype (float32/float16/bfloat16), "
+           f"got {out_dtype!r}", ins, DTypeError)
+    w = ins[1]
+    _check(w.dtype is DType.fp8, FP8_GEMM, f"weight must be fp8, got {w.dtype.value}", ins, DTypeError)
+    _check(w.ndim == 2 and ins[0].ndim >= 1 and dim_equal(w.shape[1], ins[0].shape[-1]), FP8_GEMM,
+           f"weight must be 2-D [n, {ins[0].shape[-1]}]", ins)
+    for t in ins[2:]:
+        _check(t.dtype is DType.float32, FP8_GEMM, f"scale {t.name!r} must be float32", ins, DTypeError)
+    _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
+    _check(tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
+    return [(out_dtype, tuple(ins[0].shape[:-1]) + (w.shape[0],))]
+
+
 def _fp8_shape(ins: list, fields: dict) -> list:
+    if ins and ins[0].dtype is DType.fp8:
+        return _fp8_prequantized_shape(ins, fields)
+    _check(fields.get("out_dtype") in (None, ins[0].dtype), FP8_GEMM, f"out_dtype {fields.get('out_dtype')!r} "
+           f"differs from x's dtype: only an fp8 (already quantized) x takes another output dtype", ins,
+           DTypeError)
     x, w = _check_common(FP8_GEMM, ins, (3, 4), DType.fp8, ins[0].shape[-1])
     _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
     _check(len(ins) == 3 or tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
@@ -105,13 +132,16 @@ def fp8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> to
     (dynamic), multiply the e4m3 values exactly in float32 (what ``torch._scaled_mm`` accumulates
     in), then apply both scales."""
     x, w, w_scale = ins[:3]
-    if len(ins) == 4:
+    out_dtype = x.dtype
+    if x.dtype == torch.float8_e4m3fn:  # codes of x / input_scale, quantized by the producer
+        x_scale, xq, out_dtype = ins[3], x, fields["out_dtype"].torch
+    elif len(ins) == 4:
         x_scale = ins[3]
         xq = quantize_fp8(x, x_scale)
     else:
         xq, x_scale = quantize_per_token_fp8(x)
     acc = xq.float() @ w.float().T
-    return (acc * (x_scale.float() * w_scale.float())).to(x.dtype)
+    return (acc * (x_scale.float() * w_scale.float())).to(out_dtype)
 
 
 def _int8_shape(ins: list, fields: dict) -> list:

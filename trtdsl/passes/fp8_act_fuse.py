@@ -1,0 +1,214 @@
+"""FP8 activation quantization fused into the layer that makes the activation.
+
+A static-scale ``trtdsl.fp8_gemm`` quantizes its input itself (``saturate(x / input_scale)`` to e4m3),
+which on the GPU is a separate small kernel before every GEMM. Where the input comes from an RMSNorm,
+a ``trtdsl.add_rms_norm`` or a ``trtdsl.swiglu`` whose every consumer is such a GEMM with the same
+``input_scale`` value, :func:`fuse_fp8_activations` replaces the producer by a quantizing variant that
+writes the e4m3 codes directly, and the GEMMs read the codes (an fp8 ``x`` for ``trtdsl.fp8_gemm``
+means "already quantized with ``input_scale``"; its field ``out_dtype`` keeps the output dtype):
+
+============================  =======================================  ======================================
+plugin                        inputs                                   outputs
+============================  =======================================  ======================================
+``trtdsl.rms_norm_fp8``       ``x``, ``weight``, ``input_scale [1]``   codes of ``rms_norm(x) * weight``
+``trtdsl.add_rms_norm_fp8``   ``a``, ``b``, ``weight``, ``input_scale``  codes of the norm of ``a + b``, ``a + b``
+``trtdsl.swiglu_fp8``         ``x = [gate | up]``, ``input_scale``      codes of ``silu(gate) * up``
+============================  =======================================  ======================================
+
+Fields of the norms: ``axes``, ``epsilon`` (as ``trtdsl.add_rms_norm``). The math is the unfused
+layers' (the references call the same functions, so the value is rounded to the activation dtype
+first), then ``numerics.quantize_fp8``, the rounding the fp8_gemm reference applies: fused and unfused
+networks agree bit for bit on the torch backend, and the CUDA kernels (``plugins_cuda/src/
+norm_quant.cu``) reproduce the unfused kernels' codes bit for bit.
+
+Left alone: dynamic (per-token) fp8 GEMMs, a value with any other consumer or that is a network
+output, GEMMs whose ``input_scale`` constants differ, inputs that are not float.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..dtypes import DType
+from ..errors import DTypeError, ShapeError
+from ..ir.network import Layer, LayerKind, Network, Tensor
+from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
+from ..quantization.numerics import quantize_fp8
+from ..quantization.plugins import FP8_GEMM
+from . import fused_plugins
+from .graph import consumers, output_ids, sync_bookkeeping, toposort
+
+__all__ = ["RMS_NORM_FP8", "ADD_RMS_NORM_FP8", "SWIGLU_FP8", "fuse_fp8_activations",
+           "rms_norm_fp8_reference", "add_rms_norm_fp8_reference", "swiglu_fp8_reference"]
+
+RMS_NORM_FP8 = "trtdsl.rms_norm_fp8"
+ADD_RMS_NORM_FP8 = "trtdsl.add_rms_norm_fp8"
+SWIGLU_FP8 = "trtdsl.swiglu_fp8"
+_FLOAT = (DType.float32, DType.float16, DType.bfloat16)
+
+
+# -- plugins ---------------------------------------------------------------------------------------------
+def _check(cond: bool, plugin: str, problem: str, ins: list, kind: type = ShapeError) -> None:
+    if not cond:
+        described = ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in ins)
+        raise kind(f"{plugin}: {problem}\n  inputs: {described}")
+
+
+def _check_inputs(plugin: str, ins: list, count: int, floats: int) -> None:
+    """``count`` inputs: ``floats`` float activations / weights of one dtype, then ``input_scale``."""
+    _check(len(ins) == count, plugin, f"expects {count} inputs, got {len(ins)}", ins)
+    dtypes = {t.dtype for t in ins[:floats]}
+    _check(len(dtypes) == 1 and ins[0].dtype in _FLOAT, plugin, "activations (and the norm weight) must "
+           "share one float dtype (float32/float16/bfloat16)", ins, DTypeError)
+    scale = ins[-1]
+    _check(scale.dtype is DType.float32, plugin, f"input_scale {scale.name!r} must be float32, got "
+           f"{scale.dtype.value}", ins, DTypeError)
+    _check(tuple(scale.shape) == (1,), plugin, f"input_scale {scale.name!r} must be [1] (a static "
+           f"per-tensor scale), got {tuple(scale.shape)}", ins)
+
+
+def _rms_norm_fp8_shape(ins: list, fields: dict) -> list:
+    _check_inputs(RMS_NORM_FP8, ins, 3, 2)
+    return [(DType.fp8, ins[0].shape)]
+
+
+def _add_rms_norm_fp8_shape(ins: list, fields: dict) -> list:
+    _check_inputs(ADD_RMS_NORM_FP8, ins, 4, 3)
+    a, b = ins[0], ins[1]
+    _check(tuple(a.shape) == tuple(b.shape), ADD_RMS_NORM_FP8, "a and b must have the same shape", ins)
+    return [(DType.fp8, a.shape), (a.dtype, a.shape)]
+
+
+def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
+    _check_inputs(SWIGLU_FP8, ins, 2, 1)
+    x = ins[0]
+    width = x.shape[-1] if x.shape else None
+    _check(isinstance(width, int) and width % 2 == 0, SWIGLU_FP8, "x's last dim must be a static even "
+           "size ([gate | up])", ins)
+    return [(DType.fp8, tuple(x.shape[:-1]) + (x.shape[-1] // 2,))]
+
+
+def _norm_fields(fields: dict) -> dict:
+    return {"axes": fields["axes"], "epsilon": fields["epsilon"]}
+
+
+def rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """The RMSNorm layer's result (in x's dtype), then its e4m3 codes with ``input_scale``."""
+    from ..backends.torch_layers import LAYER_FUNCTIONS
+    x, weight, scale = ins
+    layer = Layer(LayerKind.NORMALIZATION, "rms_norm_fp8", [], [], {"kind": "rms", **_norm_fields(fields)})
+    (normed,) = LAYER_FUNCTIONS[LayerKind.NORMALIZATION](layer, [x, weight], {}, fused_plugins._CTX)
+    return quantize_fp8(normed, scale)
+
+
+def add_rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> list:
+    """``trtdsl.add_rms_norm``'s outputs, the normalized one as e4m3 codes of ``normed / input_scale``."""
+    a, b, weight, scale = ins
+    normed, total = fused_plugins.add_rms_norm_reference([a, b, weight], _norm_fields(fields), hints or {})
+    return [quantize_fp8(normed, scale), total]
+
+
+def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """``trtdsl.swiglu``'s result (in x's dtype), then its e4m3 codes with ``input_scale``."""
+    x, scale = ins
+    return quantize_fp8(fused_plugins.swiglu_reference([x], {}, hints or {}), scale)
+
+
+def register() -> None:
+    """Register the three plugins (idempotent: kernels attached to an existing spec survive)."""
+    specs = [
+        PluginSpec(RMS_NORM_FP8, _rms_norm_fp8_shape, rms_norm_fp8_reference,
+                   doc="RMSNorm, output as e4m3 codes of y / input_scale (static scale)"),
+        PluginSpec(ADD_RMS_NORM_FP8, _add_rms_norm_fp8_shape, add_rms_norm_fp8_reference,
+                   doc="residual add then RMSNorm; outputs (e4m3 codes of normed / input_scale, sum)"),
+        PluginSpec(SWIGLU_FP8, _swiglu_fp8_shape, swiglu_fp8_reference,
+                   doc="silu(gate) * up, output as e4m3 codes of y / input_scale (static scale)"),
+    ]
+    known = registered_plugins()
+    for spec in specs:
+        if spec.name not in known:
+            register_plugin(spec)
+
+
+register()
+
+
+# -- the pass --------------------------------------------------------------------------------------------
+def _quantized_output(layer: Layer) -> tuple[str, Tensor] | None:
+    """(fused plugin name, the output it would quantize) if ``layer`` is a producer the pass handles."""
+    if layer.kind is LayerKind.NORMALIZATION and layer.attrs.get("kind") == "rms" and len(layer.inputs) == 2:
+        return RMS_NORM_FP8, layer.outputs[0]
+    if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == fused_plugins.ADD_RMS_NORM:
+        return ADD_RMS_NORM_FP8, layer.outputs[0]
+    if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == fused_plugins.SWIGLU:
+        return SWIGLU_FP8, layer.outputs[0]
+    return None
+
+
+def _constant_value(t: Tensor) -> torch.Tensor | None:
+    p = t.producer
+    if p is None or p.kind is not LayerKind.CONSTANT:
+        return None
+    value = p.attrs.get("value")
+    return value if isinstance(value, torch.Tensor) else None
+
+
+def _shared_scale(value: Tensor, users: list[Layer]) -> Tensor | None:
+    """The first GEMM's ``input_scale`` tensor if every user is a static fp8 GEMM reading ``value`` as
+    its ``x`` only, all with equal constant ``[1]`` float32 scales; else None."""
+    if not users:
+        return None
+    scales: list[torch.Tensor] = []
+    for user in users:
+        if user.kind is not LayerKind.PLUGIN or user.attrs.get("name") != FP8_GEMM or len(user.inputs) != 4:
+            return None
+        if user.inputs[0] is not value or any(t is value for t in user.inputs[1:]):
+            return None
+        scale = user.inputs[3]
+        v = _constant_value(scale)
+        if v is None or scale.dtype is not DType.float32 or tuple(v.shape) != (1,):
+            return None
+        scales.append(v)
+    if any(not torch.equal(s, scales[0]) for s in scales[1:]):
+        return None  # different calibrated scales: one code tensor cannot serve both
+    return users[0].inputs[3]
+
+
+def _fields_of(layer: Layer, plugin: str) -> dict[str, Any]:
+    if plugin == SWIGLU_FP8:
+        return {}
+    source = layer.attrs if layer.kind is LayerKind.NORMALIZATION else layer.attrs["fields"]
+    return {"axes": tuple(source["axes"]), "epsilon": source["epsilon"]}
+
+
+def fuse_fp8_activations(net: Network) -> int:
+    """Quantize in the producers of static fp8 GEMM inputs (in place); returns how many producers
+    were replaced."""
+    users = consumers(net)
+    outs = output_ids(net)
+    fused = 0
+    for layer in list(net.layers):
+        found = _quantized_output(layer)
+        if found is None:
+            continue
+        plugin, value = found
+        if id(value) in outs or value.dtype not in _FLOAT:
+            continue
+        readers = users.get(id(value), [])
+        scale = _shared_scale(value, readers)
+        if scale is None:
+            continue
+        fields = _fields_of(layer, plugin)
+        layer.inputs = [*layer.inputs, scale]
+        layer.kind = LayerKind.PLUGIN
+        layer.attrs = {"name": plugin, "version": "1", "fields": fields}
+        for gemm in readers:
+            gemm.attrs = {**gemm.attrs, "fields": {**gemm.attrs.get("fields", {}), "out_dtype": value.dtype}}
+        value.dtype = DType.fp8  # its only readers are the GEMMs just told so
+        fused += 1
+    if fused:
+        toposort(net)  # the scale constant may have been placed after the producer
+        sync_bookkeeping(net)
+    return fused
