@@ -181,3 +181,23 @@ int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv_cache, int
 #ifdef __cplusplus
 }
 #endif
+
+/* Quantizing RMSNorm / SwiGLU (plugins_cuda/src/norm_quant.cu): trtdsl_rmsnorm / trtdsl_swiglu with
+ * the static fp8 quantizer fused in. out holds e4m3 codes of y / input_scale[0] (y rounded to dtype
+ * first, IEEE division, saturating at +-448): bitwise trtdsl_quantize_fp8 of what trtdsl_rmsnorm /
+ * trtdsl_swiglu write for the same inputs. residual_out (with residual) is the sum in dtype, as there.
+ * Strides in elements (out's in bytes = codes); dtype 0 / 1 / 2 for x, residual, weight, in. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int trtdsl_rmsnorm_fp8(const void* x, const void* residual, const void* weight, const float* input_scale, void* out,
+                       void* residual_out, int64_t rows, int64_t hidden, int64_t x_stride, int64_t residual_stride,
+                       int64_t out_stride, int64_t residual_out_stride, float eps, int dtype, cudaStream_t stream);
+
+int trtdsl_swiglu_fp8(const void* in, const float* input_scale, void* out, int64_t rows, int64_t inter,
+                      int64_t in_stride, int64_t out_stride, int dtype, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
