@@ -73,6 +73,12 @@ class QuantConfig:
             averaged geometrically over those heads; alpha = 0 is still plain rounding). One factor
             per V channel is what ``optimize`` can fold exactly into the V rows of the qkv GEMM, so
             no multiply is left before o_proj. ``False``: one factor per channel (a multiply stays).
+        grid_refit: weight-only modes: after rounding (to nearest or by GPTQ), this many rounds of
+            "least-squares refit of every group's scale (and zero) to the codes, minimizing the
+            output error ``(W - Q) H (W - Q)^T`` with the calibration Hessian" and "re-round the
+            codes on the refitted grid" (the same rounding: nearest or a GPTQ sweep); the lowest
+            error seen is kept. Same stored format; needs the Hessians (collected by
+            ``quantize_network``). 0 = off.
     """
 
     mode: str | None = None
@@ -95,6 +101,7 @@ class QuantConfig:
     gptq_static_groups: bool = True
     awq_all_rows: bool = False
     awq_tie_gqa: bool = True
+    grid_refit: int = 0
 
     def __post_init__(self) -> None:
         problems = []
@@ -131,6 +138,9 @@ class QuantConfig:
         if not self.gptq_static_groups and (self.gptq_act_order or self.group_size == 0):
             problems.append("gptq_static_groups=False needs gptq_act_order=False and group_size > 0 "
                             "(act order visits a group's columns out of order)")
+        if self.grid_refit < 0 or (self.grid_refit and self.mode not in ("int8_wo", "int4_wo", "int4_awq")):
+            problems.append(f"grid_refit {self.grid_refit} must be >= 0 and applies to the weight-only "
+                            f"modes, not mode {self.mode!r}")
         if self.awq_all_rows and self.mode != "int4_awq":
             problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
         if isinstance(self.exclude, str):
@@ -141,14 +151,14 @@ class QuantConfig:
     @property
     def calibrates_activations(self) -> bool:
         """Whether the GEMM quantizers read calibration statistics (dynamic fp8 does not)."""
-        if self.gptq:  # its Hessian comes from calibration rows
+        if self.gptq or self.grid_refit:  # their Hessian comes from calibration rows
             return True
         return self.mode in CALIBRATED_MODES and not (self.mode == "fp8" and self.fp8_dynamic)
 
     @property
     def needs_hessians(self) -> bool:
         """Whether the quantizers read ``X^T X`` of the GEMM inputs (``calibrate(hessians=True)``)."""
-        return self.gptq or self.awq_all_rows
+        return self.gptq or self.awq_all_rows or self.grid_refit > 0
 
     @property
     def needs_calibration(self) -> bool:

@@ -25,7 +25,7 @@ import torch
 
 from . import numerics as nq
 
-__all__ = ["hessian", "damped", "gptq_int", "gptq_fp8"]
+__all__ = ["hessian", "damped", "gptq_int", "gptq_fp8", "refit_scales", "refine_grid", "output_error"]
 
 RoundColumn = Callable[[int, torch.Tensor], torch.Tensor]
 #: ``(first column, current weights of the group [n, g]) -> (scales [n], zeros [n] or None)``
@@ -95,7 +95,8 @@ def _ordered_sweep(w: torch.Tensor, h: torch.Tensor, round_column: RoundColumn, 
 
 def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_point: bool,
              clip: torch.Tensor | None = None, *, act_order: bool = False, block: int = 128,
-             group_params: GroupParams | None = None
+             group_params: GroupParams | None = None,
+             grid: tuple[torch.Tensor, torch.Tensor | None] | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """GPTQ rounding onto the int grid of :func:`~trtdsl.quantization.numerics.quantize_weight`
     (symmetric) or ``quantize_weight_asym`` (``zero_point``). ``h`` is the (damped) Hessian.
@@ -104,7 +105,8 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_
     from ``w``. ``group_params`` instead computes each group's scales/zeros when the sweep reaches
     it, from the group's weights as updated by the earlier columns (GPTQ's original per-group
     scales; needs ``group_size > 0`` and natural order). Returns ``(codes, scales, zeros or None)``,
-    the scales and zeros ``[n, num_groups]`` either way."""
+    the scales and zeros ``[n, num_groups]`` either way. ``grid`` gives the static ``(scales,
+    zeros)`` instead of round-to-nearest's (e.g. :func:`refit_scales`'s)."""
     w = w.float()
     n, k = w.shape
     if zero_point:
@@ -115,6 +117,9 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_
         zeros = None
         hi_code = {8: nq.INT8_MAX, 4: nq.INT4_MAX}[bits]
         lo_code = -hi_code
+    if grid is not None:
+        scales = grid[0].float().clone()
+        zeros = None if grid[1] is None else grid[1].float().clone()
     on_group = None
     if group_params is not None:
         if act_order or group_size == 0:
@@ -163,3 +168,72 @@ def gptq_fp8(w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, *, act_order
 
     _ordered_sweep(w, h, round_column, act_order, block)
     return codes
+
+
+def output_error(w: torch.Tensor, q: torch.Tensor, h: torch.Tensor) -> float:
+    """``sum_rows (w - q) H (w - q)^T``: the output error ``||X (W - Q)^T||^2 / N`` of the GEMM."""
+    d = (w.double() - q.double())
+    return float(((d @ h.double()) * d).sum())
+
+
+def refit_scales(w: torch.Tensor, codes: torch.Tensor, h: torch.Tensor, group_size: int,
+                 zeros: torch.Tensor | None, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Least-squares ``(scale, zero)`` of every group for fixed integer ``codes [n, k]``: per row,
+    the ``2 G`` (``G`` without zeros) values minimizing ``(w - q) H (w - q)^T`` with
+    ``q = codes * scale + zero`` groupwise -- the exact optimum of the output error for these codes
+    (rounding chose the codes for the old grid; the grid that best fits them is usually a little
+    different). ``scales`` / ``zeros`` (the current grid) anchor a tiny ridge, which decides only
+    degenerate groups (all codes equal). Returns the new ``(scales, zeros or None)``."""
+    n, k = w.shape
+    gs = group_size or k
+    groups = nq.num_groups(k, group_size)
+    pad = groups * gs - k
+    hd = torch.nn.functional.pad(h.double(), (0, pad, 0, pad))  # zero rows: padding adds nothing
+    c = torch.nn.functional.pad(codes.double(), (0, pad))
+    hw = torch.nn.functional.pad(w.double(), (0, pad)) @ hd  # [n, K]
+    hg = hd.view(groups, gs, groups * gs)
+    # p[r, g, j] = sum_{i in g} c[r, i] H[i, j]; blocks of A^T H A with A = [codes | ones] per group.
+    p = torch.einsum("ngi,gij->ngj", c.view(n, groups, gs), hg)
+    m_cc = torch.einsum("nghi,nhi->ngh", p.view(n, groups, groups, gs), c.view(n, groups, gs))
+    blocks = [m_cc]
+    b = [(c * hw).view(n, groups, gs).sum(2)]
+    if zeros is not None:
+        m_c1 = p.view(n, groups, groups, gs).sum(3)  # sum_{i in g, j in h} c_i H_ij
+        m_11 = hg.view(groups, gs, groups, gs).sum((1, 3)).expand(n, groups, groups)
+        blocks = [torch.cat([m_cc, m_c1], 2), torch.cat([m_c1.transpose(1, 2), m_11], 2)]
+        b.append(hw.view(n, groups, gs).sum(2))
+    m = torch.cat(blocks, 1)
+    rhs = torch.cat(b, 1)
+    old = torch.cat([scales.double()] + ([zeros.double()] if zeros is not None else []), 1)
+    ridge = 1e-9 * torch.diagonal(m, dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None]
+    eye = torch.eye(m.shape[1], dtype=torch.float64)
+    theta = torch.linalg.solve(m + ridge[:, :, None] * eye, rhs + ridge * old)
+    ok = torch.isfinite(theta).view(n, -1, groups).all(1) & (theta[:, :groups] > 0)
+    # Keep the old grid where the fit failed or flipped a scale's sign (that would reverse the codes).
+    new_scales = torch.where(ok, theta[:, :groups].float(), scales.float())
+    if zeros is None:
+        return new_scales, None
+    return new_scales, torch.where(ok, theta[:, groups:].float(), zeros.float())
+
+
+def refine_grid(w: torch.Tensor, h: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                zeros: torch.Tensor | None, group_size: int, rounds: int,
+                reround: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``rounds`` alternations of :func:`refit_scales` (the best grid for the codes) and
+    ``reround(scales, zeros) -> codes`` (the codes for the new grid: round to nearest, or a GPTQ
+    sweep), keeping the lowest output error ``(w - q) H (w - q)^T`` seen (re-rounding by GPTQ is
+    greedy and may not improve; a refit never makes it worse). Returns ``(codes, scales, zeros)``."""
+    def err(c: torch.Tensor, s: torch.Tensor, z: torch.Tensor | None) -> float:
+        return output_error(w, nq.dequantize_weight(c, s, group_size, z), h)
+
+    best = (codes, scales, zeros)
+    best_err = err(*best)
+    for i in range(rounds):
+        if i:
+            codes = reround(scales, zeros)
+        scales, zeros = refit_scales(w, codes, h, group_size, zeros, scales)
+        e = err(codes, scales, zeros)
+        if e < best_err:
+            best, best_err = (codes, scales, zeros), e
+    return best

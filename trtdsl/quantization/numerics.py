@@ -24,7 +24,7 @@ __all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_g
            "expand_group_scales", "quantize_weight", "dequantize_weight", "fake_quantize_weight",
            "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
            "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8",
-           "tie_channels", "gqa_tie"]
+           "tie_channels", "gqa_tie", "round_to_grid"]
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 INT8_MAX = 127
@@ -132,6 +132,19 @@ def quantize_weight_asym(w: torch.Tensor, bits: int, group_size: int, clip: torc
     codes = (unsigned - offset).to(torch.int8)
     zeros = lo + offset * scales
     return codes, scales, zeros
+
+
+def round_to_grid(w: torch.Tensor, bits: int, group_size: int, scales: torch.Tensor,
+                  zeros: torch.Tensor | None = None) -> torch.Tensor:
+    """Round-to-nearest int8 codes of ``w [out, in]`` on a given grid (``[out, num_groups]``
+    scales and, for the asymmetric format, zeros), clamped to the format's code range."""
+    full_s = expand_group_scales(scales.float(), w.shape[1], group_size)
+    if zeros is None:
+        qmax = {8: INT8_MAX, 4: INT4_MAX}[bits]
+        return torch.round(w.float() / full_s).clamp(-qmax, qmax).to(torch.int8)
+    full_z = expand_group_scales(zeros.float(), w.shape[1], group_size)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return torch.round((w.float() - full_z) / full_s).clamp(lo, hi).to(torch.int8)
 
 
 def dequantize_weight(codes: torch.Tensor, scales: torch.Tensor, group_size: int,

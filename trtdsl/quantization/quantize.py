@@ -120,22 +120,35 @@ def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
 
 
 def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits: int,
-                 group_size: int, clip: torch.Tensor | None = None, zero_point: bool = False,
-                 hessian: torch.Tensor | None = None, act_order: bool = False,
+                 cfg: QuantConfig, clip: torch.Tensor | None = None,
+                 hessian: torch.Tensor | None = None,
                  group_params: gptq.GroupParams | None = None) -> None:
-    k = w.shape[1]
+    """Replace ``site`` by a weight-only GEMM of ``w`` rounded to nearest or, with ``cfg.gptq``,
+    by GPTQ with ``hessian``; ``cfg.grid_refit`` then refits the grid to the codes (same Hessian)."""
+    k, group_size, zero_point = w.shape[1], cfg.group_size, cfg.uses_zero_point
     if bits == 4 and k % 2:
         raise ConfigError(f"quantize_network: int4 needs an even number of input features; "
                           f"{site.describe()} has {k}; exclude it (exclude=(...)) or use int8_wo")
     consts: list[tuple[str, torch.Tensor, DType]] = []
     zeros: torch.Tensor | None = None
-    if hessian is not None:  # GPTQ rounding onto the same grid
+    if cfg.gptq:  # GPTQ rounding onto the same grid
+        assert hessian is not None
         codes, scales, zeros = gptq.gptq_int(w, hessian, bits, group_size, zero_point, clip,
-                                             act_order=act_order, group_params=group_params)
+                                             act_order=cfg.gptq_act_order, group_params=group_params)
     elif zero_point:
         codes, scales, zeros = nq.quantize_weight_asym(w, bits, group_size, clip)
     else:
         codes, scales = nq.quantize_weight(w, bits, group_size, clip)
+    if cfg.grid_refit:
+        assert hessian is not None
+
+        def reround(sc: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+            if not cfg.gptq:
+                return nq.round_to_grid(w, bits, group_size, sc, z)
+            return gptq.gptq_int(w, hessian, bits, group_size, zero_point, act_order=cfg.gptq_act_order,
+                                 grid=(sc, z))[0]
+        codes, scales, zeros = gptq.refine_grid(w, hessian, codes, scales, zeros, group_size,
+                                                cfg.grid_refit, reround)
     if zeros is not None:
         consts.append(("zeros", zeros, DType.float32))
     qweight = (nq.pack_int4(codes), DType.int4) if bits == 4 else (codes, DType.int8)
@@ -157,10 +170,10 @@ def _second_moment(stats: CalibrationStats | None, group: list[GemmSite], why: s
 def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
              s: torch.Tensor | None = None) -> torch.Tensor | None:
     """GPTQ's damped ``X^T X / N`` of the group's input over all calibration rows (of ``x / s`` when
-    the group is smoothed by ``s``), or ``None`` without ``gptq``."""
-    if not cfg.gptq:
+    the group is smoothed by ``s``), or ``None`` without ``gptq`` or ``grid_refit``."""
+    if not cfg.gptq and not cfg.grid_refit:
         return None
-    h = _second_moment(stats, group, "gptq=True")
+    h = _second_moment(stats, group, "gptq=True" if cfg.gptq else "grid_refit")
     if s is not None:  # (x / s)^T (x / s) = diag(1/s) X^T X diag(1/s)
         inv = 1.0 / s.double()
         h = h * inv[:, None] * inv[None, :]
@@ -199,8 +212,8 @@ def _quantize_wo(net: Network, group: list[GemmSite], cfg: QuantConfig, stats: A
     h = _hessian(cfg, stats, group)
     bits = cfg.weight_bits or 8
     for site in group:
-        _weight_only(net, site, site.x, site.weight, bits, cfg.group_size, zero_point=cfg.uses_zero_point,
-                     hessian=h, act_order=cfg.gptq_act_order, group_params=_group_params(cfg, bits, None))
+        _weight_only(net, site, site.x, site.weight, bits, cfg, hessian=h,
+                     group_params=_group_params(cfg, bits, None))
 
 
 def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
@@ -224,8 +237,7 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
         ws = w * s
         clip = nq.awq_search_clip(xs, ws, cfg.group_size, zero_point=zp, **rows) \
             if cfg.awq_clip and dynamic is None else None
-        _weight_only(net, site, x, ws, 4, cfg.group_size, clip, zero_point=zp, hessian=h,
-                     act_order=cfg.gptq_act_order, group_params=dynamic)
+        _weight_only(net, site, x, ws, 4, cfg, clip, hessian=h, group_params=dynamic)
 
 
 def _gqa_tie(cfg: QuantConfig, x: Tensor) -> torch.Tensor | None:
