@@ -64,3 +64,6 @@ def register_cuda_implementations() -> None:
     get_plugin(WEIGHT_ONLY_GEMM).implementations["cuda"] = _weight_only_cuda
     get_plugin(FP8_GEMM).implementations["cuda"] = _fp8_cuda
     get_plugin(INT8_GEMM).implementations["cuda"] = _int8_cuda
+    # fp8 activation fusion (fused_quant_ops.py): quantizing norm / SwiGLU kernels, and fp8_gemm on codes
+    from .fused_quant_ops import register_fused_quant_implementations
+    register_fused_quant_implementations(_fp8_cuda)

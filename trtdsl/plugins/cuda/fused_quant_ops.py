@@ -1,0 +1,195 @@
+"""CUDA side of the fp8 activation fusion (``trtdsl/passes/fp8_act_fuse.py``): the quantizing RMSNorm /
+add+RMSNorm / SwiGLU kernels (``plugins_cuda/src/norm_quant.cu``) and ``trtdsl.fp8_gemm`` on an
+already-quantized (fp8) ``x``, which skips the quantizer kernel.
+
+Bitwise contract on the GPU: a fused network computes what the unfused one does there. The codes
+equal ``quantize_fp8`` of the unfused kernels' outputs (same expressions, launch shapes and rounding),
+and :func:`fp8_gemm_codes` runs the GEMM path ``quant_ops.fp8_gemm`` would run after its quantizer
+(FP8 GEMV for few rows, else ``torch._scaled_mm`` with the same scales). Where the unfused CUDA path
+falls back to a torch reference (fp32 activations, axes other than the last), so does this one.
+Nothing here synchronizes (CUDA-graph capturable)."""
+
+from __future__ import annotations
+
+import ctypes
+from functools import lru_cache
+from typing import Any, Callable
+
+import torch
+
+from trtdsl.errors import PluginError
+
+from ..registry import get_plugin
+from ._lib import call, register_signatures
+from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
+
+__all__ = ["rmsnorm_fp8", "swiglu_fp8", "fp8_gemm_codes", "register_fused_quant_implementations"]
+
+_P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+register_signatures({  # plugins.h, "Quantizing RMSNorm / SwiGLU"
+    "trtdsl_rmsnorm_fp8": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _F, _I, _P],
+    "trtdsl_swiglu_fp8": [_P, _P, _P, _I64, _I64, _I64, _I64, _I, _P],
+})
+_FP8 = torch.float8_e4m3fn
+FusedImpl = Callable[[list, dict, dict], Any]
+
+
+def _check_scale(op: str, scale: torch.Tensor, device: torch.device) -> None:
+    _check(op, "input_scale", scale, device, (torch.float32,))
+    if scale.numel() != 1:
+        raise PluginError(f"{op}: input_scale must hold one value (a static per-tensor scale), got "
+                          f"shape {tuple(scale.shape)}")
+
+
+def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor, eps: float = 1e-6,
+                residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """e4m3 codes of ``rmsnorm(x) / input_scale`` over the last dim (``ops.rmsnorm``'s value, rounded to
+    x's dtype, then ``quantize_fp8``); with ``residual``, normalizes ``x + residual`` and returns
+    ``(codes, x + residual)``."""
+    op = "rmsnorm_fp8"
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    hidden = x.shape[-1] if x.dim() else 0
+    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
+    if weight.shape[0] != hidden:
+        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
+    _check_scale(op, input_scale, x.device)
+    out = torch.empty(x.shape, dtype=_FP8, device=x.device)
+    total = None
+    if residual is not None:
+        _check(op, "residual", residual, x.device, (x.dtype,))
+        if residual.shape != x.shape:
+            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
+        total = torch.empty_like(x)
+    rows = x.numel() // max(hidden, 1)
+    if rows:
+        call("trtdsl_rmsnorm_fp8", x.data_ptr(), residual.data_ptr() if residual is not None else None,
+             weight.data_ptr(), input_scale.data_ptr(), out.data_ptr(),
+             total.data_ptr() if total is not None else None, rows, hidden, hidden, hidden, hidden, hidden,
+             float(eps), _DTYPE_CODES[x.dtype], _stream(x))
+    return out if total is None else (out, total)
+
+
+def swiglu_fp8(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 codes of ``silu(gate) * up / input_scale`` of ``x [..., 2 * inter]`` (gate then up):
+    ``ops.swiglu``'s value, rounded to x's dtype, then ``quantize_fp8``."""
+    op = "swiglu_fp8"
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    if x.dim() == 0 or x.shape[-1] % 2:
+        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
+    _check_scale(op, input_scale, x.device)
+    inter = x.shape[-1] // 2
+    out = torch.empty(*x.shape[:-1], inter, dtype=_FP8, device=x.device)
+    rows = x.numel() // max(2 * inter, 1)
+    if rows and inter:
+        call("trtdsl_swiglu_fp8", x.data_ptr(), input_scale.data_ptr(), out.data_ptr(), rows, inter, 2 * inter,
+             inter, _DTYPE_CODES[x.dtype], _stream(x))
+    return out
+
+
+@lru_cache(maxsize=None)
+def _has_fp8(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index) >= (8, 9)
+
+
+_ONES: dict[torch.device, torch.Tensor] = {}
+
+
+def _one(device: torch.device) -> torch.Tensor:
+    """A float32 1.0 per device, made once (a fresh one per call would be a host-to-device copy)."""
+    if device not in _ONES:
+        _ONES[device] = torch.ones((), dtype=torch.float32, device=device)
+    return _ONES[device]
+
+
+def _scaled_mm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     input_scale: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """cuBLASLt on codes, with the scales ``quant_ops._scaled_mm_static`` passes for the same GEMM."""
+    wt, n = weight.t(), weight.shape[0]
+    if weight_scale.shape[0] == 1:
+        return torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(()), scale_b=weight_scale.reshape(()),
+                                out_dtype=out_dtype)
+    if out_dtype == torch.bfloat16:  # rowwise scaling (bf16 output only)
+        return torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(1, 1).expand(xq.shape[0], 1).contiguous(),
+                                scale_b=weight_scale.reshape(1, n), out_dtype=torch.bfloat16)
+    acc = torch._scaled_mm(xq, wt, scale_a=input_scale.reshape(()), scale_b=_one(xq.device), out_dtype=torch.float32)
+    return (acc * weight_scale).to(out_dtype)
+
+
+def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor,
+                   out_dtype: torch.dtype) -> torch.Tensor | None:
+    """``trtdsl.fp8_gemm`` on codes ``xq`` of ``x / input_scale``: the FP8 GEMV up to ``FP8_GEMV_MAX_M``
+    rows, else ``torch._scaled_mm``; None where ``quant_ops.fp8_gemm`` would not run a kernel either
+    (the caller then runs the reference)."""
+    from .quant_ops import FP8_GEMV_MAX_M, GEMV_KERNEL_MAX_M, fp8_gemv
+    n, k = weight.shape
+    if xq.shape[-1] != k:
+        raise PluginError(f"fp8_gemm: x has {xq.shape[-1]} features, the weight {k}")
+    x2 = xq.reshape(-1, k)
+    m = x2.shape[0]
+    if m == 0:
+        return torch.empty(*xq.shape[:-1], n, dtype=out_dtype, device=xq.device)
+    if m <= min(FP8_GEMV_MAX_M, GEMV_KERNEL_MAX_M) and k % 16 == 0 and weight.data_ptr() % 16 == 0:
+        out = fp8_gemv(x2.contiguous(), weight.contiguous(), input_scale.reshape(1), weight_scale, out_dtype)
+        return out.view(*xq.shape[:-1], n)
+    if out_dtype in _HALF_TYPES and k % 16 == 0 and n % 16 == 0 and _has_fp8(xq.device.index or 0):
+        return _scaled_mm_codes(x2.contiguous(), weight, weight_scale, input_scale, out_dtype).view(*xq.shape[:-1], n)
+    return None
+
+
+# -- plugin implementations ---------------------------------------------------------------------------
+def _last_axis(x: torch.Tensor, fields: dict) -> bool:
+    return x.dtype in _HALF_TYPES and tuple(fields["axes"]) == (x.dim() - 1,)
+
+
+def _rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
+    x, weight, scale = ins
+    if not _last_axis(x, fields):  # as the unfused RMSNorm layer: no kernel there either
+        from ...passes.fp8_act_fuse import rms_norm_fp8_reference
+        return rms_norm_fp8_reference(ins, fields, hints)
+    out = rmsnorm_fp8(x.contiguous(), weight.reshape(-1), scale, fields["epsilon"])
+    assert isinstance(out, torch.Tensor)
+    return out
+
+
+def _add_rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> list:
+    a, b, weight, scale = ins
+    if not _last_axis(a, fields):
+        from ...passes.fp8_act_fuse import add_rms_norm_fp8_reference
+        return add_rms_norm_fp8_reference(ins, fields, hints)
+    codes, total = rmsnorm_fp8(a.contiguous(), weight.reshape(-1), scale, fields["epsilon"], residual=b.contiguous())
+    return [codes, total]
+
+
+def _swiglu_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
+    x, scale = ins
+    if x.dtype not in _HALF_TYPES:
+        from ...passes.fp8_act_fuse import swiglu_fp8_reference
+        return swiglu_fp8_reference(ins, fields, hints)
+    return swiglu_fp8(x.contiguous(), scale)
+
+
+def _fp8_gemm_with_codes(base: FusedImpl) -> FusedImpl:
+    """``trtdsl.fp8_gemm``'s CUDA implementation: ``base`` (the quantizing one) for float ``x``, the
+    quantizer-free path for codes."""
+    def impl(ins: list, fields: dict, hints: dict) -> Any:
+        if ins[0].dtype != _FP8:
+            return base(ins, fields, hints)
+        xq, weight, weight_scale, input_scale = ins
+        out = fp8_gemm_codes(xq, weight, weight_scale, input_scale, fields["out_dtype"].torch)
+        if out is None:
+            from ...quantization.plugins import fp8_gemm_reference
+            return fp8_gemm_reference(ins, fields, hints)
+        return out
+    impl.__name__ = impl.__qualname__ = "fp8_gemm_cuda"
+    return impl
+
+
+def register_fused_quant_implementations(fp8_gemm_impl: FusedImpl) -> None:
+    """Attach the quantizing norm / SwiGLU kernels and ``trtdsl.fp8_gemm``'s path for codes (on top of
+    ``fp8_gemm_impl``, its CUDA implementation for float inputs). Idempotent."""
+    from ...passes import fp8_act_fuse as fuse
+    from ...quantization.plugins import FP8_GEMM
+    get_plugin(fuse.RMS_NORM_FP8).implementations["cuda"] = _rms_norm_fp8_cuda
+    get_plugin(fuse.ADD_RMS_NORM_FP8).implementations["cuda"] = _add_rms_norm_fp8_cuda
+    get_plugin(fuse.SWIGLU_FP8).implementations["cuda"] = _swiglu_fp8_cuda
+    get_plugin(FP8_GEMM).implementations["cuda"] = _fp8_gemm_with_codes(fp8_gemm_impl)
