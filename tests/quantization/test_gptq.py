@@ -212,6 +212,7 @@ def test_equivalent_rows_reproduce_the_second_moment() -> None:
 
 @pytest.mark.parametrize("options", [{"awq_all_rows": True},
                                      {"gptq": True, "gptq_static_groups": False},
+                                     {"gptq": True, "gptq_static_groups": False, "gptq_act_order": True},
                                      {"gptq": True, "awq_all_rows": True, "gptq_act_order": True}])
 def test_awq_variants_stay_close(options: dict) -> None:
     mlp = build_mlp()
@@ -225,4 +226,4 @@ def test_awq_variants_stay_close(options: dict) -> None:
     err_rtn = float((_run(rtn, x) - ref).norm() / ref.norm())
     assert err < err_rtn, (err, err_rtn)
     with pytest.raises(ConfigError, match="gptq_static_groups"):
-        QuantConfig(mode="int4_awq", gptq=True, gptq_static_groups=False, gptq_act_order=True)
+        QuantConfig(mode="int4_awq", gptq=True, gptq_static_groups=False, group_size=0)

@@ -62,8 +62,9 @@ class QuantConfig:
         gptq_static_groups: GPTQ keeps the round-to-nearest scales (and AWQ clip ratios) of the
             original weights; ``False`` computes each group's scales (and, for int4_awq with
             ``awq_clip``, runs the clip search) when the sweep reaches the group, on the weights as
-            updated by the earlier columns (GPTQ's original scheme; needs ``gptq_act_order=False``
-            and ``group_size > 0``). Same stored format either way.
+            updated by the earlier columns (GPTQ's original scheme; needs ``group_size > 0``; with
+            ``gptq_act_order`` when the sweep reaches the group's first column in that order, from
+            all its columns as updated so far). Same stored format either way.
         awq_all_rows: AWQ's scale and clip searches score the output error over every calibration
             row, through rows with the same ``X^T X`` (a Cholesky factor: needs the statistics'
             Hessians, which ``quantize_network`` collects itself), instead of the first 256 / 128
@@ -135,9 +136,8 @@ class QuantConfig:
                             f"{self.mode!r}")
         if not 0.0 < self.gptq_damp <= 10.0:
             problems.append(f"gptq_damp {self.gptq_damp} must lie in (0, 10]")
-        if not self.gptq_static_groups and (self.gptq_act_order or self.group_size == 0):
-            problems.append("gptq_static_groups=False needs gptq_act_order=False and group_size > 0 "
-                            "(act order visits a group's columns out of order)")
+        if not self.gptq_static_groups and self.group_size == 0:
+            problems.append("gptq_static_groups=False needs group_size > 0 (per-group scales)")
         if self.grid_refit < 0 or (self.grid_refit and self.mode not in ("int8_wo", "int4_wo", "int4_awq")):
             problems.append(f"grid_refit {self.grid_refit} must be >= 0 and applies to the weight-only "
                             f"modes, not mode {self.mode!r}")

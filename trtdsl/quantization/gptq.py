@@ -11,8 +11,8 @@ kernels and their input formats are untouched.
   propagated column by column, to the rest of the matrix once per block as one GEMM. The result is
   the column-by-column one up to float rounding order, in seconds instead of minutes.
 * ``act_order`` visits the columns by decreasing Hessian diagonal (the most active inputs first,
-  while the most columns are left to absorb their error); with static groups every column still
-  uses its own group's scale, so the stored format does not change.
+  while the most columns are left to absorb their error); every column still uses its own group's
+  scale, so the stored format does not change.
 * ``damp`` adds ``damp * mean(diag H)`` to the diagonal (GPTQ's 1 %): it keeps ``H`` invertible and
   limits how far the error is pushed.
 """
@@ -55,25 +55,35 @@ def _inverse_cholesky(h: torch.Tensor) -> torch.Tensor:
 
 
 def _sweep(w: torch.Tensor, u: torch.Tensor, round_column: RoundColumn, block: int = 128,
-           group_size: int = 0, on_group: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+           groups: list[torch.Tensor] | None = None,
+           on_group: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
     """Round the columns of ``w [n, k]`` left to right with ``round_column(col_index, column) ->
     rounded column`` (float, dequantized), each error propagated to the later columns through the
     upper Cholesky factor ``u`` of ``H^-1``, in blocks of ``block`` columns. Works in ``w``'s dtype
-    when it is float64, else float32. ``on_group(j, w[:, j:j + group_size])`` is called before
-    column ``j`` of every group, with the group's weights as updated by all earlier columns (``block``
-    must then be a multiple of ``group_size``, so a group never straddles blocks). Returns the
+    when it is float64, else float32. ``groups[g]`` lists the (sweep) positions of group ``g``'s
+    columns: ``on_group(g, current)`` is called just before the first of them is rounded, with
+    ``current [n, len(groups[g])]`` their weights as updated by every column rounded so far
+    (including the updates the blocked sweep has not yet applied to later blocks). Returns the
     dequantized result."""
     dtype = torch.float64 if w.dtype == torch.float64 else torch.float32
     w, u = w.to(dtype).clone(), u.to(dtype)
     n, k = w.shape
     q = torch.empty_like(w)
+    starts = {int(cols.min()): g for g, cols in enumerate(groups)} if groups and on_group else {}
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
         wb, ub = w[:, b0:b1], u[b0:b1, b0:b1]  # views: updates land in w
         errs = torch.empty(n, b1 - b0, dtype=dtype)
         for j in range(b1 - b0):
-            if on_group is not None and (b0 + j) % group_size == 0:
-                on_group(b0 + j, wb[:, j:j + group_size])
+            if b0 + j in starts:
+                assert groups is not None and on_group is not None
+                g = starts[b0 + j]
+                cols = groups[g]
+                current = w[:, cols]  # a copy (advanced indexing)
+                late = cols >= b1  # not yet updated by this block's errors: apply them here
+                if j and bool(late.any()):
+                    current[:, late] -= errs[:, :j] @ u[b0:b0 + j, cols[late]]
+                on_group(g, current)
             q[:, b0 + j] = round_column(b0 + j, wb[:, j])
             errs[:, j] = (wb[:, j] - q[:, b0 + j]) / ub[j, j]
             wb[:, j + 1:] -= errs[:, j:j + 1] * ub[j:j + 1, j + 1:]
@@ -104,8 +114,9 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_
     Static groups (default): the scales (and zeros, and ``clip``) are those round-to-nearest computes
     from ``w``. ``group_params`` instead computes each group's scales/zeros when the sweep reaches
     it, from the group's weights as updated by the earlier columns (GPTQ's original per-group
-    scales; needs ``group_size > 0`` and natural order). Returns ``(codes, scales, zeros or None)``,
-    the scales and zeros ``[n, num_groups]`` either way. ``grid`` gives the static ``(scales,
+    scales; needs ``group_size > 0``; with ``act_order`` a group's scales are computed when the
+    sweep reaches the first of its columns in that order, from all of them as updated so far).
+    Returns ``(codes, scales, zeros or None)``, the scales and zeros ``[n, num_groups]`` either way. ``grid`` gives the static ``(scales,
     zeros)`` instead of round-to-nearest's (e.g. :func:`refit_scales`'s)."""
     w = w.float()
     n, k = w.shape
@@ -120,23 +131,27 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_
     if grid is not None:
         scales = grid[0].float().clone()
         zeros = None if grid[1] is None else grid[1].float().clone()
-    on_group = None
+    perm = torch.argsort(torch.diagonal(h), descending=True, stable=True) if act_order else \
+        torch.arange(k)
+    groups, on_group = None, None
     if group_params is not None:
-        if act_order or group_size == 0:
-            raise ValueError("gptq_int: per-group scales from updated weights need group_size > 0 "
-                             "and act_order=False")
-        block = max(1, block // group_size) * group_size
+        if group_size == 0:
+            raise ValueError("gptq_int: per-group scales from updated weights need group_size > 0")
+        position = torch.empty(k, dtype=torch.long)
+        position[perm] = torch.arange(k)  # sweep position of each original column
+        groups = [position[j:j + group_size] for j in range(0, k, group_size)]
 
-        def on_group(j: int, wg: torch.Tensor) -> None:
-            g_scales, g_zeros = group_params(j, wg.float())
-            scales[:, j // group_size] = g_scales
+        def on_group(g: int, wg: torch.Tensor) -> None:  # wg: the group's columns in original order
+            g_scales, g_zeros = group_params(g * group_size, wg.float())
+            scales[:, g] = g_scales
             if zeros is not None:
                 assert g_zeros is not None
-                zeros[:, j // group_size] = g_zeros
+                zeros[:, g] = g_zeros
 
     codes = torch.empty(w.shape, dtype=torch.int8)
 
     def round_column(j: int, col: torch.Tensor) -> torch.Tensor:
+        j = int(perm[j])  # the original column: its own group's scale
         g = 0 if group_size == 0 else j // group_size  # read at call time: on_group may have set it
         s_j = scales[:, g]
         z_j = zeros[:, g] if zeros is not None else torch.zeros_like(s_j)
@@ -144,12 +159,8 @@ def gptq_int(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, zero_
         codes[:, j] = c.to(torch.int8)
         return c * s_j + z_j
 
-    if act_order:
-        perm = torch.argsort(torch.diagonal(h), descending=True, stable=True)
-        _sweep(w[:, perm], _inverse_cholesky(h[perm][:, perm]),
-               lambda j, col: round_column(int(perm[j]), col), block)
-    else:
-        _sweep(w, _inverse_cholesky(h), round_column, block, group_size, on_group)
+    hp = h[perm][:, perm] if act_order else h
+    _sweep(w[:, perm] if act_order else w, _inverse_cholesky(hp), round_column, block, groups, on_group)
     return codes, scales, zeros
 
 
