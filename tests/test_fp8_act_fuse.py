@@ -217,14 +217,12 @@ def test_fp8_gemm_reference_on_codes_matches_the_quantizing_one() -> None:
 
 
 # -- TensorRT lowering --------------------------------------------------------------------------------
-def test_tensorrt_lowering_names_the_fused_plugins() -> None:
+def test_tensorrt_lowers_the_quantizers_natively_and_rejects_gemms_on_codes() -> None:
+    from trtdsl.backends.tensorrt import NATIVE_PLUGIN_LOWERINGS
     from trtdsl.backends.tensorrt.plugins import plan_plugin
+    assert FUSED <= set(NATIVE_PLUGIN_LOWERINGS)  # norm / SwiGLU layers + an FP8 quantize layer
     net = _norm_net((0.01, 0.01))
     fp8_act_fuse.fuse_fp8_activations(net)
-    fused = next(layer for layer in net.layers if layer.kind is LayerKind.PLUGIN
-                 and layer.attrs["name"] == fp8_act_fuse.RMS_NORM_FP8)
-    with pytest.raises(BackendError, match=r"trtdsl\.rms_norm_fp8"):
-        plan_plugin(fused)
     gemm = next(layer for layer in net.layers if layer.kind is LayerKind.PLUGIN and layer.attrs["name"] == FP8_GEMM)
     with pytest.raises(BackendError, match=r"trtdsl\.fp8_gemm.*out_dtype"):
         plan_plugin(gemm)

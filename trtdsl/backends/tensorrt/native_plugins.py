@@ -15,6 +15,7 @@ from ...errors import BackendError
 from ...ir.network import Layer, LayerKind
 from .context import LoweringContext
 from .emitters import EMITTERS, Emitter, cast_to, rms_norm_f32
+from .fp8_act_lowering import lower_add_rms_norm_fp8, lower_rms_norm_fp8, lower_swiglu_fp8
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -77,4 +78,8 @@ NATIVE_PLUGIN_LOWERINGS: dict[str, Emitter] = {
     "trtdsl.pointwise": lower_pointwise,
     "trtdsl.add_rms_norm": lower_add_rms_norm,
     "trtdsl.swiglu": lower_swiglu,
+    # the same, then an FP8 quantize layer (trtdsl/passes/fp8_act_fuse.py)
+    "trtdsl.rms_norm_fp8": lower_rms_norm_fp8,
+    "trtdsl.add_rms_norm_fp8": lower_add_rms_norm_fp8,
+    "trtdsl.swiglu_fp8": lower_swiglu_fp8,
 }
