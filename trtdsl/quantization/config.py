@@ -80,6 +80,11 @@ class QuantConfig:
             codes on the refitted grid" (the same rounding: nearest or a GPTQ sweep); the lowest
             error seen is kept. Same stored format; needs the Hessians (collected by
             ``quantize_network``). 0 = off.
+        group_size_overrides: ``((glob, group_size), ...)``: weight-only GEMMs matching a glob (as
+            ``exclude`` matches: layer name, module path or weight name; for GEMMs sharing an input,
+            any of them) use that group size instead of ``group_size``, the first match winning
+            (a mixed recipe, e.g. ``(("*feed_forward.down*", 64),)`` in a g128 model). Each GEMM
+            records its own group size in its plugin's fields, so every kernel runs it.
     """
 
     mode: str | None = None
@@ -103,9 +108,21 @@ class QuantConfig:
     awq_all_rows: bool = False
     awq_tie_gqa: bool = True
     grid_refit: int = 0
+    group_size_overrides: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
+        try:  # JSON gives lists: a hashable tuple of (glob, size) pairs
+            overrides = tuple((str(p), int(g)) for p, g in self.group_size_overrides)
+            object.__setattr__(self, "group_size_overrides", overrides)
+        except (TypeError, ValueError):
+            problems.append(f"group_size_overrides {self.group_size_overrides!r} must be (glob, group_size) "
+                            "pairs")
+            overrides = ()
+        bad = [g for _, g in overrides if g not in _GROUP_SIZES]
+        if bad or (overrides and self.mode not in ("int8_wo", "int4_wo", "int4_awq")):
+            problems.append(f"group_size_overrides {list(overrides)}: group sizes must be in {list(_GROUP_SIZES)} "
+                            f"and the mode weight-only, not {self.mode!r}")
         if self.mode is not None and self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is unknown; expected one of {list(MODES)} or None")
         if self.group_size not in _GROUP_SIZES:
@@ -179,4 +196,5 @@ class QuantConfig:
         """A JSON-able form (stored in the network's metadata and so in the engine file)."""
         d = asdict(self)
         d["exclude"] = list(self.exclude)
+        d["group_size_overrides"] = [list(p) for p in self.group_size_overrides]
         return d

@@ -13,6 +13,7 @@ when nothing else reads it, or else applied by one multiply before the group.
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
@@ -81,7 +82,7 @@ def quantize_network(network: Network, mode: str | None = None, *,
     if cfg.mode:
         quantize_group = _GROUP_QUANTIZERS[cfg.mode]
         for group in group_by_input(sites):
-            quantize_group(net, group, cfg, stats)
+            quantize_group(net, group, _group_config(cfg, group), stats)
     if cfg.kv_cache_dtype:
         _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats,
                            per_head=cfg.kv_cache_scales == "head", headroom=cfg.kv_cache_headroom,
@@ -89,6 +90,15 @@ def quantize_network(network: Network, mode: str | None = None, *,
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
     return net
+
+
+def _group_config(cfg: QuantConfig, group: list[GemmSite]) -> QuantConfig:
+    """``cfg`` with the group size of the first ``group_size_overrides`` glob matching the group."""
+    for pattern, size in cfg.group_size_overrides:
+        names = [n for s in group for n in (s.layer.name, s.layer.module_path, s.weight_name)]
+        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
+            return replace(cfg, group_size=size)
+    return cfg
 
 
 def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
