@@ -80,6 +80,9 @@ class QuantConfig:
             codes on the refitted grid" (the same rounding: nearest or a GPTQ sweep); the lowest
             error seen is kept. Same stored format; needs the Hessians (collected by
             ``quantize_network``). 0 = off.
+        awq_clip_two_sided: after AWQ's clip search (one shrink factor for both ends of a group's
+            range), search the upper end's factor, then the lower end's, separately (asymmetric
+            format only; 3x the clip search's time).
         group_size_overrides: ``((glob, group_size), ...)``: weight-only GEMMs matching a glob (as
             ``exclude`` matches: layer name, module path or weight name; for GEMMs sharing an input,
             any of them) use that group size instead of ``group_size``, the first match winning
@@ -108,6 +111,7 @@ class QuantConfig:
     awq_all_rows: bool = False
     awq_tie_gqa: bool = True
     grid_refit: int = 0
+    awq_clip_two_sided: bool = False
     group_size_overrides: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:

@@ -116,15 +116,18 @@ def quantize_weight_asym(w: torch.Tensor, bits: int, group_size: int, clip: torc
 
     Returns ``(codes, scales, zeros)`` with ``w ~= codes * scale + zero`` (scales and zeros float32
     ``[out, num_groups]``; the additive float zero is TensorRT-LLM's groupwise format). ``clip``
-    shrinks each group's range about its centre before rounding (AWQ's clip search). A weight already
-    on such a grid (GGUF Q4_0/Q4_1 blocks of 32, with ``group_size=32``) is reproduced exactly."""
+    shrinks each group's range about its centre before rounding (AWQ's clip search): ``[out,
+    num_groups]`` factors for both ends, or ``[2, out, num_groups]`` for the lower and the upper end
+    separately (``mid -/+ half * factor``). A weight already on such a grid (GGUF Q4_0/Q4_1 blocks
+    of 32, with ``group_size=32``) is reproduced exactly."""
     levels = (1 << bits) - 1
     offset = 1 << (bits - 1)  # unsigned code u is stored as u - offset
     w = w.float()
     lo, hi = _group_min_max(w, group_size)
     if clip is not None:
-        mid, half = (hi + lo) / 2, (hi - lo) / 2 * clip
-        lo, hi = mid - half, mid + half
+        low, high = (clip[0], clip[1]) if clip.ndim == 3 else (clip, clip)
+        mid, half = (hi + lo) / 2, (hi - lo) / 2
+        lo, hi = mid - half * low, mid + half * high
     scales = ((hi - lo) / levels).clamp_min(_TINY)
     full_s = expand_group_scales(scales, w.shape[1], group_size)
     full_lo = expand_group_scales(lo, w.shape[1], group_size)
@@ -246,9 +249,13 @@ def awq_search_scales(x: torch.Tensor, weights: list[torch.Tensor], group_size: 
 
 
 def awq_search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, *, steps: int = 10,
-                    min_ratio: float = 0.5, max_rows: int = 128, zero_point: bool = False) -> torch.Tensor:
+                    min_ratio: float = 0.5, max_rows: int = 128, zero_point: bool = False,
+                    two_sided: bool = False) -> torch.Tensor:
     """AWQ's clip search: per (row, group), the range shrink factor in ``[min_ratio, 1]`` minimizing
-    that group's contribution to the output error on ``x [N, k]``. Returns ``[out, num_groups]``."""
+    that group's contribution to the output error on ``x [N, k]``. Returns ``[out, num_groups]``.
+    ``two_sided`` (asymmetric format only) then searches the upper end's factor with the lower one
+    fixed, then the lower one with the upper fixed (each on the same grid, each step keeping a
+    group's factors unless the error drops), and returns ``[2, out, num_groups]`` (lower, upper)."""
     x = x.float()[:max_rows]
     w = w.float()
     n, k = w.shape
@@ -256,18 +263,31 @@ def awq_search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, *, steps:
     groups = num_groups(k, group_size)
     pad = groups * g - k
     xg = torch.nn.functional.pad(x, (0, pad)).view(x.shape[0], groups, g)
-    best = torch.ones(n, groups)
-    best_err = torch.full((n, groups), math.inf)
-    for i in range(steps + 1):
-        ratio = 1.0 - (1.0 - min_ratio) * i / steps
-        clip = torch.full((n, groups), ratio)
+
+    def group_err(clip: torch.Tensor) -> torch.Tensor:  # [n, groups]
         delta = w - fake_quantize_weight(w, 4, group_size, clip, zero_point=zero_point)
         dg = torch.nn.functional.pad(delta, (0, pad)).view(n, groups, g)
-        err = torch.einsum("Ngc,ngc->Nng", xg, dg).pow(2).mean(dim=0)  # [n, groups]
+        return torch.einsum("Ngc,ngc->Nng", xg, dg).pow(2).mean(dim=0)
+
+    ratios = [1.0 - (1.0 - min_ratio) * i / steps for i in range(steps + 1)]
+    best, best_err = torch.ones(n, groups), torch.full((n, groups), math.inf)
+    for ratio in ratios:
+        err = group_err(torch.full((n, groups), ratio))
         better = err < best_err
         best = torch.where(better, torch.full_like(best, ratio), best)
         best_err = torch.where(better, err, best_err)
-    return best
+    if not two_sided or not zero_point:
+        return best
+    pair = torch.stack([best, best.clone()])
+    for side in (1, 0):  # upper end, then lower end, the other one at its best so far
+        for ratio in ratios:
+            trial = pair.clone()
+            trial[side] = ratio
+            err = group_err(trial)
+            better = err < best_err
+            pair[side] = torch.where(better, torch.full_like(best, ratio), pair[side])
+            best_err = torch.where(better, err, best_err)
+    return pair
 
 
 def smoothquant_scales(x_amax: torch.Tensor, weights: list[torch.Tensor],

@@ -210,7 +210,8 @@ def _group_params(cfg: QuantConfig, bits: int, x: torch.Tensor | None) -> gptq.G
 
     def params(j: int, wg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         clip = None if x is None else nq.awq_search_clip(x[:, j:j + wg.shape[1]], wg, 0, zero_point=zp,
-                                                         max_rows=x.shape[0])
+                                                         max_rows=x.shape[0],
+                                                         two_sided=cfg.awq_clip_two_sided)
         if zp:
             _, scales, zeros = nq.quantize_weight_asym(wg, bits, 0, clip)
             return scales[:, 0], zeros[:, 0]
@@ -245,7 +246,8 @@ def _quantize_awq(net: Network, group: list[GemmSite], cfg: QuantConfig,
     dynamic = _group_params(cfg, 4, xs if cfg.awq_clip else None)
     for site, w in zip(group, weights):
         ws = w * s
-        clip = nq.awq_search_clip(xs, ws, cfg.group_size, zero_point=zp, **rows) \
+        clip = nq.awq_search_clip(xs, ws, cfg.group_size, zero_point=zp, two_sided=cfg.awq_clip_two_sided,
+                                  **rows) \
             if cfg.awq_clip and dynamic is None else None
         _weight_only(net, site, x, ws, 4, cfg, clip, hessian=h, group_params=dynamic)
 
