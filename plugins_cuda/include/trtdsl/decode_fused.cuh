@@ -12,6 +12,7 @@
 // blocks per kv head) stay race-free.
 #pragma once
 #include "trtdsl/context_attention.cuh"
+#include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
 
@@ -125,6 +126,10 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
   T* sQ = kv_smem + fused_kv_smem<D>() / 2;
   T* sK = sQ + kFusedRows * D;
   T* sV = sK + D;
+  // PDL (pdl.cuh): wait for q / k / v (and this step's metadata), then let the o_proj GEMV launch and
+  // prefetch its weights to L2 while the attention runs.
+  pdl_wait();
+  pdl_launch_dependents();
   const int s = blockIdx.x, G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
   const int kh = blockIdx.y / groups, grp = blockIdx.y % groups, g0 = grp * kFusedRows;
   if (p.seq_lens[s] == 0) return;  // a sequence without a new token this step
@@ -178,8 +183,7 @@ int launch_decode_fused(const DecodeFusedParams& fp, cudaStream_t stream) {
   auto kernel = decode_fused_kernel<T, D>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;
-  kernel<<<dim3(p.batch, p.num_kv_heads * groups), kFusedWarps * 32, smem, stream>>>(fp);
-  return launch_status();
+  return launch_pdl(kernel, dim3(p.batch, p.num_kv_heads * groups), dim3(kFusedWarps * 32), smem, stream, fp);
 }
 
 }  // namespace trtdsl

@@ -64,6 +64,10 @@ __global__ void __launch_bounds__(KW * 32) dense_gemv_kernel(const T* __restrict
 #pragma unroll
   for (int r = 0; r < NR; ++r) wrow[r] = w + static_cast<int64_t>(min(row0 + r, n - 1)) * vecs;
   const int last = m - 1;
+  // PDL (pdl.cuh): the first weight step to L2 while the previous kernel finishes; x after the wait.
+  prefetch_weight_step<U, NR, kThreads>(wrow, threadIdx.x, vecs);
+  pdl_wait();
+  pdl_launch_dependents();
 
   float acc[NR][MT];
 #pragma unroll
@@ -113,9 +117,8 @@ __global__ void __launch_bounds__(KW * 32) dense_gemv_kernel(const T* __restrict
 template <typename T, int MT, int NR, int KW, int U>
 inline int launch_dense_gemv_cfg(const T* x, const void* w, T* out, int m, int n, int k, cudaStream_t stream) {
   const int blocks = (n + NR - 1) / NR;
-  dense_gemv_kernel<T, MT, NR, KW, U>
-      <<<blocks, KW * 32, 0, stream>>>(x, static_cast<const uint4*>(w), out, m, n, k);
-  return launch_status();
+  return launch_pdl(dense_gemv_kernel<T, MT, NR, KW, U>, dim3(blocks), dim3(KW * 32), 0, stream, x,
+                    static_cast<const uint4*>(w), out, m, n, k);
 }
 
 // Automatic choice (config 0): an untuned prior (few columns -> most blocks; x reuse over 4 rows at
