@@ -156,7 +156,8 @@ def main() -> None:
     print(f"float32: ppl {math.exp(base_nll):.3f}", flush=True)
     for label, mode, kv, options, limit in cases:
         t = time.time()
-        qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration=stats, **options)
+        qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration=stats, calibration_feeds=feeds,
+                                **options)
         quant_s = time.time() - t
         ppl = math.exp(nll(qnet, windows))
         delta = 100.0 * (ppl / rows[0]["perplexity"] - 1.0)
@@ -165,6 +166,8 @@ def main() -> None:
                      "passes": None if limit is None else delta <= limit,
                      "weight_bytes": constant_bytes(qnet),
                      "quantize_s": round(quant_s, 1), "eval_s": round(time.time() - t - quant_s, 1)})
+        if qnet.metadata["quantization"].get("float_gemms"):  # float_fraction's choice, by sensitivity
+            rows[-1]["float_gemms"] = qnet.metadata["quantization"]["float_gemms"]
         print(f"{label}: ppl {ppl:.3f} ({delta:+.2f} %)", flush=True)
     summary = {"awq_vs_rtn": {str(g): awq_vs_rtn(rows, g) for g in (32, 64, 128)
                               if awq_vs_rtn(rows, g) is not None}}

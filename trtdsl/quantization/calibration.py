@@ -139,7 +139,7 @@ def collect_statistics(network: Network, tensor_names: Sequence[str],
     executor = TorchExecutor(probe, "cpu")
     stats = CalibrationStats()
     gen = torch.Generator().manual_seed(seed)
-    for feed in _progress(feeds, progress):
+    for feed in progress_bar(feeds, progress):
         result = executor.run(feed)
         for name, out in out_names.items():
             _accumulate(stats, name, result[out].detach().float(), max_rows, gen, hessians)
@@ -201,12 +201,14 @@ def _accumulate(stats: CalibrationStats, name: str, x: torch.Tensor, max_rows: i
     stats.samples[name], stats._sample_keys[name] = x, keys
 
 
-def _progress(feeds: Iterable[Any], enabled: bool) -> Iterable[Any]:
+def progress_bar(items: Iterable[Any], enabled: bool, desc: str = "calibrating",
+                 unit: str = "step") -> Iterable[Any]:
+    """``items`` under a tqdm progress bar when ``enabled`` (and tqdm imports), else as they are."""
     if not enabled:
-        return feeds
+        return items
     try:
         from tqdm.auto import tqdm  # type: ignore[import-untyped]
     except ImportError:  # tqdm is a dependency, but calibration must not fail without a progress bar
-        return feeds
-    total = len(feeds) if hasattr(feeds, "__len__") else None  # type: ignore[arg-type]
-    return tqdm(feeds, total=total, desc="calibrating", unit="step")
+        return items
+    total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+    return tqdm(items, total=total, desc=desc, unit=unit)

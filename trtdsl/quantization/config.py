@@ -88,6 +88,13 @@ class QuantConfig:
             any of them) use that group size instead of ``group_size``, the first match winning
             (a mixed recipe, e.g. ``(("*feed_forward.down*", 64),)`` in a g128 model). Each GEMM
             records its own group size in its plugin's fields, so every kernel runs it.
+        float_fraction: leave the GEMM groups (those sharing an input: q/k/v, o, gate/up, down)
+            whose quantization alone moves the logits most in float, by KL per weight, while they
+            hold at most this fraction of the quantizable GEMM weights (0 = quantize every GEMM
+            outside ``exclude``). Ranked on the first ``sensitivity_steps`` calibration feeds
+            (:mod:`trtdsl.quantization.sensitivity`: one network run per feed and group); needs
+            ``calibration_feeds``. The chosen layers are recorded in the network's metadata.
+        sensitivity_steps: calibration feeds the ``float_fraction`` ranking runs.
     """
 
     mode: str | None = None
@@ -113,6 +120,8 @@ class QuantConfig:
     grid_refit: int = 0
     awq_clip_two_sided: bool = False
     group_size_overrides: tuple[tuple[str, int], ...] = ()
+    float_fraction: float = 0.0
+    sensitivity_steps: int = 4
 
     def __post_init__(self) -> None:
         problems = []
@@ -164,6 +173,10 @@ class QuantConfig:
                             f"modes, not mode {self.mode!r}")
         if self.awq_all_rows and self.mode != "int4_awq":
             problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
+        if not 0.0 <= self.float_fraction < 1.0 or (self.float_fraction and self.mode is None):
+            problems.append(f"float_fraction {self.float_fraction} must lie in [0, 1) and needs a GEMM mode")
+        if self.sensitivity_steps < 1:
+            problems.append(f"sensitivity_steps {self.sensitivity_steps} must be >= 1")
         if isinstance(self.exclude, str):
             problems.append("exclude must be a tuple of glob patterns, not a string")
         if problems:
@@ -183,7 +196,9 @@ class QuantConfig:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.calibrates_activations or self.kv_cache_dtype is not None
+        """Whether ``quantize_network`` needs calibration feeds (statistics, or the
+        ``float_fraction`` ranking's network runs)."""
+        return self.calibrates_activations or self.kv_cache_dtype is not None or self.float_fraction > 0
 
     @property
     def uses_zero_point(self) -> bool:

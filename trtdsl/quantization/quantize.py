@@ -32,6 +32,7 @@ from ..passes.dce import eliminate_dead_code
 from ..passes.graph import consumers
 from .graph import GemmSite, clone_network, constant_source, find_gemm_sites, group_by_input, splice
 from .plugins import FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM
+from .sensitivity import GroupSensitivity, choose_float_groups, gemm_sensitivity
 
 __all__ = ["quantize_network"]
 
@@ -61,6 +62,8 @@ def quantize_network(network: Network, mode: str | None = None, *,
     if already:
         raise ConfigError(f"quantize_network: network {network.name!r} is already quantized (it has "
                           f"{already} layers); quantize the float network instead")
+    if cfg.float_fraction and calibration_feeds is not None:
+        calibration_feeds = list(calibration_feeds)  # calibration and the sensitivity ranking read them
     net = clone_network(network)
     sites = find_gemm_sites(net, cfg.exclude) if cfg.mode else []
     if cfg.mode and not sites:
@@ -69,7 +72,7 @@ def quantize_network(network: Network, mode: str | None = None, *,
                           f"with mode {cfg.mode!r}")
     attention = _attention_layers(net) if cfg.kv_cache_dtype else []
     stats = calibration
-    if cfg.needs_calibration:
+    if cfg.calibrates_activations or cfg.kv_cache_dtype:  # (float_fraction alone needs feeds, no statistics)
         names = sorted({s.x.name for s in sites}) if cfg.calibrates_activations else []
         if stats is None:
             stats = _calibrate(network, cfg, names, calibration_feeds, progress)
@@ -79,17 +82,38 @@ def quantize_network(network: Network, mode: str | None = None, *,
                               f"{missing[:3]}{' ...' if len(missing) > 3 else ''}"
                               f"{' and K/V ranges' if cfg.kv_cache_dtype and not stats.kv_amax else ''}; "
                               f"were they collected with calibrate() on network {network.name!r}?")
+    float_groups: list[GroupSensitivity] = []
     if cfg.mode:
-        quantize_group = _GROUP_QUANTIZERS[cfg.mode]
+        def quantize_group(n: Network, group: list[GemmSite]) -> None:
+            _GROUP_QUANTIZERS[cfg.mode](n, group, _group_config(cfg, group), stats)  # type: ignore[index]
+        if cfg.float_fraction:
+            float_groups = _sensitive_groups(network, cfg, calibration_feeds, quantize_group, progress)
+            kept = {name for g in float_groups for name in g.layers}
+            sites = [s for s in sites if s.layer.name not in kept]
         for group in group_by_input(sites):
-            quantize_group(net, group, _group_config(cfg, group), stats)
+            quantize_group(net, group)
     if cfg.kv_cache_dtype:
         _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats,
                            per_head=cfg.kv_cache_scales == "head", headroom=cfg.kv_cache_headroom,
                            rotation=cfg.kv_cache_rotation)
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
+    if cfg.float_fraction:
+        net.metadata["quantization"]["float_gemms"] = [
+            {"layers": list(g.layers), "weights": g.weights, "kl": g.kl} for g in float_groups]
     return net
+
+
+def _sensitive_groups(network: Network, cfg: QuantConfig, feeds: Iterable[Mapping[str, Any]] | None,
+                      quantize_group: Callable[[Network, list[GemmSite]], None],
+                      progress: bool) -> list[GroupSensitivity]:
+    """The GEMM groups ``cfg.float_fraction`` leaves in float (see :mod:`.sensitivity`)."""
+    if feeds is None:
+        raise ConfigError("quantize_network: float_fraction ranks the GEMMs by running the network on "
+                          "calibration feeds; pass calibration_feeds (also when passing calibration=)")
+    steps = list(feeds)[:cfg.sensitivity_steps]
+    ranking = gemm_sensitivity(network, steps, quantize_group, cfg.exclude, progress)
+    return choose_float_groups(ranking, cfg.float_fraction)
 
 
 def _group_config(cfg: QuantConfig, group: list[GemmSite]) -> QuantConfig:
