@@ -86,7 +86,10 @@ def test_constant_folding_matches_and_folds():
     assert LayerKind.SHAPE in kinds
     out = _run(net, feed)
     for k in ref:
-        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=0)
+        # The folded weight is a contiguous copy of what was a transposed view, and BLAS may sum a
+        # dot product in another order for another layout (seen on one CPU): y agrees to rounding.
+        tol = 1e-6 if k == "y" else 0.0
+        torch.testing.assert_close(out[k], ref[k], rtol=tol, atol=tol)
 
 
 def test_shape_of_static_tensor_folds():

@@ -97,6 +97,11 @@ class CalibrationStats:
     # layer_idx -> [kv_heads] max |k H| of the keys rotated by the Hadamard matrix (``k_rotation``);
     # only when head_dim is a power of two.
     k_amax_rotated: dict[int, torch.Tensor] = field(default_factory=dict)
+    # layer_idx -> float64 [bases, 3, kv_heads, head_dim]: per key channel the sum, min and max over
+    # every cached token, of K as stored (basis 0) and Hadamard-rotated (basis 1, power-of-two
+    # head_dim only): the calibrated mean key of ``kv_cache_center_k`` and the range around it.
+    k_channels: dict[int, torch.Tensor] = field(default_factory=dict)
+    k_tokens: dict[int, int] = field(default_factory=dict)
     steps: int = 0
     _sample_keys: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -160,10 +165,22 @@ def _accumulate_kv(stats: CalibrationStats, idx: int, layer_pool: torch.Tensor) 
     prev = stats.kv_amax.get(idx)
     stats.kv_amax[idx] = amax if prev is None else torch.maximum(prev, amax)
     head_dim = pool.shape[-1]
+    bases = [pool[:, 0]]  # [blocks, kv_heads, tpb, head_dim]
     if head_dim & (head_dim - 1) == 0:
-        rotated = (pool[:, 0] @ hadamard(head_dim)).abs().amax(dim=(0, 2, 3))  # [kv_heads]
+        bases.append(pool[:, 0] @ hadamard(head_dim))
+        rotated = bases[1].abs().amax(dim=(0, 2, 3))  # [kv_heads]
         prev = stats.k_amax_rotated.get(idx)
         stats.k_amax_rotated[idx] = rotated if prev is None else torch.maximum(prev, rotated)
+    # Every slot of the step's pool counts: prefill_feeds sizes it to the tokens (a zero tail only
+    # in a chunk's last, partly filled block), and any mean keeps the centering exact (see kv_cache).
+    keys = [k.double().transpose(0, 1).reshape(k.shape[1], -1, head_dim) for k in bases]  # [kv_heads, n, d]
+    channels = torch.stack([torch.stack([k.sum(1), k.amin(1), k.amax(1)]) for k in keys])
+    prev = stats.k_channels.get(idx)
+    if prev is not None:
+        channels = torch.stack([prev[:, 0] + channels[:, 0], torch.minimum(prev[:, 1], channels[:, 1]),
+                                torch.maximum(prev[:, 2], channels[:, 2])], dim=1)
+    stats.k_channels[idx] = channels
+    stats.k_tokens[idx] = stats.k_tokens.get(idx, 0) + keys[0].shape[1]
 
 
 def calibrate(network: Network, calibration_feeds: Iterable[Mapping[str, Any]], *,

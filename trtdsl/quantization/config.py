@@ -44,6 +44,10 @@ class QuantConfig:
             the head dimension (q gets the same rotation, so the scores are unchanged), which spreads
             the channels where q and k are both large over all channels; ``"none"`` (default)
             stores K as is. Needs a power-of-two head_dim (see :mod:`.kv_cache`).
+        kv_cache_center_k: subtract each layer's calibrated mean key (per K/V head and channel, after
+            RoPE and any rotation) before K is quantized, without adding it back: every score of a
+            query shifts by the same amount, which the softmax cancels, and the stored deviations
+            are smaller than the keys (see :mod:`.kv_cache`). Off by default.
         smoothquant_alpha: migration strength ``a`` of ``s_j = max|X_j|^a / max|W_j|^(1-a)``.
         awq_grid: number of steps of the AWQ alpha grid over ``[0, 1]``.
         awq_clip: also run AWQ's per-group clip-ratio search.
@@ -106,6 +110,7 @@ class QuantConfig:
     kv_cache_scales: str = "head"
     kv_cache_headroom: float = 1.0
     kv_cache_rotation: str = "none"
+    kv_cache_center_k: bool = False
     smoothquant_alpha: float = 0.5
     awq_grid: int = 20
     awq_clip: bool = True
@@ -147,6 +152,8 @@ class QuantConfig:
             problems.append(f"kv_cache_scales {self.kv_cache_scales!r}; expected 'head' or 'tensor'")
         if self.kv_cache_rotation not in ("none", "hadamard"):
             problems.append(f"kv_cache_rotation {self.kv_cache_rotation!r}; expected 'none' or 'hadamard'")
+        if self.kv_cache_center_k and self.kv_cache_dtype is None:
+            problems.append("kv_cache_center_k applies to a quantized K/V cache: set kv_cache_dtype")
         if self.kv_cache_rotation != "none" and self.kv_cache_dtype is None:
             problems.append("kv_cache_rotation applies to a quantized K/V cache: set kv_cache_dtype")
         if self.zero_point and self.mode not in ("int8_wo", "int4_wo", "int4_awq"):

@@ -15,6 +15,14 @@ the scores are unchanged in exact arithmetic, but fp8's rounding error of a scor
 The K scales then bound ``|kH|`` (calibrated on rotated keys). V is stored unrotated: a rotation
 keeps the total squared error of ``sum_j p_j v_j`` the same, so it would buy nothing there.
 
+An optional 10th input ``k_bias`` (float32 ``[num_kv_heads, head_dim]``, in the rotated basis with
+``k_rotation``) is subtracted from every key before it is quantized and is *not* added back: a
+query's scores all shift by the same ``q . k_bias``, which the softmax cancels, so the attention is
+unchanged in exact arithmetic. With the calibrated mean key as the bias (``kv_cache_center_k``) the
+stored values are the keys' deviations from their mean, much smaller than the keys where a channel
+carries a large constant part (RoPE's slow pairs turn little over a context), so a code's error,
+relative to the stored value, shrinks with them (SageAttention's K smoothing).
+
 The lead's ``paged_attention_reference`` stores ``k.to(cache.dtype)`` with no scale; this module keeps
 its own reference (reusing its RoPE helper) instead of changing it.
 """
@@ -68,7 +76,7 @@ def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
     """Paged causal attention (docs/batch_interface.md) over an int8/fp8 cache with K/V scales."""
-    qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, cos_sin, scales = ins
+    qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, cos_sin, scales = ins[:9]
     heads, kv_heads, d = fields["num_heads"], fields["num_kv_heads"], fields["head_dim"]
     tpb, rotary_dim = fields["tokens_per_block"], fields.get("rotary_dim", 0)
     num_tokens = qkv.shape[0]
@@ -80,6 +88,8 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
     if fields.get("k_rotation", "none") == "hadamard":
         rot = hadamard(d).to(qkv.device)
         q, k = q.float() @ rot, k.float() @ rot
+    if len(ins) == 10:  # the keys' calibrated mean: scores shift by q . k_bias, softmax cancels it
+        k = k.float() - ins[9].float()
     out = torch.empty(num_tokens, heads, d, dtype=qkv.dtype, device=qkv.device)
     cache = kv_cache[fields["layer_idx"]]
     # [] (per layer) or [kv_heads] (per head) -> broadcast over [tokens, kv_heads, head_dim]
@@ -106,9 +116,9 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
 
 def _shape_rule(ins: list, fields: dict) -> list:
     names = ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in ins)
-    if len(ins) != 9:
-        raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales), "
-                         f"got {len(ins)}\n  inputs: {names}")
+    if len(ins) not in (9, 10):
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales) or "
+                         f"10 (and k_bias), got {len(ins)}\n  inputs: {names}")
     qkv, kv_cache, scales = ins[0], ins[6], ins[8]
     attention_fields = {k: v for k, v in fields.items() if k not in ("kv_cache_dtype", "k_rotation")}
     out = attention_shape_rule(ins[:8], attention_fields)  # every check of trtdsl.attention
@@ -127,6 +137,10 @@ def _shape_rule(ins: list, fields: dict) -> list:
     if scales.dtype is not DType.float32 or tuple(scales.shape) not in ((2,), (2, fields["num_kv_heads"])):
         raise ShapeError(f"{ATTENTION_QUANT_KV}: kv_scales must be float32 [2] (K, V) or "
                          f"[2, {fields['num_kv_heads']}] (K, V per K/V head)\n  inputs: {names}")
+    if len(ins) == 10 and (ins[9].dtype is not DType.float32 or
+                           tuple(ins[9].shape) != (fields["num_kv_heads"], fields["head_dim"])):
+        raise ShapeError(f"{ATTENTION_QUANT_KV}: k_bias must be float32 [{fields['num_kv_heads']}, "
+                         f"{fields['head_dim']}] (num_kv_heads, head_dim)\n  inputs: {names}")
     return out
 
 

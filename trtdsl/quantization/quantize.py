@@ -95,7 +95,7 @@ def quantize_network(network: Network, mode: str | None = None, *,
     if cfg.kv_cache_dtype:
         _quantize_kv_cache(net, attention, kvq.KV_CACHE_DTYPES[cfg.kv_cache_dtype], stats,
                            per_head=cfg.kv_cache_scales == "head", headroom=cfg.kv_cache_headroom,
-                           rotation=cfg.kv_cache_rotation)
+                           rotation=cfg.kv_cache_rotation, center_k=cfg.kv_cache_center_k)
     eliminate_dead_code(net)  # the float weights the quantized GEMMs replaced
     net.metadata["quantization"] = cfg.to_dict()
     if cfg.float_fraction:
@@ -390,9 +390,24 @@ def _rotated_k_amax(stats: CalibrationStats, layer: Layer, heads: int) -> torch.
     return rotated if heads == rotated.numel() else rotated.amax().reshape(1)
 
 
+def _mean_key(stats: CalibrationStats, layer: Layer, rotation: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The calibrated mean key ``[kv_heads, head_dim]`` of ``layer`` (in the rotated basis with a
+    rotation) and the largest deviation from it per K/V head ``[kv_heads]``."""
+    idx = layer.attrs["fields"]["layer_idx"]
+    channels = getattr(stats, "k_channels", {}).get(idx)  # statistics saved before this option lack it
+    basis = 0 if rotation == "none" else 1
+    if channels is None or channels.shape[0] <= basis:
+        raise ConfigError(f"quantize_network: kv_cache_center_k needs the per-channel key statistics of "
+                          f"attention layer {layer.name!r}; statistics from before this option must be "
+                          f"collected again with calibrate()")
+    total, low, high = channels[basis]
+    mean = total / stats.k_tokens[idx]
+    return mean.float(), torch.maximum(high - mean, mean - low).amax(dim=-1).float()
+
+
 def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
                        stats: CalibrationStats | None, per_head: bool, headroom: float = 1.0,
-                       rotation: str = "none") -> None:
+                       rotation: str = "none", center_k: bool = False) -> None:
     assert stats is not None
     pool = layers[0].inputs[6]
     input_name = next((n for n, t in net.inputs.items() if t is pool), None)
@@ -411,16 +426,22 @@ def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
         amax = amax.float().reshape(2, -1).clone()  # [2, kv_heads] (older statistics: [2, 1])
         if rotation != "none":
             amax[0] = _rotated_k_amax(stats, layer, amax.shape[1])
+        k_bias = None
+        if center_k:
+            k_bias, deviation = _mean_key(stats, layer, rotation)
+            amax[0] = deviation if amax.shape[1] == deviation.numel() else deviation.amax()
         if not per_head or amax.shape[1] != fields["num_kv_heads"]:
             amax = amax.amax(dim=1)
         scales = amax.clamp_min(1e-6) * headroom / kvq.KV_QMAX[dtype]
         inputs = list(layer.inputs)
 
-        def build(inputs: list[Tensor] = inputs, scales: torch.Tensor = scales,
+        def build(inputs: list[Tensor] = inputs, scales: torch.Tensor = scales, k_bias: torch.Tensor | None = k_bias,
                   fields: dict = fields, name: str = layer.name) -> Tensor:
-            t = _const(net, scales, DType.float32, f"{name}.kv_scales")
+            consts = [_const(net, scales, DType.float32, f"{name}.kv_scales")]
+            if k_bias is not None:
+                consts.append(_const(net, k_bias, DType.float32, f"{name}.k_bias"))
             extra = {"k_rotation": rotation} if rotation != "none" else {}
-            return F.plugin(kvq.ATTENTION_QUANT_KV, [*inputs, t], **fields,
+            return F.plugin(kvq.ATTENTION_QUANT_KV, [*inputs, *consts], **fields,
                             kv_cache_dtype=dtype.value, **extra)[0]
         splice(net, layer, build, replace_layer=True, module_path=layer.module_path)
     net.metadata["kv_cache_dtype"] = dtype.value

@@ -44,8 +44,11 @@ def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hi
     from ...quantization.kv_cache import quant_kv_attention_reference
     from .kv_quant_ops import KV_CODE_DTYPES, paged_attention_quant_kv
     qkv, seq_lens, past_lens, kv_cache = ins[0], ins[2], ins[3], ins[6]
-    if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128) or kv_cache.dtype not in KV_CODE_DTYPES:
-        return quant_kv_attention_reference(ins, fields, hints)  # what the kernels don't cover
+    # What the kernels don't cover runs the reference (torch ops on the GPU: correct, slow), including
+    # a k_bias (kv_cache_center_k), which the RoPE + cache-write kernel does not subtract yet.
+    if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128) or kv_cache.dtype not in KV_CODE_DTYPES \
+            or len(ins) == 10:
+        return quant_kv_attention_reference(ins, fields, hints)
     max_q, max_kv = hints.get("max_q_len"), hints.get("max_kv_len")
     if max_q is None or max_kv is None:
         max_q, max_kv = int(seq_lens.max()), int((seq_lens + past_lens).max())
