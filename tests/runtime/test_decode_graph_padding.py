@@ -54,7 +54,10 @@ def test_padded_decode_step_matches_the_unpadded_one(network) -> None:  # type: 
     assert logits_pad.shape[0] == 8
     torch.testing.assert_close(logits_pad[:3], logits_ref, rtol=1e-5, atol=1e-5)
     others = [b for b in range(num_blocks) if b != pad_block]
-    torch.testing.assert_close(pool_pad[:, others], pool_ref[:, others], rtol=0, atol=0)
+    # The K/V of the real rows to rounding (a GEMM over 8 rows may sum in another order than over 3,
+    # seen on one CPU's BLAS), and no write anywhere the unpadded step did not write.
+    torch.testing.assert_close(pool_pad[:, others], pool_ref[:, others], rtol=1e-5, atol=1e-6)
+    assert torch.equal(pool_pad[:, others] != 0, pool_ref[:, others] != 0)
     assert pool_pad[:, pad_block].abs().sum() > 0, "padded rows should write their K/V into the pad block"
     assert pool_ref[:, pad_block].abs().sum() == 0
 
