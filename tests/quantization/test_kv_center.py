@@ -4,20 +4,17 @@ densely in plain torch, the calibrated statistics against the cache pools, and t
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
 from trtdsl.backends.tensorrt.plugins import plan_plugin
 from trtdsl.errors import BackendError, ConfigError, ShapeError
-from trtdsl.ir.network import Network
-from trtdsl.models import from_hugging_face
 from trtdsl.models.eval import token_logprobs
-from trtdsl.quantization import QuantConfig, calibrate, prefill_feeds, quantize_network, token_chunks
+from trtdsl.quantization import QuantConfig, calibrate, quantize_network
 from trtdsl.quantization.kv_cache import _shape_rule, hadamard, quant_kv_attention_reference
 
-from test_kv_rotation import _dense_attention
+from test_kv_rotation import _dense_attention, tiny  # noqa: F401  (the tiny Llama fixture)
 
 transformers = pytest.importorskip("transformers")
 
@@ -69,21 +66,6 @@ def test_centering_shrinks_the_fp8_error_of_keys_with_a_constant_part() -> None:
                                                  float(v.abs().amax()) / 448]), mean)
     err_plain, err_centered = float((plain - exact).norm()), float((centered - exact).norm())
     assert err_centered < 0.3 * err_plain, (err_plain, err_centered)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Network, torch.nn.Module, list]:
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=64, tie_word_embeddings=True)
-    hf = transformers.LlamaForCausalLM(config).eval()
-    path = Path(tmp_path_factory.mktemp("tiny_llama_center"))
-    hf.save_pretrained(path)
-    net = from_hugging_face(path, "float32").build_network(
-        max_batch_size=2, max_num_tokens=64, max_seq_len=48, tokens_per_block=8, context_logits=True)
-    ids = torch.randint(0, 128, (256,), generator=torch.Generator().manual_seed(1)).tolist()
-    return net, hf, list(prefill_feeds(net, token_chunks(ids, 32, 4), batch_size=2))
 
 
 @pytest.mark.parametrize("rotation", ["none", "hadamard"])
