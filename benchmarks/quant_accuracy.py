@@ -6,7 +6,7 @@ on the held-out evaluation topics, in windows of ``--window`` tokens, for the fl
 each quantized copy of it. Writes ``benchmarks/results/quant_accuracy.json`` and prints a Markdown
 table (the one in docs/quantization.md).
 
-    python benchmarks/quant_accuracy.py            # ~35 minutes on 2 CPU cores, and the rows added since
+    python benchmarks/quant_accuracy.py            # ~35 minutes on 2 CPU cores (older rows), more now
     python benchmarks/quant_accuracy.py --only fp8 --case 'fp8 dyn:fp8::{"fp8_dynamic": true}'
 
 Calibration: 64 x 256 tokens (with GPTQ's ``X^T X`` of every GEMM input when a case needs it;

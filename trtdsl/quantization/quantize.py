@@ -424,12 +424,11 @@ def _quantize_kv_cache(net: Network, layers: list[Layer], dtype: DType,
             raise ConfigError(f"quantize_network: calibration saw no K/V for attention layer "
                               f"{layer.name!r} (layer_idx {fields['layer_idx']})")
         amax = amax.float().reshape(2, -1).clone()  # [2, kv_heads] (older statistics: [2, 1])
-        if rotation != "none":
-            amax[0] = _rotated_k_amax(stats, layer, amax.shape[1])
         k_bias = None
-        if center_k:
-            k_bias, deviation = _mean_key(stats, layer, rotation)
-            amax[0] = deviation if amax.shape[1] == deviation.numel() else deviation.amax()
+        if center_k:  # the K scale bounds the deviation from the mean key (statistics of the same run)
+            k_bias, amax[0] = _mean_key(stats, layer, rotation)
+        elif rotation != "none":
+            amax[0] = _rotated_k_amax(stats, layer, amax.shape[1])
         if not per_head or amax.shape[1] != fields["num_kv_heads"]:
             amax = amax.amax(dim=1)
         scales = amax.clamp_min(1e-6) * headroom / kvq.KV_QMAX[dtype]
