@@ -141,6 +141,27 @@ def test_stop_string_truncates(client):
     assert r["text"] == text[:text.find(stop)] and r["finish_reason"] == "stop"
 
 
+def test_ignore_eos_runs_past_the_end_token(tiny_engine):
+    """An app whose end token is the 3rd greedy token (of our own executor): stops there unless
+    ``ignore_eos``, which returns all 8 tokens, the same as the executor without an end token."""
+    ex = Executor(tiny_engine, kv_cache_max_tokens=2048)
+    try:
+        greedy = list(ex.generate([GenerationRequest([9, 8, 7], 8)])[0].output_token_ids)
+        end = greedy[2]
+        cut = greedy[:greedy.index(end) + 1]
+        body = {"prompt": [9, 8, 7], "max_tokens": 8, "temperature": 0}
+        with ServerThread(create_app(ex, load_tokenizer(tiny_engine), "tiny", end_id=end)) as th:
+            with httpx.Client(base_url=th.url, timeout=60) as c:
+                stopped = c.post("/v1/completions", json=body).json()["choices"][0]
+                full = c.post("/v1/completions", json={**body, "ignore_eos": True}).json()["choices"][0]
+                bad = c.post("/v1/completions", json={**body, "ignore_eos": "yes"})
+    finally:
+        ex.shutdown()
+    assert stopped["token_ids"] == cut and stopped["finish_reason"] == "stop"
+    assert full["token_ids"] == greedy and full["finish_reason"] == "length"
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "ignore_eos"
+
+
 def test_logprobs_match_hugging_face(server, client, hf_model):
     _, _, tok = server
     r = client.post("/v1/completions", json={"prompt": "log", "max_tokens": 2, "temperature": 0,
@@ -213,7 +234,8 @@ def _wait_idle(ex: Executor, timeout: float = 10.0) -> None:
 
 def test_overload_answers_429(slow_server):
     th, ex = slow_server
-    body = {"prompt": [1, 2, 3], "max_tokens": 200, "stream": True, "temperature": 0}  # greedy: runs all 200
+    # ignore_eos: the running request holds its slot for all 200 steps whatever the random model emits.
+    body = {"prompt": [1, 2, 3], "max_tokens": 200, "stream": True, "temperature": 0, "ignore_eos": True}
     with httpx.Client(base_url=th.url, timeout=30) as c:
         with c.stream("POST", "/v1/completions", json=body) as running:   # runs
             next(running.iter_lines())
@@ -230,7 +252,7 @@ def test_disconnect_cancels_and_frees_blocks(slow_server):
     with httpx.Client(base_url=th.url, timeout=30) as c:
         with c.stream("POST", "/v1/chat/completions", json={
                 "messages": [{"role": "user", "content": "go on"}], "max_tokens": 200, "stream": True,
-                "temperature": 0}) as r:
+                "temperature": 0, "ignore_eos": True}) as r:
             lines = r.iter_lines()
             next(lines)
             next(lines)
@@ -238,9 +260,8 @@ def test_disconnect_cancels_and_frees_blocks(slow_server):
         assert ex.stats().cancelled_requests == 1
         # Non-streaming: the client gives up (timeout) while the request runs.
         try:
-            # Greedy (OpenAI's default temperature 1 samples, and may draw the end token early);
-            # this prompt runs the full 200 tokens greedily (4 s of 20 ms steps).
-            r = c.post("/v1/completions", json={"prompt": [5, 6], "max_tokens": 200, "temperature": 0},
+            # ignore_eos: the request runs the full 200 steps (4 s of 20 ms), whatever it draws.
+            r = c.post("/v1/completions", json={"prompt": [5, 6], "max_tokens": 200, "ignore_eos": True},
                        timeout=0.3)
         except httpx.ReadTimeout:
             pass

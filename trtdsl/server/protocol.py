@@ -53,6 +53,7 @@ class SamplingRequest:
     frequency_penalty: float
     repetition_penalty: float
     model: str | None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens even past the end token
 
 
 def _number(body: Mapping[str, Any], key: str, default: float, lo: float, hi: float) -> float:
@@ -126,7 +127,8 @@ def _common(body: Any, prompt: Any, logprobs: int | None, max_tokens_keys: tuple
         top_k=int(_int(body, "top_k", 0, 0, None) or 0), seed=_int(body, "seed", None, 0, 2**63 - 1),
         logprobs=logprobs, presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
         frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
-        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.01, 10.0), model=model)
+        repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.01, 10.0), model=model,
+        ignore_eos=_bool(body, "ignore_eos", False))
 
 
 def _check_object(body: Any) -> None:

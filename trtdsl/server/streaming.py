@@ -161,6 +161,8 @@ def submit_choices(executor: Executor, tokenizer: Any, req: SamplingRequest, ids
                    max_tokens: int, end_id: int | None) -> list[ChoiceStream]:
     """Submit the ``n`` choices of a request (choice ``i`` uses ``seed + i``); all or none: if a
     later submit fails, the earlier ones are cancelled before the error propagates."""
+    if req.ignore_eos:
+        end_id = None
     streams: list[ChoiceStream] = []
     try:
         for i in range(req.n):
