@@ -26,7 +26,8 @@ int rope_kv_write(const void* qkv, int64_t qkv_stride, void* q_out, int64_t q_ou
                   const int* past_lens, const int* cu_seqlens, int batch, const int* block_tables,
                   int64_t bt_stride, const float* rope_cos_sin, int rotary_dim, int rope_style, int num_tokens,
                   int num_heads, int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block, int dtype,
-                  int kv_dtype, const float* kv_scales, int scales_per_head, int k_rotation, cudaStream_t stream) {
+                  int kv_dtype, const float* kv_scales, int scales_per_head, int k_rotation, const float* k_bias,
+                  cudaStream_t stream) {
   if (!qkv || !q_out || !kv_cache || !position_ids || !past_lens || !cu_seqlens || !block_tables)
     return kErrNullPointer;
   if (rotary_dim > 0 && !rope_cos_sin) return kErrNullPointer;
@@ -38,6 +39,8 @@ int rope_kv_write(const void* qkv, int64_t qkv_stride, void* q_out, int64_t q_ou
   if (!quantized && kv_dtype != dtype) return kErrDtype;
   if (quantized && (dtype == kFloat32 || !kv_scales)) return quantized && !kv_scales ? kErrNullPointer : kErrDtype;
   if (k_rotation && (!quantized || k_out || (head_dim & (head_dim - 1)))) return kErrUnsupported;
+  // A float cache stores K as it is (k_out too): a bias there would change the attention's keys.
+  if (k_bias && (!quantized || k_out)) return kErrUnsupported;
   RopeKvParams p;
   p.qkv = qkv; p.qkv_stride = qkv_stride; p.q_out = q_out; p.q_out_stride = q_out_stride;
   p.k_out = k_out; p.k_out_stride = k_out_stride;
@@ -46,6 +49,7 @@ int rope_kv_write(const void* qkv, int64_t qkv_stride, void* q_out, int64_t q_ou
   p.rotary_dim = rotary_dim; p.neox = rope_style == 0; p.num_heads = num_heads; p.num_kv_heads = num_kv_heads;
   p.head_dim = head_dim; p.tokens_per_block = tokens_per_block;
   p.kv_scales = quantized ? kv_scales : nullptr; p.scales_per_head = scales_per_head; p.k_rotation = k_rotation;
+  p.k_bias = k_bias;
   const int64_t layer_elems = num_blocks * 2 * num_kv_heads * static_cast<int64_t>(tokens_per_block) * head_dim;
   switch (dtype) {
     case kFloat32: p.cache_layer = static_cast<float*>(kv_cache) + layer_idx * layer_elems; return launch_rope_kv<float>(p, num_tokens, stream);
@@ -67,7 +71,7 @@ extern "C" int trtdsl_rope_kv_write(const void* qkv, int64_t qkv_stride, void* q
   return rope_kv_write(qkv, qkv_stride, q_out, q_out_stride, k_out, k_out_stride, kv_cache, num_blocks,
                        position_ids, past_lens, cu_seqlens, batch, block_tables, bt_stride, rope_cos_sin, rotary_dim,
                        rope_style, num_tokens, num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, dtype,
-                       kv_dtype, nullptr, 0, 0, stream);
+                       kv_dtype, nullptr, 0, 0, nullptr, stream);
 }
 
 extern "C" int trtdsl_rope_kv_write_quant(const void* qkv, int64_t qkv_stride, void* q_out, int64_t q_out_stride,
@@ -77,10 +81,10 @@ extern "C" int trtdsl_rope_kv_write_quant(const void* qkv, int64_t qkv_stride, v
                                           int rotary_dim, int rope_style, int num_tokens, int num_heads,
                                           int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block,
                                           int dtype, int kv_dtype, const float* kv_scales, int scales_per_head,
-                                          int k_rotation, cudaStream_t stream) {
+                                          int k_rotation, const float* k_bias, cudaStream_t stream) {
   if (kv_dtype != kFp8E4M3 && kv_dtype != kInt8) return kErrDtype;
   return rope_kv_write(qkv, qkv_stride, q_out, q_out_stride, nullptr, 0, kv_cache, num_blocks, position_ids,
                        past_lens, cu_seqlens, batch, block_tables, bt_stride, rope_cos_sin, rotary_dim, rope_style,
                        num_tokens, num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, dtype, kv_dtype,
-                       kv_scales, scales_per_head, k_rotation, stream);
+                       kv_scales, scales_per_head, k_rotation, k_bias, stream);
 }

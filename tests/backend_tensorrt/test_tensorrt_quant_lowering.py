@@ -79,6 +79,9 @@ CASES: list[tuple[str | None, str | None, dict[str, Any], set[str]]] = [
     (None, "fp8", {}, {"attention_quant_kv"}),
     (None, "int8", {"kv_cache_scales": "tensor"}, {"attention_quant_kv"}),
     (None, "fp8", {"kv_cache_rotation": "hadamard"}, {"attention_quant_kv"}),
+    # the mean key subtracted: k_bias is a 10th input (the pass's "<layer>.k_bias" constant)
+    (None, "fp8", {"kv_cache_center_k": True}, {"attention_quant_kv_centered"}),
+    (None, "int8", {"kv_cache_center_k": True, "kv_cache_rotation": "hadamard"}, {"attention_quant_kv_centered"}),
 ]
 
 

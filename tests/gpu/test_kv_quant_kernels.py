@@ -1,7 +1,8 @@
 """CUDA attention over a quantized (fp8 e4m3 / int8) K/V cache, against the torch reference of
 ``trtdsl.attention_quant_kv`` (trtdsl/quantization/kv_cache.py): codes written by the RoPE + write
 kernel, prefill (context kernel) and decode (split-K kernel) outputs, per-head and per-layer scales,
-the Hadamard-rotated keys, and the executor choosing the kernels for a quantized network."""
+the Hadamard-rotated keys, the mean key subtracted (``k_bias``), and the executor choosing the kernels
+for a quantized network."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def quant_step(seq_lens, past_lens, heads, kv_heads, head_dim, tpb, dtype, cache
     return step, scales.contiguous()
 
 
-def run_both(step, scales, *, rotation, max_q_len=None):
+def run_both(step, scales, *, rotation, max_q_len=None, k_bias=None):
     from trtdsl.plugins.cuda.kv_quant_ops import paged_attention_quant_kv
     from trtdsl.quantization.kv_cache import quant_kv_attention_reference
     heads_total = step["qkv"].shape[1] // step["kv_cache"].shape[-1]
@@ -38,18 +39,19 @@ def run_both(step, scales, *, rotation, max_q_len=None):
                   rope_style="neox")
     ref_step = {k: v.clone() for k, v in step.items()}
     ref_step["block_tables"] = ref_step["block_tables"].clamp_min(0)
-    ref = quant_kv_attention_reference(list(ref_step.values()) + [scales],
+    extra = [] if k_bias is None else [k_bias]  # the plugin's optional 10th input
+    ref = quant_kv_attention_reference(list(ref_step.values()) + [scales, *extra],
                                        {**fields, "kv_cache_dtype": "fp8",
                                         "k_rotation": "hadamard" if rotation else "none"})
     seq = step["seq_lens"].tolist()
     totals = [p + n for p, n in zip(step["past_lens"].tolist(), seq)]
     out = paged_attention_quant_kv(*step.values(), scales, **fields, max_q_len=max_q_len or max(max(seq), 1),
-                                   max_kv_len=max(totals), k_rotation=rotation)
+                                   max_kv_len=max(totals), k_rotation=rotation, k_bias=k_bias)
     return out, ref, step["kv_cache"], ref_step["kv_cache"]
 
 
-def check(step, scales, cache_dtype, rotation, max_q_len=None):
-    out, ref, cache, ref_cache = run_both(step, scales, rotation=rotation, max_q_len=max_q_len)
+def check(step, scales, cache_dtype, rotation, max_q_len=None, k_bias=None):
+    out, ref, cache, ref_cache = run_both(step, scales, rotation=rotation, max_q_len=max_q_len, k_bias=k_bias)
     rows = step["seq_lens"].sum().item()
     # fp8 / int8 K/V: the kernels see the same codes; what differs is fp16/bf16 rounding of q, P and
     # the one-ulp RoPE differences that can flip a code, so the bound is the cache format's rounding.
@@ -58,6 +60,11 @@ def check(step, scales, cache_dtype, rotation, max_q_len=None):
     assert same > (0.97 if rotation else 0.995), f"only {same:.4f} of the cached codes agree"
     per = scales.reshape(1, 1, 2, -1, 1, 1)
     torch.testing.assert_close(cache.float() * per, ref_cache.float() * per, rtol=0.13, atol=float(scales.max()))
+    return cache, ref_cache
+
+
+def _codes_differing(a: torch.Tensor, b: torch.Tensor) -> int:
+    return int((a.view(torch.uint8) != b.view(torch.uint8)).sum())
 
 
 @cuda
@@ -82,6 +89,59 @@ def test_per_layer_scales_and_decode_through_context_kernel(cache_dtype):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("cache_dtype", CACHES)
+@pytest.mark.parametrize("rotation", [False, True])
+@pytest.mark.parametrize("per_head", [True, False])
+def test_mean_key_subtracted_before_quantizing_matches_reference(dtype, cache_dtype, rotation, per_head):
+    """k_bias (kv_cache_center_k): the kernel subtracts it from K (fp32, after RoPE and the rotation)
+    before taking the code, as the reference does; q and V untouched, nothing added back."""
+    seq_lens, past_lens = [7, 1, 129, 33], [0, 5, 40, 100]
+    step, scales = quant_step(seq_lens, past_lens, 12, 4, 128, 16, dtype, cache_dtype, per_head=per_head)
+    g = torch.Generator().manual_seed(3)
+    # A constant part of the keys' size: most new K codes change with it, so the bias must be applied.
+    k_bias = (torch.rand(4, 128, generator=g) * 2 - 1).to("cuda").contiguous()
+    plain = {k: v.clone() for k, v in step.items()}
+    cache, ref_cache = check(step, scales, cache_dtype, rotation, k_bias=k_bias)
+    # Without the bias (the reference, same step): codes that must differ from the centered ones,
+    # while the kernel's differ from the centered reference's only by RoPE / rotation rounding flips.
+    _, _, _, uncentered = run_both(plain, scales, rotation=rotation)
+    changed, flipped = _codes_differing(uncentered, ref_cache), _codes_differing(cache, ref_cache)
+    assert changed > 0.3 * 4 * 128 * sum(seq_lens), changed  # most of the new tokens' K codes
+    assert flipped < 0.1 * changed, (flipped, changed)
+    # V is never shifted: its codes are the uncentered run's (no RoPE on V, so no rounding flips are
+    # expected; a shifted V would change most of the ~20 % of V codes this step writes).
+    same_v = (cache[:, :, 1].view(torch.uint8) == uncentered[:, :, 1].view(torch.uint8)).float().mean().item()
+    assert same_v > 0.999, same_v
+
+
+@cuda
+@pytest.mark.parametrize("cache_dtype", CACHES)
+def test_mean_key_subtracted_in_decode_steps(cache_dtype):
+    """The bias in single-token steps (split-K decode kernel, and the context kernel via max_q_len 2)."""
+    for max_q_len in (None, 2):
+        step, scales = quant_step([1, 1], [17, 200], 8, 2, 64, 64, torch.bfloat16, cache_dtype, per_head=True)
+        k_bias = torch.linspace(-1.5, 1.5, 2 * 64, device="cuda").reshape(2, 64).contiguous()
+        check(step, scales, cache_dtype, rotation=False, max_q_len=max_q_len, k_bias=k_bias)
+
+
+@cuda
+def test_bad_k_bias_is_a_plugin_error():
+    from trtdsl.errors import PluginError
+    from trtdsl.plugins.cuda.kv_quant_ops import paged_attention_quant_kv
+    step, scales = quant_step([3], [0], 4, 2, 64, 16, torch.float16, torch.float8_e4m3fn, per_head=True)
+    fields = dict(num_heads=4, num_kv_heads=2, head_dim=64, layer_idx=0, tokens_per_block=16,
+                  softmax_scale=0.125, rotary_dim=64, rope_style="neox", max_q_len=3, max_kv_len=3)
+    bias = torch.zeros(2, 64, device="cuda")
+    with pytest.raises(PluginError, match="k_bias has shape"):  # [head_dim] only, no K/V head axis
+        paged_attention_quant_kv(*step.values(), scales, **fields, k_bias=bias[0])
+    with pytest.raises(PluginError, match="k_bias has dtype"):
+        paged_attention_quant_kv(*step.values(), scales, **fields, k_bias=bias.half())
+    with pytest.raises(PluginError, match="k_bias must be a CUDA tensor"):
+        paged_attention_quant_kv(*step.values(), scales, **fields, k_bias=bias.cpu())
+
+
+@cuda
 def test_bad_scales_are_a_plugin_error():
     from trtdsl.errors import PluginError
     from trtdsl.plugins.cuda.kv_quant_ops import paged_attention_quant_kv
@@ -95,8 +155,10 @@ def test_bad_scales_are_a_plugin_error():
 
 
 @cuda
-@pytest.mark.parametrize("kv,rotation", [("fp8", "none"), ("fp8", "hadamard"), ("int8", "none")])
-def test_quantized_cache_network_on_cuda_matches_cpu_reference(tmp_path, kv, rotation):
+@pytest.mark.parametrize("kv,rotation,center", [("fp8", "none", False), ("fp8", "hadamard", False),
+                                                ("int8", "none", False), ("fp8", "none", True),
+                                                ("fp8", "hadamard", True), ("int8", "none", True)])
+def test_quantized_cache_network_on_cuda_matches_cpu_reference(tmp_path, kv, rotation, center):
     transformers = pytest.importorskip("transformers")
     from trtdsl.models import from_hugging_face
     from trtdsl.models.eval import token_logprobs
@@ -110,7 +172,10 @@ def test_quantized_cache_network_on_cuda_matches_cpu_reference(tmp_path, kv, rot
         max_batch_size=2, max_num_tokens=128, max_seq_len=160, tokens_per_block=16, context_logits=True)
     ids = torch.randint(0, 128, (256,), generator=torch.Generator().manual_seed(1)).tolist()
     stats = calibrate(net, list(prefill_feeds(net, token_chunks(ids, 64, 4), batch_size=2)), progress=False)
-    qnet = quantize_network(net, None, kv_cache_dtype=kv, calibration=stats, kv_cache_rotation=rotation)
+    qnet = quantize_network(net, None, kv_cache_dtype=kv, calibration=stats, kv_cache_rotation=rotation,
+                            kv_cache_center_k=center)
+    quant_layers = [la for la in qnet.layers if la.attrs.get("name") == "trtdsl.attention_quant_kv"]
+    assert quant_layers and all(len(la.inputs) == (10 if center else 9) for la in quant_layers)
     tokens = torch.randint(0, 128, (150,), generator=torch.Generator().manual_seed(2))
     # chunk 50: prefill steps through the context kernel, each reading the codes earlier steps wrote
     on_gpu = token_logprobs(qnet, tokens, device="cuda", chunk_size=50)

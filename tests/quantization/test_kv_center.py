@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trtdsl.backends.tensorrt.plugins import plan_plugin
-from trtdsl.errors import BackendError, ConfigError, ShapeError
+from trtdsl.errors import ConfigError, ShapeError
 from trtdsl.models.eval import token_logprobs
 from trtdsl.quantization import QuantConfig, calibrate, quantize_network
 from trtdsl.quantization.kv_cache import _shape_rule, hadamard, quant_kv_attention_reference
@@ -91,8 +91,9 @@ def test_the_bias_is_the_calibrated_mean_key(tiny: tuple, rotation: str) -> None
     ref = ref.gather(1, tokens[1:, None].long()).squeeze(1)
     diff = float((token_logprobs(qnet, tokens, chunk_size=8) - ref).abs().max())
     assert 1e-5 < diff < 0.02  # fp8's rounding of the deviations, over cached decode steps
-    with pytest.raises(BackendError, match="10 inputs"):
-        plan_plugin(layers[0])  # no TensorRT plugin takes k_bias yet: refused, not dropped
+    plan = plan_plugin(layers[0])  # the TensorRT plugin takes k_bias as its 10th input, not dropped
+    assert plan.signature.qdp_name == "attention_quant_kv_centered"
+    assert plan.signature.inputs[9] == "k_bias" and layers[0].inputs[9].name.endswith(".k_bias")
 
 
 def test_center_k_errors(tiny: tuple) -> None:

@@ -49,14 +49,17 @@ int trtdsl_decode_attention(const void* q, int64_t q_stride, const void* kv_cach
 /* Quantized K/V cache (kv_cache of fp8 e4m3 / int8 codes, kv_dtype kFp8E4M3 / kInt8; the scheme of
  * trtdsl/quantization/kv_cache.py): kv_scales float32 [2] (K, V) or [2, num_kv_heads] when
  * scales_per_head; codes are written as saturate(value / scale) and read back as code * scale.
- * k_rotation = 1 multiplies RoPE'd q and k by the orthonormal Hadamard matrix (power-of-two head_dim). */
+ * k_rotation = 1 multiplies RoPE'd q and k by the orthonormal Hadamard matrix (power-of-two head_dim).
+ * k_bias: null, or float32 [num_kv_heads, head_dim] subtracted (fp32) from every key after RoPE and the
+ * rotation, before its code is taken (kv_cache_center_k); q and V are not shifted. */
 int trtdsl_rope_kv_write_quant(const void* qkv, int64_t qkv_stride, void* q_out, int64_t q_out_stride,
                                void* kv_cache, int64_t num_blocks, const int* position_ids, const int* past_lens,
                                const int* cu_seqlens, int batch, const int* block_tables,
                                int64_t block_table_stride, const float* rope_cos_sin, int rotary_dim,
                                int rope_style, int num_tokens, int num_heads, int num_kv_heads, int head_dim,
                                int layer_idx, int tokens_per_block, int dtype, int kv_dtype,
-                               const float* kv_scales, int scales_per_head, int k_rotation, cudaStream_t stream);
+                               const float* kv_scales, int scales_per_head, int k_rotation, const float* k_bias,
+                               cudaStream_t stream);
 
 int trtdsl_context_attention_quant(const void* q, int64_t q_stride, const void* kv_cache, int64_t num_blocks,
                                    const int* seq_lens, const int* past_lens, const int* cu_seqlens, int batch,

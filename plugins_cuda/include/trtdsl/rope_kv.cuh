@@ -5,6 +5,9 @@
 // (trtdsl/quantization/kv_cache.py's arithmetic: IEEE division, round to nearest even); with
 // k_rotation the rotated q and k of each head are multiplied by the orthonormal Hadamard matrix
 // first (staged in shared memory, transformed by butterfly passes: every output reads the whole head).
+// An optional k_bias [KVH, D] (kv_cache_center_k: the calibrated mean key, rotated basis with
+// k_rotation) is subtracted from K, in fp32 after RoPE and the rotation, before the division; never
+// from q or V, and never added back (softmax cancels the constant shift q . k_bias of a row's scores).
 #pragma once
 #include "trtdsl/kv_quant.cuh"
 
@@ -22,7 +25,15 @@ struct RopeKvParams {
   const float* kv_scales = nullptr;     // quantized cache: K scales then V scales, per head or one each
   int scales_per_head = 0;
   int k_rotation = 0;                   // 1: Hadamard-rotate q and k after RoPE (power-of-two head_dim)
+  const float* k_bias = nullptr;        // quantized cache: [KVH, D] subtracted from K before its code
 };
+
+// K's code with the bias subtracted first: __fsub_rn, so --use_fast_math cannot fuse it with an
+// earlier multiply and the fp32 difference is the reference's `k.float() - k_bias` bit for bit.
+template <typename CacheT>
+__device__ __forceinline__ CacheT centered_key_to_cache(float k, float bias, float scale) {
+  return float_to_cache<CacheT>(__fsub_rn(k, bias), scale);
+}
 
 // Sequence owning packed token t: the last s with cu_seqlens[s] <= t (skips empty sequences).
 __device__ __forceinline__ int find_sequence(const int* cu_seqlens, int batch, int t) {
@@ -76,8 +87,14 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
     } else if (h < p.num_heads + p.num_kv_heads) {
       const int kh = h - p.num_heads;
       const float inv = kv_code_scale<CacheT>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
-      kslot[kh * head_stride + i0] = to_cache<T, CacheT>(y0, inv);
-      kslot[kh * head_stride + i1] = to_cache<T, CacheT>(y1, inv);
+      if (p.k_bias) {  // y rounded to T first: the reference subtracts from its RoPE output in T
+        const float* bias = p.k_bias + kh * D;
+        kslot[kh * head_stride + i0] = centered_key_to_cache<CacheT>(to_float(y0), bias[i0], inv);
+        kslot[kh * head_stride + i1] = centered_key_to_cache<CacheT>(to_float(y1), bias[i1], inv);
+      } else {
+        kslot[kh * head_stride + i0] = to_cache<T, CacheT>(y0, inv);
+        kslot[kh * head_stride + i1] = to_cache<T, CacheT>(y1, inv);
+      }
       if (p.k_out) {
         T* k = static_cast<T*>(p.k_out) + t * p.k_out_stride + kh * D;
         k[i0] = y0; k[i1] = y1;
@@ -114,7 +131,9 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
     } else {
       const int kh = h - p.num_heads;
       const float inv = kv_code_scale<CacheT>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
-      kslot[kh * head_stride + i] = float_to_cache<CacheT>(y, inv);
+      // The rotated key stays fp32 before the bias, as the reference's `k.float() @ H - k_bias`.
+      kslot[kh * head_stride + i] = p.k_bias ? centered_key_to_cache<CacheT>(y, p.k_bias[kh * D + i], inv)
+                                             : float_to_cache<CacheT>(y, inv);
     }
   }
 }

@@ -12,7 +12,8 @@ and reads every input from a ``TensorDesc`` annotation, so there are no optional
 plugins whose input list varies with the quantization format therefore get one TensorRT plugin per
 input list (:class:`PluginSignature`), chosen by :func:`plan_plugin` from the IR layer's arity:
 ``trtdsl.weight_only_gemm`` with or without ``zeros``, ``trtdsl.fp8_gemm`` with or without
-``input_scale``.
+``input_scale``, ``trtdsl.attention_quant_kv`` with or without ``k_bias`` (the mean key of
+``kv_cache_center_k``: a network constant like ``kv_scales``, so a constant input of the plugin layer).
 
 The K/V cache is written in place: the attention plugins declare an extra output *aliased* to the
 ``kv_cache`` input (``TensorDesc.aliased()``), TensorRT's way of saying "this input is modified".
@@ -102,8 +103,9 @@ PLUGIN_LOWERINGS: dict[str, PluginLowering] = {
         (PluginSignature("attention", _ATTENTION_INPUTS),), _ATTENTION_FIELDS, num_outputs=2),
     # kv_cache_dtype is the kv_cache input's dtype (the IR's shape rule checks they agree).
     "trtdsl.attention_quant_kv": PluginLowering(
-        (PluginSignature("attention_quant_kv", _ATTENTION_INPUTS + ("kv_scales",)),), _QUANT_KV_FIELDS,
-        num_outputs=2, implied_fields=("kv_cache_dtype",)),
+        (PluginSignature("attention_quant_kv", _ATTENTION_INPUTS + ("kv_scales",)),
+         PluginSignature("attention_quant_kv_centered", _ATTENTION_INPUTS + ("kv_scales", "k_bias"))),
+        _QUANT_KV_FIELDS, num_outputs=2, implied_fields=("kv_cache_dtype",)),
     "trtdsl.weight_only_gemm": PluginLowering(
         (PluginSignature("weight_only_gemm", ("x", "qweight", "scales")),  # symmetric: w = q * s
          PluginSignature("weight_only_gemm_zeros", ("x", "qweight", "scales", "zeros"))),  # + z
@@ -280,6 +282,33 @@ def _register_attention_quant_kv() -> None:
                    fields, outputs[:1], stream)
 
 
+def _register_attention_quant_kv_centered() -> None:
+    """With ``k_bias`` (``kv_cache_center_k``): the CUDA implementation hands its pointer to the
+    RoPE + cache-write kernel, which subtracts it from every key before taking the key's code."""
+    import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
+
+    @trtp.register(f"{NAMESPACE}::attention_quant_kv_centered")
+    def describe(qkv: D, position_ids: D, seq_lens: D, past_lens: D, cu_seqlens: D, block_tables: D,
+                 kv_cache: D, rope_cos_sin: D, kv_scales: D, k_bias: D, num_heads: int, num_kv_heads: int,
+                 head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float,
+                 rotary_dim: int, rope_style: str, k_rotation: str) -> tuple[D, D]:
+        return _attention_desc(qkv, kv_cache, num_heads, head_dim)
+
+    @trtp.impl(f"{NAMESPACE}::attention_quant_kv_centered")
+    def run(qkv: T, position_ids: T, seq_lens: T, past_lens: T, cu_seqlens: T, block_tables: T,
+            kv_cache: T, rope_cos_sin: T, kv_scales: T, k_bias: T, num_heads: int, num_kv_heads: int,
+            head_dim: int, layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
+            rope_style: str, k_rotation: str, outputs: tuple[T, T], stream: int) -> None:
+        fields = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                      layer_idx=layer_idx, tokens_per_block=tokens_per_block,
+                      softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style,
+                      kv_cache_dtype=dtype_of_trt(kv_cache.dtype).value, k_rotation=k_rotation)
+        run_plugin("trtdsl.attention_quant_kv", [qkv, position_ids, seq_lens, past_lens, cu_seqlens,
+                                                 block_tables, kv_cache, rope_cos_sin, kv_scales, k_bias],
+                   fields, outputs[:1], stream)
+
+
 def _register_weight_only_gemm() -> None:
     import tensorrt.plugin as trtp
     from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
@@ -356,6 +385,7 @@ def _register_int8_gemm() -> None:
 #: TensorRT plugin name -> the function registering it (every PluginSignature.qdp_name has one).
 REGISTRARS: dict[str, Callable[[], None]] = {
     "attention": _register_attention, "attention_quant_kv": _register_attention_quant_kv,
+    "attention_quant_kv_centered": _register_attention_quant_kv_centered,
     "weight_only_gemm": _register_weight_only_gemm,
     "weight_only_gemm_zeros": _register_weight_only_gemm_zeros,
     "fp8_gemm": _register_fp8_gemm, "fp8_gemm_dynamic": _register_fp8_gemm_dynamic,

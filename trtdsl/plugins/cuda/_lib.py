@@ -23,7 +23,7 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_decode_attention": [_P, _I64, _P, _I64, _P, _P, _P, _I, _P, _I64, _P, _I64, _I, _I, _I, _I, _I,
                                 _F, _I, _I, _P, _SZ, _I, _I, _P],
     "trtdsl_rope_kv_write_quant": [_P, _I64, _P, _I64, _P, _I64, _P, _P, _P, _I, _P, _I64, _P, _I, _I, _I, _I,
-                                   _I, _I, _I, _I, _I, _I, _P, _I, _I, _P],
+                                   _I, _I, _I, _I, _I, _I, _P, _I, _I, _P, _P],
     "trtdsl_context_attention_quant": [_P, _I64, _P, _I64, _P, _P, _P, _I, _P, _I64, _P, _I64, _I, _I, _I, _I,
                                        _I, _F, _I, _I, _I, _P, _I, _P],
     "trtdsl_decode_attention_quant": [_P, _I64, _P, _I64, _P, _P, _P, _I, _P, _I64, _P, _I64, _I, _I, _I, _I,

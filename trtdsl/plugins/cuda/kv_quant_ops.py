@@ -2,9 +2,10 @@
 implementation of ``trtdsl.attention_quant_kv`` (reference: trtdsl/quantization/kv_cache.py).
 
 RoPE + quantize-on-write (``trtdsl_rope_kv_write_quant``; with ``k_rotation`` the Hadamard rotation
-of q and k too), then the context or split-K decode kernel reading codes and applying the K scale
-to the scores and the V scale to the output (``*_quant`` launchers, plugins_cuda/include/trtdsl/
-kv_quant.cuh). No host synchronization: graph-capturable like ``ops.paged_attention``."""
+of q and k too; with ``k_bias`` the mean key subtracted from K before its code), then the context or
+split-K decode kernel reading codes and applying the K scale to the scores and the V scale to the
+output (``*_quant`` launchers, plugins_cuda/include/trtdsl/kv_quant.cuh). No host synchronization:
+graph-capturable like ``ops.paged_attention``."""
 
 from __future__ import annotations
 
@@ -32,12 +33,28 @@ def _check_scales(op: str, kv_scales: torch.Tensor, num_kv_heads: int, device: t
     raise PluginError(f"{op}: kv_scales has shape {tuple(kv_scales.shape)}; expected (2,) or (2, {num_kv_heads})")
 
 
+def _check_k_bias(op: str, k_bias: torch.Tensor | None, num_kv_heads: int, head_dim: int,
+                  device: torch.device) -> None:
+    """``k_bias`` (the ``trtdsl.attention_quant_kv`` input of ``kv_cache_center_k``): None, or float32
+    ``[num_kv_heads, head_dim]`` contiguous on qkv's device (the kernel reads it as a flat array)."""
+    if k_bias is None:
+        return
+    _check(op, "k_bias", k_bias, device, (torch.float32,))
+    if tuple(k_bias.shape) != (num_kv_heads, head_dim):
+        raise PluginError(f"{op}: k_bias has shape {tuple(k_bias.shape)}; expected "
+                          f"({num_kv_heads}, {head_dim}) (num_kv_heads, head_dim)")
+
+
 def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
                              rope_cos_sin, kv_scales, *, num_heads: int, num_kv_heads: int, head_dim: int,
                              layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
                              rope_style: str, max_q_len: int, max_kv_len: int,
-                             k_rotation: bool = False) -> torch.Tensor:
-    """``trtdsl.attention_quant_kv`` on CUDA: ``[tokens, num_heads * head_dim]`` in qkv's dtype."""
+                             k_rotation: bool = False, k_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``trtdsl.attention_quant_kv`` on CUDA: ``[tokens, num_heads * head_dim]`` in qkv's dtype.
+
+    ``k_bias`` (float32 ``[num_kv_heads, head_dim]``, in the rotated basis with ``k_rotation``) is
+    subtracted from every key before it is quantized and not added back: the scores of a query all
+    shift by ``q . k_bias``, which the softmax cancels."""
     op = "paged_attention_quant_kv"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES, tuple(KV_CODE_DTYPES))
@@ -47,6 +64,7 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
     if max_q_len < 1 or max_kv_len < max_q_len:
         raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
     per_head = _check_scales(op, kv_scales, num_kv_heads, qkv.device)
+    _check_k_bias(op, k_bias, num_kv_heads, head_dim, qkv.device)
     code, kv_code = _DTYPE_CODES[qkv.dtype], KV_CODE_DTYPES[kv_cache.dtype]
     tokens, batch, stream = qkv.shape[0], seq_lens.shape[0], _stream(qkv)
     q = qkv.new_empty(tokens, num_heads * head_dim)
@@ -58,7 +76,7 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
          cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
          rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style], tokens,
          num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block, code, kv_code, kv_scales.data_ptr(),
-         per_head, int(k_rotation), stream)
+         per_head, int(k_rotation), None if k_bias is None else k_bias.data_ptr(), stream)
     common = (q.data_ptr(), q.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], seq_lens.data_ptr(),
               past_lens.data_ptr(), cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
               out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
