@@ -123,7 +123,7 @@ def by_name(steps: list[list[tuple[str, float, float]]]) -> list[dict[str, Any]]
 
 
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
-                 wo_configs: list[int]) -> dict[str, Any]:
+                 wo_configs: list[tuple[int, int | None]]) -> dict[str, Any]:
     from trtdsl.plugins.cuda import quant_ops
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
@@ -137,12 +137,14 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     for b in batches:
         engine.prefill(b, prompt)
     variants = [("pdl_off", False, None), ("pdl_on", True, None)]
-    if mode.startswith("int4"):  # the m = 1 narrow-n GEMVs (qkv, o, down): other launch shapes
-        variants += [(f"pdl_on_cfg{c}", True, c) for c in wo_configs]
-    default_cfg = quant_ops.WO_GEMV_CONFIG.get((4, 1, False))
+    if mode.startswith("int4"):  # other m = 1 launch shapes: narrow n (qkv, o, down) / wide n (gate_up)
+        variants += [(f"pdl_on_cfg{c}" + (f"_{w}" if w is not None else ""), True, (c, w)) for c, w in wo_configs]
+    default_cfg = {wide: quant_ops.WO_GEMV_CONFIG.get((4, 1, wide)) for wide in (False, True)}
     for key, pdl, cfg in variants:
         set_programmatic_launch(pdl)
-        quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = cfg if cfg is not None else default_cfg
+        narrow, wide = cfg if cfg is not None else (None, None)
+        quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = narrow if narrow is not None else default_cfg[False]
+        quant_ops.WO_GEMV_CONFIG[(4, 1, True)] = wide if wide is not None else default_cfg[True]
         engine.graphs = CudaGraphCache(engine.executor)  # recapture: launches record the attribute
         entry: dict[str, Any] = {"decode_ms": {}, "graph_replay_ms": {}}
         for b in batches:
@@ -174,11 +176,21 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
             print(f"    {row['us']:7.2f} us (gap {gap if gap is None else round(gap, 2)}) {row['kernel'][:70]}{extra}",
                   flush=True)
     set_programmatic_launch(True)
-    quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = default_cfg
+    for wide, c in default_cfg.items():
+        quant_ops.WO_GEMV_CONFIG[(4, 1, wide)] = c
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return res
+
+
+def parse_wo_configs(spec: str) -> list[tuple[int, int | None]]:
+    """'1,12/13' -> [(1, None), (12, 13)]: narrow-n config, optional wide-n config."""
+    out: list[tuple[int, int | None]] = []
+    for item in filter(None, spec.split(",")):
+        narrow, _, wide = item.partition("/")
+        out.append((int(narrow), int(wide) if wide else None))
+    return out
 
 
 def main() -> None:
@@ -188,7 +200,9 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--wo-configs", default="", help="int4: also time these m = 1 narrow-n GEMV configs (PDL on)")
+    ap.add_argument("--wo-configs", default="",
+                    help="int4: also time these m = 1 GEMV configs (PDL on): N sets narrow n (qkv, o, down), "
+                         "N/W also wide n (gate_up), e.g. 1,12/12")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     copy = copy_bandwidth_gbps()
@@ -200,7 +214,7 @@ def main() -> None:
     name = f"decode_profile_{device_slug()}"
     for mode in args.modes.split(","):
         results["modes"][mode] = profile_mode(model, mode, batches, args.prompt, args.steps,
-                                               [int(c) for c in args.wo_configs.split(",") if c])
+                                               parse_wo_configs(args.wo_configs))
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios = {}
     bf = results["modes"].get("bf16")
