@@ -46,6 +46,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="K/V cache dtype: float32/float16/bfloat16, or fp8/int8 (quantized, calibrated)")
     p.add_argument(*_opt("group_size"), type=int, default=None,
                    help="weight-only quantization group size (0 = per channel; default 128)")
+    p.add_argument(*_opt("quant_options"), default=None, metavar="JSON",
+                   help="other QuantConfig fields as a JSON object (docs/quantization.md), e.g. "
+                        "'{\"gptq\": true, \"gptq_act_order\": true, \"awq_all_rows\": true, \"grid_refit\": 3}'")
     p.add_argument(*_opt("calibration_file"), default=None,
                    help="text file to calibrate with (default: the built-in text)")
     p.add_argument(*_opt("calibration_tokens"), type=int, default=2048, help="calibration tokens")
@@ -81,6 +84,20 @@ def _dtype_and_quantization(args: argparse.Namespace) -> tuple[str, str | None]:
     return act or "float32", args.dtype
 
 
+def _quant_options(text: str | None) -> dict[str, Any] | None:
+    """``--quant_options``: a JSON object (its field names are checked by QuantConfig)."""
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--quant_options is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--quant_options must be a JSON object of QuantConfig fields, e.g. "
+                          f"'{{\"gptq\": true}}'; got {text!r}")
+    return options
+
+
 def build_config_from_args(args: argparse.Namespace) -> Any:
     from .builder import BuildConfig
     dtype, quantization = _dtype_and_quantization(args)
@@ -92,7 +109,8 @@ def build_config_from_args(args: argparse.Namespace) -> Any:
                        fuse_swiglu=args.fuse_swiglu,
                        fold_constants=not args.no_fold_constants, debug_outputs=tuple(args.debug_outputs),
                        context_logits=args.context_logits, quantization=quantization,
-                       quant_group_size=args.group_size, calibration_file=args.calibration_file,
+                       quant_group_size=args.group_size, quant_options=_quant_options(args.quant_options),
+                       calibration_file=args.calibration_file,
                        calibration_tokens=args.calibration_tokens)
 
 

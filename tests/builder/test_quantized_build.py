@@ -86,9 +86,10 @@ def test_cli_build_int4_awq_run_and_check(tiny_llama_dir, tmp_path, capsys):
     assert main(["build", "--checkpoint", str(tiny_llama_dir), "--model", "llama", "--dtype", "int4_awq",
                  "--kv_cache_dtype", "int8", "--group_size", "32", "--calibration_file", str(text),
                  "--calibration_tokens", "256", "--max_seq_len", "64", "--max_batch_size", "2",
-                 "--output", str(out)]) == 0
+                 "--quant_options", '{"gptq": true, "grid_refit": 1}', "--output", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())["build_config"]
     assert (cfg["dtype"], cfg["quantization"], cfg["quant_group_size"]) == ("float32", "int4_awq", 32)
+    assert cfg["quant_options"] == {"gptq": True, "grid_refit": 1}
     capsys.readouterr()
     assert main(["run", str(out), "--input_ids", "1,17,42", "-n", "5", "-q"]) == 0
     assert len(capsys.readouterr().out.split()) == 5  # five generated token ids
@@ -121,3 +122,9 @@ def test_cli_dtype_quantization_conflicts(tiny_llama_dir, tmp_path, capsys):
     assert "disagree" in capsys.readouterr().err
     assert main([*args, "--dtype", "float16", "--act_dtype", "float32"]) == 2
     assert "--act_dtype" in capsys.readouterr().err
+    assert main([*args, "--dtype", "int4_awq", "--quant_options", "{gptq: true}"]) == 2
+    assert "--quant_options is not valid JSON" in capsys.readouterr().err
+    assert main([*args, "--dtype", "int4_awq", "--quant_options", "[1]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+    assert main([*args, "--dtype", "int4_awq", "--quant_options", '{"gptqq": true}']) == 2
+    assert "gptqq" in capsys.readouterr().err
