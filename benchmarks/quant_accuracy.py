@@ -69,6 +69,9 @@ CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = 
      {"group_size": 64, "gptq": True, "gptq_act_order": True}, 5.0),
     ("int4_awq + GPTQ (g64, act order, grid refit 2)", "int4_awq", None,
      {"group_size": 64, "gptq": True, "gptq_act_order": True, "grid_refit": 2}, 5.0),
+    # AWQ's searches over every calibration row (the Hessian's Cholesky factor), then GPTQ + 3 refits.
+    ("int4_awq + GPTQ (g64, act order, all-row search, grid refit 3)", "int4_awq", None,
+     {"group_size": 64, "gptq": True, "gptq_act_order": True, "grid_refit": 3, "awq_all_rows": True}, 5.0),
     ("int4_wo (RTN, g128)", "int4_wo", None, {"group_size": 128}, None),
     ("int4_awq (g128)", "int4_awq", None, {"group_size": 128}, 5.0),
     ("int4_awq (g128, all-row search)", "int4_awq", None, {"group_size": 128, "awq_all_rows": True}, 5.0),
@@ -77,6 +80,8 @@ CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = 
      {"group_size": 128, "gptq": True, "gptq_act_order": True}, 5.0),
     ("int4_awq + GPTQ (g128, act order, grid refit 2)", "int4_awq", None,
      {"group_size": 128, "gptq": True, "gptq_act_order": True, "grid_refit": 2}, 5.0),
+    ("int4_awq + GPTQ (g128, act order, all-row search, grid refit 3)", "int4_awq", None,
+     {"group_size": 128, "gptq": True, "gptq_act_order": True, "grid_refit": 3, "awq_all_rows": True}, 5.0),
     ("int8_sq", "int8_sq", None, {}, 3.0),
     ("fp8 K/V cache", None, "fp8", {}, 0.5),
     ("fp8 K/V cache (per-layer scales)", None, "fp8", {"kv_cache_scales": "tensor"}, None),
