@@ -35,6 +35,10 @@ class QuantConfig:
         fp8_per_channel_weights: one fp8 weight scale per output channel (else per tensor).
         fp8_dynamic: fp8 activations scaled per token at run time (``max|x_row| / 448``) instead of
             one static calibrated per-tensor scale.
+        fp8_act_group_size: with ``fp8_dynamic``, one activation scale per token and block of this
+            many channels (DeepSeek-V3's 1 x 128 blocks; must divide every quantized GEMM's input
+            width) instead of one per token; 0 = per token. The reference (CPU) implements it; the
+            CUDA executor runs such GEMMs through the reference for now and TensorRT refuses them.
         kv_cache_headroom: the K/V scales are ``headroom * max|calibrated| / qmax``: > 1 leaves room
             for values larger than calibration saw (fewer saturate), < 1 spends int8 codes on the bulk
             of the values (more saturate).
@@ -107,6 +111,7 @@ class QuantConfig:
     zero_point: bool | None = None
     fp8_per_channel_weights: bool = True
     fp8_dynamic: bool = False
+    fp8_act_group_size: int = 0
     kv_cache_scales: str = "head"
     kv_cache_headroom: float = 1.0
     kv_cache_rotation: str = "none"
@@ -178,6 +183,9 @@ class QuantConfig:
         if self.grid_refit < 0 or (self.grid_refit and self.mode not in ("int8_wo", "int4_wo", "int4_awq")):
             problems.append(f"grid_refit {self.grid_refit} must be >= 0 and applies to the weight-only "
                             f"modes, not mode {self.mode!r}")
+        if self.fp8_act_group_size < 0 or (self.fp8_act_group_size and not (self.mode == "fp8" and self.fp8_dynamic)):
+            problems.append(f"fp8_act_group_size {self.fp8_act_group_size} must be >= 0 and needs mode 'fp8' "
+                            f"with fp8_dynamic=True (static scales are per tensor)")
         if self.awq_all_rows and self.mode != "int4_awq":
             problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
         if not 0.0 <= self.float_fraction < 1.0 or (self.float_fraction and self.mode is None):

@@ -24,7 +24,7 @@ __all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_g
            "expand_group_scales", "quantize_weight", "dequantize_weight", "fake_quantize_weight",
            "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
            "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8",
-           "tie_channels", "gqa_tie", "round_to_grid"]
+           "quantize_per_token_group_fp8", "tie_channels", "gqa_tie", "round_to_grid"]
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 INT8_MAX = 127
@@ -180,6 +180,17 @@ def quantize_per_token_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     row's ``max|x|`` mapped to 448."""
     scales = x.float().abs().amax(dim=-1, keepdim=True).clamp_min(_TINY) / FP8_MAX
     return quantize_fp8(x, scales), scales
+
+
+def quantize_per_token_group_fp8(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic fp8 quantization of ``x [..., k]`` per token and per ``group`` consecutive channels
+    (DeepSeek-V3's 1 x 128 activation blocks; ``k % group == 0``): ``(e4m3 codes [..., k], scales
+    [..., k / group])``, each block's ``max|x|`` mapped to 448. A block of small channels keeps its
+    own range instead of the row's largest channel's, which pushes it toward e4m3's subnormals."""
+    k = x.shape[-1]
+    blocks = x.float().reshape(*x.shape[:-1], k // group, group)
+    scales = blocks.abs().amax(dim=-1, keepdim=True).clamp_min(_TINY) / FP8_MAX
+    return quantize_fp8(blocks, scales).reshape(x.shape), scales.squeeze(-1)
 
 
 def quantize_per_token_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -32,11 +32,11 @@ from typing import Any
 import torch
 
 from ..dtypes import DType
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, PluginError, ShapeError
 from ..ir.symbolic import dim_equal
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from .numerics import (FP8_MAX, dequantize_weight, num_groups, quantize_fp8, quantize_per_token_fp8,
-                       quantize_per_token_int8, unpack_int4)
+                       quantize_per_token_group_fp8, quantize_per_token_int8, unpack_int4)
 
 __all__ = ["WEIGHT_ONLY_GEMM", "FP8_GEMM", "INT8_GEMM", "weight_only_gemm_reference",
            "fp8_gemm_reference", "int8_gemm_reference"]
@@ -124,14 +124,30 @@ def _fp8_shape(ins: list, fields: dict) -> list:
     x, w = _check_common(FP8_GEMM, ins, (3, 4), DType.fp8, ins[0].shape[-1])
     _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
     _check(len(ins) == 3 or tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
+    group = fields.get("act_group_size", 0)
+    _check(isinstance(group, int) and group >= 0, FP8_GEMM,
+           f"act_group_size must be an int >= 0 (0 = one scale per token), got {group!r}", ins, PluginError)
+    if group:
+        _check(len(ins) == 3, FP8_GEMM, f"act_group_size {group} needs dynamic activation scales (no "
+               f"input_scale input)", ins)
+        _check(isinstance(w.shape[1], int) and w.shape[1] % group == 0, FP8_GEMM,
+               f"act_group_size {group} must divide in_features {w.shape[1]}", ins)
     return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 
 
 def fp8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
     """Quantize x to e4m3 with the static input scale (saturating) or, without one, per token
-    (dynamic), multiply the e4m3 values exactly in float32 (what ``torch._scaled_mm`` accumulates
-    in), then apply both scales."""
+    (dynamic; with the field ``act_group_size`` per token and block of that many channels),
+    multiply the e4m3 values exactly in float32 (what ``torch._scaled_mm`` accumulates in), then
+    apply both scales (a block's scale to its block's partial sum)."""
     x, w, w_scale = ins[:3]
+    group = int(fields.get("act_group_size", 0) or 0)
+    if group and x.dtype != torch.float8_e4m3fn and len(ins) == 3:
+        xq, x_scale = quantize_per_token_group_fp8(x, group)
+        blocks = xq.float().reshape(*x.shape[:-1], -1, group)                  # [..., G, g]
+        partial = torch.einsum("...bg,nbg->...nb", blocks, w.float().reshape(w.shape[0], -1, group))
+        acc = (partial * x_scale.unsqueeze(-2)).sum(-1)                        # [..., n]
+        return (acc * w_scale.float()).to(x.dtype)
     out_dtype = x.dtype
     if x.dtype == torch.float8_e4m3fn:  # codes of x / input_scale, quantized by the producer
         x_scale, xq, out_dtype = ins[3], x, fields["out_dtype"].torch
@@ -174,8 +190,8 @@ def register() -> None:
         PluginSpec(WEIGHT_ONLY_GEMM, _weight_only_shape, weight_only_gemm_reference,
                    doc="int8/int4 weight-only GEMM (W8A16 / W4A16, group-wise scales)"),
         PluginSpec(FP8_GEMM, _fp8_shape, fp8_gemm_reference,
-                   doc=f"FP8 e4m3 W8A8 GEMM, static per-tensor or dynamic per-token input "
-                              f"scale (max {FP8_MAX})"),
+                   doc=f"FP8 e4m3 W8A8 GEMM, static per-tensor or dynamic per-token (or per token "
+                              f"and act_group_size channels) input scale (max {FP8_MAX})"),
         PluginSpec(INT8_GEMM, _int8_shape, int8_gemm_reference,
                    doc="SmoothQuant int8 W8A8 GEMM, per-token activations, per-channel weights"),
     ]

@@ -305,8 +305,9 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
         w_scale = amax.clamp_min(1e-8) / nq.FP8_MAX
         codes = nq.quantize_fp8(w, w_scale[:, None]) if h is None else \
             gptq.gptq_fp8(w, h, w_scale, act_order=cfg.gptq_act_order)
+        fields = {"act_group_size": cfg.fp8_act_group_size} if cfg.fp8_act_group_size else {}
         _replace_gemm(net, site, site.x, FP8_GEMM, [("weight", codes, DType.fp8),
-                      ("weight_scale", w_scale, DType.float32), *consts])
+                      ("weight_scale", w_scale, DType.float32), *consts], **fields)
 
 
 def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,

@@ -43,7 +43,8 @@ def _fp8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, 
     rows = x.numel() // k if k else 0
     gemv = 1 <= rows <= FP8_GEMV_MAX_M and k % 16 == 0  # the FP8 GEMV: any n, any activation dtype
     scaled_mm = x.dtype in _HALF and k % 16 == 0 and n % 16 == 0 and _has_fp8(x.device.index or 0)
-    if not (gemv or scaled_mm):
+    # Per-token-block activation scales (act_group_size) have no kernel yet: the reference runs them.
+    if not (gemv or scaled_mm) or fields.get("act_group_size"):
         return fp8_gemm_reference(ins, fields, hints)
     return fp8_gemm(x, w, w_scale, x_scale)
 
