@@ -57,6 +57,11 @@ CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = 
     ("fp8 (dynamic activations)", "fp8", None, {"fp8_dynamic": True}, 1.0),
     ("fp8 + GPTQ", "fp8", None, {"gptq": True}, 1.0),
     ("fp8 + GPTQ (dynamic activations)", "fp8", None, {"gptq": True, "fp8_dynamic": True}, 1.0),
+    # One activation scale per token and block of 32 / 64 channels (DeepSeek-V3-style 1 x G blocks).
+    ("fp8 + GPTQ (dynamic activations, blocks of 32)", "fp8", None,
+     {"gptq": True, "fp8_dynamic": True, "fp8_act_group_size": 32}, 1.0),
+    ("fp8 + GPTQ (dynamic activations, blocks of 64)", "fp8", None,
+     {"gptq": True, "fp8_dynamic": True, "fp8_act_group_size": 64}, 1.0),
     # The most sensitive GEMM groups (ranked on calibration text, docs/quantization.md) stay in float.
     ("fp8 + GPTQ, 5 % of GEMM weights in float by sensitivity", "fp8", None,
      {"gptq": True, "float_fraction": 0.05, "sensitivity_steps": 1}, 1.0),
