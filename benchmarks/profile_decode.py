@@ -136,13 +136,13 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants = [("pdl_off", False, None), ("pdl_on", True, None)]
+    variants: list[tuple[str, bool, tuple[int | None, int | None]]] = [
+        ("pdl_off", False, (None, None)), ("pdl_on", True, (None, None))]
     if mode.startswith("int4"):  # other m = 1 launch shapes: narrow n (qkv, o, down) / wide n (gate_up)
         variants += [(f"pdl_on_cfg{c}" + (f"_{w}" if w is not None else ""), True, (c, w)) for c, w in wo_configs]
     default_cfg = {wide: quant_ops.WO_GEMV_CONFIG.get((4, 1, wide)) for wide in (False, True)}
-    for key, pdl, cfg in variants:
+    for key, pdl, (narrow, wide) in variants:
         set_programmatic_launch(pdl)
-        narrow, wide = cfg if cfg is not None else (None, None)
         quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = narrow if narrow is not None else default_cfg[False]
         quant_ops.WO_GEMV_CONFIG[(4, 1, True)] = wide if wide is not None else default_cfg[True]
         engine.graphs = CudaGraphCache(engine.executor)  # recapture: launches record the attribute

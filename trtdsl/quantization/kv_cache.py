@@ -38,11 +38,14 @@ from ..plugins.attention_reference import apply_rope
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from .numerics import FP8_MAX, INT8_MAX
 
-__all__ = ["ATTENTION", "ATTENTION_QUANT_KV", "KV_CACHE_DTYPES", "K_ROTATIONS", "hadamard",
+__all__ = ["ATTENTION", "ATTENTION_QUANT_KV", "K_BIAS_INPUT", "KV_CACHE_DTYPES", "K_ROTATIONS", "hadamard",
            "quantize_kv", "dequantize_kv", "quant_kv_attention_reference", "register"]
 
 ATTENTION = "trtdsl.attention"
 ATTENTION_QUANT_KV = "trtdsl.attention_quant_kv"
+#: Index of the optional ``k_bias`` input: after the 8 inputs of trtdsl.attention and kv_scales, so
+#: also the number of required inputs.
+K_BIAS_INPUT = 9
 KV_CACHE_DTYPES = {"fp8": DType.fp8, "int8": DType.int8}
 KV_QMAX = {DType.fp8: FP8_MAX, DType.int8: float(INT8_MAX)}
 K_ROTATIONS = ("none", "hadamard")
@@ -76,7 +79,7 @@ def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
     """Paged causal attention (docs/batch_interface.md) over an int8/fp8 cache with K/V scales."""
-    qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, cos_sin, scales = ins[:9]
+    qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, cos_sin, scales = ins[:K_BIAS_INPUT]
     heads, kv_heads, d = fields["num_heads"], fields["num_kv_heads"], fields["head_dim"]
     tpb, rotary_dim = fields["tokens_per_block"], fields.get("rotary_dim", 0)
     num_tokens = qkv.shape[0]
@@ -88,8 +91,8 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
     if fields.get("k_rotation", "none") == "hadamard":
         rot = hadamard(d).to(qkv.device)
         q, k = q.float() @ rot, k.float() @ rot
-    if len(ins) == 10:  # the keys' calibrated mean: scores shift by q . k_bias, softmax cancels it
-        k = k.float() - ins[9].float()
+    if len(ins) > K_BIAS_INPUT:  # the keys' calibrated mean: scores shift by q . k_bias, softmax cancels it
+        k = k.float() - ins[K_BIAS_INPUT].float()
     out = torch.empty(num_tokens, heads, d, dtype=qkv.dtype, device=qkv.device)
     cache = kv_cache[fields["layer_idx"]]
     # [] (per layer) or [kv_heads] (per head) -> broadcast over [tokens, kv_heads, head_dim]
@@ -116,7 +119,7 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
 
 def _shape_rule(ins: list, fields: dict) -> list:
     names = ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in ins)
-    if len(ins) not in (9, 10):
+    if len(ins) not in (K_BIAS_INPUT, K_BIAS_INPUT + 1):
         raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales) or "
                          f"10 (and k_bias), got {len(ins)}\n  inputs: {names}")
     qkv, kv_cache, scales = ins[0], ins[6], ins[8]
@@ -137,8 +140,9 @@ def _shape_rule(ins: list, fields: dict) -> list:
     if scales.dtype is not DType.float32 or tuple(scales.shape) not in ((2,), (2, fields["num_kv_heads"])):
         raise ShapeError(f"{ATTENTION_QUANT_KV}: kv_scales must be float32 [2] (K, V) or "
                          f"[2, {fields['num_kv_heads']}] (K, V per K/V head)\n  inputs: {names}")
-    if len(ins) == 10 and (ins[9].dtype is not DType.float32 or
-                           tuple(ins[9].shape) != (fields["num_kv_heads"], fields["head_dim"])):
+    k_bias = ins[K_BIAS_INPUT] if len(ins) > K_BIAS_INPUT else None
+    if k_bias is not None and (k_bias.dtype is not DType.float32 or
+                               tuple(k_bias.shape) != (fields["num_kv_heads"], fields["head_dim"])):
         raise ShapeError(f"{ATTENTION_QUANT_KV}: k_bias must be float32 [{fields['num_kv_heads']}, "
                          f"{fields['head_dim']}] (num_kv_heads, head_dim)\n  inputs: {names}")
     return out

@@ -40,14 +40,8 @@ def _attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict
     return paged_attention(*ins, **fields, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)))
 
 
-#: Inputs of trtdsl.attention_quant_kv (trtdsl/quantization/kv_cache.py): the 8 of trtdsl.attention,
-#: kv_scales, then the optional k_bias (kv_cache_center_k), which the RoPE + cache-write kernel subtracts.
-_QUANT_KV_REQUIRED_INPUTS = 9
-_K_BIAS_INPUT = 9
-
-
 def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
-    from ...quantization.kv_cache import quant_kv_attention_reference
+    from ...quantization.kv_cache import K_BIAS_INPUT, quant_kv_attention_reference
     from .kv_quant_ops import KV_CODE_DTYPES, paged_attention_quant_kv
     qkv, seq_lens, past_lens, kv_cache = ins[0], ins[2], ins[3], ins[6]
     # What the kernels don't cover runs the reference (torch ops on the GPU: correct, slow).
@@ -57,8 +51,8 @@ def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hi
     if max_q is None or max_kv is None:
         max_q, max_kv = int(seq_lens.max()), int((seq_lens + past_lens).max())
     kw = {k: v for k, v in fields.items() if k not in ("kv_cache_dtype", "k_rotation")}
-    k_bias = ins[_K_BIAS_INPUT] if len(ins) > _K_BIAS_INPUT else None
-    return paged_attention_quant_kv(*ins[:_QUANT_KV_REQUIRED_INPUTS], **kw, max_q_len=max(1, int(max_q)),
+    k_bias = ins[K_BIAS_INPUT] if len(ins) > K_BIAS_INPUT else None  # kv_cache_center_k's mean key
+    return paged_attention_quant_kv(*ins[:K_BIAS_INPUT], **kw, max_q_len=max(1, int(max_q)),
                                     max_kv_len=max(1, int(max_kv)),
                                     k_rotation=fields.get("k_rotation", "none") == "hadamard", k_bias=k_bias)
 
