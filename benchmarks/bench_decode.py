@@ -23,6 +23,7 @@ import gc
 import importlib.util
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -172,23 +173,40 @@ class OurEngine:
         return {"graph_ms": graph["median_ms"], "eager_ms": eager["median_ms"]}
 
 
-def quantize_for_speed(net: Any, mode: str) -> Any:
+def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A benchmark quantization spec -> (mode, QuantConfig options): ``MODE[:gG][:head]``, e.g.
+    ``int4_awq:g64:head`` = int4_awq with groups of 64 and the LM head quantized too (the default
+    keeps it bf16, as TensorRT-LLM does); the group size defaults to 128."""
+    mode, *flags = spec.split(":")
+    options: dict[str, Any] = {"group_size": 128}
+    for flag in flags:
+        if flag == "head":
+            options["exclude"] = ()
+        elif re.fullmatch(r"g\d+", flag):
+            options["group_size"] = int(flag[1:])
+        else:
+            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN or head)")
+    return mode, options
+
+
+def quantize_for_speed(net: Any, spec: str) -> Any:
     """Quantize with synthetic activation ranges: speed depends on the formats, not on the scale
     values, and calibrating an 8B model would run it on the CPU. (Accuracy is measured separately,
-    on real weights and calibration text: benchmarks/quant_accuracy.py.)"""
+    on real weights and calibration text: benchmarks/quant_accuracy.py.) ``spec``: parse_quant_spec."""
     from trtdsl.quantization import quantize_network
     from trtdsl.quantization.calibration import CalibrationStats
     from trtdsl.quantization.graph import find_gemm_sites
+    mode, options = parse_quant_spec(spec)
     stats = None
     if mode in ("fp8", "int8_sq", "int4_awq"):
         stats = CalibrationStats()
-        for site in find_gemm_sites(net):
+        for site in find_gemm_sites(net, options.get("exclude", ())):
             k = site.x.shape[-1]
             stats.amax[site.x.name] = torch.ones(k)
             stats.abs_sum[site.x.name] = torch.full((k,), 0.5)
             stats.rows[site.x.name] = 1
             stats.samples[site.x.name] = torch.randn(16, k)
-    return quantize_network(net, mode, calibration=stats, group_size=128, progress=False)
+    return quantize_network(net, mode, calibration=stats, progress=False, **options)
 
 
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],

@@ -2,7 +2,7 @@
 
 Default (decode, ~2.5 min on an H100): M = 1, 8, 16; bf16 ``F.linear``; int4 group-128 with zeros
 (the int4 default format) through the dispatcher, its GEMV forced (table config, every CUDA-core launch
-config 1..5 and the tensor-core kernel's 8..11) and dequantize + cuBLAS; FP8 per-channel static
+config 1..5 and the tensor-core kernel's 8..15) and dequantize + cuBLAS; FP8 per-channel static
 through the dispatcher, its GEMV with the quantizer fused in (every config) and unfused (quantize +
 GEMV), ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
 int8 weight-only, symmetric int4 and SmoothQuant int8.
@@ -170,6 +170,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="first shape only, M = 1 and 16")
     ap.add_argument("--full", action="store_true", help="more M values and formats (several minutes)")
     ap.add_argument("--rows", type=int, nargs="*", help="override the M values")
+    ap.add_argument("--shapes", default="", help="override the (k, n) shapes, e.g. 4096x6144,14336x4096 "
+                    "(the 8B's fused qkv is 4096x6144, its fused gate_up 4096x28672)")
     args = ap.parse_args()
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -178,6 +180,8 @@ def main() -> None:
     print(f"ceilings: copy {copy_gbps:.0f} GB/s (read + write), bf16 cuBLAS GEMM {gemm_tflops:.0f} TFLOP/s")
     shapes, rows = (SHAPES[:1], [1, 16]) if args.quick else (SHAPES, FULL_ROWS if args.full else ROWS)
     rows = args.rows or rows
+    if args.shapes:
+        shapes = [(int(k), int(n)) for k, n in (item.split("x") for item in args.shapes.split(","))]
     results = []
     for k, n in shapes:
         results += bench_shape(k, n, rows, copy_gbps, gemm_tflops, args.full)

@@ -4,6 +4,7 @@
 # back). Usage (from the repository root on the device machine):
 #   bash benchmarks/gpu_session.sh setup tests           # part 1 of SmolLM2 + GPU tests
 #   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
+#   stages: setup tests decode quantgemm profile serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
 # The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
 # Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
@@ -35,15 +36,35 @@ setup() {
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
   nvcc --version | tail -2
   local t0=$SECONDS
+  adopt_objs
   python3 -c "from trtdsl.plugins.cuda import build_plugins; print(build_plugins())" || status=1
   echo "plugin build: $((SECONDS - t0)) s"
+  [ "${PACK_OBJS:-1}" = 1 ] || return 0  # objects carried in: nothing new to bring back
   python3 -c "from trtdsl.plugins.cuda import object_paths; print('\n'.join('objs/' + p.name for p in object_paths()))" \
     > /tmp/objs.txt && tar cz -C .plugin_cache -T /tmp/objs.txt | split -b 15M -d -a 1 - "$OUT/plugin_objs.tgz." \
     && ls -la "$OUT"/plugin_objs.tgz.*
 }
 
-tests() {
-  timeout ${TESTS_TIMEOUT:-400} python3 -m pytest tests/gpu -q -p no:cacheprovider ${TESTS_ARGS:-} 2>&1 \
+adopt_objs() {  # objects built elsewhere (.plugin_cache/nvcc_version.txt: that nvcc's --version) under this nvcc's keys
+  [ -f .plugin_cache/nvcc_version.txt ] || return 0
+  python3 - <<'PY'
+import subprocess
+from pathlib import Path
+from trtdsl.plugins.cuda import _build as b
+src, objs = b.source_dir(), b._cache_root() / "objs"
+old = (b._cache_root() / "nvcc_version.txt").read_text()
+new = subprocess.run([b.find_nvcc(), "--version"], capture_output=True, text=True).stdout
+if old != new:
+    print("nvcc differs from the one that built the carried objects: adopting them under this one's keys")
+    for cu in sorted(src.glob("src/*.cu")):
+        for o in objs.glob(f"{cu.stem}-*.o"):  # every carried variant of this unit, keyed by its sources
+            if o.name == f"{cu.stem}-{b._object_key(cu, src, old)}.o":
+                o.rename(objs / f"{cu.stem}-{b._object_key(cu, src, new)}.o")
+PY
+}
+
+tests() {  # TESTS_PATHS: a subset of the GPU tests (default: all of tests/gpu)
+  timeout ${TESTS_TIMEOUT:-400} python3 -m pytest ${TESTS_PATHS:-tests/gpu} -q -p no:cacheprovider ${TESTS_ARGS:-} 2>&1 \
     | tee "$OUT/gpu_tests.log" | tail -25
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 }
@@ -56,6 +77,11 @@ decode() {
 quantgemm() {
   timeout ${QUANTGEMM_TIMEOUT:-150} python3 benchmarks/bench_quant_gemm.py ${QUANTGEMM_ARGS:-} 2>&1 \
     | tee "$OUT/quant_gemm.log" | tail -30
+}
+
+profile() {  # kernel-by-kernel decode profile; PROFILE_ARGS e.g. --modes bf16,int4_wo:head --batches 1
+  timeout ${PROFILE_TIMEOUT:-300} python3 benchmarks/profile_decode.py ${PROFILE_ARGS:-} 2>&1 \
+    | tee "$OUT/profile.log" | grep -v Warning | tail -60
 }
 
 serving() {

@@ -203,6 +203,7 @@ def main() -> None:
     ap.add_argument("--wo-configs", default="",
                     help="int4: also time these m = 1 GEMV configs (PDL on): N sets narrow n (qkv, o, down), "
                          "N/W also wide n (gate_up), e.g. 1,12/12")
+    ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     copy = copy_bandwidth_gbps()
@@ -211,7 +212,7 @@ def main() -> None:
     print(f"copy {copy:.0f} GB/s; model {args.model} on the GPU in {time.perf_counter() - t0:.0f} s", flush=True)
     results: dict[str, Any] = {"model": args.model, "copy_bandwidth_gbps": copy, "prompt_len": args.prompt,
                                "modes": {}}
-    name = f"decode_profile_{device_slug()}"
+    name = args.name or f"decode_profile_{device_slug()}"
     for mode in args.modes.split(","):
         results["modes"][mode] = profile_mode(model, mode, batches, args.prompt, args.steps,
                                                parse_wo_configs(args.wo_configs))

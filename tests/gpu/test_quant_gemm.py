@@ -127,6 +127,25 @@ def test_gemv_kernel_every_row_count(m, bits, dtype):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [128, 0, 64])  # 64: the dequantize-in-T path (one shape)
+@pytest.mark.parametrize("zp", [False, True])
+@pytest.mark.parametrize("m", [1, 9])           # one / two activation tiles
+def test_tensor_core_gemv_every_config(m, zp, group, dtype):
+    """Every int4 tensor-core launch shape on an odd shape: k = 1184 ends in a partial k block of 128,
+    n = 40 in a partial tile. Against the fp32 reference before output rounding: the k-block path
+    (exact codes times x, fp32 sums) stays within about one output rounding."""
+    from trtdsl.plugins.cuda.quant_ops import WO_TC_CONFIGS, weight_only_gemv
+    k, n = 1184, 40
+    x, qweight, scales, zeros = weight_only_inputs(m, k, n, 4, group, dtype, zp)
+    ref = weight_only_ref(x.float(), qweight, scales, zeros, 4, group, k)
+    tol = TOL[dtype] if group == 64 else {torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
+    for config in WO_TC_CONFIGS:
+        out = weight_only_gemv(x, qweight, scales, 4, group, numerics.num_groups(k, group), zeros, config=config)
+        assert rel_err(out.float(), ref) < tol, config
+
+
+@cuda
 def test_dequantize_matches_numerics():
     from trtdsl.plugins.cuda.quant_ops import dequantize_weight
     for bits, group in [(4, 64), (8, 48), (4, 0)]:

@@ -128,11 +128,9 @@ template <typename T, int BITS, bool ZP>
 int launch_wo_gemv(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
                    int k, int group, int num_groups, int config, cudaStream_t stream);
 
-// int4 tensor-core decode GEMV (wo_gemv_tc.cuh, instantiated in src/wo_gemv_tc_{bf16,f16}.cu): configs
-// kWoTcFirstConfig..kWoTcLastConfig of the same config numbering, shapes {NT tiles of 16 rows, KW warps
-// splitting k, U k blocks of 128 per step}: 8 = {1, 4, 4}, 9 = {1, 8, 4}, 10 = {2, 4, 2}, 11 = {1, 8, 2}.
+// int4 tensor-core decode GEMV (wo_gemv_tc.cuh, instantiated in src/wo_gemv_tc_{bf16,f16}_{zp,nozp}.cu):
+// configs from kWoTcFirstConfig on, of the same config numbering (its launch shapes: wo_gemv_tc.cuh).
 constexpr int kWoTcFirstConfig = 8;
-constexpr int kWoTcLastConfig = 11;
 template <typename T, bool ZP>
 int launch_wo_gemv_tc(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n, int k,
                       int group, int num_groups, int config, cudaStream_t stream);

@@ -1,7 +1,7 @@
 // int4 weight-only decode GEMV on tensor cores (W4A16, 1..16 activation rows): mma.sync m16n8k16 with
 // fp16 / bf16 operands and fp32 accumulators, weight rows as the mma's M, activation rows as its N.
 // The stored format stays (qweight [n, k / 2], low nibble = even column, scales / zeros [n, groups]):
-// no pre-shuffle. Included only by wo_gemv_tc_{bf16,f16}.cu; quant_gemm.cuh declares the launcher.
+// no pre-shuffle. Included only by wo_gemv_tc_{bf16,f16}_{zp,nozp}.cu; quant_gemm.cuh declares the launcher.
 //
 // K order. A dot product may sum k in any order as long as x uses the same one. Lane (g, t) of a
 // warp (g = lane / 4, t = lane % 4) loads one 16-byte vector (32 codes) of weight rows g and g + 8 at
@@ -270,12 +270,16 @@ inline int launch_wo_tc_cfg(const T* x, const void* qw, const float* scales, con
                     static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, group, num_groups);
 }
 
+// Launch shapes {NT tiles of 16 rows, KW warps splitting k, U k blocks of 128 per step} by config:
+// 8 = {1, 4, 4}, 9 = {1, 8, 4}, 10 = {2, 4, 2}, 11 = {1, 8, 2}, 12 = {2, 4, 4}, 13 = {1, 4, 8},
+// 14 = {1, 2, 4}, 15 = {2, 8, 2}. Keep in step with WO_TC_CONFIGS (trtdsl/plugins/cuda/quant_ops.py).
+constexpr int kWoTcLastConfig = 15;
+
 template <typename T, int NB, bool ZP>
 inline int launch_wo_tc_nb(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
                            int k, int group, int num_groups, bool dq, int config, cudaStream_t stream) {
   // The dequantize-in-T path (groups not a multiple of 128) has one shape: it is the rare format.
   if (dq) return launch_wo_tc_cfg<T, NB, ZP, true, 1, 4, 2>(x, qw, scales, zeros, out, m, n, k, group, num_groups, stream);
-  // Keep in step with kWoTcConfigs (quant_gemm.cuh).
 #define TRTDSL_TC_CFG(NT, KW, U) \
   return launch_wo_tc_cfg<T, NB, ZP, false, NT, KW, U>(x, qw, scales, zeros, out, m, n, k, group, num_groups, stream)
   switch (config) {
@@ -283,6 +287,10 @@ inline int launch_wo_tc_nb(const T* x, const void* qw, const float* scales, cons
     case 9: TRTDSL_TC_CFG(1, 8, 4);
     case 10: TRTDSL_TC_CFG(2, 4, 2);
     case 11: TRTDSL_TC_CFG(1, 8, 2);
+    case 12: TRTDSL_TC_CFG(2, 4, 4);
+    case 13: TRTDSL_TC_CFG(1, 4, 8);
+    case 14: TRTDSL_TC_CFG(1, 2, 4);
+    case 15: TRTDSL_TC_CFG(2, 8, 2);
     default: return kErrUnsupported;
   }
 #undef TRTDSL_TC_CFG

@@ -58,7 +58,7 @@ INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-al
 
 NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..5 (0 = the C++ automatic choice)
 # kWoTcFirstConfig..kWoTcLastConfig: the int4 tensor-core kernel (wo_gemv_tc.cuh), weight-only 4-bit only.
-WO_TC_CONFIGS = (8, 9, 10, 11)
+WO_TC_CONFIGS = (8, 9, 10, 11, 12, 13, 14, 15)
 WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row group (configs 2, 5)
 # (bits, MT, n >= WIDE_N) -> GEMV launch config, MT = m rounded up to 1, 2, 4, 8, 16; missing keys
 # use config 1 (the first kernel: int8 at 90-99% of copy). An untuned prior: int4 rows of k = 4096 are
@@ -196,7 +196,7 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                      config: int | None = None) -> torch.Tensor:
     """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported` with
     ``max_m=GEMV_KERNEL_MAX_M``). ``config``: CUDA-core launch shape 1..5, int4 tensor-core kernel
-    8..11 (``WO_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the ``WO_GEMV_CONFIG`` table."""
+    8..15 (``WO_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the ``WO_GEMV_CONFIG`` table."""
     m, k = x2.shape
     n = qweight.shape[0]
     config = gemv_config("wo", m, n, bits) if config is None else config
