@@ -201,11 +201,11 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
     if mode in ("fp8", "int8_sq", "int4_awq"):
         stats = CalibrationStats()
         for site in find_gemm_sites(net, options.get("exclude", ())):
-            k = site.x.shape[-1]
-            stats.amax[site.x.name] = torch.ones(k)
-            stats.abs_sum[site.x.name] = torch.full((k,), 0.5)
+            k, dev = site.x.shape[-1], site.weight.device  # AWQ's search multiplies samples by the weights
+            stats.amax[site.x.name] = torch.ones(k, device=dev)
+            stats.abs_sum[site.x.name] = torch.full((k,), 0.5, device=dev)
             stats.rows[site.x.name] = 1
-            stats.samples[site.x.name] = torch.randn(16, k)
+            stats.samples[site.x.name] = torch.randn(16, k, device=dev)
     return quantize_network(net, mode, calibration=stats, progress=False, **options)
 
 

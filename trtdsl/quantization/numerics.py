@@ -206,9 +206,10 @@ def tie_channels(s: torch.Tensor, tie: torch.Tensor | None) -> torch.Tensor:
     if tie is None:
         return s
     logs = s.double().log()
+    tie = tie.to(s.device)
     classes = int(tie.max()) + 1
-    total = torch.zeros(classes, dtype=torch.float64).index_add_(0, tie, logs)
-    count = torch.zeros(classes, dtype=torch.float64).index_add_(0, tie, torch.ones_like(logs))
+    total = torch.zeros(classes, dtype=torch.float64, device=s.device).index_add_(0, tie, logs)
+    count = torch.zeros(classes, dtype=torch.float64, device=s.device).index_add_(0, tie, torch.ones_like(logs))
     return (total / count)[tie].exp().to(s.dtype)
 
 
@@ -280,9 +281,10 @@ def awq_search_clip(x: torch.Tensor, w: torch.Tensor, group_size: int, *, steps:
         return torch.einsum("Ngc,ngc->Nng", xg, dg).pow(2).mean(dim=0)
 
     ratios = [1.0 - (1.0 - min_ratio) * i / steps for i in range(steps + 1)]
-    best, best_err = torch.ones(n, groups), torch.full((n, groups), math.inf)
+    best = torch.ones(n, groups, device=w.device)  # on the weights' device: GPU weights search there
+    best_err = torch.full((n, groups), math.inf, device=w.device)
     for ratio in ratios:
-        err = group_err(torch.full((n, groups), ratio))
+        err = group_err(torch.full((n, groups), ratio, device=w.device))
         better = err < best_err
         best = torch.where(better, torch.full_like(best, ratio), best)
         best_err = torch.where(better, err, best_err)

@@ -11,6 +11,7 @@
 
 #include "trtdsl/common.cuh"
 #include "trtdsl/pdl.cuh"
+#include "trtdsl/swiglu.cuh"
 
 namespace trtdsl {
 
@@ -111,7 +112,8 @@ __global__ void swiglu_fp8_kernel(const T* __restrict__ in, const float* __restr
   const T* gate = in + static_cast<int64_t>(blockIdx.x) * in_stride;
   const T* up = gate + inter;
   Fp8* o = out + static_cast<int64_t>(blockIdx.x) * out_stride;
-  for (int64_t i = threadIdx.x; i < inter / VEC; i += blockDim.x) {
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.y;  // grid: swiglu_grid (swiglu.cuh)
+  for (int64_t i = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x; i < inter / VEC; i += stride) {
     const Vec<T, VEC> g = load_vec<T, VEC>(gate + i * VEC), u = load_vec<T, VEC>(up + i * VEC);
     Vec<Fp8, VEC> r;
 #pragma unroll
@@ -129,10 +131,10 @@ int launch_swiglu_fp8(const T* in, const float* scale, Fp8* out, int64_t rows, i
   constexpr int V = 16 / sizeof(T);
   if (rows == 0 || inter == 0) return kOk;
   const bool vec = inter % V == 0 && in_stride % V == 0 && out_stride % V == 0 && aligned16(in) && aligned_to(out, V);
-  const int64_t n = vec ? inter / V : inter;
-  const int threads = n >= 512 ? 512 : static_cast<int>(((n + 31) / 32) * 32);
-  return launch_pdl(vec ? swiglu_fp8_kernel<T, V> : swiglu_fp8_kernel<T, 1>, dim3(static_cast<unsigned>(rows)),
-                    dim3(threads), 0, stream, in, scale, out, inter, in_stride, out_stride);
+  dim3 grid, block;
+  swiglu_grid(rows, vec ? inter / V : inter, grid, block);
+  return launch_pdl(vec ? swiglu_fp8_kernel<T, V> : swiglu_fp8_kernel<T, 1>, grid, block, 0, stream, in, scale, out,
+                    inter, in_stride, out_stride);
 }
 
 }  // namespace trtdsl
