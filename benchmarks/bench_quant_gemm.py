@@ -55,15 +55,21 @@ def copies_for(nbytes: int) -> int:
     return max(1, math.ceil(4 * l2 / nbytes))
 
 
+def int4_zp_weights(k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int4 codes over the full range, packed, with random group-G scales and zeros."""
+    codes = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda")
+    scales = torch.rand(n, numerics.num_groups(k, G), device="cuda") * 0.01
+    return numerics.pack_int4(codes), scales, (torch.rand_like(scales) - 0.5) * 0.01
+
+
 def make_weights(k: int, n: int) -> dict[str, Any]:
     """One random weight in every format (codes over the full range, random scales / zeros)."""
     w = torch.randn(n, k, device="cuda", dtype=DTYPE) * 0.02
-    c4 = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda")
-    s4 = torch.rand(n, numerics.num_groups(k, G), device="cuda") * 0.01
+    q4, s4, z4 = int4_zp_weights(k, n)
     return {
         "bf16": (w,),
-        "int4": (numerics.pack_int4(c4), s4),
-        "int4_zp": (numerics.pack_int4(c4), s4, (torch.rand_like(s4) - 0.5) * 0.01),
+        "int4": (q4, s4),
+        "int4_zp": (q4, s4, z4),
         "int8": (torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda"),
                  torch.rand(n, numerics.num_groups(k, G), device="cuda") * 0.01),
         "fp8": (w.float().mul(1000).clamp(-448, 448).to(torch.float8_e4m3fn), torch.rand(n, device="cuda") * 1e-3),

@@ -18,19 +18,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_quant_gemm import G, int4_zp_weights  # noqa: E402  (group 128, with zeros)
 from benchmarks.common import graph_time_ms  # noqa: E402
 from trtdsl.plugins.cuda import quant_ops as Q  # noqa: E402
 from trtdsl.quantization import numerics  # noqa: E402
 
-G = 128  # int4_wo / int4_awq's default group, with zeros
 TIMED = [(4096, 4096, 1), (4096, 4096, 4), (4096, 6144, 1), (14336, 4096, 1), (4096, 28672, 10), (4096, 28672, 1)]
 PROFILED = [(14336, 4096, 1), (14336, 4096, 9), (4096, 4096, 1), (4096, 4096, 9), (4096, 28672, 1), (4096, 28672, 10)]
-
-
-def int4_weights(k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    codes = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda")
-    scales = torch.rand(n, numerics.num_groups(k, G), device="cuda") * 0.01
-    return numerics.pack_int4(codes), scales, (torch.rand_like(scales) - 0.5) * 0.01
 
 
 def gemv(x: torch.Tensor, w: tuple, config: int) -> torch.Tensor:
@@ -41,14 +35,14 @@ def gemv(x: torch.Tensor, w: tuple, config: int) -> torch.Tensor:
 def main() -> None:
     if "--ncu" in sys.argv:
         for k, n, config in PROFILED:
-            w, x = int4_weights(k, n), torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+            w, x = int4_zp_weights(k, n), torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
             for _ in range(3):
                 gemv(x, w, config)
             torch.cuda.synchronize()
         return
     print(torch.cuda.get_device_name(0), torch.__version__)
     for k, n, config in TIMED:
-        copies = [int4_weights(k, n) for _ in range(12)]
+        copies = [int4_zp_weights(k, n) for _ in range(12)]
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         hot = graph_time_ms([lambda: gemv(x, copies[0], config)] * 12)
         cold = graph_time_ms([lambda w=w: gemv(x, w, config) for w in copies])

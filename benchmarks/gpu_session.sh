@@ -47,20 +47,9 @@ setup() {
 
 adopt_objs() {  # objects built elsewhere (.plugin_cache/nvcc_version.txt: that nvcc's --version) under this nvcc's keys
   [ -f .plugin_cache/nvcc_version.txt ] || return 0
-  python3 - <<'PY'
-import subprocess
-from pathlib import Path
-from trtdsl.plugins.cuda import _build as b
-src, objs = b.source_dir(), b._cache_root() / "objs"
-old = (b._cache_root() / "nvcc_version.txt").read_text()
-new = subprocess.run([b.find_nvcc(), "--version"], capture_output=True, text=True).stdout
-if old != new:
-    print("nvcc differs from the one that built the carried objects: adopting them under this one's keys")
-    for cu in sorted(src.glob("src/*.cu")):
-        for o in objs.glob(f"{cu.stem}-*.o"):  # every carried variant of this unit, keyed by its sources
-            if o.name == f"{cu.stem}-{b._object_key(cu, src, old)}.o":
-                o.rename(objs / f"{cu.stem}-{b._object_key(cu, src, new)}.o")
-PY
+  python3 -c "from pathlib import Path; from trtdsl.plugins.cuda import adopt_objects
+n = adopt_objects(Path('.plugin_cache/nvcc_version.txt').read_text())
+print(f'adopted {n} carried objects under this nvcc' if n else 'carried objects match this nvcc')"
 }
 
 tests() {  # TESTS_PATHS: a subset of the GPU tests (default: all of tests/gpu)

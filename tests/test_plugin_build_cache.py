@@ -3,7 +3,9 @@ while its .cu and every header it reaches are unchanged. Pure Python: no nvcc ne
 
 from pathlib import Path
 
-from trtdsl.plugins.cuda._build import _object_key
+import pytest
+
+from trtdsl.plugins.cuda._build import _object_key, adopt_objects
 
 
 def _tree(root: Path) -> Path:
@@ -36,3 +38,22 @@ def test_include_cycles_terminate(tmp_path: Path) -> None:
     cu = _tree(tmp_path)
     (tmp_path / "include" / "trtdsl" / "common.cuh").write_text('#include "trtdsl/a.cuh"\n')
     assert len(_object_key(cu, tmp_path, "v")) == 16
+
+
+def test_adopt_objects_rekeys_only_current_objects(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects another nvcc build compiled from these sources get this nvcc's keys; stale ones stay."""
+    src = tmp_path / "plugins_cuda"
+    src.mkdir()
+    cu = _tree(src)
+    cache = tmp_path / "cache"
+    (cache / "objs").mkdir(parents=True)
+    monkeypatch.setenv("TRTDSL_PLUGIN_SRC", str(src))
+    monkeypatch.setenv("TRTDSL_PLUGIN_CACHE", str(cache))
+    carried = cache / "objs" / f"a-{_object_key(cu, src, 'nvcc there')}.o"
+    carried.write_bytes(b"object")
+    stale = cache / "objs" / "a-0000000000000000.o"
+    stale.write_bytes(b"old")
+    assert adopt_objects("nvcc here", version="nvcc here") == 0  # same compiler: nothing to do
+    assert adopt_objects("nvcc there", version="nvcc here") == 1
+    assert (cache / "objs" / f"a-{_object_key(cu, src, 'nvcc here')}.o").read_bytes() == b"object"
+    assert not carried.exists() and stale.exists()

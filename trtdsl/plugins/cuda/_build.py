@@ -26,7 +26,8 @@ from pathlib import Path
 
 from trtdsl.errors import PluginError
 
-__all__ = ["build_plugins", "library_path", "object_paths", "source_dir", "find_nvcc", "NVCC_FLAGS"]
+__all__ = ["build_plugins", "library_path", "object_paths", "adopt_objects", "source_dir", "find_nvcc",
+           "NVCC_FLAGS"]
 
 LIB_NAME = "libtrtdsl_plugins.so"
 # sm_90a machine code for Hopper, plus compute_80 PTX so other GPUs (sm_80+) JIT-compile it.
@@ -128,6 +129,26 @@ def object_paths() -> list[Path]:
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     return [_cache_root() / "objs" / f"{cu.stem}-{_object_key(cu, src, version)}.o"
             for cu in sorted(src.glob("src/*.cu"))]
+
+
+def adopt_objects(built_with: str, version: str | None = None) -> int:
+    """Re-key object files carried in from another machine so this one reuses them: objects that an
+    nvcc whose ``--version`` text is ``built_with`` compiled from the current sources are renamed to
+    the keys of this machine's nvcc (``version``: its ``--version`` text, default: run it), e.g.
+    the same release built another day; the caller decides they are compatible. Returns how many
+    were renamed; nothing to do when the texts are equal."""
+    src = source_dir()
+    if version is None:
+        version = subprocess.run([find_nvcc(), "--version"], capture_output=True, text=True).stdout
+    if version == built_with:
+        return 0
+    objs, renamed = _cache_root() / "objs", 0
+    for cu in sorted(src.glob("src/*.cu")):
+        old = objs / f"{cu.stem}-{_object_key(cu, src, built_with)}.o"
+        if old.exists():
+            old.rename(objs / f"{cu.stem}-{_object_key(cu, src, version)}.o")
+            renamed += 1
+    return renamed
 
 
 def _compile_all(src: Path, nvcc: str, tmp: Path, force: bool = False) -> Path:
