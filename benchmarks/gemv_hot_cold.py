@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_quant_gemm import G, int4_zp_weights  # noqa: E402  (group 128, with zeros)
+from benchmarks.bench_quant_gemm import G, int4_zp_weights, nbytes  # noqa: E402  (group 128, with zeros)
 from benchmarks.common import graph_time_ms  # noqa: E402
 from trtdsl.plugins.cuda import quant_ops as Q  # noqa: E402
 from trtdsl.quantization import numerics  # noqa: E402
@@ -46,9 +46,9 @@ def main() -> None:
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         hot = graph_time_ms([lambda: gemv(x, copies[0], config)] * 12)
         cold = graph_time_ms([lambda w=w: gemv(x, w, config) for w in copies])
-        nbytes = sum(t.numel() * t.element_size() for t in copies[0])
+        size = nbytes(*copies[0])
         print(f"k={k} n={n} cfg={config}: hot {hot * 1e3:.2f} us cold {cold * 1e3:.2f} us "
-              f"({nbytes / 1e6:.1f} MB, cold {nbytes / cold / 1e6:.0f} GB/s)", flush=True)
+              f"({size / 1e6:.1f} MB, cold {size / cold / 1e6:.0f} GB/s)", flush=True)
     w = torch.randn(4096, 4096, device="cuda", dtype=torch.bfloat16)
     x = torch.randn(1, 4096, device="cuda", dtype=torch.bfloat16)
     hot = graph_time_ms([lambda: torch.nn.functional.linear(x, w)] * 12)

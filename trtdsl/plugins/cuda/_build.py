@@ -67,9 +67,13 @@ def _digest(src: Path, nvcc: str) -> str:
         h.update(str(f.relative_to(src)).encode())
         h.update(f.read_bytes())
     h.update(" ".join(NVCC_FLAGS).encode())
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    h.update(version.encode())
+    h.update(_nvcc_version(nvcc).encode())
     return h.hexdigest()[:16]
+
+
+def _nvcc_version(nvcc: str) -> str:
+    """``nvcc --version``'s text: part of every cache key (another compiler build, another binary)."""
+    return subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
 
 
 def _cache_root() -> Path:
@@ -125,10 +129,13 @@ def _compile_one(cmd: list[str], obj: Path) -> None:
 
 def object_paths() -> list[Path]:
     """The cached object files the current sources need (built or not), e.g. to carry them."""
-    src, nvcc = source_dir(), find_nvcc()
-    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-    return [_cache_root() / "objs" / f"{cu.stem}-{_object_key(cu, src, version)}.o"
-            for cu in sorted(src.glob("src/*.cu"))]
+    src = source_dir()
+    version = _nvcc_version(find_nvcc())
+    return [_object_path(cu, src, version) for cu in sorted(src.glob("src/*.cu"))]
+
+
+def _object_path(cu: Path, src: Path, version: str) -> Path:
+    return _cache_root() / "objs" / f"{cu.stem}-{_object_key(cu, src, version)}.o"
 
 
 def adopt_objects(built_with: str, version: str | None = None) -> int:
@@ -138,15 +145,14 @@ def adopt_objects(built_with: str, version: str | None = None) -> int:
     the same release built another day; the caller decides they are compatible. Returns how many
     were renamed; nothing to do when the texts are equal."""
     src = source_dir()
-    if version is None:
-        version = subprocess.run([find_nvcc(), "--version"], capture_output=True, text=True).stdout
+    version = _nvcc_version(find_nvcc()) if version is None else version
     if version == built_with:
         return 0
-    objs, renamed = _cache_root() / "objs", 0
+    renamed = 0
     for cu in sorted(src.glob("src/*.cu")):
-        old = objs / f"{cu.stem}-{_object_key(cu, src, built_with)}.o"
+        old = _object_path(cu, src, built_with)
         if old.exists():
-            old.rename(objs / f"{cu.stem}-{_object_key(cu, src, version)}.o")
+            old.rename(_object_path(cu, src, version))
             renamed += 1
     return renamed
 
