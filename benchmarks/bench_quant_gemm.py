@@ -2,8 +2,8 @@
 
 Default (decode, ~2.5 min on an H100): M = 1, 8, 16; bf16 ``F.linear``; int4 group-128 with zeros
 (the int4 default format) through the dispatcher, its GEMV forced (table config, every CUDA-core launch
-config 1..5 and the tensor-core kernel's 8..15) and dequantize + cuBLAS; FP8 per-channel static
-through the dispatcher, its GEMV with the quantizer fused in (every config) and unfused (quantize +
+config 1..5, the tensor-core kernel's 8..15, the one-row tensor-core kernel's 16..19) and dequantize +
+cuBLAS; FP8 per-channel static through the dispatcher, its GEMV with the quantizer fused in (every config) and unfused (quantize +
 GEMV), ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
 int8 weight-only, symmetric int4 and SmoothQuant int8.
 
@@ -97,7 +97,7 @@ def cases(k: int, n: int, m: int, W: dict[str, Any], x: torch.Tensor, full: bool
     }
     if m <= Q.GEMV_KERNEL_MAX_M:
         cuda_core = list(range(1, Q.NUM_GEMV_CONFIGS + 1))
-        for c in [None] + cuda_core + list(Q.WO_TC_CONFIGS):  # 8.. = the int4 tensor-core kernel
+        for c in [None] + cuda_core + list(Q.WO_TC_CONFIGS) + list(Q.WO_TC1_CONFIGS):  # 8..: tensor cores
             tag = "table" if c is None else f"cfg{c}"
             out[f"w4a16_zp_gemv_{tag}"] = (
                 lambda q, s, z, c=c: Q.weight_only_gemv(x, q, s, 4, G, gw, z, c), "int4_zp")
@@ -200,6 +200,7 @@ def main() -> None:
         "bytes_read": "weights + scales + activations", "copy_gbps": round(copy_gbps, 1),
         "bf16_gemm_tflops": round(gemm_tflops, 1), "gemv_max_m": Q.GEMV_MAX_M, "fp8_gemv_max_m": Q.FP8_GEMV_MAX_M,
         "wo_gemv_config": {str(k): v for k, v in Q.WO_GEMV_CONFIG.items()},
+        "one_row_config": {str(k): v for k, v in Q.ONE_ROW_CONFIG.items()},
         "fp8_gemv_config": {str(k): v for k, v in Q.FP8_GEMV_CONFIG.items()},
         "summary": summary, "results": results})
 

@@ -122,8 +122,11 @@ def by_name(steps: list[list[tuple[str, float, float]]]) -> list[dict[str, Any]]
     return sorted(rows, key=lambda r: -r["us_per_step"])
 
 
+WoConfigs = tuple[int | None, int | None, int | None]  # m = 1 int4 configs: narrow n, wide n, long k
+
+
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
-                 wo_configs: list[tuple[int, int | None]]) -> dict[str, Any]:
+                 wo_configs: list[WoConfigs]) -> dict[str, Any]:
     from trtdsl.plugins.cuda import quant_ops
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
@@ -136,15 +139,18 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants: list[tuple[str, bool, tuple[int | None, int | None]]] = [
-        ("pdl_off", False, (None, None)), ("pdl_on", True, (None, None))]
-    if mode.startswith("int4"):  # other m = 1 launch shapes: narrow n (qkv, o, down) / wide n (gate_up)
-        variants += [(f"pdl_on_cfg{c}" + (f"_{w}" if w is not None else ""), True, (c, w)) for c, w in wo_configs]
-    default_cfg = {wide: quant_ops.WO_GEMV_CONFIG.get((4, 1, wide)) for wide in (False, True)}
-    for key, pdl, (narrow, wide) in variants:
+    variants: list[tuple[str, bool, WoConfigs]] = [
+        ("pdl_off", False, (None, None, None)), ("pdl_on", True, (None, None, None))]
+    if mode.startswith("int4"):  # other m = 1 launch shapes: narrow n (qkv, o), wide n (gate_up), long k (down)
+        variants += [("pdl_on_cfg" + "_".join("-" if c is None else str(c) for c in cfgs), True, cfgs)
+                     for cfgs in wo_configs]
+    table = quant_ops.ONE_ROW_CONFIG  # (n >= WIDE_N, k >= LONG_K) -> config: the 8B's int4 g128 GEMVs at m = 1
+    keys = ((False, False), (True, False), (False, True))
+    defaults = [table.get(key) for key in keys]
+    for key, pdl, cfgs in variants:
         set_programmatic_launch(pdl)
-        quant_ops.WO_GEMV_CONFIG[(4, 1, False)] = narrow if narrow is not None else default_cfg[False]
-        quant_ops.WO_GEMV_CONFIG[(4, 1, True)] = wide if wide is not None else default_cfg[True]
+        for tkey, cfg, default in zip(keys, cfgs, defaults):
+            _set_entry(table, tkey, cfg if cfg is not None else default)
         engine.graphs = CudaGraphCache(engine.executor)  # recapture: launches record the attribute
         entry: dict[str, Any] = {"decode_ms": {}, "graph_replay_ms": {}}
         for b in batches:
@@ -176,20 +182,30 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
             print(f"    {row['us']:7.2f} us (gap {gap if gap is None else round(gap, 2)}) {row['kernel'][:70]}{extra}",
                   flush=True)
     set_programmatic_launch(True)
-    for wide, c in default_cfg.items():
-        quant_ops.WO_GEMV_CONFIG[(4, 1, wide)] = c
+    for tkey, default in zip(keys, defaults):
+        _set_entry(table, tkey, default)
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return res
 
 
-def parse_wo_configs(spec: str) -> list[tuple[int, int | None]]:
-    """'1,12/13' -> [(1, None), (12, 13)]: narrow-n config, optional wide-n config."""
-    out: list[tuple[int, int | None]] = []
+def _set_entry(table: dict, key: tuple, config: int | None) -> None:
+    if config is None:
+        table.pop(key, None)
+    else:
+        table[key] = config
+
+
+def parse_wo_configs(spec: str) -> list[WoConfigs]:
+    """'1,12/13,16/19/18' -> [(1, None, None), (12, 13, None), (16, 19, 18)]: m = 1 int4 configs for
+    narrow n, then optionally wide n and long k (k >= quant_ops.LONG_K); left out = the table's."""
+    out: list[WoConfigs] = []
     for item in filter(None, spec.split(",")):
-        narrow, _, wide = item.partition("/")
-        out.append((int(narrow), int(wide) if wide else None))
+        parts = [int(p) if p else None for p in item.split("/")]
+        if not 1 <= len(parts) <= 3:
+            raise SystemExit(f"--wo-configs: expected N[/W[/L]], got {item!r}")
+        out.append(tuple(parts + [None] * (3 - len(parts))))  # type: ignore[arg-type]
     return out
 
 
@@ -201,8 +217,9 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--wo-configs", default="",
-                    help="int4: also time these m = 1 GEMV configs (PDL on): N sets narrow n (qkv, o, down), "
-                         "N/W also wide n (gate_up), e.g. 1,12/12")
+                    help="int4 g128: also time these m = 1 GEMV configs (PDL on; quant_ops.ONE_ROW_CONFIG): N "
+                         "sets narrow n (qkv, o), N/W also wide n (gate_up, LM head), N/W/L also k >= LONG_K "
+                         "(down); empty parts keep the table's, e.g. 1/10/1,16//18")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]

@@ -24,6 +24,23 @@ extern "C" int trtdsl_weight_only_gemv_zp(const void* x, const void* qweight, co
   if (m < 1 || n < 1 || k < 1 || n > kMaxInt || k > kMaxInt || !resolve_group(k, group_size, num_groups))
     return kErrShape;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+  if (bits == 4 && config >= kWoTc1FirstConfig && config <= kWoTc1LastConfig) {  // one activation row
+#define TRTDSL_TC1(T)                                                                                             \
+  {                                                                                                               \
+    const int st = zeros ? launch_wo_gemv_tc1<T, true>(static_cast<const T*>(x), qweight, scales, zeros,          \
+                                                      static_cast<T*>(out), mi, ni, ki, group_size, num_groups,   \
+                                                      config, stream)                                             \
+                         : launch_wo_gemv_tc1<T, false>(static_cast<const T*>(x), qweight, scales, nullptr,       \
+                                                       static_cast<T*>(out), mi, ni, ki, group_size, num_groups,  \
+                                                       config, stream);                                           \
+    if (st != kErrUnsupported) return st;                                                                         \
+  }
+    if (dtype == kFloat16) TRTDSL_TC1(__half)
+    else if (dtype == kBFloat16) TRTDSL_TC1(__nv_bfloat16)
+    else return kErrDtype;
+#undef TRTDSL_TC1
+    config = kWoTc1Fallback;  // a shape the one-row kernel does not take: the general tensor-core kernel
+  }
   if (bits == 4 && config >= kWoTcFirstConfig) {  // the tensor-core kernel
 #define TRTDSL_TC(T)                                                                                              \
   return zeros ? launch_wo_gemv_tc<T, true>(static_cast<const T*>(x), qweight, scales, zeros, static_cast<T*>(out), \

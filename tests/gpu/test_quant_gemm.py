@@ -135,14 +135,41 @@ def test_tensor_core_gemv_every_config(m, zp, group, dtype):
     """Every int4 tensor-core launch shape on an odd shape: k = 1184 ends in a partial k block of 128,
     n = 40 in a partial tile. Against the fp32 reference before output rounding: the k-block path
     (exact codes times x, fp32 sums) stays within about one output rounding."""
-    from trtdsl.plugins.cuda.quant_ops import WO_TC_CONFIGS, weight_only_gemv
+    from trtdsl.plugins.cuda.quant_ops import WO_TC1_CONFIGS, WO_TC_CONFIGS, weight_only_gemv
     k, n = 1184, 40
     x, qweight, scales, zeros = weight_only_inputs(m, k, n, 4, group, dtype, zp)
     ref = weight_only_ref(x.float(), qweight, scales, zeros, 4, group, k)
     tol = TOL[dtype] if group == 64 else {torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
-    for config in WO_TC_CONFIGS:
+    for config in WO_TC_CONFIGS + WO_TC1_CONFIGS:  # 16..19 take no k % 128 != 0: they run config 11
         out = weight_only_gemv(x, qweight, scales, 4, group, numerics.num_groups(k, group), zeros, config=config)
         assert rel_err(out.float(), ref) < tol, config
+
+
+@cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [128, 0])
+@pytest.mark.parametrize("zp", [False, True])
+@pytest.mark.parametrize("k,n", [(1152, 40), (4096, 33), (14336, 64), (640, 17)])
+def test_one_row_tensor_core_configs(k, n, zp, group, dtype):
+    """The one-row kernel (configs 16..19): k = 1152 is 9 k blocks (steps of 2 do not divide it: the
+    general kernel runs), n = 33 / 40 / 64 end in a partial or whole 16-row tile, k = 14336 leaves
+    warps with less work; group 128 (vector loads of a step's scales) and per channel (the general
+    kernel); the same tolerance as the general kernel's k-block path. Scales and zeros offset by one
+    float (no 8 / 16-byte vector loads possible) take the general kernel too."""
+    from trtdsl.plugins.cuda.quant_ops import WO_TC1_CONFIGS, weight_only_gemv
+    x, qweight, scales, zeros = weight_only_inputs(1, k, n, 4, group, dtype, zp)
+    ref = weight_only_ref(x.float(), qweight, scales, zeros, 4, group, k)
+    groups = numerics.num_groups(k, group)
+    tol = {torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
+    for config in WO_TC1_CONFIGS:
+        out = weight_only_gemv(x, qweight, scales, 4, group, groups, zeros, config=config)
+        assert rel_err(out.float(), ref) < tol, config
+    def shifted(t):  # the same values one float past a 16-byte boundary
+        return None if t is None else torch.empty(t.numel() + 1, device="cuda")[1:].view_as(t).copy_(t)
+
+    for config in WO_TC1_CONFIGS:
+        out = weight_only_gemv(x, qweight, shifted(scales), 4, group, groups, shifted(zeros), config=config)
+        assert rel_err(out.float(), ref) < tol, ("unaligned scales", config)
 
 
 @cuda
@@ -288,10 +315,17 @@ def test_gemv_config_tables_name_valid_configs():
     cuda_core = range(1, Q.NUM_GEMV_CONFIGS + 1)
     assert all(c in cuda_core for c in Q.FP8_GEMV_CONFIG.values())
     # tensor-core configs only for int4 keys
-    assert all(c in cuda_core or (key[0] == 4 and c in Q.WO_TC_CONFIGS) for key, c in Q.WO_GEMV_CONFIG.items())
+    tensor_core = (*Q.WO_TC_CONFIGS, *Q.WO_TC1_CONFIGS)
+    assert all(c in cuda_core or (key[0] == 4 and c in tensor_core) for key, c in Q.WO_GEMV_CONFIG.items())
+    assert set(Q.TC1_STEP) == set(Q.WO_TC1_CONFIGS)
+    assert all(c in (*cuda_core, *tensor_core) for c in Q.ONE_ROW_CONFIG.values())
     for m in range(1, Q.GEMV_KERNEL_MAX_M + 1):
         for n in (37, 4096, 128256):
-            assert Q.gemv_config("wo", m, n, 4) in (*cuda_core, *Q.WO_TC_CONFIGS)
+            for k, group in ((0, 0), (4096, 128), (Q.LONG_K, 128), (1152, 128), (4096, 64)):
+                config = Q.gemv_config("wo", m, n, 4, k, group)
+                assert config in (*cuda_core, *tensor_core)
+                if config in Q.WO_TC1_CONFIGS:  # only where the one-row kernel runs
+                    assert m == 1 and group == 128 and (k // 128) % Q.TC1_STEP[config] == 0
             assert Q.gemv_config("wo", m, n, 8) in cuda_core
             assert Q.gemv_config("fp8", m, n) in cuda_core
 

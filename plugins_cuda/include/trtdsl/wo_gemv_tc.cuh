@@ -56,13 +56,18 @@ template <> struct TcTraits<__half> {
 template <typename T2> __device__ __forceinline__ T2 u2t(uint32_t u) { return *reinterpret_cast<T2*>(&u); }
 template <typename T2> __device__ __forceinline__ uint32_t t2u(T2 v) { return *reinterpret_cast<uint32_t*>(&v); }
 
-// Signed codes of nibbles q and q + 4 of w as a T pair (exact): lop3 (w >> 4q & 0x000F000F) ^ magic,
-// then minus the magic's value.
-template <typename T> __device__ __forceinline__ uint32_t code_pair(uint32_t w, int q) {
-  using Tr = TcTraits<T>;
+// Biased codes of nibbles q and q + 4 of w as a T pair, 136 + code (fp16: 1032 + code), exact: one
+// lop3, (w >> 4q & 0x000F000F) ^ magic.
+template <typename T> __device__ __forceinline__ uint32_t biased_code_pair(uint32_t w, int q) {
   uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(w >> (4 * q)), "r"(0x000F000Fu), "r"(Tr::kMagic));
-  return t2u(__hsub2(u2t<typename Tr::T2>(r), u2t<typename Tr::T2>(Tr::kMagic)));
+  asm("lop3.b32 %0, %1, %2, %3, 0x6A;" : "=r"(r) : "r"(w >> (4 * q)), "r"(0x000F000Fu), "r"(TcTraits<T>::kMagic));
+  return r;
+}
+
+// Signed codes of nibbles q and q + 4 of w as a T pair (exact): the biased pair minus the magic's value.
+template <typename T> __device__ __forceinline__ uint32_t code_pair(uint32_t w, int q) {
+  using T2 = typename TcTraits<T>::T2;
+  return t2u(__hsub2(u2t<T2>(biased_code_pair<T>(w, q)), u2t<T2>(TcTraits<T>::kMagic)));
 }
 
 __device__ __forceinline__ uint32_t word_of(const uint4& v, int j) {

@@ -32,7 +32,8 @@ from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
-           "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config",
+           "ONE_ROW_CONFIG", "LONG_K", "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "WO_TC1_CONFIGS",
+           "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config",
            "gemv_max_m", "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
@@ -59,21 +60,33 @@ INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-al
 NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..5 (0 = the C++ automatic choice)
 # kWoTcFirstConfig..kWoTcLastConfig: the int4 tensor-core kernel (wo_gemv_tc.cuh), weight-only 4-bit only.
 WO_TC_CONFIGS = (8, 9, 10, 11, 12, 13, 14, 15)
+# kWoTc1FirstConfig..kWoTc1LastConfig: the int4 tensor-core kernel for ONE activation row
+# (wo_gemv_tc1.cuh: warps own consecutive k blocks, a row's scales of group 128 come in one vector load
+# per step, two steps of loads in flight). Other shapes (m > 1, k % 128, groups other than 128) run config 11.
+WO_TC1_CONFIGS = (16, 17, 18, 19)
 WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row group (configs 2, 5)
 # (bits, MT, n >= WIDE_N) -> GEMV launch config, MT = m rounded up to 1, 2, 4, 8, 16; missing keys
 # use config 1 (the first kernel: int8 at 90-99% of copy). An untuned prior: int4 rows of k = 4096 are
 # only 2 KB, so at small m it needs more loads in flight per thread (2) or more, smaller blocks (3).
 # After a GPU run, copy bench_quant_gemm.py's "best_config" here (one line per entry).
 WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {  # measured: quant_gemm_h100.json "summary"
-    # m = 1, narrow n: the CUDA-core kernel (config 1) was best or within 2% on the 8B shapes; every
-    # other bucket: the tensor-core kernel (10 for wide n, 11 for narrow), 1.2-5x the CUDA-core one
-    # from m = 8 and ahead of dequantize + cuBLAS up to m = 16 (2.4-5.5x).
+    # m = 1, narrow n: the CUDA-core kernel (config 1) was best or within 2% on the 8B shapes (for
+    # group 128 ONE_ROW_CONFIG comes first); every other bucket: the tensor-core kernel (10 for wide n,
+    # 11 for narrow), 1.2-5x the CUDA-core one from m = 8 and ahead of dequantize + cuBLAS up to m = 16.
     (4, 1, True): 10, (4, 1, False): 1,
     (4, 2, True): 10, (4, 2, False): 11,
     (4, 4, True): 10, (4, 4, False): 11,
     (4, 8, True): 10, (4, 8, False): 11,
     (4, 16, True): 10, (4, 16, False): 11,
-}# (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
+}
+# int4, m = 1, group 128, k % 128 == 0: the one-row kernel by (n >= WIDE_N, k >= LONG_K), measured on
+# an H100 (2026-12-06, docs/quant_kernels.md): qkv 7.8 us with 16 (9.2 with config 1), o 7.0 (7.5),
+# gate_up 28.0 with 19 (29.3 with 10), LM head 104.6 (108.7), down_proj 14.9 with 18 (18.0 with 1).
+LONG_K = 8192
+ONE_ROW_CONFIG: dict[tuple[bool, bool], int] = {(False, False): 16, (True, False): 19, (False, True): 18,
+                                                (True, True): 19}
+TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-row config
+# (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
 FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}  # config 1 was best or within 3% at m = 1 (H100)
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
@@ -115,17 +128,22 @@ def _mt(m: int) -> int:
     return 1 << max(0, m - 1).bit_length()
 
 
-def gemv_config(kind: str, m: int, n: int, bits: int = 4) -> int:
-    """Launch config (1..NUM_GEMV_CONFIGS) the tables pick for a ``kind`` ("wo" or "fp8") GEMV."""
+def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size: int = 0) -> int:
+    """Launch config the tables pick for a ``kind`` ("wo" or "fp8") GEMV of ``m`` rows, ``n`` outputs,
+    ``k`` inputs and (weight-only) ``group_size`` (0 = per channel; k = 0: unknown)."""
     wide = n >= WIDE_N
     if kind == "fp8":
         return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
+    if bits == 4 and m == 1 and group_size == 128 and k > 0 and k % 128 == 0:
+        config = ONE_ROW_CONFIG.get((wide, k >= LONG_K))
+        if config is not None and (config not in TC1_STEP or (k // 128) % TC1_STEP[config] == 0):
+            return config
     return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
 
 
 def _check_config(op: str, config: int, tensor_core: bool = False) -> None:
-    if not (0 <= config <= NUM_GEMV_CONFIGS or (tensor_core and config in WO_TC_CONFIGS)):
-        extra = f" or {WO_TC_CONFIGS[0]}..{WO_TC_CONFIGS[-1]} (int4 tensor cores)" if tensor_core else ""
+    if not (0 <= config <= NUM_GEMV_CONFIGS or (tensor_core and config in (*WO_TC_CONFIGS, *WO_TC1_CONFIGS))):
+        extra = (f" or {WO_TC_CONFIGS[0]}..{WO_TC1_CONFIGS[-1]} (int4 tensor cores)" if tensor_core else "")
         raise PluginError(f"{op}: config must be 0..{NUM_GEMV_CONFIGS}{extra}, got {config}")
 
 
@@ -196,10 +214,11 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
                      config: int | None = None) -> torch.Tensor:
     """The decode kernel on ``x2 [m <= 16, k]`` (callers check :func:`gemv_supported` with
     ``max_m=GEMV_KERNEL_MAX_M``). ``config``: CUDA-core launch shape 1..5, int4 tensor-core kernel
-    8..15 (``WO_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the ``WO_GEMV_CONFIG`` table."""
+    8..15 (``WO_TC_CONFIGS``), one-row int4 tensor-core kernel 16..19 (``WO_TC1_CONFIGS``), 0 = the C++
+    prior, ``None`` = the ``WO_GEMV_CONFIG`` tables."""
     m, k = x2.shape
     n = qweight.shape[0]
-    config = gemv_config("wo", m, n, bits) if config is None else config
+    config = gemv_config("wo", m, n, bits, k, group_size) if config is None else config
     _check_config("weight_only_gemv", config, tensor_core=bits == 4)
     out = x2.new_empty(m, n)
     call("trtdsl_weight_only_gemv_zp", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), _ptr(zeros),
