@@ -5,7 +5,8 @@
 // the earlier kernels at 70-75 % of the time a load-only kernel of the same access pattern takes:
 // * L1/TEX wavefronts, not DRAM: a warp-wide load of per-row scalars (scales, zeros) touches 8 rows,
 //   i.e. 8 lines for 32 useful bytes. Here warp w owns U consecutive k blocks per step, so a row's U
-//   scales (and zeros) of group 128 arrive in ONE 8- or 16-byte load per step.
+//   scales (and zeros) of group 128 arrive in ONE load per step (8 bytes at U = 2; U = 4 needed more
+//   registers than it saved, measured).
 // * Loads not in flight during the math: two steps of weights, scales and zeros live in registers;
 //   the step after next is issued as soon as a step's math is done, so a warp always has one step
 //   outstanding.
@@ -23,18 +24,16 @@
 
 namespace trtdsl {
 
+// U consecutive floats (a step's scales or zeros of one row) as one vector load.
 template <int U> struct F32Vec;
 template <> struct F32Vec<1> { using type = float; };
 template <> struct F32Vec<2> { using type = float2; };
-template <> struct F32Vec<4> { using type = float4; };
 
 template <int U> __device__ __forceinline__ float lane_of(const typename F32Vec<U>::type& v, int i) {
   if constexpr (U == 1) {
     return v;
-  } else if constexpr (U == 2) {
-    return i == 0 ? v.x : v.y;
   } else {
-    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+    return i == 0 ? v.x : v.y;
   }
 }
 
@@ -153,7 +152,7 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restric
 template <typename T, bool ZP, int KW, int U, bool INTERLEAVE>
 inline int launch_wo_tc1_cfg(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int n, int k,
                              int group, int num_groups, cudaStream_t stream) {
-  // Group 128 in whole steps of U, and 8 / 16-byte aligned rows of scales / zeros for the vector loads.
+  // Group 128 in whole steps of U, and rows of scales / zeros aligned for the U-float vector loads.
   constexpr uintptr_t kAlign = U * sizeof(float);
   if (group != 128 || num_groups != k / 128 || num_groups % U || reinterpret_cast<uintptr_t>(scales) % kAlign ||
       (ZP && reinterpret_cast<uintptr_t>(zeros) % kAlign))
