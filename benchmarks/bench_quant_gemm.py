@@ -3,8 +3,8 @@
 Default (decode, ~2.5 min on an H100): M = 1, 8, 16; bf16 ``F.linear``; int4 group-128 with zeros
 (the int4 default format) through the dispatcher, its GEMV forced (table config, every CUDA-core launch
 config 1..5, the tensor-core kernel's 8..15, the one-row tensor-core kernel's 16..19) and dequantize +
-cuBLAS; FP8 per-channel static through the dispatcher, its GEMV with the quantizer fused in (every config) and unfused (quantize +
-GEMV), ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
+cuBLAS; FP8 per-channel static through the dispatcher, its GEMV with the quantizer fused in (every
+config) and unfused (quantize + GEMV), ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
 int8 weight-only, symmetric int4 and SmoothQuant int8.
 
 Each case is timed as a CUDA graph of back-to-back calls (median of CUDA-event times / calls), so

@@ -164,6 +164,7 @@ def test_one_row_tensor_core_configs(k, n, zp, group, dtype):
     for config in WO_TC1_CONFIGS:
         out = weight_only_gemv(x, qweight, scales, 4, group, groups, zeros, config=config)
         assert rel_err(out.float(), ref) < tol, config
+
     def shifted(t):  # the same values one float past a 16-byte boundary
         return None if t is None else torch.empty(t.numel() + 1, device="cuda")[1:].view_as(t).copy_(t)
 

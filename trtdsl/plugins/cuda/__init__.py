@@ -7,5 +7,5 @@ from ._build import adopt_objects, build_plugins, library_path, object_paths
 from .ops import (context_attention, decode_attention, decode_workspace, paged_attention, rmsnorm,
                   rope_kv_write, swiglu)
 
-__all__ = ["build_plugins", "library_path", "object_paths", "adopt_objects", "rmsnorm", "swiglu", "rope_kv_write", "context_attention",
-           "decode_attention", "decode_workspace", "paged_attention"]
+__all__ = ["build_plugins", "library_path", "object_paths", "adopt_objects", "rmsnorm", "swiglu", "rope_kv_write",
+           "context_attention", "decode_attention", "decode_workspace", "paged_attention"]

@@ -143,7 +143,7 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size
 
 def _check_config(op: str, config: int, tensor_core: bool = False) -> None:
     if not (0 <= config <= NUM_GEMV_CONFIGS or (tensor_core and config in (*WO_TC_CONFIGS, *WO_TC1_CONFIGS))):
-        extra = (f" or {WO_TC_CONFIGS[0]}..{WO_TC1_CONFIGS[-1]} (int4 tensor cores)" if tensor_core else "")
+        extra = f" or {WO_TC_CONFIGS[0]}..{WO_TC1_CONFIGS[-1]} (int4 tensor cores)" if tensor_core else ""
         raise PluginError(f"{op}: config must be 0..{NUM_GEMV_CONFIGS}{extra}, got {config}")
 
 
