@@ -23,7 +23,8 @@ from trtdsl.quantization.plugins import FP8_GEMM
 transformers = pytest.importorskip("transformers")
 
 VOCAB = 128
-FUSED = {fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8, fp8_act_fuse.SWIGLU_FP8}
+FUSED = {fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8, fp8_act_fuse.SWIGLU_FP8,
+         fp8_act_fuse.ATTENTION_FP8}
 
 
 def _plugins(net: Network) -> list[str]:
@@ -55,14 +56,15 @@ def test_fused_llama_is_bitwise_the_unfused_network(llama: Path, dtype: str) -> 
     unfused = clone_network(qnet)
     stats_u = optimize(unfused, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
     stats = optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)  # default: on with the fusions
-    # 2 layers: layer 0's input RMSNorm, 3 add + RMSNorm before qkv / gate_up, 2 SwiGLUs before down.
-    assert stats["fp8_activations"] == 6 and stats_u["fp8_activations"] == 0
+    # 2 layers: layer 0's input RMSNorm, 3 add + RMSNorm before qkv / gate_up, 2 attentions before
+    # o_proj, 2 SwiGLUs before down.
+    assert stats["fp8_activations"] == 8 and stats_u["fp8_activations"] == 0
     names = _plugins(qnet)
     assert names.count(fp8_act_fuse.RMS_NORM_FP8) == 1 and names.count(fp8_act_fuse.ADD_RMS_NORM_FP8) == 3
-    assert names.count(fp8_act_fuse.SWIGLU_FP8) == 2
-    float_x = [g.name for g in qnet.layers if g.kind is LayerKind.PLUGIN and g.attrs["name"] == FP8_GEMM
-               and g.inputs[0].dtype.value != "fp8"]
-    assert all("attention.dense" in n for n in float_x) and len(float_x) == 2  # o_proj reads attention
+    assert names.count(fp8_act_fuse.SWIGLU_FP8) == 2 and names.count(fp8_act_fuse.ATTENTION_FP8) == 2
+    assert "trtdsl.attention" not in names
+    gemms = [g for g in qnet.layers if g.kind is LayerKind.PLUGIN and g.attrs["name"] == FP8_GEMM]
+    assert len(gemms) == 8 and all(g.inputs[0].dtype.value == "fp8" for g in gemms)  # no quantizer left
     assert stats["layers"] == stats_u["layers"]  # producers replaced in place, no layer added
     for feed in (feeds[0], feeds[-1]):  # a prefill chunk and a later one reading the cache
         want = TorchExecutor(unfused).run(feed)
@@ -70,6 +72,32 @@ def test_fused_llama_is_bitwise_the_unfused_network(llama: Path, dtype: str) -> 
         assert want.keys() == got.keys()
         for name in want:
             assert torch.equal(got[name], want[name]), name
+
+
+def test_fused_attention_round_trips_and_checks_its_scale(llama: Path, tmp_path: Path) -> None:
+    from trtdsl.engine import Engine
+    qnet, feeds = _quantized(llama, "bfloat16")
+    optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)
+    Engine(qnet).save(tmp_path / "e")
+    loaded = Engine.load(tmp_path / "e").network
+    assert _plugins(loaded).count(fp8_act_fuse.ATTENTION_FP8) == 2
+    want, got = TorchExecutor(qnet).run(feeds[0]), TorchExecutor(loaded).run(feeds[0])
+    assert all(torch.equal(got[name], want[name]) for name in want)
+    attn = next(g for g in qnet.layers if g.kind is LayerKind.PLUGIN and g.attrs["name"] == fp8_act_fuse.ATTENTION_FP8)
+    assert attn.outputs[0].dtype.value == "fp8" and attn.attrs["fields"]["layer_idx"] == 0
+    bad = F.constant(torch.tensor([0.5, 0.5]), "float32", network=qnet)
+    with pytest.raises(ShapeError, match=r"trtdsl\.attention_fp8.*must be \[1\]"):
+        F.plugin(fp8_act_fuse.ATTENTION_FP8, [*attn.inputs[:-1], bad], **attn.attrs["fields"])
+    with pytest.raises(ShapeError, match="expects the attention's 8 inputs"):
+        F.plugin(fp8_act_fuse.ATTENTION_FP8, attn.inputs[:-1], **attn.attrs["fields"])
+
+
+def test_attention_over_a_quantized_kv_cache_is_left_alone(llama: Path) -> None:
+    qnet, _ = _quantized(llama, "float32", kv_cache_dtype="fp8")
+    stats = optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)
+    names = _plugins(qnet)
+    assert stats["fp8_activations"] == 6 and fp8_act_fuse.ATTENTION_FP8 not in names
+    assert names.count("trtdsl.attention_quant_kv") == 2
 
 
 def test_dynamic_fp8_is_left_alone(llama: Path) -> None:

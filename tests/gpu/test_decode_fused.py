@@ -78,6 +78,27 @@ def test_decode_fused_skips_empty_sequences():
 
 
 @cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("max_kv_len", [300, 4096])  # the fused kernel / RoPE + split-K + the quantizer
+def test_fp8_codes_output_is_the_quantized_output(dtype, max_kv_len):
+    """With out_scale the attention returns e4m3 codes, bitwise quantize_fp8 of its plain output (the
+    static fp8 o_proj's quantizer fused in); a small scale makes codes saturate at 448 too."""
+    from trtdsl.plugins.cuda import ops
+    from trtdsl.plugins.cuda.quant_ops import quantize_fp8
+    step = decode_step([300, 7, 128], 32, 8, 128, 16, dtype, 128, seed=21)
+    attrs = dict(num_heads=32, num_kv_heads=8, head_dim=128, layer_idx=1, tokens_per_block=16,
+                 softmax_scale=128 ** -0.5, rotary_dim=128, rope_style="neox", max_q_len=1, max_kv_len=max_kv_len)
+    plain = ops.paged_attention(**step, **attrs)  # writes the step's K/V; the second call rewrites them
+    scale = (plain.float().abs().amax() / 448 / 2).reshape(1)
+    codes = ops.paged_attention(**step, **attrs, out_scale=scale)
+    assert codes.dtype == torch.float8_e4m3fn and codes.shape == plain.shape
+    assert torch.equal(codes.view(torch.uint8), quantize_fp8(plain, scale).view(torch.uint8))
+    assert codes.float().abs().max().item() == 448.0
+    with pytest.raises(PluginError, match="out_scale must hold one value"):
+        ops.paged_attention(**step, **attrs, out_scale=scale.repeat(2))
+
+
+@cuda
 def test_paged_attention_dispatches_short_decode_to_fused(monkeypatch):
     """paged_attention with max_q_len == 1 and a short max_kv_len runs the fused kernel."""
     from trtdsl.plugins.cuda import ops

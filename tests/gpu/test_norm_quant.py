@@ -158,9 +158,20 @@ def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk
                             progress=False)
     unfused = clone_network(qnet)
     optimize(unfused, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
-    assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 6
+    assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 8
     feed = next(iter(prefill_feeds(net, token_chunks(ids, chunk, batch), batch, device="cuda")))
     want = TorchExecutor(unfused, "cuda").run({k: v.clone() for k, v in feed.items()})
     got = TorchExecutor(qnet, "cuda").run({k: v.clone() for k, v in feed.items()})
     for name in want:
         assert torch.equal(got[name], want[name]), name
+    if chunk == 2:  # decode steps too: there the fused decode attention kernel writes o_proj's codes
+        assert _greedy_decode(unfused, ids[:5]) == _greedy_decode(qnet, ids[:5])
+
+
+def _greedy_decode(net, prompt: list[int]) -> tuple[list[int], list[list[float]]]:
+    from trtdsl.engine import Engine
+    from trtdsl.runtime.sampling import SamplingParams
+    from trtdsl.runtime.session import GenerationSession, SessionRequest
+    session = GenerationSession(Engine(net), "cuda")
+    *_, (state,) = session.generate([SessionRequest(tuple(prompt), max_new_tokens=6, sampling=SamplingParams(temperature=0))], want_generation_logits=True)
+    return state.output, [t.float().cpu().tolist() for t in state.generation_logits]

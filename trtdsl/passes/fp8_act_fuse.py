@@ -2,7 +2,7 @@
 
 A static-scale ``trtdsl.fp8_gemm`` quantizes its input itself (``saturate(x / input_scale)`` to e4m3),
 which on the GPU is a separate small kernel before every GEMM. Where the input comes from an RMSNorm,
-a ``trtdsl.add_rms_norm`` or a ``trtdsl.swiglu`` whose every consumer is such a GEMM with the same
+a ``trtdsl.add_rms_norm``, a ``trtdsl.swiglu`` or a ``trtdsl.attention`` whose every consumer is such a GEMM with the same
 ``input_scale`` value, :func:`fuse_fp8_activations` replaces the producer by a quantizing variant that
 writes the e4m3 codes directly, and the GEMMs read the codes (an fp8 ``x`` for ``trtdsl.fp8_gemm``
 means "already quantized with ``input_scale``"; its field ``out_dtype`` keeps the output dtype):
@@ -13,16 +13,20 @@ plugin                        inputs                                   outputs
 ``trtdsl.rms_norm_fp8``       ``x``, ``weight``, ``input_scale [1]``   codes of ``rms_norm(x) * weight``
 ``trtdsl.add_rms_norm_fp8``   ``a``, ``b``, ``weight``, ``input_scale``  codes of the norm of ``a + b``, ``a + b``
 ``trtdsl.swiglu_fp8``         ``x = [gate | up]``, ``input_scale``      codes of ``silu(gate) * up``
+``trtdsl.attention_fp8``      the attention's 8, ``input_scale``        codes of the attention's output
 ============================  =======================================  ======================================
 
-Fields of the norms: ``axes``, ``epsilon`` (as ``trtdsl.add_rms_norm``). The math is the unfused
+Fields of the norms: ``axes``, ``epsilon`` (as ``trtdsl.add_rms_norm``); of the attention, its own
+(it still writes this step's K/V to the cache). On the GPU the fused decode attention kernel writes
+the codes itself, which removes the quantizer launch before every o_proj. The math is the unfused
 layers' (the references call the same functions, so the value is rounded to the activation dtype
 first), then ``numerics.quantize_fp8``, the rounding the fp8_gemm reference applies: fused and unfused
 networks agree bit for bit on the torch backend, and the CUDA kernels (``plugins_cuda/src/
 norm_quant.cu``) reproduce the unfused kernels' codes bit for bit.
 
 Left alone: dynamic (per-token) fp8 GEMMs, a value with any other consumer or that is a network
-output, GEMMs whose ``input_scale`` constants differ, inputs that are not float.
+output, GEMMs whose ``input_scale`` constants differ, inputs that are not float, and the attention
+over a quantized K/V cache (``trtdsl.attention_quant_kv``: its kernels have no code output yet).
 """
 
 from __future__ import annotations
@@ -34,18 +38,21 @@ import torch
 from ..dtypes import DType
 from ..errors import DTypeError, ShapeError
 from ..ir.network import Layer, LayerKind, Network, Tensor
+from ..plugins.attention import ATTENTION_PLUGIN
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization.numerics import quantize_fp8
 from ..quantization.plugins import FP8_GEMM
 from . import fused_plugins
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
 
-__all__ = ["RMS_NORM_FP8", "ADD_RMS_NORM_FP8", "SWIGLU_FP8", "fuse_fp8_activations",
-           "rms_norm_fp8_reference", "add_rms_norm_fp8_reference", "swiglu_fp8_reference"]
+__all__ = ["RMS_NORM_FP8", "ADD_RMS_NORM_FP8", "SWIGLU_FP8", "ATTENTION_FP8", "fuse_fp8_activations",
+           "rms_norm_fp8_reference", "add_rms_norm_fp8_reference", "swiglu_fp8_reference",
+           "attention_fp8_reference"]
 
 RMS_NORM_FP8 = "trtdsl.rms_norm_fp8"
 ADD_RMS_NORM_FP8 = "trtdsl.add_rms_norm_fp8"
 SWIGLU_FP8 = "trtdsl.swiglu_fp8"
+ATTENTION_FP8 = "trtdsl.attention_fp8"
 _FLOAT = (DType.float32, DType.float16, DType.bfloat16)
 
 
@@ -90,6 +97,15 @@ def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
     return [(DType.fp8, tuple(x.shape[:-1]) + (x.shape[-1] // 2,))]
 
 
+def _attention_fp8_shape(ins: list, fields: dict) -> list:
+    from ..plugins import attention
+    _check(len(ins) == len(attention.INPUT_NAMES) + 1, ATTENTION_FP8, f"expects the attention's "
+           f"{len(attention.INPUT_NAMES)} inputs and input_scale, got {len(ins)}", ins)
+    ((dtype, shape),) = attention.shape_rule(ins[:-1], fields)
+    _check_inputs(ATTENTION_FP8, [ins[0], ins[-1]], 2, 1)  # qkv float, input_scale float32 [1]
+    return [(DType.fp8, shape)]
+
+
 def _norm_fields(fields: dict) -> dict:
     return {"axes": fields["axes"], "epsilon": fields["epsilon"]}
 
@@ -116,8 +132,15 @@ def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> 
     return quantize_fp8(fused_plugins.swiglu_reference([x], {}, hints or {}), scale)
 
 
+def attention_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """``trtdsl.attention``'s result (in qkv's dtype; its K/V written to the cache), then its e4m3 codes."""
+    from ..plugins import attention
+    return quantize_fp8(attention.reference(ins[:-1], fields, hints or {}), ins[-1])
+
+
 def register() -> None:
-    """Register the three plugins (idempotent: kernels attached to an existing spec survive)."""
+    """Register the four plugins (idempotent: kernels attached to an existing spec survive)."""
+    from ..plugins import attention
     specs = [
         PluginSpec(RMS_NORM_FP8, _rms_norm_fp8_shape, rms_norm_fp8_reference,
                    doc="RMSNorm, output as e4m3 codes of y / input_scale (static scale)"),
@@ -125,6 +148,9 @@ def register() -> None:
                    doc="residual add then RMSNorm; outputs (e4m3 codes of normed / input_scale, sum)"),
         PluginSpec(SWIGLU_FP8, _swiglu_fp8_shape, swiglu_fp8_reference,
                    doc="silu(gate) * up, output as e4m3 codes of y / input_scale (static scale)"),
+        PluginSpec(ATTENTION_FP8, _attention_fp8_shape, attention_fp8_reference, version="1",
+                   mutates=attention.SPEC.mutates,
+                   doc="trtdsl.attention, output as e4m3 codes of y / input_scale (static scale)"),
     ]
     known = registered_plugins()
     for spec in specs:
@@ -144,6 +170,8 @@ def _quantized_output(layer: Layer) -> tuple[str, Tensor] | None:
         return ADD_RMS_NORM_FP8, layer.outputs[0]
     if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == fused_plugins.SWIGLU:
         return SWIGLU_FP8, layer.outputs[0]
+    if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION_PLUGIN:
+        return ATTENTION_FP8, layer.outputs[0]
     return None
 
 
@@ -179,6 +207,8 @@ def _shared_scale(value: Tensor, users: list[Layer]) -> Tensor | None:
 def _fields_of(layer: Layer, plugin: str) -> dict[str, Any]:
     if plugin == SWIGLU_FP8:
         return {}
+    if plugin == ATTENTION_FP8:
+        return dict(layer.attrs["fields"])
     source = layer.attrs if layer.kind is LayerKind.NORMALIZATION else layer.attrs["fields"]
     return {"axes": tuple(source["axes"]), "epsilon": source["epsilon"]}
 

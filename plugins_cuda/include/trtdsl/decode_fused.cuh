@@ -12,6 +12,7 @@
 // blocks per kv head) stay race-free.
 #pragma once
 #include "trtdsl/context_attention.cuh"
+#include "trtdsl/fp8_code.cuh"
 #include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
@@ -21,6 +22,9 @@ struct DecodeFusedParams {
   const int* position_ids;    // [tokens]: RoPE angles row of each token
   const float* cos_sin;       // [positions, rotary_dim] cos then sin; null when rotary_dim == 0
   int rotary_dim; int neox;
+  // Non-null: a.out holds e4m3 codes of each output value, as stored in T, divided by *out_scale
+  // (fp8_code.cuh), i.e. the static fp8 GEMM's quantizer fused in; null: a.out holds T values.
+  const float* out_scale;
 };
 
 namespace attn {
@@ -128,6 +132,7 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
   T* sV = sK + D;
   // PDL (pdl.cuh): wait for q / k / v (and this step's metadata), then let the o_proj GEMV launch and
   // prefetch its weights to L2 while the attention runs.
+  if (fp.out_scale && threadIdx.x == 0) pdl_prefetch_l2(fp.out_scale);
   pdl_wait();
   pdl_launch_dependents();
   const int s = blockIdx.x, G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
@@ -154,7 +159,10 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
     if ((lane & 3) == 0) *reinterpret_cast<float2*>(sML + r * 2) = make_float2(st.m[h], st.l[h]);
   }
   __syncthreads();
-  T* out = static_cast<T*>(p.out) + tok * p.out_stride + (kh * G + g0) * D;
+  const int64_t out0 = tok * p.out_stride + (kh * G + g0) * D;
+  T* out = static_cast<T*>(p.out) + out0;
+  Fp8* codes = static_cast<Fp8*>(p.out) + out0;
+  const float code_scale = fp.out_scale ? *fp.out_scale : 1.f;
   for (int idx = threadIdx.x; idx < nq * D; idx += blockDim.x) {
     const int r = idx / D, d = idx % D;
     float mx = -INFINITY;
@@ -168,7 +176,8 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
       num += sO[(w * kFusedRows + r) * D + d] * a;
       den += ml[1] * a;
     }
-    out[r * D + d] = from_float<T>(num / den);
+    if (fp.out_scale) codes[r * D + d] = quantize_rounded<T>(num / den, code_scale);
+    else out[r * D + d] = from_float<T>(num / den);
   }
 }
 

@@ -70,6 +70,10 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
   // PDL (pdl.cuh): the first weight step to L2 while the previous kernel finishes; x and its scale
   // (a dynamic one is the quantizer's output) after the wait.
   prefetch_weight_step<U, NR, kThreads>(wrow, threadIdx.x, vecs);
+  if (threadIdx.x == 0) {  // the epilogue's weight scales (constants), so the tail does not wait on DRAM
+    pdl_prefetch_l2(w_scale + static_cast<int64_t>(row0) * ws_stride);
+    if (ws_stride) pdl_prefetch_l2(w_scale + static_cast<int64_t>(min(row0 + NR, n) - 1) * ws_stride);
+  }
   pdl_wait();
   pdl_launch_dependents();
   const float in_scale = QX ? __ldg(x_scale) : 1.f;

@@ -7,21 +7,12 @@
 // widened back, then divided with IEEE division (__fdiv_rn) and converted saturating at +-448, as
 // quantize_fp8_kernel does. The sum output of the residual variant is stored in T like rmsnorm.cuh's.
 #pragma once
-#include <cuda_fp8.h>
-
 #include "trtdsl/common.cuh"
+#include "trtdsl/fp8_code.cuh"
 #include "trtdsl/pdl.cuh"
 #include "trtdsl/swiglu.cuh"
 
 namespace trtdsl {
-
-using Fp8 = __nv_fp8_storage_t;
-
-// The quantizer's rounding: T-rounded value / scale (IEEE), e4m3 round to nearest even, saturating.
-template <typename T>
-__device__ __forceinline__ Fp8 quantize_rounded(float y, float scale) {
-  return __nv_cvt_float_to_fp8(__fdiv_rn(to_float<T>(from_float<T>(y)), scale), __NV_SATFINITE, __NV_E4M3);
-}
 
 template <typename T, int VEC, bool RESIDUAL>
 __global__ void rmsnorm_fp8_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
@@ -30,11 +21,17 @@ __global__ void rmsnorm_fp8_kernel(const T* __restrict__ x, const T* residual, c
                                    int64_t res_out_stride, float eps) {
   extern __shared__ float row_cache[];
   __shared__ float scratch[32];
+  pdl_prefetch_l2_range(weight, hidden * static_cast<int64_t>(sizeof(T)));  // to L2 while the predecessor runs
+  if (threadIdx.x == 0) pdl_prefetch_l2(input_scale);
   pdl_wait();  // x / residual come from the previous kernel, which may still read residual_out (pdl.cuh)
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const int64_t nvec = hidden / VEC;
+  // This thread's first weight vector (and the scale) now, so their latency overlaps the row sum.
+  Vec<T, VEC> w_first;
+  if (threadIdx.x < nvec) w_first = load_vec<T, VEC>(weight + threadIdx.x * VEC);
+  const float s = __ldg(input_scale);
   float sumsq = 0.f;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
@@ -54,10 +51,9 @@ __global__ void rmsnorm_fp8_kernel(const T* __restrict__ x, const T* residual, c
   }
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
-  const float s = __ldg(input_scale);
   Fp8* outr = out + row * out_stride;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-    Vec<T, VEC> wv = load_vec<T, VEC>(weight + i * VEC);
+    const Vec<T, VEC> wv = i == threadIdx.x ? w_first : load_vec<T, VEC>(weight + i * VEC);
     Vec<Fp8, VEC> ov;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) ov.v[k] = quantize_rounded<T>(row_cache[i * VEC + k] * inv * to_float(wv.v[k]), s);
@@ -106,6 +102,7 @@ int launch_rmsnorm_fp8(const T* x, const T* res, const T* w, const float* scale,
 template <typename T, int VEC>
 __global__ void swiglu_fp8_kernel(const T* __restrict__ in, const float* __restrict__ input_scale,
                                   Fp8* __restrict__ out, int64_t inter, int64_t in_stride, int64_t out_stride) {
+  if (threadIdx.x == 0) pdl_prefetch_l2(input_scale);
   pdl_wait();  // in is the previous kernel's output (pdl.cuh)
   pdl_launch_dependents();
   const float s = __ldg(input_scale);

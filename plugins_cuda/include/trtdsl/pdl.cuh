@@ -55,6 +55,14 @@ __device__ __forceinline__ void pdl_prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// The block's threads fetch the 128-byte lines of [p, p + bytes) into L2, e.g. a norm's weight before
+// pdl_wait(): the kernel starts while its predecessor runs, so the later register loads hit L2.
+__device__ __forceinline__ void pdl_prefetch_l2_range(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = static_cast<int64_t>(threadIdx.x) * 128; off < bytes; off += static_cast<int64_t>(blockDim.x) * 128)
+    pdl_prefetch_l2(c + off);
+}
+
 // kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute when
 // pdl_active(); returns kOk or kErrLaunch.
 template <typename... KArgs, typename... Args>

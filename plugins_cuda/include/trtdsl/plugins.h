@@ -169,7 +169,9 @@ int trtdsl_dense_gemv(const void* x, const void* weight, void* out, int64_t m, i
 /* Fused decode step (plugins_cuda/src/decode_fused.cu): every sequence has seq_lens <= 1. RoPE of the
  * new token's q and k (rope_style 0 neox, 1 gptj; rotary_dim 0 = none), its k/v written to the paged
  * cache at position past_lens[s], and attention over positions 0..past_lens[s], in one launch without
- * split-K (no workspace). out is [tokens, num_heads * head_dim]; rows of empty sequences are untouched. */
+ * split-K (no workspace). out is [tokens, num_heads * head_dim]; rows of empty sequences are untouched.
+ * out_scale null: out holds dtype values; else a float [1] on the device, and out holds the e4m3 codes of
+ * each value (rounded to dtype) / *out_scale, saturating: the static fp8 GEMM's quantizer fused in. */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -177,7 +179,8 @@ extern "C" {
 int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv_cache, int64_t num_blocks,
                         const int* position_ids, const int* seq_lens, const int* past_lens, const int* cu_seqlens,
                         int batch, const int* block_tables, int64_t block_table_stride, const float* rope_cos_sin,
-                        int rotary_dim, int rope_style, void* out, int64_t out_stride, int num_heads,
+                        int rotary_dim, int rope_style, void* out, int64_t out_stride, const float* out_scale,
+                        int num_heads,
                         int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block, float softmax_scale,
                         int dtype, int kv_dtype, cudaStream_t stream);
 

@@ -13,11 +13,15 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
                                int64_t res_stride, int64_t out_stride, int64_t res_out_stride, float eps) {
   extern __shared__ float row_cache[];
   __shared__ float scratch[32];
+  pdl_prefetch_l2_range(weight, hidden * static_cast<int64_t>(sizeof(T)));  // to L2 while the predecessor runs
   pdl_wait();  // x / residual come from the previous kernel, which may still read residual_out (pdl.cuh)
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const int64_t nvec = hidden / VEC;
+  // This thread's first weight vector now, so its latency overlaps the row sum.
+  Vec<T, VEC> w_first;
+  if (threadIdx.x < nvec) w_first = load_vec<T, VEC>(weight + threadIdx.x * VEC);
   float sumsq = 0.f;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
@@ -40,7 +44,8 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
   T* outr = out + row * out_stride;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-    Vec<T, VEC> wv = load_vec<T, VEC>(weight + i * VEC), ov;
+    const Vec<T, VEC> wv = i == threadIdx.x ? w_first : load_vec<T, VEC>(weight + i * VEC);
+    Vec<T, VEC> ov;
 #pragma unroll
     for (int k = 0; k < VEC; ++k) ov.v[k] = from_float<T>(row_cache[i * VEC + k] * inv * to_float(wv.v[k]));
     store_vec<T, VEC>(outr + i * VEC, ov);

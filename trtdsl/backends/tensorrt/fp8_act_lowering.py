@@ -1,6 +1,6 @@
-"""TensorRT lowering of the quantizing norm / SwiGLU plugins of ``trtdsl/passes/fp8_act_fuse.py``
-(``trtdsl.rms_norm_fp8``, ``trtdsl.add_rms_norm_fp8``, ``trtdsl.swiglu_fp8``): the unfused layers'
-native lowering, then a TensorRT FP8 quantize layer with the per-tensor ``input_scale`` (TensorRT
+"""TensorRT lowering of the quantizing norm / SwiGLU / attention plugins of ``trtdsl/passes/fp8_act_fuse.py``
+(``trtdsl.rms_norm_fp8``, ``trtdsl.add_rms_norm_fp8``, ``trtdsl.swiglu_fp8``, ``trtdsl.attention_fp8``):
+the unfused layers' lowering (native layers; the attention's TensorRT plugin), then a TensorRT FP8 quantize layer with the per-tensor ``input_scale`` (TensorRT
 divides, rounds to nearest even and saturates at +-448, what ``numerics.quantize_fp8`` does), which
 TensorRT may fuse into the norm's own kernel.
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 else:
     from ._trt import trt
 
-__all__ = ["lower_rms_norm_fp8", "lower_add_rms_norm_fp8", "lower_swiglu_fp8"]
+__all__ = ["lower_rms_norm_fp8", "lower_add_rms_norm_fp8", "lower_swiglu_fp8", "lower_attention_fp8"]
 
 
 def _to_fp8(ctx: LoweringContext, layer: Layer, value: trt.ITensor, scale: trt.ITensor) -> trt.ITensor:
@@ -59,3 +59,14 @@ def lower_swiglu_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor])
     from .native_plugins import lower_swiglu
     (out,) = lower_swiglu(ctx, _part(layer, LayerKind.PLUGIN, 1, dict(layer.attrs)), ins[:1])
     return [_to_fp8(ctx, layer, out, ins[1])]
+
+
+def lower_attention_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
+    from ...ir.network import Tensor
+    from .plugins import lower_plugin
+    value = layer.outputs[0]  # fp8 in the IR; the attention plugin itself outputs qkv's dtype
+    plain = Tensor(value.name, layer.inputs[0].dtype, value.shape, value.network)
+    part = Layer(LayerKind.PLUGIN, layer.name, list(layer.inputs[:-1]), [plain],
+                 {**layer.attrs, "name": "trtdsl.attention"}, layer.module_path)
+    (out,) = lower_plugin(ctx, part, ins[:-1])
+    return [_to_fp8(ctx, layer, out, ins[-1])]

@@ -15,7 +15,7 @@ from ...errors import BackendError
 from ...ir.network import Layer, LayerKind
 from .context import LoweringContext
 from .emitters import EMITTERS, Emitter, cast_to, rms_norm_f32
-from .fp8_act_lowering import lower_add_rms_norm_fp8, lower_rms_norm_fp8, lower_swiglu_fp8
+from .fp8_act_lowering import lower_add_rms_norm_fp8, lower_attention_fp8, lower_rms_norm_fp8, lower_swiglu_fp8
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -82,4 +82,5 @@ NATIVE_PLUGIN_LOWERINGS: dict[str, Emitter] = {
     "trtdsl.rms_norm_fp8": lower_rms_norm_fp8,
     "trtdsl.add_rms_norm_fp8": lower_add_rms_norm_fp8,
     "trtdsl.swiglu_fp8": lower_swiglu_fp8,
+    "trtdsl.attention_fp8": lower_attention_fp8,  # the attention's TensorRT plugin, then the quantize layer
 }

@@ -21,23 +21,30 @@ import torch
 from ...ir.network import Layer, LayerKind
 from ..registry import get_plugin
 
-__all__ = ["register_cuda_implementations", "cuda_layer_function"]
+__all__ = ["register_cuda_implementations", "cuda_layer_function", "attention_cuda"]
 
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+def attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any],
+                   out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``trtdsl.attention`` on CUDA; with ``out_scale`` its output's e4m3 codes (``trtdsl.attention_fp8``)."""
     from . import paged_attention
     from ..attention import reference
     qkv, _, seq_lens, past_lens = ins[0], ins[1], ins[2], ins[3]
     if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128):
-        return reference(ins, fields, hints)  # fp32 / other head dims: the kernels don't cover them
+        out = reference(ins, fields, hints)  # fp32 / other head dims: the kernels don't cover them
+        if out_scale is None:
+            return out
+        from ...quantization.numerics import quantize_fp8
+        return quantize_fp8(out, out_scale)
     max_q = hints.get("max_q_len")
     max_kv = hints.get("max_kv_len")
     if max_q is None or max_kv is None:
         max_q = int(seq_lens.max())
         max_kv = int((seq_lens + past_lens).max())
-    return paged_attention(*ins, **fields, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)))
+    return paged_attention(*ins, **fields, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)),
+                           out_scale=out_scale)
 
 
 def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
@@ -79,7 +86,7 @@ def _swiglu_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[st
 def register_cuda_implementations() -> None:
     """Attach the CUDA kernels to their plugins (idempotent)."""
     from ...quantization import kv_cache  # registers trtdsl.attention_quant_kv
-    get_plugin("trtdsl.attention").implementations["cuda"] = _attention_cuda
+    get_plugin("trtdsl.attention").implementations["cuda"] = attention_cuda
     get_plugin(kv_cache.ATTENTION_QUANT_KV).implementations["cuda"] = _attention_quant_kv_cuda
     get_plugin("trtdsl.add_rms_norm").implementations["cuda"] = _add_rms_norm_cuda
     get_plugin("trtdsl.swiglu").implementations["cuda"] = _swiglu_cuda

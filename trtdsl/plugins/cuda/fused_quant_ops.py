@@ -1,5 +1,6 @@
 """CUDA side of the fp8 activation fusion (``trtdsl/passes/fp8_act_fuse.py``): the quantizing RMSNorm /
-add+RMSNorm / SwiGLU kernels (``plugins_cuda/src/norm_quant.cu``) and ``trtdsl.fp8_gemm`` on an
+add+RMSNorm / SwiGLU kernels (``plugins_cuda/src/norm_quant.cu``), the attention writing codes (the fused
+decode kernel's ``out_scale``) and ``trtdsl.fp8_gemm`` on an
 already-quantized (fp8) ``x``, which skips the quantizer kernel.
 
 Bitwise contract on the GPU: a fused network computes what the unfused one does there. The codes
@@ -168,6 +169,11 @@ def _swiglu_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
     return swiglu_fp8(x.contiguous(), scale)
 
 
+def _attention_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
+    from .builtin import attention_cuda  # the fused decode kernel writes the codes itself
+    return attention_cuda(ins[:-1], fields, hints, out_scale=ins[-1])
+
+
 def _fp8_gemm_with_codes(base: FusedImpl) -> FusedImpl:
     """``trtdsl.fp8_gemm``'s CUDA implementation: ``base`` (the quantizing one) for float ``x``, the
     quantizer-free path for codes."""
@@ -192,4 +198,5 @@ def register_fused_quant_implementations(fp8_gemm_impl: FusedImpl) -> None:
     get_plugin(fuse.RMS_NORM_FP8).implementations["cuda"] = _rms_norm_fp8_cuda
     get_plugin(fuse.ADD_RMS_NORM_FP8).implementations["cuda"] = _add_rms_norm_fp8_cuda
     get_plugin(fuse.SWIGLU_FP8).implementations["cuda"] = _swiglu_fp8_cuda
+    get_plugin(fuse.ATTENTION_FP8).implementations["cuda"] = _attention_fp8_cuda
     get_plugin(FP8_GEMM).implementations["cuda"] = _fp8_gemm_with_codes(fp8_gemm_impl)

@@ -251,8 +251,11 @@ def decode_attention(q, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
 def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
                     num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
                     softmax_scale: float, rotary_dim: int, rope_style: str, max_q_len: int,
-                    max_kv_len: int) -> torch.Tensor:
+                    max_kv_len: int, out_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The ``trtdsl.attention`` plugin on CUDA: same semantics as ``paged_attention_reference``.
+    With ``out_scale`` (float32 ``[1]``, a static fp8 GEMM's input scale) it returns the e4m3 codes of
+    that output over the scale, bitwise ``quant_ops.quantize_fp8(out, out_scale)``; the fused decode
+    kernel writes them itself (one launch fewer), the other paths quantize after the attention.
 
     Decode steps (``max_q_len == 1``: every sequence has at most one new token) with a short
     ``max_kv_len`` run the fused one-launch kernel (``decode_fused``); longer ones RoPE + cache write,
@@ -263,11 +266,34 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES)
     if max_q_len < 1 or max_kv_len < max_q_len:
         raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
+    if out_scale is not None:
+        _check_out_scale(op, out_scale, qkv.device)
     kw: dict[str, Any] = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
               tokens_per_block=tokens_per_block)
     if max_q_len == 1 and _use_fused_decode(seq_lens.shape[0], num_kv_heads, max_kv_len):
         return decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
-                            softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style, **kw)
+                            softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style,
+                            out_scale=out_scale, **kw)
+    out = _unfused_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
+                             softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style,
+                             max_q_len=max_q_len, max_kv_len=max_kv_len, **kw)
+    if out_scale is None:
+        return out
+    from .quant_ops import quantize_fp8
+    return quantize_fp8(out, out_scale)
+
+
+def _check_out_scale(op: str, out_scale: torch.Tensor, device: torch.device) -> None:
+    _check(op, "out_scale", out_scale, device, (torch.float32,))
+    if out_scale.numel() != 1:
+        raise PluginError(f"{op}: out_scale must hold one value (a static per-tensor fp8 scale), got shape "
+                          f"{tuple(out_scale.shape)}")
+
+
+def _unfused_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
+                       softmax_scale: float, rotary_dim: int, rope_style: str, max_q_len: int, max_kv_len: int,
+                       **kw: Any) -> torch.Tensor:
+    """RoPE + cache write, then the split-K decode kernel (``max_q_len == 1``) or the context kernel."""
     if rotary_dim:
         q = rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
                           rotary_dim=rotary_dim, rope_style=rope_style, **kw)
@@ -275,7 +301,7 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
         # No rotation: only K/V need writing, the attention reads q straight out of qkv.
         rope_kv_write(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
                       rotary_dim=0, rope_style=rope_style, q_out=qkv, **kw)
-        q = qkv[:, : num_heads * head_dim]
+        q = qkv[:, : kw["num_heads"] * kw["head_dim"]]
     meta = (seq_lens, past_lens, cu_seqlens, block_tables, kv_cache)
     if max_q_len == 1:
         return decode_attention(q, *meta, softmax_scale=softmax_scale, max_kv_len=max_kv_len, **kw)
@@ -293,7 +319,8 @@ _FUSED_DECODE_MIN_BLOCKS = 64
 _DECODE_FUSED_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,
                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                          ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int,
                           ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
@@ -308,8 +335,10 @@ register_signatures({"trtdsl_decode_fused": _DECODE_FUSED_ARGTYPES})
 def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
                  num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
                  softmax_scale: float, rotary_dim: int, rope_style: str = "neox",
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, out_scale: torch.Tensor | None = None) -> torch.Tensor:
     """One-launch decode step: RoPE of q/k, k/v written to the cache, attention; ``[tokens, H * D]``.
+    With ``out_scale`` (float32 ``[1]``) the output is e4m3: the codes of each value (rounded to
+    qkv's dtype) over the scale, bitwise what ``quant_ops.quantize_fp8`` makes of the plain output.
 
     Every sequence must have ``seq_lens <= 1`` (not checked on the device). Same semantics as
     ``paged_attention_reference`` restricted to decode steps; no split-K, so it is meant for short
@@ -321,8 +350,13 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     if head_dim not in (64, 128):
         raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
     _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
-    out = qkv.new_empty(qkv.shape[0], num_heads * head_dim) if out is None else out
-    _check(op, "out", out, qkv.device, (qkv.dtype,), ndim=2)
+    out_dtype = qkv.dtype
+    if out_scale is not None:
+        _check_out_scale(op, out_scale, qkv.device)
+        out_dtype = torch.float8_e4m3fn
+    if out is None:
+        out = torch.empty(qkv.shape[0], num_heads * head_dim, dtype=out_dtype, device=qkv.device)
+    _check(op, "out", out, qkv.device, (out_dtype,), ndim=2)
     if out.shape != (qkv.shape[0], num_heads * head_dim):
         raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected ({qkv.shape[0]}, {num_heads * head_dim})")
     code = _DTYPE_CODES[qkv.dtype]
@@ -330,6 +364,7 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
         "trtdsl_decode_fused", qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
         seq_lens.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
         block_tables.stride(0), rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style],
-        out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
+        out.data_ptr(), out.stride(0), out_scale.data_ptr() if out_scale is not None else None, num_heads,
+        num_kv_heads, head_dim, layer_idx, tokens_per_block,
         float(softmax_scale), code, code, _stream(qkv))
     return out
