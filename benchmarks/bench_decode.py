@@ -174,18 +174,22 @@ class OurEngine:
 
 
 def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """A benchmark quantization spec -> (mode, QuantConfig options): ``MODE[:gG][:head]``, e.g.
-    ``int4_awq:g64:head`` = int4_awq with groups of 64 and the LM head quantized too (the default
-    keeps it bf16, as TensorRT-LLM does); the group size defaults to 128."""
+    """A benchmark quantization spec -> (mode, QuantConfig options): ``MODE[:gG][:head[=HEAD_MODE]]``,
+    e.g. ``int4_awq:g64:head`` = int4_awq with groups of 64 and the LM head quantized too (the default
+    keeps it bf16, as TensorRT-LLM does), ``fp8:head=int8_wo`` = fp8 with an int8 weight-only LM head
+    (``mode_overrides``); the group size defaults to 128."""
     mode, *flags = spec.split(":")
     options: dict[str, Any] = {"group_size": 128}
     for flag in flags:
         if flag == "head":
             options["exclude"] = ()
+        elif flag.startswith("head="):
+            options["exclude"] = ()
+            options["mode_overrides"] = (("*lm_head*", flag[len("head="):]),)
         elif re.fullmatch(r"g\d+", flag):
             options["group_size"] = int(flag[1:])
         else:
-            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN or head)")
+            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head or head=MODE)")
     return mode, options
 
 

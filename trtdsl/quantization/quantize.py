@@ -85,7 +85,8 @@ def quantize_network(network: Network, mode: str | None = None, *,
     float_groups: list[GroupSensitivity] = []
     if cfg.mode:
         def quantize_group(n: Network, group: list[GemmSite]) -> None:
-            _GROUP_QUANTIZERS[cfg.mode](n, group, _group_config(cfg, group), stats)  # type: ignore[index]
+            group_cfg = _group_config(cfg, group)
+            _GROUP_QUANTIZERS[group_cfg.mode](n, group, group_cfg, stats)  # type: ignore[index]
         if cfg.float_fraction:
             float_groups = _sensitive_groups(network, cfg, calibration_feeds, quantize_group, progress)
             kept = {name for g in float_groups for name in g.layers}
@@ -117,12 +118,17 @@ def _sensitive_groups(network: Network, cfg: QuantConfig, feeds: Iterable[Mappin
 
 
 def _group_config(cfg: QuantConfig, group: list[GemmSite]) -> QuantConfig:
-    """``cfg`` with the group size of the first ``group_size_overrides`` glob matching the group."""
-    for pattern, size in cfg.group_size_overrides:
-        names = [n for s in group for n in (s.layer.name, s.layer.module_path, s.weight_name)]
-        if any(fnmatch.fnmatchcase(n, pattern) for n in names):
-            return replace(cfg, group_size=size)
-    return cfg
+    """``cfg`` with the mode of the first ``mode_overrides`` glob and the group size of the first
+    ``group_size_overrides`` glob matching the group (any of its layer names, module paths, weights)."""
+    names = [n for s in group for n in (s.layer.name, s.layer.module_path, s.weight_name)]
+
+    def first(pairs: tuple[tuple[str, Any], ...]) -> Any:
+        return next((v for pattern, v in pairs if any(fnmatch.fnmatchcase(n, pattern) for n in names)), None)
+    mode, size = first(cfg.mode_overrides), first(cfg.group_size_overrides)
+    if mode is not None:  # a weight-only recipe: the main mode's activation options do not apply
+        cfg = replace(cfg, mode=mode, zero_point=None, fp8_dynamic=False, fp8_act_group_size=0,
+                      awq_all_rows=False, group_size_overrides=(), mode_overrides=())
+    return cfg if size is None else replace(cfg, group_size=size)
 
 
 def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
