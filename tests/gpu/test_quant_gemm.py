@@ -150,14 +150,15 @@ def test_tensor_core_gemv_every_config(m, zp, group, dtype):
 @pytest.mark.parametrize("group", [128, 0])
 @pytest.mark.parametrize("zp", [False, True])
 @pytest.mark.parametrize("k,n", [(1152, 40), (4096, 33), (14336, 64), (640, 17)])
-def test_one_row_tensor_core_configs(k, n, zp, group, dtype):
+@pytest.mark.parametrize("m", [1, 2, 5, 8])
+def test_one_row_tensor_core_configs(m, k, n, zp, group, dtype):
     """The one-row kernel (configs 16..19): k = 1152 is 9 k blocks (steps of 2 do not divide it: the
     general kernel runs), n = 33 / 40 / 64 end in a partial or whole 16-row tile, k = 14336 leaves
     warps with less work; group 128 (vector loads of a step's scales) and per channel (the general
     kernel); the same tolerance as the general kernel's k-block path. Scales and zeros offset by one
     float (no 8 / 16-byte vector loads possible) take the general kernel too."""
     from trtdsl.plugins.cuda.quant_ops import WO_TC1_CONFIGS, weight_only_gemv
-    x, qweight, scales, zeros = weight_only_inputs(1, k, n, 4, group, dtype, zp)
+    x, qweight, scales, zeros = weight_only_inputs(m, k, n, 4, group, dtype, zp)
     ref = weight_only_ref(x.float(), qweight, scales, zeros, 4, group, k)
     groups = numerics.num_groups(k, group)
     tol = {torch.float16: 1e-3, torch.bfloat16: 5e-3}[dtype]
@@ -320,13 +321,14 @@ def test_gemv_config_tables_name_valid_configs():
     assert all(c in cuda_core or (key[0] == 4 and c in tensor_core) for key, c in Q.WO_GEMV_CONFIG.items())
     assert set(Q.TC1_STEP) == set(Q.WO_TC1_CONFIGS)
     assert all(c in (*cuda_core, *tensor_core) for c in Q.ONE_ROW_CONFIG.values())
+    assert all(c in Q.WO_TC1_CONFIGS and mt in (2, 4, 8) for (mt, _, _), c in Q.SMALL_M_CONFIG.items())
     for m in range(1, Q.GEMV_KERNEL_MAX_M + 1):
         for n in (37, 4096, 128256):
             for k, group in ((0, 0), (4096, 128), (Q.LONG_K, 128), (1152, 128), (4096, 64)):
                 config = Q.gemv_config("wo", m, n, 4, k, group)
                 assert config in (*cuda_core, *tensor_core)
                 if config in Q.WO_TC1_CONFIGS:  # only where the one-row kernel runs
-                    assert m == 1 and group == 128 and (k // 128) % Q.TC1_STEP[config] == 0
+                    assert m <= 8 and group == 128 and (k // 128) % Q.TC1_STEP[config] == 0
             assert Q.gemv_config("wo", m, n, 8) in cuda_core
             assert Q.gemv_config("fp8", m, n) in cuda_core
 

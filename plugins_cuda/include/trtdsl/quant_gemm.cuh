@@ -135,8 +135,8 @@ template <typename T, bool ZP>
 int launch_wo_gemv_tc(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n, int k,
                       int group, int num_groups, int config, cudaStream_t stream);
 
-// int4 tensor-core GEMV for one activation row (wo_gemv_tc1.cuh, instantiated in src/wo_gemv_tc1_{bf16,f16}.cu):
-// configs kWoTc1FirstConfig..kWoTc1LastConfig. Returns kErrUnsupported for shapes it does not take (m > 1,
+// int4 tensor-core GEMV for 1..8 activation rows (wo_gemv_tc1.cuh, instantiated in src/wo_gemv_tc1_{bf16,f16}.cu):
+// configs kWoTc1FirstConfig..kWoTc1LastConfig. Returns kErrUnsupported for shapes it does not take (m > 8,
 // k % 128, groups other than 128); trtdsl_weight_only_gemv_zp then runs kWoTc1Fallback.
 constexpr int kWoTc1FirstConfig = 16, kWoTc1LastConfig = 19, kWoTc1Fallback = 11;
 template <typename T, bool ZP>

@@ -1,4 +1,5 @@
-// int4 weight-only GEMV on tensor cores for ONE activation row (batch-1 decode), configs 16..19.
+// int4 weight-only GEMV on tensor cores for one to eight activation rows (batch-1 decode and small
+// batches), configs 16..19: the mma's 8 columns carry the rows (one 8-column activation tile).
 // Same stored format and lane layout as wo_gemv_tc.cuh (lane (g, t) streams 16-byte vectors of rows g
 // and g + 8 at k = 128 bb + 32 t, the activations permuted into the same k order), built for the
 // memory system rather than the arithmetic. Measured on an H100 (docs/quant_kernels.md), what kept
@@ -15,7 +16,7 @@
 //   exact (8-bit codes x 8-bit mantissas) and sums fp32; the result differs from the unbiased sum by
 //   fp32 rounding of a ~18x larger partial (relative 1e-6), far below the output rounding.
 // Warps of a block split k: contiguously (warp w takes steps w * per ..) or interleaved (step j of warp
-// w is step j * KW + w), and meet in shared memory. Needs m == 1, k % 128 == 0, group 128 with k / 128
+// w is step j * KW + w), and meet in shared memory. Needs m <= 8, k % 128 == 0, group 128 with k / 128
 // a multiple of U and scales / zeros aligned for the vector loads; the launcher returns kErrUnsupported
 // otherwise (trtdsl_weight_only_gemv_zp then runs a general tensor-core config). Included only by
 // src/wo_gemv_tc1_{bf16,f16}.cu.
@@ -37,11 +38,14 @@ template <int U> __device__ __forceinline__ float lane_of(const typename F32Vec<
   }
 }
 
-template <typename T, int KW, int U, bool INTERLEAVE, bool ZP>
+// MT: 1 (one activation row) or 8 (up to 8 rows: the mma's N columns, which the one-row case leaves
+// idle; lane (g, t) loads activation row min(g, m - 1) and holds outputs of rows 2t and 2t + 1).
+template <typename T, int MT, int KW, int U, bool INTERLEAVE, bool ZP>
 __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restrict__ x, const uint4* __restrict__ qw,
                                                               const float* __restrict__ scales,
                                                               const float* __restrict__ zeros, T* __restrict__ out,
-                                                              int n, int k, int num_groups) {
+                                                              int m, int n, int k, int num_groups) {
+  static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
   using Tr = TcTraits<T>;
   using FV = typename F32Vec<U>::type;
   constexpr float kBias = std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f;
@@ -97,8 +101,10 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restric
   load(0, first);
   load(1, first + kStride);
 
-  float acc0 = 0.f, acc1 = 0.f;
-  const uint4* xv = reinterpret_cast<const uint4*>(x) + t * 4;  // this lane's 32 activations of a k block
+  constexpr int kCols = MT == 1 ? 1 : 2;  // C-fragment columns (activation rows 2t, 2t + 1) a lane keeps
+  float acc[2][kCols] = {};                // [weight row g / g + 8][column]
+  // this lane's 32 activations of a k block, of activation row g (m == 1: row 0 in every lane)
+  const uint4* xv = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(MT == 1 ? 0 : min(g, m - 1)) * k) + t * 4;
   for (int s0i = first; s0i < end; s0i += 2 * kStride) {
 #pragma unroll
     for (int slot = 0; slot < 2; ++slot) {
@@ -124,41 +130,54 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restric
           Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][0], xb[w][1]);
           Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][2], xb[w][3]);
         }
-        // C fragment of activation row 0: [0] = weight row g, [2] = row g + 8 (lanes t == 0 keep them).
-        const float sc0 = lane_of<U>(sa[slot], u), sc1 = lane_of<U>(sb[slot], u);
-        const float zc0 = ZP ? lane_of<U>(za[slot], u) : 0.f, zc1 = ZP ? lane_of<U>(zb[slot], u) : 0.f;
-        acc0 = fmaf(p[0], sc0, acc0);
-        acc0 = fmaf(xs[0], zc0 - kBias * sc0, acc0);
-        acc1 = fmaf(p[2], sc1, acc1);
-        acc1 = fmaf(xs[2], zc1 - kBias * sc1, acc1);
+        // C fragment: [0], [1] = weight row g, activation rows 2t, 2t + 1; [2], [3] = row g + 8.
+        const float sc[2] = {lane_of<U>(sa[slot], u), lane_of<U>(sb[slot], u)};
+        const float zc[2] = {ZP ? lane_of<U>(za[slot], u) : 0.f, ZP ? lane_of<U>(zb[slot], u) : 0.f};
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int c = 0; c < kCols; ++c) {
+            acc[h][c] = fmaf(p[2 * h + c], sc[h], acc[h][c]);
+            acc[h][c] = fmaf(xs[2 * h + c], zc[h] - kBias * sc[h], acc[h][c]);
+          }
       }
       load(slot, st + 2 * kStride);
     }
   }
-  __shared__ float red[KW][16];
-  if (t == 0) {
-    red[warp][g] = acc0;
-    red[warp][g + 8] = acc1;
+  __shared__ float red[KW][MT][16];
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    const int col = 2 * t + c;
+    if (col < MT) {
+      red[warp][col][g] = acc[0][c];
+      red[warp][col][g + 8] = acc[1][c];
+    }
   }
   __syncthreads();
-  if (threadIdx.x < 16 && row0 + threadIdx.x < n) {
-    float sum = 0.f;
+  for (int idx = threadIdx.x; idx < 16 * m; idx += KW * 32) {
+    const int r = idx % 16, col = idx / 16;
+    if (row0 + r < n) {
+      float sum = 0.f;
 #pragma unroll
-    for (int w = 0; w < KW; ++w) sum += red[w][threadIdx.x];
-    out[row0 + threadIdx.x] = from_float<T>(sum);
+      for (int w = 0; w < KW; ++w) sum += red[w][col][r];
+      out[static_cast<int64_t>(col) * n + row0 + r] = from_float<T>(sum);
+    }
   }
 }
 
 template <typename T, bool ZP, int KW, int U, bool INTERLEAVE>
-inline int launch_wo_tc1_cfg(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int n, int k,
-                             int group, int num_groups, cudaStream_t stream) {
+inline int launch_wo_tc1_cfg(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
+                             int k, int group, int num_groups, cudaStream_t stream) {
   // Group 128 in whole steps of U, and rows of scales / zeros aligned for the U-float vector loads.
   constexpr uintptr_t kAlign = U * sizeof(float);
   if (group != 128 || num_groups != k / 128 || num_groups % U || reinterpret_cast<uintptr_t>(scales) % kAlign ||
       (ZP && reinterpret_cast<uintptr_t>(zeros) % kAlign))
     return kErrUnsupported;
-  return launch_pdl(wo_gemv_tc1_kernel<T, KW, U, INTERLEAVE, ZP>, dim3((n + 15) / 16), dim3(KW * 32), 0, stream, x,
-                    static_cast<const uint4*>(qw), scales, zeros, out, n, k, num_groups);
+  if (m == 1)
+    return launch_pdl(wo_gemv_tc1_kernel<T, 1, KW, U, INTERLEAVE, ZP>, dim3((n + 15) / 16), dim3(KW * 32), 0, stream,
+                      x, static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, num_groups);
+  return launch_pdl(wo_gemv_tc1_kernel<T, 8, KW, U, INTERLEAVE, ZP>, dim3((n + 15) / 16), dim3(KW * 32), 0, stream, x,
+                    static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, num_groups);
 }
 
 // Launch shapes {KW warps, U k blocks per step, interleaved}: 16 = {8, 1, yes}, 17 = {8, 1, no},
@@ -166,10 +185,10 @@ inline int launch_wo_tc1_cfg(const T* x, const void* qw, const float* scales, co
 template <typename T, bool ZP>
 int launch_wo_gemv_tc1(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
                        int k, int group, int num_groups, int config, cudaStream_t stream) {
-  if (m != 1 || n < 1 || k < 128 || k % 128) return kErrUnsupported;
+  if (m < 1 || m > 8 || n < 1 || k < 128 || k % 128) return kErrUnsupported;
   if (!aligned16(x) || !aligned16(qw)) return kErrUnsupported;
 #define TRTDSL_TC1_CFG(KW, U, IL) \
-  return launch_wo_tc1_cfg<T, ZP, KW, U, IL>(x, qw, scales, zeros, out, n, k, group, num_groups, stream)
+  return launch_wo_tc1_cfg<T, ZP, KW, U, IL>(x, qw, scales, zeros, out, m, n, k, group, num_groups, stream)
   switch (config) {
     case 16: TRTDSL_TC1_CFG(8, 1, true);
     case 17: TRTDSL_TC1_CFG(8, 1, false);

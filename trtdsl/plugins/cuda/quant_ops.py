@@ -32,7 +32,7 @@ from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
-           "ONE_ROW_CONFIG", "LONG_K", "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "WO_TC1_CONFIGS",
+           "ONE_ROW_CONFIG", "SMALL_M_CONFIG", "LONG_K", "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "WO_TC1_CONFIGS",
            "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config",
            "gemv_max_m", "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
@@ -60,9 +60,10 @@ INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-al
 NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..5 (0 = the C++ automatic choice)
 # kWoTcFirstConfig..kWoTcLastConfig: the int4 tensor-core kernel (wo_gemv_tc.cuh), weight-only 4-bit only.
 WO_TC_CONFIGS = (8, 9, 10, 11, 12, 13, 14, 15)
-# kWoTc1FirstConfig..kWoTc1LastConfig: the int4 tensor-core kernel for ONE activation row
+# kWoTc1FirstConfig..kWoTc1LastConfig: the int4 tensor-core kernel for one to eight activation rows
 # (wo_gemv_tc1.cuh: warps own consecutive k blocks, a row's scales of group 128 come in one vector load
-# per step, two steps of loads in flight). Other shapes (m > 1, k % 128, groups other than 128) run config 11.
+# per step, two steps of loads in flight; rows 2..8 ride in the mma's otherwise idle columns).
+# Other shapes (m > 8, k % 128, groups other than 128) run config 11.
 WO_TC1_CONFIGS = (16, 17, 18, 19)
 WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row group (configs 2, 5)
 # (bits, MT, n >= WIDE_N) -> GEMV launch config, MT = m rounded up to 1, 2, 4, 8, 16; missing keys
@@ -85,6 +86,16 @@ WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {  # measured: quant_gemm_h10
 LONG_K = 8192
 ONE_ROW_CONFIG: dict[tuple[bool, bool], int] = {(False, False): 16, (True, False): 19, (False, True): 18,
                                                 (True, True): 19}
+# int4, m = 2..8, group 128, k % 128 == 0: (MT, n >= WIDE_N, k >= LONG_K) -> the same kernel where it won
+# (H100, 2026-12-06, quant_gemm_h100_small_m.json, us at m = 2 / 4 / 8): qkv 16 8.6 / 9.1 / 9.8 (table
+# config 11: 9.6 / 9.8 / 10.4), o 16 7.3 / 7.7 / 8.3 (8.1 / 8.4 / 8.8), down 18 16.2 / 16.8 / 18.0 (23.4
+# / 23.8 / 25.3), gate_up 19 at m = 2 30.9 (32.1 with 10); at m = 4 / 8 config 10 stays (32.3 / 34.7
+# against 32.6 / 35.5). Missing keys use WO_GEMV_CONFIG.
+SMALL_M_CONFIG: dict[tuple[int, bool, bool], int] = {
+    (2, False, False): 16, (2, True, False): 19, (2, False, True): 18, (2, True, True): 19,
+    (4, False, False): 16, (4, False, True): 18,
+    (8, False, False): 16, (8, False, True): 18,
+}
 TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-row config
 # (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
 FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}  # config 1 was best or within 3% at m = 1 (H100)
@@ -134,8 +145,9 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size
     wide = n >= WIDE_N
     if kind == "fp8":
         return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
-    if bits == 4 and m == 1 and group_size == 128 and k > 0 and k % 128 == 0:
-        config = ONE_ROW_CONFIG.get((wide, k >= LONG_K))
+    if bits == 4 and m <= 8 and group_size == 128 and k > 0 and k % 128 == 0:
+        key = (wide, k >= LONG_K)
+        config = ONE_ROW_CONFIG.get(key) if m == 1 else SMALL_M_CONFIG.get((_mt(m), *key))
         if config is not None and (config not in TC1_STEP or (k // 128) % TC1_STEP[config] == 0):
             return config
     return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
