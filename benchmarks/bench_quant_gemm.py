@@ -200,7 +200,7 @@ def main() -> None:
         "bytes_read": "weights + scales + activations", "copy_gbps": round(copy_gbps, 1),
         "bf16_gemm_tflops": round(gemm_tflops, 1), "gemv_max_m": Q.GEMV_MAX_M, "fp8_gemv_max_m": Q.FP8_GEMV_MAX_M,
         "wo_gemv_config": {str(k): v for k, v in Q.WO_GEMV_CONFIG.items()},
-        "one_row_config": {str(k): v for k, v in Q.ONE_ROW_CONFIG.items()},
+        "tc1_config": {str(k): v for k, v in Q.TC1_CONFIG.items()},
         "fp8_gemv_config": {str(k): v for k, v in Q.FP8_GEMV_CONFIG.items()},
         "summary": summary, "results": results})
 

@@ -144,13 +144,16 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     if mode.startswith("int4"):  # other m = 1 launch shapes: narrow n (qkv, o), wide n (gate_up), long k (down)
         variants += [("pdl_on_cfg" + "_".join("-" if c is None else str(c) for c in cfgs), True, cfgs)
                      for cfgs in wo_configs]
-    table = quant_ops.ONE_ROW_CONFIG  # (n >= WIDE_N, k >= LONG_K) -> config: the 8B's int4 g128 GEMVs at m = 1
-    keys = ((False, False), (True, False), (False, True))
-    defaults = [table.get(key) for key in keys]
+    table = quant_ops.TC1_CONFIG  # (MT, n class, k >= LONG_K) -> config: the 8B's int4 g128 GEMVs at m <= 8
+    # m = 1 keys of narrow n (o, qkv), wide n (gate_up, LM head), long k (down)
+    key_groups = (((1, 0, False), (1, 1, False)), ((1, 2, False),), ((1, 0, True), (1, 1, True)))
+    keys = [key for group in key_groups for key in group]
+    defaults = {key: table.get(key) for key in keys}
     for key, pdl, cfgs in variants:
         set_programmatic_launch(pdl)
-        for tkey, cfg, default in zip(keys, cfgs, defaults):
-            _set_entry(table, tkey, cfg if cfg is not None else default)
+        for group, cfg in zip(key_groups, cfgs):
+            for tkey in group:
+                _set_entry(table, tkey, cfg if cfg is not None else defaults[tkey])
         engine.graphs = CudaGraphCache(engine.executor)  # recapture: launches record the attribute
         entry: dict[str, Any] = {"decode_ms": {}, "graph_replay_ms": {}}
         for b in batches:
@@ -182,8 +185,8 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
             print(f"    {row['us']:7.2f} us (gap {gap if gap is None else round(gap, 2)}) {row['kernel'][:70]}{extra}",
                   flush=True)
     set_programmatic_launch(True)
-    for tkey, default in zip(keys, defaults):
-        _set_entry(table, tkey, default)
+    for tkey in keys:
+        _set_entry(table, tkey, defaults[tkey])
     del engine
     gc.collect()
     torch.cuda.empty_cache()
@@ -217,7 +220,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=128)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--wo-configs", default="",
-                    help="int4 g128: also time these m = 1 GEMV configs (PDL on; quant_ops.ONE_ROW_CONFIG): N "
+                    help="int4 g128: also time these m = 1 GEMV configs (PDL on; quant_ops.TC1_CONFIG): N "
                          "sets narrow n (qkv, o), N/W also wide n (gate_up, LM head), N/W/L also k >= LONG_K "
                          "(down); empty parts keep the table's, e.g. 1/10/1,16//18")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")

@@ -320,8 +320,11 @@ def test_gemv_config_tables_name_valid_configs():
     tensor_core = (*Q.WO_TC_CONFIGS, *Q.WO_TC1_CONFIGS)
     assert all(c in cuda_core or (key[0] == 4 and c in tensor_core) for key, c in Q.WO_GEMV_CONFIG.items())
     assert set(Q.TC1_STEP) == set(Q.WO_TC1_CONFIGS)
-    assert all(c in (*cuda_core, *tensor_core) for c in Q.ONE_ROW_CONFIG.values())
-    assert all(c in Q.WO_TC1_CONFIGS and mt in (2, 4, 8) for (mt, _, _), c in Q.SMALL_M_CONFIG.items())
+    assert all(c in Q.WO_TC1_CONFIGS and mt in (1, 2, 4, 8) and cls in (0, 1, 2)
+               for (mt, cls, _), c in Q.TC1_CONFIG.items())
+    assert [Q.tc1_n_class(n) for n in (37, 4096, 4097, 6144, 8191, 8192, 128256)] == [0, 0, 1, 1, 1, 2, 2]
+    assert Q.gemv_config("wo", 1, 4096, 4, 4096, 128) == 17 and Q.gemv_config("wo", 1, 6144, 4, 4096, 128) == 16
+    assert Q.gemv_config("wo", 3, 4096, 4, 14336, 128) == 18 and Q.gemv_config("wo", 9, 4096, 4, 14336, 128) == 11
     for m in range(1, Q.GEMV_KERNEL_MAX_M + 1):
         for n in (37, 4096, 128256):
             for k, group in ((0, 0), (4096, 128), (Q.LONG_K, 128), (1152, 128), (4096, 64)):

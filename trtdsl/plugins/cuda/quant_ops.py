@@ -32,7 +32,7 @@ from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
-           "ONE_ROW_CONFIG", "SMALL_M_CONFIG", "LONG_K", "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "WO_TC1_CONFIGS",
+           "TC1_CONFIG", "SMALL_N", "tc1_n_class", "LONG_K", "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "WO_TC1_CONFIGS",
            "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config",
            "gemv_max_m", "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
@@ -72,7 +72,7 @@ WIDE_N = 8192  # n at or above this gives enough blocks for one warp per row gro
 # After a GPU run, copy bench_quant_gemm.py's "best_config" here (one line per entry).
 WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {  # measured: quant_gemm_h100.json "summary"
     # m = 1, narrow n: the CUDA-core kernel (config 1) was best or within 2% on the 8B shapes (for
-    # group 128 ONE_ROW_CONFIG comes first); every other bucket: the tensor-core kernel (10 for wide n,
+    # group 128 TC1_CONFIG comes first); every other bucket: the tensor-core kernel (10 for wide n,
     # 11 for narrow), 1.2-5x the CUDA-core one from m = 8 and ahead of dequantize + cuBLAS up to m = 16.
     (4, 1, True): 10, (4, 1, False): 1,
     (4, 2, True): 10, (4, 2, False): 11,
@@ -80,21 +80,23 @@ WO_GEMV_CONFIG: dict[tuple[int, int, bool], int] = {  # measured: quant_gemm_h10
     (4, 8, True): 10, (4, 8, False): 11,
     (4, 16, True): 10, (4, 16, False): 11,
 }
-# int4, m = 1, group 128, k % 128 == 0: the one-row kernel by (n >= WIDE_N, k >= LONG_K), measured on
-# an H100 (2026-12-06, docs/quant_kernels.md): qkv 7.8 us with 16 (9.2 with config 1), o 7.0 (7.5),
-# gate_up 28.0 with 19 (29.3 with 10), LM head 104.6 (108.7), down_proj 14.9 with 18 (18.0 with 1).
+# int4, m <= 8, group 128, k % 128 == 0: the one-row kernel (configs 16..19) by (MT, n class, k >= LONG_K),
+# n class (tc1_n_class) 0: n <= SMALL_N (an 8B's o_proj), 1: other narrow n (qkv), 2: n >= WIDE_N (gate_up,
+# LM head). Measured on H100s (2026-12-06, docs/quant_kernels.md), us:
+# * m = 1 (quant_gemm_h100_one_row_ab.json, one machine): o 6.6 with 17 (7.4 with 16, 7.9 with 11), qkv 8.2
+#   with 16 (11.8 with 17), gate_up 29.0 with 19 (30.3 with 10), LM head 101.5 with 19 (109.0 with 10),
+#   down 15.7 with 18 (23.2 with 11).
+# * m = 2 / 4 / 8 (quant_gemm_h100_small_m.json): o 7.0 / 7.3 / 7.6 with 18 (8.1 / 8.4 / 8.8 with 11),
+#   qkv 8.6 / 9.1 / 9.8 with 16 (9.6 / 9.8 / 10.4), down 16.2 / 16.8 / 18.0 with 18 (23.4 / 23.8 / 25.3),
+#   gate_up 30.9 with 19 at m = 2 (32.1 with 10); at m = 4 / 8 config 10 stays (32.3 / 34.7 against
+#   32.6 / 35.5 with 19), so those keys are missing (WO_GEMV_CONFIG decides).
 LONG_K = 8192
-ONE_ROW_CONFIG: dict[tuple[bool, bool], int] = {(False, False): 16, (True, False): 19, (False, True): 18,
-                                                (True, True): 19}
-# int4, m = 2..8, group 128, k % 128 == 0: (MT, n >= WIDE_N, k >= LONG_K) -> the same kernel where it won
-# (H100, 2026-12-06, quant_gemm_h100_small_m.json, us at m = 2 / 4 / 8): qkv 16 8.6 / 9.1 / 9.8 (table
-# config 11: 9.6 / 9.8 / 10.4), o 16 7.3 / 7.7 / 8.3 (8.1 / 8.4 / 8.8), down 18 16.2 / 16.8 / 18.0 (23.4
-# / 23.8 / 25.3), gate_up 19 at m = 2 30.9 (32.1 with 10); at m = 4 / 8 config 10 stays (32.3 / 34.7
-# against 32.6 / 35.5). Missing keys use WO_GEMV_CONFIG.
-SMALL_M_CONFIG: dict[tuple[int, bool, bool], int] = {
-    (2, False, False): 16, (2, True, False): 19, (2, False, True): 18, (2, True, True): 19,
-    (4, False, False): 16, (4, False, True): 18,
-    (8, False, False): 16, (8, False, True): 18,
+SMALL_N = 4096
+TC1_CONFIG: dict[tuple[int, int, bool], int] = {
+    (1, 0, False): 17, (1, 1, False): 16, (1, 2, False): 19, (1, 0, True): 18, (1, 1, True): 18, (1, 2, True): 19,
+    (2, 0, False): 18, (2, 1, False): 16, (2, 2, False): 19, (2, 0, True): 18, (2, 1, True): 18, (2, 2, True): 19,
+    (4, 0, False): 18, (4, 1, False): 16, (4, 0, True): 18, (4, 1, True): 18,
+    (8, 0, False): 18, (8, 1, False): 16, (8, 0, True): 18, (8, 1, True): 18,
 }
 TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-row config
 # (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
@@ -139,6 +141,11 @@ def _mt(m: int) -> int:
     return 1 << max(0, m - 1).bit_length()
 
 
+def tc1_n_class(n: int) -> int:
+    """The n bucket of ``TC1_CONFIG``: 0 for n <= SMALL_N, 1 for other n below WIDE_N, 2 from WIDE_N."""
+    return 0 if n <= SMALL_N else (1 if n < WIDE_N else 2)
+
+
 def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size: int = 0) -> int:
     """Launch config the tables pick for a ``kind`` ("wo" or "fp8") GEMV of ``m`` rows, ``n`` outputs,
     ``k`` inputs and (weight-only) ``group_size`` (0 = per channel; k = 0: unknown)."""
@@ -146,8 +153,7 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size
     if kind == "fp8":
         return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
     if bits == 4 and m <= 8 and group_size == 128 and k > 0 and k % 128 == 0:
-        key = (wide, k >= LONG_K)
-        config = ONE_ROW_CONFIG.get(key) if m == 1 else SMALL_M_CONFIG.get((_mt(m), *key))
+        config = TC1_CONFIG.get((_mt(m), tc1_n_class(n), k >= LONG_K))
         if config is not None and (config not in TC1_STEP or (k // 128) % TC1_STEP[config] == 0):
             return config
     return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
