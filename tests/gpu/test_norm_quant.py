@@ -173,5 +173,6 @@ def _greedy_decode(net, prompt: list[int]) -> tuple[list[int], list[list[float]]
     from trtdsl.runtime.sampling import SamplingParams
     from trtdsl.runtime.session import GenerationSession, SessionRequest
     session = GenerationSession(Engine(net), "cuda")
-    *_, (state,) = session.generate([SessionRequest(tuple(prompt), max_new_tokens=6, sampling=SamplingParams(temperature=0))], want_generation_logits=True)
+    request = SessionRequest(tuple(prompt), max_new_tokens=6, sampling=SamplingParams(temperature=0))
+    *_, (state,) = session.generate([request], want_generation_logits=True)
     return state.output, [t.float().cpu().tolist() for t in state.generation_logits]

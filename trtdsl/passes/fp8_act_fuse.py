@@ -38,7 +38,7 @@ import torch
 from ..dtypes import DType
 from ..errors import DTypeError, ShapeError
 from ..ir.network import Layer, LayerKind, Network, Tensor
-from ..plugins.attention import ATTENTION_PLUGIN
+from ..plugins import attention
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization.numerics import quantize_fp8
 from ..quantization.plugins import FP8_GEMM
@@ -98,10 +98,9 @@ def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
 
 
 def _attention_fp8_shape(ins: list, fields: dict) -> list:
-    from ..plugins import attention
     _check(len(ins) == len(attention.INPUT_NAMES) + 1, ATTENTION_FP8, f"expects the attention's "
            f"{len(attention.INPUT_NAMES)} inputs and input_scale, got {len(ins)}", ins)
-    ((dtype, shape),) = attention.shape_rule(ins[:-1], fields)
+    ((_, shape),) = attention.shape_rule(ins[:-1], fields)
     _check_inputs(ATTENTION_FP8, [ins[0], ins[-1]], 2, 1)  # qkv float, input_scale float32 [1]
     return [(DType.fp8, shape)]
 
@@ -134,13 +133,11 @@ def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> 
 
 def attention_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
     """``trtdsl.attention``'s result (in qkv's dtype; its K/V written to the cache), then its e4m3 codes."""
-    from ..plugins import attention
     return quantize_fp8(attention.reference(ins[:-1], fields, hints or {}), ins[-1])
 
 
 def register() -> None:
     """Register the four plugins (idempotent: kernels attached to an existing spec survive)."""
-    from ..plugins import attention
     specs = [
         PluginSpec(RMS_NORM_FP8, _rms_norm_fp8_shape, rms_norm_fp8_reference,
                    doc="RMSNorm, output as e4m3 codes of y / input_scale (static scale)"),
@@ -170,7 +167,7 @@ def _quantized_output(layer: Layer) -> tuple[str, Tensor] | None:
         return ADD_RMS_NORM_FP8, layer.outputs[0]
     if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == fused_plugins.SWIGLU:
         return SWIGLU_FP8, layer.outputs[0]
-    if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION_PLUGIN:
+    if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == attention.ATTENTION_PLUGIN:
         return ATTENTION_FP8, layer.outputs[0]
     return None
 

@@ -22,7 +22,7 @@ from trtdsl.errors import PluginError
 
 from ..registry import get_plugin
 from ._lib import call, register_signatures
-from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
+from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _check_static_scale, _stream
 
 __all__ = ["rmsnorm_fp8", "swiglu_fp8", "fp8_gemm_codes", "register_fused_quant_implementations"]
 
@@ -33,13 +33,6 @@ register_signatures({  # plugins.h, "Quantizing RMSNorm / SwiGLU"
 })
 _FP8 = torch.float8_e4m3fn
 FusedImpl = Callable[[list, dict, dict], Any]
-
-
-def _check_scale(op: str, scale: torch.Tensor, device: torch.device) -> None:
-    _check(op, "input_scale", scale, device, (torch.float32,))
-    if scale.numel() != 1:
-        raise PluginError(f"{op}: input_scale must hold one value (a static per-tensor scale), got "
-                          f"shape {tuple(scale.shape)}")
 
 
 def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor, eps: float = 1e-6,
@@ -53,7 +46,7 @@ def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor
     _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
     if weight.shape[0] != hidden:
         raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
-    _check_scale(op, input_scale, x.device)
+    _check_static_scale(op, "input_scale", input_scale, x.device)
     out = torch.empty(x.shape, dtype=_FP8, device=x.device)
     total = None
     if residual is not None:
@@ -77,7 +70,7 @@ def swiglu_fp8(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
     _check(op, "x", x, dtypes=_DTYPE_CODES)
     if x.dim() == 0 or x.shape[-1] % 2:
         raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
-    _check_scale(op, input_scale, x.device)
+    _check_static_scale(op, "input_scale", input_scale, x.device)
     inter = x.shape[-1] // 2
     out = torch.empty(*x.shape[:-1], inter, dtype=_FP8, device=x.device)
     rows = x.numel() // max(2 * inter, 1)

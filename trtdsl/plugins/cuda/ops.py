@@ -267,7 +267,7 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     if max_q_len < 1 or max_kv_len < max_q_len:
         raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
     if out_scale is not None:
-        _check_out_scale(op, out_scale, qkv.device)
+        _check_static_scale(op, "out_scale", out_scale, qkv.device)
     kw: dict[str, Any] = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
               tokens_per_block=tokens_per_block)
     if max_q_len == 1 and _use_fused_decode(seq_lens.shape[0], num_kv_heads, max_kv_len):
@@ -283,11 +283,12 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     return quantize_fp8(out, out_scale)
 
 
-def _check_out_scale(op: str, out_scale: torch.Tensor, device: torch.device) -> None:
-    _check(op, "out_scale", out_scale, device, (torch.float32,))
-    if out_scale.numel() != 1:
-        raise PluginError(f"{op}: out_scale must hold one value (a static per-tensor fp8 scale), got shape "
-                          f"{tuple(out_scale.shape)}")
+def _check_static_scale(op: str, name: str, scale: torch.Tensor, device: torch.device) -> None:
+    """A float32 tensor on ``device`` holding one value: a static per-tensor fp8 scale."""
+    _check(op, name, scale, device, (torch.float32,))
+    if scale.numel() != 1:
+        raise PluginError(f"{op}: {name} must hold one value (a static per-tensor scale), got shape "
+                          f"{tuple(scale.shape)}")
 
 
 def _unfused_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
@@ -352,7 +353,7 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
     out_dtype = qkv.dtype
     if out_scale is not None:
-        _check_out_scale(op, out_scale, qkv.device)
+        _check_static_scale(op, "out_scale", out_scale, qkv.device)
         out_dtype = torch.float8_e4m3fn
     if out is None:
         out = torch.empty(qkv.shape[0], num_heads * head_dim, dtype=out_dtype, device=qkv.device)

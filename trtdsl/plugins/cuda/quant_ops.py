@@ -154,7 +154,7 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size
         return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
     if bits == 4 and m <= 8 and group_size == 128 and k > 0 and k % 128 == 0:
         config = TC1_CONFIG.get((_mt(m), tc1_n_class(n), k >= LONG_K))
-        if config is not None and (config not in TC1_STEP or (k // 128) % TC1_STEP[config] == 0):
+        if config is not None and (k // 128) % TC1_STEP[config] == 0:  # whole steps (else the C fallback)
             return config
     return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
 
