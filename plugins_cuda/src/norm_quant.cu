@@ -1,7 +1,6 @@
 // C launchers of the quantizing RMSNorm / SwiGLU kernels (norm_quant.cuh): validate, dispatch on dtype.
-#include "trtdsl/norm_quant.cuh"
+#include "trtdsl/norm_quant.cuh"  // (with rmsnorm.cuh: the kernel, kRmsnormMaxHidden)
 #include "trtdsl/plugins.h"
-#include "trtdsl/rmsnorm.cuh"  // kRmsnormMaxHidden: the same shared-memory row cache
 
 using namespace trtdsl;
 
@@ -14,9 +13,9 @@ extern "C" int trtdsl_rmsnorm_fp8(const void* x, const void* residual, const voi
   auto* o = static_cast<Fp8*>(out);
   switch (dtype) {
 #define TRTDSL_RMS_FP8(T)                                                                                      \
-  return launch_rmsnorm_fp8<T>(static_cast<const T*>(x), static_cast<const T*>(residual),                     \
-                               static_cast<const T*>(weight), input_scale, o, static_cast<T*>(residual_out), \
-                               rows, hidden, xs, rs, os, ros, eps, stream)
+  return launch_rmsnorm<T, StoreFp8<T>>(static_cast<const T*>(x), static_cast<const T*>(residual),            \
+                                        static_cast<const T*>(weight), o, static_cast<T*>(residual_out),       \
+                                        rows, hidden, xs, rs, os, ros, eps, stream, input_scale)
     case kFloat32: TRTDSL_RMS_FP8(float);
     case kFloat16: TRTDSL_RMS_FP8(__half);
     case kBFloat16: TRTDSL_RMS_FP8(__nv_bfloat16);

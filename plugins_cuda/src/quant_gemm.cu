@@ -24,7 +24,7 @@ extern "C" int trtdsl_weight_only_gemv_zp(const void* x, const void* qweight, co
   if (m < 1 || n < 1 || k < 1 || n > kMaxInt || k > kMaxInt || !resolve_group(k, group_size, num_groups))
     return kErrShape;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-  if (bits == 4 && config >= kWoTc1FirstConfig && config <= kWoTc1LastConfig) {  // one activation row
+  if (bits == 4 && config >= kWoTc1FirstConfig && config <= kWoTc1LastConfig) {  // the one-row kernel (1..8 rows)
 #define TRTDSL_TC1(T)                                                                                             \
   {                                                                                                               \
     const int st = zeros ? launch_wo_gemv_tc1<T, true>(static_cast<const T*>(x), qweight, scales, zeros,          \

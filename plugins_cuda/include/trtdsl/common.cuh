@@ -69,6 +69,7 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+inline bool aligned_to(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
 inline int launch_status() { return cudaGetLastError() == cudaSuccess ? kOk : kErrLaunch; }
 

@@ -7,21 +7,34 @@
 
 namespace trtdsl {
 
-template <typename T, int VEC, bool RESIDUAL>
+// How a normalized value leaves the kernel: stored in T (StoreT); norm_quant.cuh's StoreFp8 stores the
+// e4m3 codes of that T value instead, so the quantizing norm is this kernel with another store, and
+// its codes are the plain kernel's values quantized, bitwise.
+template <typename T> struct StoreT {
+  using Out = T;
+  __device__ static void prefetch(const float*) {}
+  __device__ explicit StoreT(const float*) {}
+  __device__ Out operator()(float y) const { return from_float<T>(y); }
+};
+
+template <typename T, int VEC, bool RESIDUAL, typename Store>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
-                               T* out, T* residual_out, int64_t hidden, int64_t x_stride,
-                               int64_t res_stride, int64_t out_stride, int64_t res_out_stride, float eps) {
+                               const float* __restrict__ out_scale, typename Store::Out* out, T* residual_out,
+                               int64_t hidden, int64_t x_stride, int64_t res_stride, int64_t out_stride,
+                               int64_t res_out_stride, float eps) {
   extern __shared__ float row_cache[];
   __shared__ float scratch[32];
   pdl_prefetch_l2_range(weight, hidden * static_cast<int64_t>(sizeof(T)));  // to L2 while the predecessor runs
+  Store::prefetch(out_scale);
   pdl_wait();  // x / residual come from the previous kernel, which may still read residual_out (pdl.cuh)
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const int64_t nvec = hidden / VEC;
-  // This thread's first weight vector now, so its latency overlaps the row sum.
+  // This thread's first weight vector (and the store's scale) now, so their latency overlaps the row sum.
   Vec<T, VEC> w_first;
   if (threadIdx.x < nvec) w_first = load_vec<T, VEC>(weight + threadIdx.x * VEC);
+  const Store store(out_scale);
   float sumsq = 0.f;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
@@ -42,48 +55,53 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
   }
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
-  T* outr = out + row * out_stride;
+  typename Store::Out* outr = out + row * out_stride;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     const Vec<T, VEC> wv = i == threadIdx.x ? w_first : load_vec<T, VEC>(weight + i * VEC);
-    Vec<T, VEC> ov;
+    Vec<typename Store::Out, VEC> ov;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) ov.v[k] = from_float<T>(row_cache[i * VEC + k] * inv * to_float(wv.v[k]));
-    store_vec<T, VEC>(outr + i * VEC, ov);
+    for (int k = 0; k < VEC; ++k) ov.v[k] = store(row_cache[i * VEC + k] * inv * to_float(wv.v[k]));
+    store_vec<typename Store::Out, VEC>(outr + i * VEC, ov);
   }
 }
 
 // Largest row (in floats) the shared-memory row cache accepts; Hopper allows 227 KB per block.
 constexpr int64_t kRmsnormMaxHidden = 48 * 1024;
 
-template <typename T, int VEC, bool RES>
-int launch_rmsnorm_v(const T* x, const T* res, const T* w, T* out, T* res_out, int64_t rows, int64_t hidden,
-                     int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, cudaStream_t stream) {
+template <typename T, int VEC, bool RES, typename Store>
+int launch_rmsnorm_v(const T* x, const T* res, const T* w, const float* scale, typename Store::Out* out, T* res_out,
+                     int64_t rows, int64_t hidden, int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps,
+                     cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
-  auto kernel = rmsnorm_kernel<T, VEC, RES>;
+  auto kernel = rmsnorm_kernel<T, VEC, RES, Store>;
   if (smem > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) !=
           cudaSuccess)
     return kErrLaunch;
   const int64_t nvec = hidden / VEC;
+  // The row sum's order (and so every output) depends on the thread count: one rule for every store.
   const int threads = nvec >= 1024 ? 1024 : static_cast<int>(((nvec + 31) / 32) * 32);
-  return launch_pdl(kernel, dim3(static_cast<unsigned>(rows)), dim3(threads), smem, stream, x, res, w, out, res_out,
-                    hidden, xs, rs, os, ros, eps);
+  return launch_pdl(kernel, dim3(static_cast<unsigned>(rows)), dim3(threads), smem, stream, x, res, w, scale, out,
+                    res_out, hidden, xs, rs, os, ros, eps);
 }
 
-// Picks 16-byte vectors when every pointer, stride and the hidden size allow them, else scalars.
-template <typename T>
-int launch_rmsnorm(const T* x, const T* res, const T* w, T* out, T* res_out, int64_t rows, int64_t hidden,
-                   int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, cudaStream_t stream) {
+// 16-byte input vectors (and output vectors of as many values) when every pointer, stride and the
+// hidden size allow them, else scalars. ``scale``: the store's (StoreFp8's input scale; unused by StoreT).
+template <typename T, typename Store = StoreT<T>>
+int launch_rmsnorm(const T* x, const T* res, const T* w, typename Store::Out* out, T* res_out, int64_t rows,
+                   int64_t hidden, int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, cudaStream_t stream,
+                   const float* scale = nullptr) {
   constexpr int V = 16 / sizeof(T);
   if (rows == 0) return kOk;
-  bool vec = hidden % V == 0 && xs % V == 0 && os % V == 0 && aligned16(x) && aligned16(w) && aligned16(out);
+  bool vec = hidden % V == 0 && xs % V == 0 && os % V == 0 && aligned16(x) && aligned16(w) &&
+             aligned_to(out, V * sizeof(typename Store::Out));
   if (res) vec = vec && rs % V == 0 && ros % V == 0 && aligned16(res) && aligned16(res_out);
   if (res) {
-    return vec ? launch_rmsnorm_v<T, V, true>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
-               : launch_rmsnorm_v<T, 1, true>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream);
+    return vec ? launch_rmsnorm_v<T, V, true, Store>(x, res, w, scale, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
+               : launch_rmsnorm_v<T, 1, true, Store>(x, res, w, scale, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream);
   }
-  return vec ? launch_rmsnorm_v<T, V, false>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
-             : launch_rmsnorm_v<T, 1, false>(x, res, w, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream);
+  return vec ? launch_rmsnorm_v<T, V, false, Store>(x, res, w, scale, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
+             : launch_rmsnorm_v<T, 1, false, Store>(x, res, w, scale, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream);
 }
 
 }  // namespace trtdsl
