@@ -3,8 +3,9 @@
 Default (decode, ~2.5 min on an H100): M = 1, 8, 16; bf16 ``F.linear``; int4 group-128 with zeros
 (the int4 default format) through the dispatcher, its GEMV forced (table config, every CUDA-core launch
 config 1..5, the tensor-core kernel's 8..15, the one-row tensor-core kernel's 16..19) and dequantize +
-cuBLAS; FP8 per-channel static through the dispatcher, its GEMV with the quantizer fused in (every
-config) and unfused (quantize + GEMV), ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
+cuBLAS; FP8 per-channel static through the dispatcher (quantize + GEMV), its GEMV on codes quantized
+beforehand as in the decode graph (table and every config: CUDA cores 1..5, tensor cores 20..23) and
+with the quantizer fused in, ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
 int8 weight-only, symmetric int4 and SmoothQuant int8.
 
 Each case is timed as a CUDA graph of back-to-back calls (median of CUDA-event times / calls), so
@@ -101,10 +102,12 @@ def cases(k: int, n: int, m: int, W: dict[str, Any], x: torch.Tensor, full: bool
             tag = "table" if c is None else f"cfg{c}"
             out[f"w4a16_zp_gemv_{tag}"] = (
                 lambda q, s, z, c=c: Q.weight_only_gemv(x, q, s, 4, G, gw, z, c), "int4_zp")
-        for c in [None] + cuda_core:  # static activation scale quantized inside the GEMV (one launch)
+        xq = Q.quantize_fp8(x, xs)  # the decode graph's form: the norm / SwiGLU / attention wrote the codes
+        for c in [None] + cuda_core + list(Q.FP8_TC_CONFIGS):  # 20..: tensor cores
             tag = "table" if c is None else f"cfg{c}"
-            out[f"fp8_gemv_{tag}"] = (lambda w, s, c=c: Q.fp8_gemv_static(x, w, xs, s, c), "fp8")
-        out["fp8_gemv_unfused_table"] = (lambda w, s: Q.fp8_gemv(Q.quantize_fp8(x, xs), w, xs, s, DTYPE), "fp8")
+            out[f"fp8_gemv_{tag}"] = (lambda w, s, c=c: Q.fp8_gemv(xq, w, xs, s, DTYPE, c), "fp8")
+        # static activation scale quantized inside the GEMV (one launch, CUDA cores)
+        out["fp8_gemv_static_table"] = (lambda w, s: Q.fp8_gemv_static(x, w, xs, s), "fp8")
     if full:
         out["w4a16_g128"] = (lambda q, s: Q.weight_only_gemm(x, q, s, 4, G, k), "int4")
         out["w8a16_g128"] = (lambda q, s: Q.weight_only_gemm(x, q, s, 8, G, k), "int8")

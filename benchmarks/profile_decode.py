@@ -123,11 +123,40 @@ def by_name(steps: list[list[tuple[str, float, float]]]) -> list[dict[str, Any]]
 
 
 WoConfigs = tuple[int | None, int | None, int | None]  # m = 1 int4 configs: narrow n, wide n, long k
+Fp8Configs = tuple[int | None, int | None]  # m = 1 fp8 configs: narrow n, wide n
+# (quant_ops table, key, config; None = the table's own) or (quant_ops, attribute name, value)
+Setting = tuple[Any, Any, int | None]
+
+
+def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
+                    fp8_gemv_max_m: int | None = None) -> list[tuple[str, bool, list[Setting]]]:
+    """(name, PDL on, settings) per timed variant: PDL off / on with the tables as they are, then (PDL on)
+    each requested m = 1 config set of the mode's GEMV kind, and fp8 with another FP8_GEMV_MAX_M."""
+    from trtdsl.plugins.cuda import quant_ops
+    variants: list[tuple[str, bool, list[Setting]]] = [("pdl_off", False, []), ("pdl_on", True, [])]
+
+    def tag(cfgs: tuple) -> str:
+        return "_".join("-" if c is None else str(c) for c in cfgs)
+
+    if mode.startswith("int4"):  # the 8B's int4 g128 GEMVs: TC1_CONFIG's m = 1 keys
+        # narrow n (o, qkv), wide n (gate_up, LM head), long k (down)
+        groups = (((1, 0, False), (1, 1, False)), ((1, 2, False),), ((1, 0, True), (1, 1, True)))
+        variants += [("pdl_on_cfg" + tag(cfgs), True, [(quant_ops.TC1_CONFIG, key, cfg)
+                                                       for group, cfg in zip(groups, cfgs) for key in group])
+                     for cfgs in wo_configs]
+    if mode.startswith("fp8"):  # FP8_GEMV_CONFIG's m = 1 keys: narrow n (qkv, o, down), wide n (gate_up)
+        variants += [("pdl_on_fp8cfg" + tag(cfgs), True, [(quant_ops.FP8_GEMV_CONFIG, (1, wide), cfg)
+                                                          for wide, cfg in zip((False, True), cfgs)])
+                     for cfgs in fp8_configs]
+        if fp8_gemv_max_m is not None:
+            variants.append((f"pdl_on_fp8_gemv_max_m{fp8_gemv_max_m}", True,
+                             [(quant_ops, "FP8_GEMV_MAX_M", fp8_gemv_max_m)]))
+    return variants
 
 
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
-                 wo_configs: list[WoConfigs]) -> dict[str, Any]:
-    from trtdsl.plugins.cuda import quant_ops
+                 wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
+                 fp8_gemv_max_m: int | None = None) -> dict[str, Any]:
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
     t0 = time.perf_counter()
@@ -139,21 +168,12 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants: list[tuple[str, bool, WoConfigs]] = [
-        ("pdl_off", False, (None, None, None)), ("pdl_on", True, (None, None, None))]
-    if mode.startswith("int4"):  # other m = 1 launch shapes: narrow n (qkv, o), wide n (gate_up), long k (down)
-        variants += [("pdl_on_cfg" + "_".join("-" if c is None else str(c) for c in cfgs), True, cfgs)
-                     for cfgs in wo_configs]
-    table = quant_ops.TC1_CONFIG  # (MT, n class, k >= LONG_K) -> config: the 8B's int4 g128 GEMVs at m <= 8
-    # m = 1 keys of narrow n (o, qkv), wide n (gate_up, LM head), long k (down)
-    key_groups = (((1, 0, False), (1, 1, False)), ((1, 2, False),), ((1, 0, True), (1, 1, True)))
-    keys = [key for group in key_groups for key in group]
-    defaults = {key: table.get(key) for key in keys}
-    for key, pdl, cfgs in variants:
+    variants = config_variants(mode, wo_configs, fp8_configs, fp8_gemv_max_m)
+    defaults = {(id(table), key): _get_entry(table, key) for _, _, settings in variants for table, key, _ in settings}
+    for key, pdl, settings in variants:
         set_programmatic_launch(pdl)
-        for group, cfg in zip(key_groups, cfgs):
-            for tkey in group:
-                _set_entry(table, tkey, cfg if cfg is not None else defaults[tkey])
+        for table, tkey, cfg in settings:
+            _set_entry(table, tkey, cfg if cfg is not None else defaults[(id(table), tkey)])
         engine.graphs = CudaGraphCache(engine.executor)  # recapture: launches record the attribute
         entry: dict[str, Any] = {"decode_ms": {}, "graph_replay_ms": {}}
         for b in batches:
@@ -184,31 +204,37 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
             gap = row["gap_before_us"]
             print(f"    {row['us']:7.2f} us (gap {gap if gap is None else round(gap, 2)}) {row['kernel'][:70]}{extra}",
                   flush=True)
+        for table, tkey, _ in settings:
+            _set_entry(table, tkey, defaults[(id(table), tkey)])
     set_programmatic_launch(True)
-    for tkey in keys:
-        _set_entry(table, tkey, defaults[tkey])
     del engine
     gc.collect()
     torch.cuda.empty_cache()
     return res
 
 
-def _set_entry(table: dict, key: tuple, config: int | None) -> None:
-    if config is None:
+def _get_entry(table: Any, key: Any) -> int | None:
+    return table.get(key) if isinstance(table, dict) else getattr(table, key)
+
+
+def _set_entry(table: Any, key: Any, config: int | None) -> None:
+    if not isinstance(table, dict):  # a module attribute
+        setattr(table, key, config)
+    elif config is None:
         table.pop(key, None)
     else:
         table[key] = config
 
 
-def parse_wo_configs(spec: str) -> list[WoConfigs]:
-    """'1,12/13,16/19/18' -> [(1, None, None), (12, 13, None), (16, 19, 18)]: m = 1 int4 configs for
-    narrow n, then optionally wide n and long k (k >= quant_ops.LONG_K); left out = the table's."""
-    out: list[WoConfigs] = []
+def parse_configs(spec: str, parts_max: int, flag: str) -> list[tuple]:
+    """'1,12/13,16/19/18' -> [(1, None, None), (12, 13, None), (16, 19, 18)] (parts_max 3): m = 1 configs
+    for narrow n, then optionally wide n and (int4) long k (k >= quant_ops.LONG_K); left out = the table's."""
+    out: list[tuple] = []
     for item in filter(None, spec.split(",")):
         parts = [int(p) if p else None for p in item.split("/")]
-        if not 1 <= len(parts) <= 3:
-            raise SystemExit(f"--wo-configs: expected N[/W[/L]], got {item!r}")
-        out.append(tuple(parts + [None] * (3 - len(parts))))  # type: ignore[arg-type]
+        if not 1 <= len(parts) <= parts_max:
+            raise SystemExit(f"{flag}: expected at most {parts_max} configs joined by '/', got {item!r}")
+        out.append(tuple(parts + [None] * (parts_max - len(parts))))
     return out
 
 
@@ -223,6 +249,12 @@ def main() -> None:
                     help="int4 g128: also time these m = 1 GEMV configs (PDL on; quant_ops.TC1_CONFIG): N "
                          "sets narrow n (qkv, o), N/W also wide n (gate_up, LM head), N/W/L also k >= LONG_K "
                          "(down); empty parts keep the table's, e.g. 1/10/1,16//18")
+    ap.add_argument("--fp8-configs", default="",
+                    help="fp8: also time these m = 1 GEMV configs (PDL on; quant_ops.FP8_GEMV_CONFIG): N sets "
+                         "narrow n (qkv, o, down), N/W also wide n (gate_up, LM head), e.g. 1/1,20/21")
+    ap.add_argument("--fp8-gemv-max-m", type=int, default=None,
+                    help="fp8: also time with quant_ops.FP8_GEMV_MAX_M set to this (PDL on), e.g. 4: "
+                         "_scaled_mm from 5 rows")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -235,7 +267,9 @@ def main() -> None:
     name = args.name or f"decode_profile_{device_slug()}"
     for mode in args.modes.split(","):
         results["modes"][mode] = profile_mode(model, mode, batches, args.prompt, args.steps,
-                                               parse_wo_configs(args.wo_configs))
+                                               parse_configs(args.wo_configs, 3, "--wo-configs"),
+                                               parse_configs(args.fp8_configs, 2, "--fp8-configs"),
+                                               args.fp8_gemv_max_m)
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios = {}
     bf = results["modes"].get("bf16")

@@ -315,7 +315,7 @@ GROUPS = [32, 64, 128, 0]  # with k = 352: 11 groups; 6 (last 32); 3 (last 96); 
 def test_gemv_config_tables_name_valid_configs():
     from trtdsl.plugins.cuda import quant_ops as Q
     cuda_core = range(1, Q.NUM_GEMV_CONFIGS + 1)
-    assert all(c in cuda_core for c in Q.FP8_GEMV_CONFIG.values())
+    assert all(c in (*cuda_core, *Q.FP8_TC_CONFIGS) for c in Q.FP8_GEMV_CONFIG.values())
     # tensor-core configs only for int4 keys
     tensor_core = (*Q.WO_TC_CONFIGS, *Q.WO_TC1_CONFIGS)
     assert all(c in cuda_core or (key[0] == 4 and c in tensor_core) for key, c in Q.WO_GEMV_CONFIG.items())
@@ -333,14 +333,16 @@ def test_gemv_config_tables_name_valid_configs():
                 if config in Q.WO_TC1_CONFIGS:  # only where the one-row kernel runs
                     assert m <= 8 and group == 128 and (k // 128) % Q.TC1_STEP[config] == 0
             assert Q.gemv_config("wo", m, n, 8) in cuda_core
-            assert Q.gemv_config("fp8", m, n) in cuda_core
+            assert Q.gemv_config("fp8", m, n) in (cuda_core if m > 8 else (*cuda_core, *Q.FP8_TC_CONFIGS))
 
 
-def test_tensor_core_configs_are_int4_only():
-    from trtdsl.plugins.cuda.quant_ops import WO_TC_CONFIGS, _check_config
-    _check_config("op", WO_TC_CONFIGS[0], tensor_core=True)
+def test_tensor_core_configs_belong_to_their_kernel():
+    from trtdsl.plugins.cuda.quant_ops import FP8_TC_CONFIGS, WO_TC1_CONFIGS, WO_TC_CONFIGS, _check_config
+    _check_config("op", WO_TC_CONFIGS[0], WO_TC_CONFIGS, "int4")
     with pytest.raises(PluginError, match="config must be 0..5, got 8"):
         _check_config("op", WO_TC_CONFIGS[0])
+    with pytest.raises(PluginError, match=r"config must be 0..5 or 20..23 \(fp8 tensor cores\), got 16"):
+        _check_config("op", WO_TC1_CONFIGS[0], FP8_TC_CONFIGS, "fp8")
 
 
 def test_fp8_gemv_rejects_bad_arguments():
@@ -409,7 +411,7 @@ def test_quantize_per_token_fp8_matches_numerics_bitwise():
 
 
 @cuda
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", CONFIGS + [20, 21, 22, 23])  # 20..23: tensor cores (m > 8: config 1)
 @pytest.mark.parametrize("m", range(1, 17))
 def test_fp8_gemv_every_row_count_and_config(m, config):
     """Static / dynamic activation scales x per-tensor / per-channel weight scales, fp16 / bf16 / fp32
@@ -437,6 +439,36 @@ def test_fp8_gemv_llama_shapes(m, k, n, dynamic):
     ins = fp8_inputs(m, k, n, torch.bfloat16, True)
     ins = ins[:3] if dynamic else ins
     assert rel_err(fp8_gemm(*ins), fp8_gemm_reference(ins, {})) < TOL[torch.bfloat16]
+
+
+@fp8
+@pytest.mark.parametrize("config", [20, 21, 22, 23])
+@pytest.mark.parametrize("k,n", [(4096, 6144), (14336, 96), (4112, 40)])
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_fp8_tensor_core_gemv_long_k(m, k, n, config):
+    """The tensor-core kernel's fp32 outputs over long k, against float64 sums of the same codes and next to the
+    CUDA-core kernel's (config 1): its per-step partial sums (64..256 products on the tensor core, then
+    fp32) must not cost more than a few times the CUDA-core kernel's reordering error."""
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemv, quantize_fp8
+    x, w, w_scale, x_scale = fp8_inputs(m, k, n, torch.float32, True)
+    xq = quantize_fp8(x, x_scale)
+    ref = (xq.double() @ w.double().T) * (x_scale.double() * w_scale.double())  # exact sums
+    tc_err = rel_err(fp8_gemv(xq, w, x_scale, w_scale, torch.float32, config).double(), ref)
+    cuda_core_err = rel_err(fp8_gemv(xq, w, x_scale, w_scale, torch.float32, 1).double(), ref)
+    assert tc_err < max(4 * cuda_core_err, 1e-6), (tc_err, cuda_core_err)
+    bf16 = fp8_gemv(xq, w, x_scale, w_scale, torch.bfloat16, config)
+    assert rel_err(bf16.double(), ref) < TOL[torch.bfloat16]
+
+
+@fp8
+def test_fp8_static_gemv_runs_cuda_cores_for_tensor_core_configs():
+    """The in-kernel quantizer reads 16-bit activations, which the tensor-core kernel cannot: configs
+    20..23 run config 1, bitwise."""
+    from trtdsl.plugins.cuda.quant_ops import fp8_gemv_static
+    x, w, w_scale, x_scale = fp8_inputs(2, 512, 40, torch.bfloat16, True)
+    want = fp8_gemv_static(x, w, x_scale, w_scale, 1)
+    for config in (20, 23):
+        assert torch.equal(fp8_gemv_static(x, w, x_scale, w_scale, config), want)
 
 
 @cuda

@@ -57,6 +57,22 @@ template <> struct Mma<__nv_bfloat16> {
   }
 };
 
+// FP8 (e4m3 x e4m3) mma.sync m16n8k32 with fp32 accumulators (sm_89+): each .b32 operand holds 4 codes.
+// A: a0 / a2 = row g at k 4t..4t+3 / 4t+16..4t+19, a1 / a3 = row g + 8 at the same k; B: b0 / b1 =
+// column g at k 4t.. / 4t+16..; C as in the 16-bit mma. On older targets (the compute_80 PTX) it traps:
+// the launchers run it only on devices of compute capability 8.9 or more.
+__device__ __forceinline__ void mma_e4m3(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+  __trap();
+#endif
+}
+
 // Per-warp running state of 16 query rows. Thread (g = lane / 4, c = lane % 4) holds rows g and g+8.
 template <int D> struct WarpState {
   uint32_t q[D / 16][4];  // A fragments of Q, loaded once

@@ -8,6 +8,7 @@
 #pragma once
 #include <cuda_fp8.h>
 
+#include "trtdsl/fp8_gemv_tc.cuh"
 #include "trtdsl/quant_gemm.cuh"
 
 namespace trtdsl {
@@ -194,6 +195,13 @@ inline int launch_fp8_gemv(const void* xq, const void* wq, const float* xs, int 
   if (m < 1 || m > kFp8GemvMaxM || n < 1 || k < 16 || k % 16) return kErrShape;
   if (!aligned16(xq) || !aligned16(wq)) return kErrUnsupported;
   if (QX && (sizeof(T) != 2 || xs_stride != 0)) return kErrUnsupported;
+  if (config >= kFp8TcFirstConfig && config <= kFp8TcLastConfig) {  // tensor cores (fp8_gemv_tc.cuh)
+    if constexpr (!QX) {
+      const int status = launch_fp8_gemv_tc<T>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+      if (status != kErrUnsupported) return status;
+    }
+    config = 1;  // in-kernel quantization, m > 8 or no e4m3 mma: the CUDA-core kernel
+  }
   if (config < 0 || config > kQuantGemvNumConfigs) return kErrUnsupported;
   if (config == 0) config = fp8_gemv_auto_config(m, n, k);
   if (m == 1) return launch_fp8_gemv_mt<T, 1, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);

@@ -130,7 +130,9 @@ int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* scales, int64
 /* FP8 decode GEMV (plugins_cuda/src/fp8_gemv.cu): out [m, n] = (sum_k xq[m, k] * weight[n, k]) *
  * (x_scale[m * x_scale_stride] * w_scale[n * w_scale_stride]) for 1 <= m <= 16, xq / weight e4m3
  * (xq from trtdsl_quantize_fp8 or _per_token_fp8), strides 0 (per tensor) or 1; fp32 accumulation of
- * exact products; out fp32 / fp16 / bf16. k % 16 == 0, xq and weight 16-byte aligned. */
+ * exact products; out fp32 / fp16 / bf16. k % 16 == 0, xq and weight 16-byte aligned. config 0..5:
+ * CUDA-core launch shapes; 20..23: the tensor-core kernel (fp8_gemv_tc.cuh: e4m3 mma, partial sums of
+ * 64..256 products promoted to fp32), which runs config 1 instead for m > 8 or below compute capability 8.9. */
 int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* x_scale, int64_t x_scale_stride,
                     const float* w_scale, int64_t w_scale_stride, void* out, int64_t m, int64_t n, int64_t k,
                     int config, int dtype, cudaStream_t stream);
@@ -142,7 +144,7 @@ int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* x_scale, in
  * trtdsl_quantize_fp8(x, input_scale) followed by trtdsl_fp8_gemv(..., x_scale = input_scale, stride 0)
  * in one launch, bitwise the same output (same codes, products and summation order for the same
  * config). x / out fp16 or bf16 (dtype) [m, k] / [m, n], 1 <= m <= 16, k % 16 == 0, x and weight
- * 16-byte aligned; input_scale [1]. */
+ * 16-byte aligned; input_scale [1]. Configs 20..23 run config 1 (the tensor-core kernel reads codes). */
 int trtdsl_fp8_gemv_static(const void* x, const float* input_scale, const void* weight, const float* w_scale,
                            int64_t w_scale_stride, void* out, int64_t m, int64_t n, int64_t k, int config, int dtype,
                            cudaStream_t stream);

@@ -32,9 +32,9 @@ from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
 
 __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIGS", "WO_GEMV_CONFIG",
-           "TC1_CONFIG", "SMALL_N", "tc1_n_class", "LONG_K", "FP8_GEMV_CONFIG", "WO_TC_CONFIGS", "WO_TC1_CONFIGS",
-           "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config",
-           "gemv_max_m", "gemv_supported",
+           "TC1_CONFIG", "SMALL_N", "tc1_n_class", "LONG_K", "FP8_GEMV_CONFIG", "FP8_TC_CONFIGS", "WO_TC_CONFIGS",
+           "WO_TC1_CONFIGS", "INT4_GEMV_MAX_M", "FP8_FUSE_STATIC_QUANT", "gemv_config", "gemv_max_m",
+           "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
            "quantize_per_token_int8", "int8_gemm", "set_programmatic_launch", "programmatic_launch_enabled"]
@@ -52,9 +52,10 @@ INT4_GEMV_MAX_M = 16
 # 14336x4096): every block re-quantizes the x it reads with IEEE divisions, which costs what the
 # saved launch gains. Off until that is cheaper (docs/quant_kernels.md).
 FP8_FUSE_STATIC_QUANT = False
-# FP8 GEMV vs _scaled_mm (~0.6-0.85 of copy at any m <= 16): the GEMV does 16 fp32 FMAs per weight
-# byte at m = 16, ~1.5x the time of the weight stream, so it stops at 8 (measure: bench_quant_gemm).
-FP8_GEMV_MAX_M = 4  # at m = 8 _scaled_mm won on 3 of 4 8B shapes (quant_gemm_h100.json)
+# FP8 GEMV vs _scaled_mm (~0.6-0.85 of copy at any m <= 16): the CUDA-core GEMV does m fp32 FMAs per
+# weight byte and lost to _scaled_mm at m = 8 on 3 of 4 8B shapes; the tensor-core GEMV (FP8_TC_CONFIGS)
+# takes m = 5..8 in 11.1-44.4 us against _scaled_mm's 17.9-50.8 (H100, quant_gemm_h100_fp8_tc.json).
+FP8_GEMV_MAX_M = 8
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
 
 NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..5 (0 = the C++ automatic choice)
@@ -99,8 +100,16 @@ TC1_CONFIG: dict[tuple[int, int, bool], int] = {
     (8, 0, False): 18, (8, 1, False): 16, (8, 0, True): 18, (8, 1, True): 18,
 }
 TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-row config
+# kFp8TcFirstConfig..kFp8TcLastConfig: the FP8 tensor-core GEMV (fp8_gemv_tc.cuh: e4m3 mma on the codes as
+# loaded, 1..8 rows of quantized activations). fp8_gemv_static (in-kernel quantizer), m > 8 and devices
+# below compute capability 8.9 run config 1 for these.
+FP8_TC_CONFIGS = (20, 21, 22, 23)
 # (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
-FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}  # config 1 was best or within 3% at m = 1 (H100)
+# H100 (quant_gemm_h100_fp8_tc.json, us; 8B shapes qkv / o / gate_up / down): m = 1, 2: config 1 best or
+# within 3 %; m = 4: gate_up 43.9 with 22 (49.4 with 1), the narrow ones within 4 % of config 1; m = 8:
+# 12.5 / 11.1 / 44.4 / 26.2 with 21 / 21 / 22 / 21 (config 1: 19.8 / 13.8 / 81.6 / 37.9; o alone
+# would take 9.6 with 20).
+FP8_GEMV_CONFIG: dict[tuple[int, bool], int] = {(4, True): 22, (8, False): 21, (8, True): 22}
 
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 # Argument types of the launchers declared in plugins.h (kept next to it: change both together).
@@ -159,9 +168,10 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size
     return WO_GEMV_CONFIG.get((bits, _mt(m), wide), 1)
 
 
-def _check_config(op: str, config: int, tensor_core: bool = False) -> None:
-    if not (0 <= config <= NUM_GEMV_CONFIGS or (tensor_core and config in (*WO_TC_CONFIGS, *WO_TC1_CONFIGS))):
-        extra = f" or {WO_TC_CONFIGS[0]}..{WO_TC1_CONFIGS[-1]} (int4 tensor cores)" if tensor_core else ""
+def _check_config(op: str, config: int, tensor_core: tuple[int, ...] = (), kind: str = "") -> None:
+    """``config`` must be a CUDA-core shape 0..NUM_GEMV_CONFIGS or one of the op's ``tensor_core`` configs."""
+    if not (0 <= config <= NUM_GEMV_CONFIGS or config in tensor_core):
+        extra = f" or {tensor_core[0]}..{tensor_core[-1]} ({kind} tensor cores)" if tensor_core else ""
         raise PluginError(f"{op}: config must be 0..{NUM_GEMV_CONFIGS}{extra}, got {config}")
 
 
@@ -237,7 +247,7 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     m, k = x2.shape
     n = qweight.shape[0]
     config = gemv_config("wo", m, n, bits, k, group_size) if config is None else config
-    _check_config("weight_only_gemv", config, tensor_core=bits == 4)
+    _check_config("weight_only_gemv", config, (*WO_TC_CONFIGS, *WO_TC1_CONFIGS) if bits == 4 else (), "int4")
     out = x2.new_empty(m, n)
     call("trtdsl_weight_only_gemv_zp", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), _ptr(zeros),
          out.data_ptr(), m, n, k, bits, group_size, groups, config, _DTYPE_CODES[x2.dtype], _stream(x2))
@@ -295,8 +305,9 @@ def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weig
              out_dtype: torch.dtype, config: int | None = None) -> torch.Tensor:
     """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` for e4m3 ``xq [m <= 16, k]``
     (from :func:`quantize_fp8` / :func:`quantize_per_token_fp8`), e4m3 ``weight [n, k]``, ``x_scale``
-    ``[1]`` or ``[m, 1]``, ``weight_scale`` ``[1]`` or ``[n]``; ``k % 16 == 0``. ``config`` as in
-    :func:`weight_only_gemv` (``None`` = the ``FP8_GEMV_CONFIG`` table)."""
+    ``[1]`` or ``[m, 1]``, ``weight_scale`` ``[1]`` or ``[n]``; ``k % 16 == 0``. ``config``: CUDA-core
+    launch shape 1..5, tensor-core kernel 20..23 (``FP8_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the
+    ``FP8_GEMV_CONFIG`` table."""
     op = "fp8_gemv"
     _check(op, "xq", xq, dtypes=(torch.float8_e4m3fn,), ndim=2)
     _check(op, "weight", weight, xq.device, (torch.float8_e4m3fn,), ndim=2)
@@ -313,7 +324,7 @@ def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weig
     if out_dtype not in _DTYPE_CODES:
         raise PluginError(f"{op}: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
     config = gemv_config("fp8", m, n) if config is None else config
-    _check_config(op, config)
+    _check_config(op, config, FP8_TC_CONFIGS, "fp8")
     out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
     call("trtdsl_fp8_gemv", xq.data_ptr(), weight.data_ptr(), x_scale.data_ptr(), int(x_scale.numel() > 1),
          weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(), m, n, k, config,
@@ -340,7 +351,7 @@ def fp8_gemv_static(x2: torch.Tensor, weight: torch.Tensor, input_scale: torch.T
         raise PluginError(f"{op}: input_scale must have 1 value and weight_scale 1 or {n}, got "
                           f"{tuple(input_scale.shape)} and {tuple(weight_scale.shape)}")
     config = gemv_config("fp8", m, n) if config is None else config
-    _check_config(op, config)
+    _check_config(op, config, FP8_TC_CONFIGS, "fp8")
     out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     call("trtdsl_fp8_gemv_static", x2.data_ptr(), input_scale.data_ptr(), weight.data_ptr(),
          weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(), m, n, k, config,
@@ -350,7 +361,7 @@ def fp8_gemv_static(x2: torch.Tensor, weight: torch.Tensor, input_scale: torch.T
 
 def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
              input_scale: torch.Tensor | None = None, pad_rows_to: int = 1,
-             gemv_max_m: int = FP8_GEMV_MAX_M) -> torch.Tensor:
+             gemv_max_m: int | None = None) -> torch.Tensor:
     """FP8 W8A8 ``x W^T``: static per-tensor ``input_scale`` ``[1]`` or, with ``None``, dynamic
     per-token activation scales; per-tensor ``[1]`` or per-channel ``[n]`` weight scale. Up to
     ``gemv_max_m`` rows run the FP8 GEMV (k % 16 == 0, any GPU); more rows run cuBLASLt
@@ -365,6 +376,7 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     m = x2.shape[0]
     if m == 0:
         return x.new_empty(*x.shape[:-1], n)
+    gemv_max_m = FP8_GEMV_MAX_M if gemv_max_m is None else gemv_max_m
     if m <= min(gemv_max_m, GEMV_KERNEL_MAX_M) and k % 16 == 0 and weight.data_ptr() % 16 == 0:
         if input_scale is None:
             xq, xs = quantize_per_token_fp8(x2)
