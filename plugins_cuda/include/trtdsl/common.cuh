@@ -71,6 +71,16 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 inline bool aligned_to(const void* p, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(p) % bytes) == 0; }
 
+// How a kernel's float result leaves it (the `Store` of the RMSNorm and SwiGLU kernels): rounded to T.
+// norm_quant.cuh's StoreFp8 stores the e4m3 codes of that T value / scale instead, so a quantizing
+// kernel is the plain one with another store, and its codes are the plain values quantized, bitwise.
+template <typename T> struct StoreT {
+  using Out = T;
+  __device__ static void prefetch(const float*) {}  // the store's constants, before pdl_wait (none here)
+  __device__ explicit StoreT(const float*) {}
+  __device__ Out operator()(float y) const { return from_float<T>(y); }
+};
+
 inline int launch_status() { return cudaGetLastError() == cudaSuccess ? kOk : kErrLaunch; }
 
 }  // namespace trtdsl

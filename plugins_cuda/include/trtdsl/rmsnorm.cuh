@@ -7,16 +7,7 @@
 
 namespace trtdsl {
 
-// How a normalized value leaves the kernel: stored in T (StoreT); norm_quant.cuh's StoreFp8 stores the
-// e4m3 codes of that T value instead, so the quantizing norm is this kernel with another store, and
-// its codes are the plain kernel's values quantized, bitwise.
-template <typename T> struct StoreT {
-  using Out = T;
-  __device__ static void prefetch(const float*) {}
-  __device__ explicit StoreT(const float*) {}
-  __device__ Out operator()(float y) const { return from_float<T>(y); }
-};
-
+// Store: how a normalized value leaves the kernel (StoreT, common.cuh; norm_quant.cuh's StoreFp8).
 template <typename T, int VEC, bool RESIDUAL, typename Store>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
                                const float* __restrict__ out_scale, typename Store::Out* out, T* residual_out,
