@@ -5,8 +5,9 @@ Default (decode, ~2.5 min on an H100): M = 1, 8, 16; bf16 ``F.linear``; int4 gro
 config 1..5, the tensor-core kernel's 8..15, the one-row tensor-core kernel's 16..19) and dequantize +
 cuBLAS; FP8 per-channel static through the dispatcher (quantize + GEMV), its GEMV on codes quantized
 beforehand as in the decode graph (table and every config: CUDA cores 1..5, tensor cores 20..23) and
-with the quantizer fused in, ``_scaled_mm``, and the dynamic per-token format. ``--full`` adds M = 2, 4, 128, 2048,
-int8 weight-only, symmetric int4 and SmoothQuant int8.
+with the quantizer fused in, ``_scaled_mm``, and the dynamic per-token format; SmoothQuant int8 through
+the dispatcher, through ``_int_mm`` and its GEMV (m <= 8, every launch shape). ``--full`` adds M = 2, 4,
+128, 2048, int8 weight-only and symmetric int4.
 
 Each case is timed as a CUDA graph of back-to-back calls (median of CUDA-event times / calls), so
 Python and launch gaps are excluded, and the calls cycle through enough weight copies (> 4x the L2)
@@ -108,10 +109,16 @@ def cases(k: int, n: int, m: int, W: dict[str, Any], x: torch.Tensor, full: bool
             out[f"fp8_gemv_{tag}"] = (lambda w, s, c=c: Q.fp8_gemv(xq, w, xs, s, DTYPE, c), "fp8")
         # static activation scale quantized inside the GEMV (one launch, CUDA cores)
         out["fp8_gemv_static_table"] = (lambda w, s: Q.fp8_gemv_static(x, w, xs, s), "fp8")
+    out["int8_w8a8_smoothquant"] = (lambda w, s: Q.int8_gemm(x, w, s), "int8_sq")
+    out["int8_w8a8_int_mm"] = (lambda w, s: Q.int8_gemm(x, w, s, gemv_max_m=0), "int8_sq")
+    if m <= Q.INT8_GEMV_MAX_M:  # the SmoothQuant GEMV on codes quantized beforehand, every launch shape
+        x8, x8_scales = Q.quantize_per_token_int8(x)
+        for c in [None] + list(range(1, Q.NUM_GEMV_CONFIGS + 1)):
+            tag = "table" if c is None else f"cfg{c}"
+            out[f"int8_sq_gemv_{tag}"] = (lambda w, s, c=c: Q.int8_gemv(x8, w, x8_scales, s, DTYPE, c), "int8_sq")
     if full:
         out["w4a16_g128"] = (lambda q, s: Q.weight_only_gemm(x, q, s, 4, G, k), "int4")
         out["w8a16_g128"] = (lambda q, s: Q.weight_only_gemm(x, q, s, 8, G, k), "int8")
-        out["int8_w8a8_smoothquant"] = (lambda w, s: Q.int8_gemm(x, w, s), "int8_sq")
         if m <= Q.GEMV_KERNEL_MAX_M:
             out["w8a16_g128_gemv"] = (lambda q, s: Q.weight_only_gemv(x, q, s, 8, G, gw), "int8")
     return out
@@ -160,7 +167,8 @@ def summarize(results: list[dict]) -> dict[str, Any]:
     for k, n, m in sorted({(r["k"], r["n"], r["m"]) for r in results}):
         rs = {r["kernel"]: r for r in results if (r["k"], r["n"], r["m"]) == (k, n, m)}
         entry: dict[str, Any] = {}
-        for kind, large in (("w4a16_zp_gemv", "w4a16_zp_dequant_cublas"), ("fp8_gemv", "fp8_w8a8_scaled_mm")):
+        for kind, large in (("w4a16_zp_gemv", "w4a16_zp_dequant_cublas"), ("fp8_gemv", "fp8_w8a8_scaled_mm"),
+                            ("int8_sq_gemv", "int8_w8a8_int_mm")):
             cfgs = {name: r for name, r in rs.items() if name.startswith(kind + "_cfg")}
             if not cfgs:
                 continue
@@ -202,6 +210,7 @@ def main() -> None:
         "dtype": "bfloat16", "timing": "CUDA graph of back-to-back calls over > 4x L2 of weight copies",
         "bytes_read": "weights + scales + activations", "copy_gbps": round(copy_gbps, 1),
         "bf16_gemm_tflops": round(gemm_tflops, 1), "gemv_max_m": Q.GEMV_MAX_M, "fp8_gemv_max_m": Q.FP8_GEMV_MAX_M,
+        "int8_gemv_max_m": Q.INT8_GEMV_MAX_M,
         "wo_gemv_config": {str(k): v for k, v in Q.WO_GEMV_CONFIG.items()},
         "tc1_config": {str(k): v for k, v in Q.TC1_CONFIG.items()},
         "fp8_gemv_config": {str(k): v for k, v in Q.FP8_GEMV_CONFIG.items()},

@@ -128,10 +128,15 @@ Fp8Configs = tuple[int | None, int | None]  # m = 1 fp8 configs: narrow n, wide 
 Setting = tuple[Any, Any, int | None]
 
 
+# mode prefix -> the quant_ops limit up to which that mode's GEMMs run a GEMV (else cuBLASLt)
+GEMV_MAX_M_ATTRS = {"fp8": "FP8_GEMV_MAX_M", "int8_sq": "INT8_GEMV_MAX_M"}
+
+
 def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
-                    fp8_gemv_max_m: int | None = None) -> list[tuple[str, bool, list[Setting]]]:
+                    gemv_max_m: dict[str, int] | None = None) -> list[tuple[str, bool, list[Setting]]]:
     """(name, PDL on, settings) per timed variant: PDL off / on with the tables as they are, then (PDL on)
-    each requested m = 1 config set of the mode's GEMV kind, and fp8 with another FP8_GEMV_MAX_M."""
+    each requested m = 1 config set of the mode's GEMV kind, and the mode with another GEMV row limit
+    (``gemv_max_m``: mode prefix -> rows, see GEMV_MAX_M_ATTRS)."""
     from trtdsl.plugins.cuda import quant_ops
     variants: list[tuple[str, bool, list[Setting]]] = [("pdl_off", False, []), ("pdl_on", True, [])]
 
@@ -148,15 +153,15 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
         variants += [("pdl_on_fp8cfg" + tag(cfgs), True, [(quant_ops.FP8_GEMV_CONFIG, (1, wide), cfg)
                                                           for wide, cfg in zip((False, True), cfgs)])
                      for cfgs in fp8_configs]
-        if fp8_gemv_max_m is not None:
-            variants.append((f"pdl_on_fp8_gemv_max_m{fp8_gemv_max_m}", True,
-                             [(quant_ops, "FP8_GEMV_MAX_M", fp8_gemv_max_m)]))
+    for prefix, rows in (gemv_max_m or {}).items():
+        if mode.startswith(prefix):
+            variants.append((f"pdl_on_{prefix}_gemv_max_m{rows}", True, [(quant_ops, GEMV_MAX_M_ATTRS[prefix], rows)]))
     return variants
 
 
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
                  wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
-                 fp8_gemv_max_m: int | None = None) -> dict[str, Any]:
+                 gemv_max_m: dict[str, int] | None = None) -> dict[str, Any]:
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
     t0 = time.perf_counter()
@@ -168,7 +173,7 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants = config_variants(mode, wo_configs, fp8_configs, fp8_gemv_max_m)
+    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m)
     defaults = {(id(table), key): _get_entry(table, key) for _, _, settings in variants for table, key, _ in settings}
     for key, pdl, settings in variants:
         set_programmatic_launch(pdl)
@@ -238,6 +243,17 @@ def parse_configs(spec: str, parts_max: int, flag: str) -> list[tuple]:
     return out
 
 
+def parse_gemv_max_m(spec: str) -> dict[str, int]:
+    """'fp8=4,int8_sq=0' -> {'fp8': 4, 'int8_sq': 0}."""
+    out: dict[str, int] = {}
+    for item in filter(None, spec.split(",")):
+        mode, _, rows = item.partition("=")
+        if mode not in GEMV_MAX_M_ATTRS or not rows.isdigit():
+            raise SystemExit(f"--gemv-max-m: expected MODE=ROWS with MODE in {sorted(GEMV_MAX_M_ATTRS)}, got {item!r}")
+        out[mode] = int(rows)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="8b")
@@ -252,9 +268,9 @@ def main() -> None:
     ap.add_argument("--fp8-configs", default="",
                     help="fp8: also time these m = 1 GEMV configs (PDL on; quant_ops.FP8_GEMV_CONFIG): N sets "
                          "narrow n (qkv, o, down), N/W also wide n (gate_up, LM head), e.g. 1/1,20/21")
-    ap.add_argument("--fp8-gemv-max-m", type=int, default=None,
-                    help="fp8: also time with quant_ops.FP8_GEMV_MAX_M set to this (PDL on), e.g. 4: "
-                         "_scaled_mm from 5 rows")
+    ap.add_argument("--gemv-max-m", default="",
+                    help="also time modes with another GEMV row limit (PDL on): MODE=ROWS,... for MODE fp8 "
+                         "(FP8_GEMV_MAX_M) or int8_sq (INT8_GEMV_MAX_M), e.g. fp8=4,int8_sq=0 (0: cuBLASLt always)")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -269,7 +285,7 @@ def main() -> None:
         results["modes"][mode] = profile_mode(model, mode, batches, args.prompt, args.steps,
                                                parse_configs(args.wo_configs, 3, "--wo-configs"),
                                                parse_configs(args.fp8_configs, 2, "--fp8-configs"),
-                                               args.fp8_gemv_max_m)
+                                               parse_gemv_max_m(args.gemv_max_m))
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios = {}
     bf = results["modes"].get("bf16")

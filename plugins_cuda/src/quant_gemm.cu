@@ -118,9 +118,9 @@ extern "C" int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* sc
   auto* o = static_cast<__nv_fp8_storage_t*>(out);
   const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
   switch (dtype) {
-    case kFloat32: return launch_pdl(quantize_per_token_kernel<float, Fp8Code>, dim3(grid), dim3(256), 0, stream, static_cast<const float*>(x), o, scales, r, ki);
-    case kFloat16: return launch_pdl(quantize_per_token_kernel<__half, Fp8Code>, dim3(grid), dim3(256), 0, stream, static_cast<const __half*>(x), o, scales, r, ki);
-    case kBFloat16: return launch_pdl(quantize_per_token_kernel<__nv_bfloat16, Fp8Code>, dim3(grid), dim3(256), 0, stream, static_cast<const __nv_bfloat16*>(x), o, scales, r, ki);
+    case kFloat32: return launch_quantize_per_token<float, Fp8Code>(static_cast<const float*>(x), o, scales, r, grid, ki, stream);
+    case kFloat16: return launch_quantize_per_token<__half, Fp8Code>(static_cast<const __half*>(x), o, scales, r, grid, ki, stream);
+    case kBFloat16: return launch_quantize_per_token<__nv_bfloat16, Fp8Code>(static_cast<const __nv_bfloat16*>(x), o, scales, r, grid, ki, stream);
     default: return kErrDtype;
   }
 }
@@ -149,12 +149,11 @@ extern "C" int trtdsl_quantize_per_token_int8(const void* x, void* out, float* s
   auto* o = static_cast<int8_t*>(out);
   const int r = static_cast<int>(rows), ki = static_cast<int>(k), grid = static_cast<int>(out_rows);
   switch (dtype) {
-    case kFloat32: quantize_per_token_kernel<float, Int8Code><<<grid, 256, 0, stream>>>(static_cast<const float*>(x), o, scales, r, ki); break;
-    case kFloat16: quantize_per_token_kernel<__half, Int8Code><<<grid, 256, 0, stream>>>(static_cast<const __half*>(x), o, scales, r, ki); break;
-    case kBFloat16: quantize_per_token_kernel<__nv_bfloat16, Int8Code><<<grid, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), o, scales, r, ki); break;
+    case kFloat32: return launch_quantize_per_token<float, Int8Code>(static_cast<const float*>(x), o, scales, r, grid, ki, stream);
+    case kFloat16: return launch_quantize_per_token<__half, Int8Code>(static_cast<const __half*>(x), o, scales, r, grid, ki, stream);
+    case kBFloat16: return launch_quantize_per_token<__nv_bfloat16, Int8Code>(static_cast<const __nv_bfloat16*>(x), o, scales, r, grid, ki, stream);
     default: return kErrDtype;
   }
-  return launch_status();
 }
 
 extern "C" int trtdsl_int8_gemm_epilogue(const int32_t* acc, int64_t acc_stride, const float* x_scales,

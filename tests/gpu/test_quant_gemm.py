@@ -243,14 +243,16 @@ def test_fp8_padded_rows_match_unpadded():
 
 @cuda
 def test_int8_quantizer_matches_numerics_bitwise():
+    """k = 1000: scalar loads; 14336 / 4104: 16-byte loads (1024 threads, some with a second vector)."""
     from trtdsl.plugins.cuda.quant_ops import quantize_per_token_int8
-    for dtype in DTYPES:
-        x = torch.randn(5, 1000, device="cuda", dtype=dtype) * torch.logspace(-3, 2, 5, device="cuda")[:, None].to(dtype)
-        x[2] = 0  # an all-zero row takes the 1e-8 floor
-        codes, scales = quantize_per_token_int8(x, min_rows=24)
-        ref_codes, ref_scales = numerics.quantize_per_token_int8(x)
-        assert codes.shape == (24, 1000) and (codes[5:] == 0).all()
-        assert torch.equal(codes[:5], ref_codes) and torch.equal(scales, ref_scales)
+    for dtype in DTYPES + [torch.float32]:
+        for k in (1000, 14336, 4104):
+            x = torch.randn(5, k, device="cuda", dtype=dtype) * torch.logspace(-3, 2, 5, device="cuda")[:, None].to(dtype)
+            x[2] = 0  # an all-zero row takes the 1e-8 floor
+            codes, scales = quantize_per_token_int8(x, min_rows=24)
+            ref_codes, ref_scales = numerics.quantize_per_token_int8(x)
+            assert codes.shape == (24, k) and (codes[5:] == 0).all()
+            assert torch.equal(codes[:5], ref_codes) and torch.equal(scales, ref_scales), (dtype, k)
 
 
 @cuda
@@ -266,6 +268,43 @@ def test_int8_gemm(m, k, n, dtype):
     ref = int8_gemm_reference([x, w, w_scale], {})
     # Same codes, exact int32 accumulators, same float32 scale products: only the cast may differ.
     assert rel_err(out, ref) < 1e-3
+
+
+@cuda
+@pytest.mark.parametrize("config", [None, 0, 1, 2, 3, 4, 5])
+@pytest.mark.parametrize("m", range(1, 9))
+def test_int8_gemv_is_bitwise_the_int_mm_path(m, config):
+    """The SmoothQuant GEMV sums the same int8 codes exactly in int32 and scales them in the epilogue's
+    order, so every output equals the _int_mm path's bit for bit (fp16 / bf16 / fp32 outputs, k = 4112
+    and 272 (the last 16-byte vectors of a thread's stride), n = 40 and 6144)."""
+    from trtdsl.plugins.cuda.quant_ops import int8_gemm, int8_gemv, quantize_per_token_int8
+    dtype = [torch.float16, torch.bfloat16, torch.float32][m % 3]
+    for k, n in ((272, 40), (4112, 6144)):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+        w_scale = torch.rand(n, device="cuda") * 0.01 + 1e-4
+        codes, x_scales = quantize_per_token_int8(x)
+        out = int8_gemv(codes, w, x_scales, w_scale, dtype, config)
+        assert torch.equal(out, int8_gemm(x, w, w_scale, gemv_max_m=0)), (k, n)
+
+
+@cuda
+def test_int8_gemm_runs_the_gemv_for_any_n():
+    """Odd n (no cuBLASLt) still runs at decode sizes; larger m keeps _int_mm's divisibility error."""
+    from trtdsl.plugins.cuda.quant_ops import int8_gemm
+    x = torch.randn(3, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randint(-127, 128, (37, 256), dtype=torch.int8, device="cuda")
+    w_scale = torch.rand(37, device="cuda") * 0.01 + 1e-4
+    assert rel_err(int8_gemm(x, w, w_scale), int8_gemm_reference([x, w, w_scale], {})) < 1e-3
+    with pytest.raises(PluginError, match="divisible by 8"):
+        int8_gemm(torch.randn(9, 256, device="cuda", dtype=torch.bfloat16), w, w_scale)
+
+
+def test_int8_gemv_rejects_bad_arguments():
+    from trtdsl.plugins.cuda.quant_ops import int8_gemv
+    xq = torch.zeros(2, 32, dtype=torch.int8)
+    with pytest.raises(PluginError, match="xq must be a CUDA tensor"):
+        int8_gemv(xq, torch.zeros(8, 32, dtype=torch.int8), torch.ones(2, 1), torch.ones(8), torch.float16)
 
 
 @cuda
@@ -316,6 +355,7 @@ def test_gemv_config_tables_name_valid_configs():
     from trtdsl.plugins.cuda import quant_ops as Q
     cuda_core = range(1, Q.NUM_GEMV_CONFIGS + 1)
     assert all(c in (*cuda_core, *Q.FP8_TC_CONFIGS) for c in Q.FP8_GEMV_CONFIG.values())
+    assert all(c in cuda_core and mt <= Q.INT8_GEMV_MAX_M for (mt, _), c in Q.INT8_GEMV_CONFIG.items())
     # tensor-core configs only for int4 keys
     tensor_core = (*Q.WO_TC_CONFIGS, *Q.WO_TC1_CONFIGS)
     assert all(c in cuda_core or (key[0] == 4 and c in tensor_core) for key, c in Q.WO_GEMV_CONFIG.items())
@@ -401,13 +441,14 @@ def test_dequantize_with_zeros_matches_numerics_bitwise():
 def test_quantize_per_token_fp8_matches_numerics_bitwise():
     from trtdsl.plugins.cuda.quant_ops import quantize_per_token_fp8
     for dtype in DTYPES + [torch.float32]:
-        x = torch.randn(6, 1000, device="cuda", dtype=dtype) * torch.logspace(-3, 2, 6, device="cuda")[:, None].to(dtype)
-        x[2] = 0  # an all-zero row takes the 1e-8 floor
-        codes, scales = quantize_per_token_fp8(x, pad_rows_to=8)
-        ref_codes, ref_scales = numerics.quantize_per_token_fp8(x)
-        assert codes.shape == (8, 1000) and (codes[6:].view(torch.uint8) == 0).all()
-        assert torch.equal(scales, ref_scales)
-        assert torch.equal(codes[:6].view(torch.uint8), ref_codes.view(torch.uint8))
+        for k in (1000, 14336, 4104):  # scalar and 16-byte loads, as for int8
+            x = torch.randn(6, k, device="cuda", dtype=dtype) * torch.logspace(-3, 2, 6, device="cuda")[:, None].to(dtype)
+            x[2] = 0  # an all-zero row takes the 1e-8 floor
+            codes, scales = quantize_per_token_fp8(x, pad_rows_to=8)
+            ref_codes, ref_scales = numerics.quantize_per_token_fp8(x)
+            assert codes.shape == (8, k) and (codes[6:].view(torch.uint8) == 0).all()
+            assert torch.equal(scales, ref_scales)
+            assert torch.equal(codes[:6].view(torch.uint8), ref_codes.view(torch.uint8)), (dtype, k)
 
 
 @cuda

@@ -157,27 +157,23 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
 template <typename T, int MT, bool QX, int NR0, int KW, int U>
 inline int launch_fp8_gemv_cfg(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
                                int ws_stride, T* out, int m, int n, int k, cudaStream_t stream) {
-  constexpr int NR = NR0 * MT <= 32 ? NR0 : (32 / MT > 0 ? 32 / MT : 1);  // acc in registers
+  constexpr int NR = clamp_rows<NR0, MT>();  // acc in registers
   const int blocks = (n + NR - 1) / NR;
   return launch_pdl(fp8_gemv_kernel<T, MT, NR, KW, U, QX>, dim3(blocks), dim3(KW * 32), 0, stream, xq,
                     static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
 }
 
+template <typename T, int MT, bool QX> struct Fp8GemvLaunch {
+  template <int NR, int KW, int U, typename... A> static int run(A... a) {
+    return launch_fp8_gemv_cfg<T, MT, QX, NR, KW, U>(a...);
+  }
+};
+
 template <typename T, int MT, bool QX>
 inline int launch_fp8_gemv_mt(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
                               int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
-  // Keep in step with kQuantGemvConfigs (quant_gemm.cuh).
-#define TRTDSL_FP8_CFG(NR, KW, U) \
-  return launch_fp8_gemv_cfg<T, MT, QX, NR, KW, U>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, stream)
-  switch (config) {
-    case 1: TRTDSL_FP8_CFG(4, 4, 1);
-    case 2: TRTDSL_FP8_CFG(4, 1, 4);
-    case 3: TRTDSL_FP8_CFG(2, 2, 2);
-    case 4: TRTDSL_FP8_CFG(2, 4, 2);
-    case 5: TRTDSL_FP8_CFG(8, 1, 2);
-    default: return kErrUnsupported;
-  }
-#undef TRTDSL_FP8_CFG
+  return with_quant_gemv_shape<Fp8GemvLaunch<T, MT, QX>>(config, xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k,
+                                                         stream);
 }
 
 // Untuned prior for config 0: fp8 rows of k = 4096 are 4 KB, like int8's, whose first kernel

@@ -106,6 +106,13 @@ int trtdsl_quantize_fp8(const void* x, const float* scale, void* out, int64_t ro
 int trtdsl_quantize_per_token_int8(const void* x, void* out, float* scales, int64_t rows, int64_t out_rows,
                                    int64_t k, int dtype, cudaStream_t stream);
 
+/* SmoothQuant decode GEMV (plugins_cuda/src/int8_gemv.cu): out [m, n] = (float(acc) * x_scales[m]) *
+ * w_scales[n] with acc = xq [m, k] . weight [n, k] over int8 codes summed exactly in int32, i.e. bitwise
+ * the _int_mm + trtdsl_int8_gemm_epilogue path. 1 <= m <= 8, k % 16 == 0 (k <= 133000), xq and weight
+ * 16-byte aligned; config 0..5 (kQuantGemvConfigs, 0 = 1); out fp32 / fp16 / bf16. */
+int trtdsl_int8_gemv(const void* xq, const void* weight, const float* x_scales, const float* w_scales, void* out,
+                     int64_t m, int64_t n, int64_t k, int config, int dtype, cudaStream_t stream);
+
 /* out [m, n] = (float(acc[m, n]) * x_scales[m]) * w_scales[n]; acc int32 with row stride acc_stride. */
 int trtdsl_int8_gemm_epilogue(const int32_t* acc, int64_t acc_stride, const float* x_scales,
                               const float* w_scales, void* out, int64_t m, int64_t n, int dtype,

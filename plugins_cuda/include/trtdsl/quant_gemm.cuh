@@ -113,6 +113,25 @@ constexpr QuantGemvConfig kQuantGemvConfigs[kQuantGemvNumConfigs + 1] = {
     {8, 1, 2},  // 5: one warp per 8 rows: x reused 8x (m >= 2 turns compute bound)
 };  // 256-thread shapes {4, 8, 1} / {2, 8, 1} were measured (H100) and never won by > 5%: dropped for build time
 
+// Launch::template run<NR, KW, U>(args...) with config c's shape kQuantGemvConfigs[c] (1..5), as a
+// compile-time shape; kErrUnsupported for other configs. The one dispatch of the CUDA-core GEMVs.
+template <typename Launch, typename... Args>
+inline int with_quant_gemv_shape(int config, Args&&... args) {
+  switch (config) {
+    case 1: return Launch::template run<4, 4, 1>(std::forward<Args>(args)...);
+    case 2: return Launch::template run<4, 1, 4>(std::forward<Args>(args)...);
+    case 3: return Launch::template run<2, 2, 2>(std::forward<Args>(args)...);
+    case 4: return Launch::template run<2, 4, 2>(std::forward<Args>(args)...);
+    case 5: return Launch::template run<8, 1, 2>(std::forward<Args>(args)...);
+    default: return kErrUnsupported;
+  }
+}
+
+// NR rows per block shrunk so that the NR x MT accumulators stay in registers (NR * MT <= 32).
+template <int NR, int MT> constexpr int clamp_rows() {
+  return NR * MT <= 32 ? NR : (32 / MT > 0 ? 32 / MT : 1);
+}
+
 // Untuned prior for config 0 (reasoning, not measurement): int4 rows of k = 4096 are only 2 KB, so at
 // small m the weight stream needs many loads in flight per thread (config 2) when n gives enough
 // blocks, else more, smaller blocks (3). Larger m and int8 keep the measured first kernel (1).
@@ -262,25 +281,54 @@ struct Int8Code {
   __device__ static Out encode(float v) { return static_cast<int8_t>(fminf(fmaxf(rintf(v), -127.f), 127.f)); }
 };
 
-template <typename T, typename Code>
+// One block per row (rows >= `rows` are zero padding): amax over the row, scale = max(amax, 1e-8) / qmax,
+// codes of x / scale. VEC values per load (16 bytes when k and x allow) and up to 1024 threads: a decode
+// step's single row of 14336 values took 16 us with 256 threads of scalar loads, on the critical path
+// of every SmoothQuant / dynamic fp8 GEMM. The max is order-free, so the codes do not depend on the shape.
+template <typename T, typename Code, int VEC>
 __global__ void quantize_per_token_kernel(const T* __restrict__ x, typename Code::Out* __restrict__ out,
                                           float* __restrict__ out_scales, int rows, int k) {
+  using Out = typename Code::Out;
   __shared__ float scratch[32];
   pdl_wait();  // x is the previous kernel's output, out may still be read by it (pdl.cuh)
   pdl_launch_dependents();
-  const int row = blockIdx.x;
-  typename Code::Out* o = out + static_cast<int64_t>(row) * k;
+  const int row = blockIdx.x, nvec = k / VEC;
+  Out* o = out + static_cast<int64_t>(row) * k;
   if (row >= rows) {
-    for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = 0;
+    Vec<Out, VEC> zero;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) zero.v[j] = 0;
+    for (int c = threadIdx.x; c < nvec; c += blockDim.x) store_vec<Out, VEC>(o + c * VEC, zero);
     return;
   }
   const T* xr = x + static_cast<int64_t>(row) * k;
   float amax = 0.f;
-  for (int c = threadIdx.x; c < k; c += blockDim.x) amax = fmaxf(amax, fabsf(to_float<T>(xr[c])));
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const Vec<T, VEC> v = load_vec<T, VEC>(xr + c * VEC);
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) amax = fmaxf(amax, fabsf(to_float<T>(v.v[j])));
+  }
   amax = block_max(amax, scratch);
   const float s = __fmul_rn(fmaxf(amax, 1e-8f), Code::kInvMax);
   if (threadIdx.x == 0) out_scales[row] = s;
-  for (int c = threadIdx.x; c < k; c += blockDim.x) o[c] = Code::encode(__fdiv_rn(to_float<T>(xr[c]), s));
+  for (int c = threadIdx.x; c < nvec; c += blockDim.x) {
+    const Vec<T, VEC> v = load_vec<T, VEC>(xr + c * VEC);
+    Vec<Out, VEC> q;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) q.v[j] = Code::encode(__fdiv_rn(to_float<T>(v.v[j]), s));
+    store_vec<Out, VEC>(o + c * VEC, q);
+  }
+}
+
+template <typename T, typename Code>
+inline int launch_quantize_per_token(const T* x, typename Code::Out* out, float* scales, int rows, int out_rows, int k,
+                                     cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
+  const bool vec = k % V == 0 && aligned16(x) && aligned_to(out, V);
+  const int nvec = vec ? k / V : k;
+  const int threads = nvec >= 1024 ? 1024 : ((nvec + 31) / 32) * 32;
+  return launch_pdl(vec ? quantize_per_token_kernel<T, Code, V> : quantize_per_token_kernel<T, Code, 1>,
+                    dim3(out_rows), dim3(threads), 0, stream, x, out, scales, rows, k);
 }
 
 // out[m, n] = T((float(acc[m, n]) * x_scale[m]) * w_scale[n]), the reference's order of operations.

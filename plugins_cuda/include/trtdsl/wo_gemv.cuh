@@ -127,11 +127,6 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_kernel(const T* __restrict__ 
   }
 }
 
-// NR shrinks with MT so acc + partials (2 * NR * MT floats) stay in registers: NR * MT <= 32.
-template <int NR, int MT> constexpr int clamp_rows() {
-  return NR * MT <= 32 ? NR : (32 / MT > 0 ? 32 / MT : 1);
-}
-
 template <typename T, int MT, int BITS, bool ZP, int NR0, int KW, int U>
 inline int launch_wo_gemv_cfg(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m,
                               int n, int k, int group, int num_groups, cudaStream_t stream) {
@@ -142,21 +137,17 @@ inline int launch_wo_gemv_cfg(const T* x, const void* qw, const float* scales, c
                     static_cast<const uint4*>(qw), scales, zeros, out, m, n, k, group / EPV, num_groups);
 }
 
+template <typename T, int MT, int BITS, bool ZP> struct WoGemvLaunch {
+  template <int NR, int KW, int U, typename... A> static int run(A... a) {
+    return launch_wo_gemv_cfg<T, MT, BITS, ZP, NR, KW, U>(a...);
+  }
+};
+
 template <typename T, int MT, int BITS, bool ZP>
 inline int launch_wo_gemv_mt(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m,
                              int n, int k, int group, int num_groups, int config, cudaStream_t stream) {
-  // Keep in step with kQuantGemvConfigs (quant_gemm.cuh).
-#define TRTDSL_WO_CFG(NR, KW, U) \
-  return launch_wo_gemv_cfg<T, MT, BITS, ZP, NR, KW, U>(x, qw, scales, zeros, out, m, n, k, group, num_groups, stream)
-  switch (config) {
-    case 1: TRTDSL_WO_CFG(4, 4, 1);
-    case 2: TRTDSL_WO_CFG(4, 1, 4);
-    case 3: TRTDSL_WO_CFG(2, 2, 2);
-    case 4: TRTDSL_WO_CFG(2, 4, 2);
-    case 5: TRTDSL_WO_CFG(8, 1, 2);
-    default: return kErrUnsupported;
-  }
-#undef TRTDSL_WO_CFG
+  return with_quant_gemv_shape<WoGemvLaunch<T, MT, BITS, ZP>>(config, x, qw, scales, zeros, out, m, n, k, group,
+                                                              num_groups, stream);
 }
 
 template <typename T, int BITS, bool ZP>

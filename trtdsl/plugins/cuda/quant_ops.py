@@ -1,5 +1,5 @@
 """Torch bindings of the quantized GEMM kernels (``plugins_cuda/src/quant_gemm.cu``, ``wo_gemv_b*.cu``,
-``fp8_gemv.cu``) and the cuBLASLt paths around them. Formats are those of
+``fp8_gemv.cu``, ``int8_gemv.cu``) and the cuBLASLt paths around them. Formats are those of
 :mod:`trtdsl.quantization.numerics`; semantics are the torch references in
 :mod:`trtdsl.quantization.plugins`.
 
@@ -10,12 +10,14 @@
 * ``fp8_gemm``: e4m3 activations from a quantize kernel (static per-tensor ``input_scale``, or dynamic
   per-token when it is ``None``), then for ``m <= FP8_GEMV_MAX_M`` the FP8 GEMV (exact fp8 x fp8
   products, fp32 accumulation: the reference's numerics), else ``torch._scaled_mm`` (cuBLASLt).
-* ``int8_gemm``: a per-token quantize kernel, ``torch._int_mm`` (int32 out; cuBLASLt wants > 16
-  rows, so short inputs are zero-padded by the quantizer itself), then a fused scale epilogue.
+* ``int8_gemm``: a per-token quantize kernel, then up to ``INT8_GEMV_MAX_M`` rows the SmoothQuant
+  GEMV (``int8_gemv.cu``: int32 sums with ``__dp4a`` and the epilogue in one kernel), else
+  ``torch._int_mm`` (int32 out; cuBLASLt wants > 16 rows, so short inputs are zero-padded by the
+  quantizer itself) and a scale epilogue: the same exact sums and scale order, so the same outputs.
 
 GEMV launch shapes (rows per block, warps splitting k, loads in flight; ``kQuantGemvConfigs`` in
-``quant_gemm.cuh``) come from the tables ``WO_GEMV_CONFIG`` / ``FP8_GEMV_CONFIG`` below, which
-``benchmarks/bench_quant_gemm.py`` measures ("best_config" in its JSON).
+``quant_gemm.cuh``) come from the tables ``WO_GEMV_CONFIG`` / ``FP8_GEMV_CONFIG`` / ``INT8_GEMV_CONFIG``
+below, which ``benchmarks/bench_quant_gemm.py`` measures ("best_config" in its JSON).
 
 Like :mod:`.ops`, nothing here reads device values or synchronizes (CUDA-graph capturable)."""
 
@@ -37,7 +39,8 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
-           "quantize_per_token_int8", "int8_gemm", "set_programmatic_launch", "programmatic_launch_enabled"]
+           "quantize_per_token_int8", "int8_gemv", "int8_gemv_supported", "int8_gemm", "INT8_GEMV_MAX_M",
+           "INT8_GEMV_CONFIG", "set_programmatic_launch", "programmatic_launch_enabled"]
 
 # The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
 # m ~ 8 on H100 (docs/quant_kernels.md): at m = 8 the int4 GEMV still beat dequantize + cuBLAS
@@ -57,6 +60,9 @@ FP8_FUSE_STATIC_QUANT = False
 # takes m = 5..8 in 11.1-44.4 us against _scaled_mm's 17.9-50.8 (H100, quant_gemm_h100_fp8_tc.json).
 FP8_GEMV_MAX_M = 8
 INT_MM_MIN_M = 24  # torch._int_mm (cuBLASLt int8) needs more than 16 rows; 8-aligned for its tiles
+# SmoothQuant rows up to which int8_gemm runs the W8A8 GEMV (kInt8GemvMaxM, __dp4a, bitwise the _int_mm
+# path) instead of _int_mm on rows padded to INT_MM_MIN_M.
+INT8_GEMV_MAX_M = 8
 
 NUM_GEMV_CONFIGS = 5  # kQuantGemvNumConfigs: CUDA-core launch shapes 1..5 (0 = the C++ automatic choice)
 # kWoTcFirstConfig..kWoTcLastConfig: the int4 tensor-core kernel (wo_gemv_tc.cuh), weight-only 4-bit only.
@@ -104,6 +110,8 @@ TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-
 # loaded, 1..8 rows of quantized activations). fp8_gemv_static (in-kernel quantizer), m > 8 and devices
 # below compute capability 8.9 run config 1 for these.
 FP8_TC_CONFIGS = (20, 21, 22, 23)
+# (MT, n >= WIDE_N) -> SmoothQuant int8 GEMV launch config 1..5 (missing keys use 1).
+INT8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}
 # (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
 # H100 (quant_gemm_h100_fp8_tc.json, us; 8B shapes qkv / o / gate_up / down): m = 1, 2: config 1 best or
 # within 3 %; m = 4: gate_up 43.9 with 22 (49.4 with 1), the narrow ones within 4 % of config 1; m = 8:
@@ -124,6 +132,7 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_fp8_gemv_static": [_P, _P, _P, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
+    "trtdsl_int8_gemv": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_set_pdl": [_I],  # pdl.cuh
     "trtdsl_pdl_enabled": [],
 }
@@ -156,11 +165,13 @@ def tc1_n_class(n: int) -> int:
 
 
 def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size: int = 0) -> int:
-    """Launch config the tables pick for a ``kind`` ("wo" or "fp8") GEMV of ``m`` rows, ``n`` outputs,
+    """Launch config the tables pick for a ``kind`` ("wo", "fp8" or "int8") GEMV of ``m`` rows, ``n`` outputs,
     ``k`` inputs and (weight-only) ``group_size`` (0 = per channel; k = 0: unknown)."""
     wide = n >= WIDE_N
     if kind == "fp8":
         return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
+    if kind == "int8":
+        return INT8_GEMV_CONFIG.get((_mt(m), wide), 1)
     if bits == 4 and m <= 8 and group_size == 128 and k > 0 and k % 128 == 0:
         config = TC1_CONFIG.get((_mt(m), tc1_n_class(n), k >= LONG_K))
         if config is not None and (k // 128) % TC1_STEP[config] == 0:  # whole steps (else the C fallback)
@@ -444,6 +455,12 @@ class _Ones:
 _ONE = _Ones()
 
 
+def int8_gemv_supported(m: int, k: int, weight: torch.Tensor, gemv_max_m: int | None = None) -> bool:
+    """Whether :func:`int8_gemm` runs the GEMV for ``m`` rows of ``k`` features (else ``_int_mm``)."""
+    limit = INT8_GEMV_MAX_M if gemv_max_m is None else min(gemv_max_m, INT8_GEMV_MAX_M)
+    return 1 <= m <= limit and k % 16 == 0 and weight.data_ptr() % 16 == 0
+
+
 def quantize_per_token_int8(x2: torch.Tensor, min_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row int8 codes (padding rows zero) and scales ``[m, 1]``. With ``min_rows``, the codes have
     ``max(m, min_rows)`` rows rounded up to a multiple of 8 (the ``torch._int_mm`` operand)."""
@@ -459,22 +476,57 @@ def quantize_per_token_int8(x2: torch.Tensor, min_rows: int = 0) -> tuple[torch.
     return codes, scales
 
 
-def int8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+def int8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scales: torch.Tensor, weight_scale: torch.Tensor,
+              out_dtype: torch.dtype, config: int | None = None) -> torch.Tensor:
+    """The SmoothQuant decode kernel: ``(float(xq W^T) * x_scales) * weight_scale`` for int8 codes ``xq
+    [m <= 8, k]`` (from :func:`quantize_per_token_int8`), int8 ``weight [n, k]``, ``x_scales [m, 1]``,
+    ``weight_scale [n]``; ``k % 16 == 0``. int32 sums are exact, so the output is bitwise the ``_int_mm``
+    path's. ``config``: launch shape 1..5, 0 = 1, ``None`` = the ``INT8_GEMV_CONFIG`` table."""
+    op = "int8_gemv"
+    _check(op, "xq", xq, dtypes=(torch.int8,), ndim=2)
+    _check(op, "weight", weight, xq.device, (torch.int8,), ndim=2)
+    m, k = xq.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k or k % 16 or not 1 <= m <= INT8_GEMV_MAX_M:
+        raise PluginError(f"{op}: needs xq [1..{INT8_GEMV_MAX_M}, k] and weight [n, k] with k % 16 == 0, "
+                          f"got {tuple(xq.shape)} and {tuple(weight.shape)}")
+    _check(op, "x_scales", x_scales, xq.device, (torch.float32,))
+    _check(op, "weight_scale", weight_scale, xq.device, (torch.float32,))
+    if x_scales.numel() != m or weight_scale.numel() != n:
+        raise PluginError(f"{op}: x_scales must have {m} values and weight_scale {n}, got "
+                          f"{tuple(x_scales.shape)} and {tuple(weight_scale.shape)}")
+    if out_dtype not in _DTYPE_CODES:
+        raise PluginError(f"{op}: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
+    config = gemv_config("int8", m, n) if config is None else config
+    _check_config(op, config)
+    out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
+    call("trtdsl_int8_gemv", xq.data_ptr(), weight.data_ptr(), x_scales.data_ptr(), weight_scale.data_ptr(),
+         out.data_ptr(), m, n, k, config, _DTYPE_CODES[out_dtype], _stream(xq))
+    return out
+
+
+def int8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+              gemv_max_m: int | None = None) -> torch.Tensor:
     """SmoothQuant W8A8: per-token dynamic int8 activations, per-channel int8 weights, int32 accumulate
-    (exact), scaled in float32 and cast to x's dtype. Needs k and n multiples of 8 (cuBLASLt)."""
+    (exact), scaled in float32 and cast to x's dtype. Up to ``gemv_max_m`` rows (None:
+    ``INT8_GEMV_MAX_M``) with k % 16 == 0 run :func:`int8_gemv`; the others ``torch._int_mm``, which
+    needs k and n multiples of 8 (cuBLASLt)."""
     op = "int8_gemm"
     _check(op, "weight", weight, dtypes=(torch.int8,), ndim=2)
     n, k = weight.shape
     x2 = _as_2d(op, x, k)
-    if k % 8 or n % 8:
-        raise PluginError(f"{op}: cuBLASLt int8 needs in/out features divisible by 8, got k={k}, n={n}")
     _check(op, "weight_scale", weight_scale, x2.device, (torch.float32,), ndim=1)
     if weight_scale.shape[0] != n:
         raise PluginError(f"{op}: weight_scale must be [{n}], got {tuple(weight_scale.shape)}")
     m = x2.shape[0]
-    out = x2.new_empty(m, n)
     if m == 0:
-        return out.view(*x.shape[:-1], n)
+        return x2.new_empty(*x.shape[:-1], n)
+    if int8_gemv_supported(m, k, weight, gemv_max_m):
+        codes, x_scales = quantize_per_token_int8(x2)
+        return int8_gemv(codes, weight.contiguous(), x_scales, weight_scale, x2.dtype).view(*x.shape[:-1], n)
+    if k % 8 or n % 8:
+        raise PluginError(f"{op}: cuBLASLt int8 needs in/out features divisible by 8, got k={k}, n={n}")
+    out = x2.new_empty(m, n)
     codes, x_scales = quantize_per_token_int8(x2, INT_MM_MIN_M)
     acc = torch._int_mm(codes, weight.t())  # [rows, n] int32; weight [n, k] row-major = column-major B
     call("trtdsl_int8_gemm_epilogue", acc.data_ptr(), acc.stride(0), x_scales.data_ptr(),

@@ -51,11 +51,12 @@ def _fp8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, 
 
 def _int8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
     from ...quantization.plugins import int8_gemm_reference
-    from .quant_ops import int8_gemm
+    from .quant_ops import int8_gemm, int8_gemv_supported
     x, w, w_scale = ins
     n, k = w.shape
-    if x.dtype not in _HALF or k % 8 or n % 8:
-        return int8_gemm_reference(ins, fields, hints)
+    rows = x.numel() // k if k else 0
+    if x.dtype not in _HALF or ((k % 8 or n % 8) and not int8_gemv_supported(rows, k, w)):
+        return int8_gemm_reference(ins, fields, hints)  # no kernel: _int_mm needs k, n % 8, the GEMV k % 16
     return int8_gemm(x, w, w_scale)
 
 
