@@ -312,6 +312,22 @@ def quantize_per_token_fp8(x2: torch.Tensor, pad_rows_to: int = 1) -> tuple[torc
     return codes, scales
 
 
+def _check_code_gemv(op: str, xq: torch.Tensor, weight: torch.Tensor, code: torch.dtype, max_m: int,
+                     out_dtype: torch.dtype) -> tuple[int, int, int]:
+    """Checks of a GEMV on quantized activations (``code`` dtype ``xq [1..max_m, k]``, ``weight [n, k]``,
+    k % 16 == 0, a float ``out_dtype``); returns (m, k, n)."""
+    _check(op, "xq", xq, dtypes=(code,), ndim=2)
+    _check(op, "weight", weight, xq.device, (code,), ndim=2)
+    m, k = xq.shape
+    n = weight.shape[0]
+    if weight.shape[1] != k or k % 16 or not 1 <= m <= max_m:
+        raise PluginError(f"{op}: needs xq [1..{max_m}, k] and weight [n, k] with k % 16 == 0, "
+                          f"got {tuple(xq.shape)} and {tuple(weight.shape)}")
+    if out_dtype not in _DTYPE_CODES:
+        raise PluginError(f"{op}: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
+    return m, k, n
+
+
 def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weight_scale: torch.Tensor,
              out_dtype: torch.dtype, config: int | None = None) -> torch.Tensor:
     """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` for e4m3 ``xq [m <= 16, k]``
@@ -320,20 +336,12 @@ def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weig
     launch shape 1..5, tensor-core kernel 20..23 (``FP8_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the
     ``FP8_GEMV_CONFIG`` table."""
     op = "fp8_gemv"
-    _check(op, "xq", xq, dtypes=(torch.float8_e4m3fn,), ndim=2)
-    _check(op, "weight", weight, xq.device, (torch.float8_e4m3fn,), ndim=2)
-    m, k = xq.shape
-    n = weight.shape[0]
-    if weight.shape[1] != k or k % 16 or not 1 <= m <= GEMV_KERNEL_MAX_M:
-        raise PluginError(f"{op}: needs xq [1..{GEMV_KERNEL_MAX_M}, k] and weight [n, k] with k % 16 == 0, "
-                          f"got {tuple(xq.shape)} and {tuple(weight.shape)}")
+    m, k, n = _check_code_gemv(op, xq, weight, torch.float8_e4m3fn, GEMV_KERNEL_MAX_M, out_dtype)
     _check(op, "x_scale", x_scale, xq.device, (torch.float32,))
     _check(op, "weight_scale", weight_scale, xq.device, (torch.float32,))
     if x_scale.numel() not in (1, m) or weight_scale.numel() not in (1, n):
         raise PluginError(f"{op}: x_scale must have 1 or {m} values and weight_scale 1 or {n}, got "
                           f"{tuple(x_scale.shape)} and {tuple(weight_scale.shape)}")
-    if out_dtype not in _DTYPE_CODES:
-        raise PluginError(f"{op}: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
     config = gemv_config("fp8", m, n) if config is None else config
     _check_config(op, config, FP8_TC_CONFIGS, "fp8")
     out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
@@ -483,20 +491,12 @@ def int8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scales: torch.Tensor, we
     ``weight_scale [n]``; ``k % 16 == 0``. int32 sums are exact, so the output is bitwise the ``_int_mm``
     path's. ``config``: launch shape 1..5, 0 = 1, ``None`` = the ``INT8_GEMV_CONFIG`` table."""
     op = "int8_gemv"
-    _check(op, "xq", xq, dtypes=(torch.int8,), ndim=2)
-    _check(op, "weight", weight, xq.device, (torch.int8,), ndim=2)
-    m, k = xq.shape
-    n = weight.shape[0]
-    if weight.shape[1] != k or k % 16 or not 1 <= m <= INT8_GEMV_MAX_M:
-        raise PluginError(f"{op}: needs xq [1..{INT8_GEMV_MAX_M}, k] and weight [n, k] with k % 16 == 0, "
-                          f"got {tuple(xq.shape)} and {tuple(weight.shape)}")
+    m, k, n = _check_code_gemv(op, xq, weight, torch.int8, INT8_GEMV_MAX_M, out_dtype)
     _check(op, "x_scales", x_scales, xq.device, (torch.float32,))
     _check(op, "weight_scale", weight_scale, xq.device, (torch.float32,))
     if x_scales.numel() != m or weight_scale.numel() != n:
         raise PluginError(f"{op}: x_scales must have {m} values and weight_scale {n}, got "
                           f"{tuple(x_scales.shape)} and {tuple(weight_scale.shape)}")
-    if out_dtype not in _DTYPE_CODES:
-        raise PluginError(f"{op}: out_dtype must be float32/float16/bfloat16, got {out_dtype}")
     config = gemv_config("int8", m, n) if config is None else config
     _check_config(op, config)
     out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
