@@ -82,7 +82,8 @@ class QuantConfig:
             sampled rows.
         awq_tie_gqa: for an attention output (o_proj's input) of a GQA model, AWQ searches factors
             equal across the query heads that share a K/V head (the candidates' statistics are
-            averaged geometrically over those heads; alpha = 0 is still plain rounding). One factor
+            averaged geometrically over those heads; alpha = 0 is still plain rounding), and
+            SmoothQuant (int8_sq) ties its factors the same way (their geometric mean). One factor
             per V channel is what ``optimize`` can fold exactly into the V rows of the qkv GEMM, so
             no multiply is left before o_proj. ``False``: one factor per channel (a multiply stays).
         grid_refit: weight-only modes: after rounding (to nearest or by GPTQ), this many rounds of

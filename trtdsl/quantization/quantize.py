@@ -320,7 +320,9 @@ def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,
                  stats: CalibrationStats | None) -> None:
     assert stats is not None
     weights = [s.weight.float() for s in group]
-    s = nq.smoothquant_scales(stats.amax[group[0].x.name], weights, cfg.smoothquant_alpha)
+    # tied over a K/V group's query heads for o_proj (awq_tie_gqa): optimize folds 1/s into V's rows
+    s = nq.tie_channels(nq.smoothquant_scales(stats.amax[group[0].x.name], weights, cfg.smoothquant_alpha),
+                        _gqa_tie(cfg, group[0].x))
     x = _scale_activation(net, group, 1.0 / s)
     for site, w in zip(group, weights):
         codes, scales = nq.quantize_weight(w * s, 8, 0)
