@@ -355,7 +355,9 @@ def test_gemv_config_tables_name_valid_configs():
     from trtdsl.plugins.cuda import quant_ops as Q
     cuda_core = range(1, Q.NUM_GEMV_CONFIGS + 1)
     assert all(c in (*cuda_core, *Q.FP8_TC_CONFIGS) for c in Q.FP8_GEMV_CONFIG.values())
-    assert all(c in cuda_core and mt <= Q.INT8_GEMV_MAX_M for (mt, _), c in Q.INT8_GEMV_CONFIG.items())
+    assert all(c in cuda_core and mt <= Q.INT8_GEMV_MAX_M and cls in (0, 1, 2)
+               for (mt, cls), c in Q.INT8_GEMV_CONFIG.items())
+    assert Q.gemv_config("int8", 1, 4096) == 4 and Q.gemv_config("int8", 1, 6144) == 1
     # tensor-core configs only for int4 keys
     tensor_core = (*Q.WO_TC_CONFIGS, *Q.WO_TC1_CONFIGS)
     assert all(c in cuda_core or (key[0] == 4 and c in tensor_core) for key, c in Q.WO_GEMV_CONFIG.items())

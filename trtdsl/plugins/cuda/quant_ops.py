@@ -110,8 +110,13 @@ TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-
 # loaded, 1..8 rows of quantized activations). fp8_gemv_static (in-kernel quantizer), m > 8 and devices
 # below compute capability 8.9 run config 1 for these.
 FP8_TC_CONFIGS = (20, 21, 22, 23)
-# (MT, n >= WIDE_N) -> SmoothQuant int8 GEMV launch config 1..5 (missing keys use 1).
-INT8_GEMV_CONFIG: dict[tuple[int, bool], int] = {}
+# (MT, tc1_n_class(n)) -> SmoothQuant int8 GEMV launch config 1..5 (missing keys use 1).
+# H100 (quant_gemm_h100_int8_gemv.json, us at m = 1, config 1 / 4): o 7.9 / 7.6, down 23.0 / 21.0, qkv
+# 9.6 / 10.8, gate_up 38.3 / 39.6; at m = 2 config 4 loses on o (8.1 against 7.3). Keyed by (MT, n class
+# of tc1_n_class): config 4 for n <= SMALL_N at m = 1. In the 8B decode graph (PDL off,
+# decode_profile_int8_sq_table.json) down 21.1 us against 23.0 with config 1; with PDL on the layer is
+# unchanged (94.6 against 94.8 us).
+INT8_GEMV_CONFIG: dict[tuple[int, int], int] = {(1, 0): 4}
 # (MT, n >= WIDE_N) -> FP8 GEMV launch config (fp8 rows are 4 KB like int8's; missing keys use 1).
 # H100 (quant_gemm_h100_fp8_tc.json, us; 8B shapes qkv / o / gate_up / down): m = 1, 2: config 1 best or
 # within 3 %; m = 4: gate_up 43.9 with 22 (49.4 with 1), the narrow ones within 4 % of config 1; m = 8:
@@ -171,7 +176,7 @@ def gemv_config(kind: str, m: int, n: int, bits: int = 4, k: int = 0, group_size
     if kind == "fp8":
         return FP8_GEMV_CONFIG.get((_mt(m), wide), 1)
     if kind == "int8":
-        return INT8_GEMV_CONFIG.get((_mt(m), wide), 1)
+        return INT8_GEMV_CONFIG.get((_mt(m), tc1_n_class(n)), 1)
     if bits == 4 and m <= 8 and group_size == 128 and k > 0 and k % 128 == 0:
         config = TC1_CONFIG.get((_mt(m), tc1_n_class(n), k >= LONG_K))
         if config is not None and (k // 128) % TC1_STEP[config] == 0:  # whole steps (else the C fallback)
