@@ -114,7 +114,7 @@ def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     """``trtdsl.fp8_gemm`` on codes ``xq`` of ``x / input_scale``: the FP8 GEMV up to ``FP8_GEMV_MAX_M``
     rows, else ``torch._scaled_mm``; None where ``quant_ops.fp8_gemm`` would not run a kernel either
     (the caller then runs the reference)."""
-    from .quant_ops import FP8_GEMV_MAX_M, GEMV_KERNEL_MAX_M, fp8_gemv
+    from .quant_ops import fp8_gemv, fp8_gemv_supported
     n, k = weight.shape
     if xq.shape[-1] != k:
         raise PluginError(f"fp8_gemm: x has {xq.shape[-1]} features, the weight {k}")
@@ -122,7 +122,7 @@ def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     m = x2.shape[0]
     if m == 0:
         return torch.empty(*xq.shape[:-1], n, dtype=out_dtype, device=xq.device)
-    if m <= min(FP8_GEMV_MAX_M, GEMV_KERNEL_MAX_M) and k % 16 == 0 and weight.data_ptr() % 16 == 0:
+    if fp8_gemv_supported(m, k, weight):
         out = fp8_gemv(x2.contiguous(), weight.contiguous(), input_scale.reshape(1), weight_scale, out_dtype)
         return out.view(*xq.shape[:-1], n)
     if out_dtype in _HALF_TYPES and k % 16 == 0 and n % 16 == 0 and _has_fp8(xq.device.index or 0):

@@ -39,8 +39,8 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "gemv_supported",
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
-           "quantize_per_token_int8", "int8_gemv", "int8_gemv_supported", "int8_gemm", "INT8_GEMV_MAX_M",
-           "INT8_GEMV_CONFIG", "set_programmatic_launch", "programmatic_launch_enabled"]
+           "quantize_per_token_int8", "fp8_gemv_supported", "int8_gemv", "int8_gemv_supported", "int8_gemm",
+           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "set_programmatic_launch", "programmatic_launch_enabled"]
 
 # The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
 # m ~ 8 on H100 (docs/quant_kernels.md): at m = 8 the int4 GEMV still beat dequantize + cuBLAS
@@ -400,8 +400,7 @@ def fp8_gemm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
     m = x2.shape[0]
     if m == 0:
         return x.new_empty(*x.shape[:-1], n)
-    gemv_max_m = FP8_GEMV_MAX_M if gemv_max_m is None else gemv_max_m
-    if m <= min(gemv_max_m, GEMV_KERNEL_MAX_M) and k % 16 == 0 and weight.data_ptr() % 16 == 0:
+    if fp8_gemv_supported(m, k, weight, gemv_max_m):
         if input_scale is None:
             xq, xs = quantize_per_token_fp8(x2)
         elif FP8_FUSE_STATIC_QUANT and x2.dtype in _HALF_TYPES and x2.data_ptr() % 16 == 0:  # one launch
@@ -468,10 +467,22 @@ class _Ones:
 _ONE = _Ones()
 
 
+def _code_gemv_fits(m: int, k: int, weight: torch.Tensor, max_m: int) -> bool:
+    """The shapes a GEMV on quantized activations takes: 1..max_m rows, k % 16 == 0, 16-byte aligned weights."""
+    return 1 <= m <= max_m and k % 16 == 0 and weight.data_ptr() % 16 == 0
+
+
+def fp8_gemv_supported(m: int, k: int, weight: torch.Tensor, gemv_max_m: int | None = None) -> bool:
+    """Whether :func:`fp8_gemm` (and the codes path, ``fused_quant_ops.fp8_gemm_codes``) runs the FP8 GEMV
+    for ``m`` rows of ``k`` features (else ``_scaled_mm``); ``gemv_max_m`` None: ``FP8_GEMV_MAX_M``."""
+    limit = FP8_GEMV_MAX_M if gemv_max_m is None else gemv_max_m
+    return _code_gemv_fits(m, k, weight, min(limit, GEMV_KERNEL_MAX_M))
+
+
 def int8_gemv_supported(m: int, k: int, weight: torch.Tensor, gemv_max_m: int | None = None) -> bool:
     """Whether :func:`int8_gemm` runs the GEMV for ``m`` rows of ``k`` features (else ``_int_mm``)."""
     limit = INT8_GEMV_MAX_M if gemv_max_m is None else min(gemv_max_m, INT8_GEMV_MAX_M)
-    return 1 <= m <= limit and k % 16 == 0 and weight.data_ptr() % 16 == 0
+    return _code_gemv_fits(m, k, weight, limit)
 
 
 def quantize_per_token_int8(x2: torch.Tensor, min_rows: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
