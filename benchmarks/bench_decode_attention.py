@@ -1,6 +1,7 @@
 """Per-layer time of the whole decode attention (RoPE + K/V cache write + attention) of one decode
 step: the unfused path (rope_kv_write, split-K decode_attention + combine: 3 launches) against the
-fused one-launch kernel (decode_fused). 32 query / 8 kv heads, head_dim 128, bf16, 64-token blocks
+fused one-launch kernel (decode_fused) with the cluster size paged_attention picks
+(``decode_fused_splits``) and with fixed ones (``--splits``; 1 = one block per sequence and kv head). 32 query / 8 kv heads, head_dim 128, bf16, 64-token blocks
 (shuffled), every sequence at the same context. Each timing is the median of CUDA-event timings of
 CUDA-graph replays; a graph holds one call per layer of a small multi-layer cache (different layers,
 so consecutive calls do not re-read one layer's K/V from L2), and the time is divided by the layers.
@@ -48,9 +49,10 @@ def unfused(step: dict, layer: int, ctx: int, workspace: torch.Tensor) -> torch.
     return ops.decode_attention(q, *meta[1:6], softmax_scale=D ** -0.5, max_kv_len=ctx, workspace=workspace, **kw)
 
 
-def fused(step: dict, layer: int) -> torch.Tensor:
+def fused(step: dict, layer: int, ctx: int, splits: int | None = None) -> torch.Tensor:
+    """``splits`` None: what paged_attention runs (decode_fused_splits of the context bound)."""
     return ops.decode_fused(**step, num_heads=H, num_kv_heads=KVH, head_dim=D, layer_idx=layer, tokens_per_block=TPB,
-                            softmax_scale=D ** -0.5, rotary_dim=D, rope_style="neox")
+                            softmax_scale=D ** -0.5, rotary_dim=D, rope_style="neox", max_kv_len=ctx, splits=splits)
 
 
 def graph_us_per_layer(fn, layers: int, iters: int = 30) -> float:
@@ -74,22 +76,26 @@ def graph_us_per_layer(fn, layers: int, iters: int = 30) -> float:
     return statistics.median(times)
 
 
-def run_case(batch: int, ctx: int) -> dict:
+def run_case(batch: int, ctx: int, split_counts: list[int]) -> dict:
     per_layer = batch * (-(-ctx // TPB)) * TPB * KVH * D * 2 * 2
     layers = max(1, min(8, CACHE_BUDGET // per_layer))
     step = make_case(batch, ctx, layers)
     _, nbytes = ops.decode_workspace(batch, H, KVH, D, ctx)
     ws = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     ref = unfused({k: v.clone() for k, v in step.items()}, 0, ctx, ws)
-    new = fused({k: v.clone() for k, v in step.items()}, 0)
+    new = fused({k: v.clone() for k, v in step.items()}, 0, ctx)
     diff = ((new.float() - ref.float()).norm() / ref.float().norm()).item()
     old_us = graph_us_per_layer(lambda layer: unfused(step, layer, ctx, ws), layers)
-    new_us = graph_us_per_layer(lambda layer: fused(step, layer), layers)
+    new_us = graph_us_per_layer(lambda layer: fused(step, layer, ctx), layers)
+    # The same kernel with a fixed number of blocks per (sequence, kv head) (1 = one block, no cluster).
+    by_splits = {str(n): round(graph_us_per_layer(lambda layer: fused(step, layer, ctx, n), layers), 2)
+                 for n in split_counts}
     kv_bytes = batch * ctx * KVH * D * 2 * 2
     row = dict(batch=batch, context=ctx, layers_in_graph=layers, unfused_us=round(old_us, 2),
-               fused_us=round(new_us, 2), speedup=round(old_us / new_us, 3), fused_vs_unfused_rel_diff=diff,
+               fused_us=round(new_us, 2), fused_splits=ops.decode_fused_splits(batch, H, KVH, ctx, "cuda"),
+               fused_us_by_splits=by_splits, speedup=round(old_us / new_us, 3), fused_vs_unfused_rel_diff=diff,
                fused_kv_gbps=round(kv_bytes / (new_us * 1e-6) / 1e9, 1),
-               dispatch="fused" if ops._use_fused_decode(batch, KVH, ctx) else "split-k")
+               dispatch="fused" if ops._use_fused_decode(batch, H, KVH, ctx, torch.device("cuda")) else "split-k")
     del step, ws
     torch.cuda.empty_cache()
     return row
@@ -99,13 +105,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--contexts", default="128,256,512,1024,2048,4096,8192")
+    ap.add_argument("--splits", default="1,2,4,8", help="fixed cluster sizes timed besides the automatic one")
+    ap.add_argument("--name", help="result file name (default decode_attention_<device>)")
     args = ap.parse_args()
     rows = []
+    split_counts = [int(n) for n in args.splits.split(",") if n]
     for batch in map(int, args.batches.split(",")):
         for ctx in map(int, args.contexts.split(",")):
-            rows.append(run_case(batch, ctx))
+            rows.append(run_case(batch, ctx, split_counts))
             print(rows[-1], flush=True)
-    path = write_result(f"decode_attention_{device_slug()}", dict(
+    path = write_result(args.name or f"decode_attention_{device_slug()}", dict(
         shape=dict(num_heads=H, num_kv_heads=KVH, head_dim=D, tokens_per_block=TPB, dtype="bfloat16",
                    rope="neox, full rotary"),
         method="median of 30 CUDA-event timings of CUDA-graph replays; graph = one call per layer of a "

@@ -133,11 +133,13 @@ GEMV_MAX_M_ATTRS = {"fp8": "FP8_GEMV_MAX_M", "int8_sq": "INT8_GEMV_MAX_M"}
 
 
 def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
-                    gemv_max_m: dict[str, int] | None = None) -> list[tuple[str, bool, list[Setting]]]:
+                    gemv_max_m: dict[str, int] | None = None,
+                    fused_splits: list[int] | None = None) -> list[tuple[str, bool, list[Setting]]]:
     """(name, PDL on, settings) per timed variant: PDL off / on with the tables as they are, then (PDL on)
-    each requested m = 1 config set of the mode's GEMV kind, and the mode with another GEMV row limit
-    (``gemv_max_m``: mode prefix -> rows, see GEMV_MAX_M_ATTRS)."""
-    from trtdsl.plugins.cuda import quant_ops
+    each requested m = 1 config set of the mode's GEMV kind, the mode with another GEMV row limit
+    (``gemv_max_m``: mode prefix -> rows, see GEMV_MAX_M_ATTRS), and the fused decode attention with a
+    fixed cluster size (``fused_splits``; ops.FUSED_DECODE_SPLITS)."""
+    from trtdsl.plugins.cuda import ops, quant_ops
     variants: list[tuple[str, bool, list[Setting]]] = [("pdl_off", False, []), ("pdl_on", True, [])]
 
     def tag(cfgs: tuple) -> str:
@@ -156,12 +158,13 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
     for prefix, rows in (gemv_max_m or {}).items():
         if mode.startswith(prefix):
             variants.append((f"pdl_on_{prefix}_gemv_max_m{rows}", True, [(quant_ops, GEMV_MAX_M_ATTRS[prefix], rows)]))
+    variants += [(f"pdl_on_fused_splits{n}", True, [(ops, "FUSED_DECODE_SPLITS", n)]) for n in fused_splits or []]
     return variants
 
 
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
                  wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
-                 gemv_max_m: dict[str, int] | None = None) -> dict[str, Any]:
+                 gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None) -> dict[str, Any]:
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
     t0 = time.perf_counter()
@@ -173,7 +176,7 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m)
+    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m, fused_splits)
     defaults = {(id(table), key): _get_entry(table, key) for _, _, settings in variants for table, key, _ in settings}
     for key, pdl, settings in variants:
         set_programmatic_launch(pdl)
@@ -271,6 +274,9 @@ def main() -> None:
     ap.add_argument("--gemv-max-m", default="",
                     help="also time modes with another GEMV row limit (PDL on): MODE=ROWS,... for MODE fp8 "
                          "(FP8_GEMV_MAX_M) or int8_sq (INT8_GEMV_MAX_M), e.g. fp8=4,int8_sq=0 (0: cuBLASLt always)")
+    ap.add_argument("--fused-splits", default="",
+                    help="also time the fused decode attention with these fixed cluster sizes (PDL on; "
+                         "ops.FUSED_DECODE_SPLITS), e.g. 1,4 (1 = one block per sequence and kv head)")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -285,7 +291,8 @@ def main() -> None:
         results["modes"][mode] = profile_mode(model, mode, batches, args.prompt, args.steps,
                                                parse_configs(args.wo_configs, 3, "--wo-configs"),
                                                parse_configs(args.fp8_configs, 2, "--fp8-configs"),
-                                               parse_gemv_max_m(args.gemv_max_m))
+                                               parse_gemv_max_m(args.gemv_max_m),
+                                               [int(n) for n in args.fused_splits.split(",") if n])
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios = {}
     bf = results["modes"].get("bf16")

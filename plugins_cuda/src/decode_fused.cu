@@ -15,7 +15,8 @@ extern "C" int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv
                                    const int* position_ids, const int* seq_lens, const int* past_lens,
                                    const int* cu_seqlens, int batch, const int* block_tables, int64_t bt_stride,
                                    const float* rope_cos_sin, int rotary_dim, int rope_style, void* out,
-                                   int64_t out_stride, const float* out_scale, int num_heads, int num_kv_heads, int head_dim, int layer_idx,
+                                   int64_t out_stride, const float* out_scale, int splits, int num_heads, int num_kv_heads,
+                                   int head_dim, int layer_idx,
                                    int tokens_per_block, float softmax_scale, int dtype, int kv_dtype,
                                    cudaStream_t stream) {
   DecodeFusedParams fp;
@@ -28,5 +29,6 @@ extern "C" int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv
     return kErrShape;
   fp.position_ids = position_ids; fp.cos_sin = rope_cos_sin; fp.rotary_dim = rotary_dim; fp.neox = rope_style == 0;
   fp.out_scale = out_scale;
+  fp.splits = splits;
   return dispatch_attention<Fused>(dtype, head_dim, fp, stream);
 }

@@ -21,13 +21,13 @@ BATCHES = {  # batch -> each sequence's kv length; 17 cycles through all lengths
 }
 
 
-def fused_vs_reference(step, dtype, **attrs):
+def fused_vs_reference(step, dtype, splits=None, **attrs):
     from trtdsl.plugins.cuda.ops import decode_fused
     qkv_before = step["qkv"].clone()
     ref_step = {k: v.clone() for k, v in step.items()}
     ref_step["block_tables"] = ref_step["block_tables"].clamp_min(0)  # the reference indexes whole rows
     ref = paged_attention_reference(**ref_step, **attrs)
-    out = decode_fused(**step, **attrs)
+    out = decode_fused(**step, **attrs, splits=splits)
     torch.testing.assert_close(step["qkv"], qkv_before, rtol=0, atol=0)
     # The cache holds this step's rotated k and v at position past (and is untouched elsewhere).
     torch.testing.assert_close(step["kv_cache"], ref_step["kv_cache"], **cache_tol(dtype))
@@ -67,6 +67,73 @@ def test_decode_fused_rope_variants(dtype, rope, head_dim):
 
 
 @cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("heads", [(32, 8, 128), (8, 1, 64), (32, 1, 64)])
+@pytest.mark.parametrize("splits", [2, 3, 5, 8])
+@pytest.mark.parametrize("contexts", [[1], [33], [129], [1000], [2049], [1000, 7, 128, 1]])
+def test_decode_fused_cluster_splits_match_reference(dtype, heads, splits, contexts):
+    """splits > 1: the key tiles of each (sequence, kv head) spread over a cluster of blocks (some
+    holding no tile at short contexts) merged through DSMEM; same output and cache as the reference."""
+    h, kvh, d = heads
+    seed = zlib.crc32(repr((dtype, heads, splits, contexts)).encode()) % 10_000
+    step = decode_step(contexts, h, kvh, d, 16, dtype, d, seed)
+    fused_vs_reference(step, dtype, num_heads=h, num_kv_heads=kvh, head_dim=d, layer_idx=1, tokens_per_block=16,
+                       softmax_scale=d ** -0.5, rotary_dim=d, rope_style="neox", splits=splits)
+
+
+@cuda
+@pytest.mark.parametrize("splits", [1, 4])
+def test_decode_fused_cluster_fp8_codes_and_graph_replay(splits):
+    """The cluster merge writes codes like the single block (bitwise quantize_fp8 of its plain output),
+    and a captured graph of it replays on new metadata."""
+    from trtdsl.plugins.cuda.ops import decode_fused
+    from trtdsl.plugins.cuda.quant_ops import quantize_fp8
+    h, kvh, d, tpb = 32, 8, 128, 16
+    attrs = dict(num_heads=h, num_kv_heads=kvh, head_dim=d, layer_idx=0, tokens_per_block=tpb,
+                 softmax_scale=d ** -0.5, rotary_dim=d, rope_style="neox", splits=splits)
+    a = decode_step([1, 300, 20], h, kvh, d, tpb, torch.bfloat16, d, seed=3)
+    b = decode_step([900, 2, 128], h, kvh, d, tpb, torch.bfloat16, d, seed=4)
+    plain = decode_fused(**{k: v.clone() for k, v in b.items()}, **attrs)
+    scale = (plain.float().abs().amax() / 448).reshape(1)
+    codes = decode_fused(**{k: v.clone() for k, v in b.items()}, **attrs, out_scale=scale)
+    assert torch.equal(codes.view(torch.uint8), quantize_fp8(plain, scale).view(torch.uint8))
+    static = {k: torch.zeros_like(v) for k, v in b.items()}
+    static["rope_cos_sin"] = b["rope_cos_sin"].clone()
+    decode_fused(**{k: v.clone() for k, v in static.items()}, **attrs)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = decode_fused(**static, **attrs)
+    for step in (a, b):
+        for k, v in step.items():
+            if k != "rope_cos_sin":
+                static[k].zero_()
+                static[k][tuple(slice(0, n) for n in v.shape)] = v
+        ref_step = {k: v.clone() for k, v in static.items()}
+        ref_step["block_tables"] = ref_step["block_tables"].clamp_min(0)
+        ref = paged_attention_reference(**ref_step, **{k: v for k, v in attrs.items() if k != "splits"})
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(out, ref) < tol(torch.bfloat16)
+
+
+@cuda
+def test_decode_fused_split_count_rule_and_bad_splits():
+    from trtdsl.plugins.cuda.ops import decode_fused, decode_fused_splits
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    hopper = torch.cuda.get_device_capability(0)[0] >= 9
+    assert decode_fused_splits(1, 32, 8, 4096, "cuda") == (min(8, sms // 2 // 8) if hopper else 1)
+    assert decode_fused_splits(1, 32, 8, 512, "cuda") == (min(4, sms // 2 // 8) if hopper else 1)  # 16 tiles
+    assert decode_fused_splits(1, 32, 8, 256, "cuda") == 1  # 8 tiles: 2 per warp of one block
+    assert decode_fused_splits(4, 32, 8, 4096, "cuda") == (min(8, sms // 2 // 32) if hopper else 1)
+    assert decode_fused_splits(8, 32, 8, 4096, "cuda") == (min(8, sms // 2 // 64) if hopper else 1)
+    step = decode_step([40], 8, 2, 128, 16, torch.float16, 128, seed=9)
+    with pytest.raises(PluginError, match="splits must lie in 1..8"):
+        decode_fused(**step, num_heads=8, num_kv_heads=2, head_dim=128, layer_idx=0, tokens_per_block=16,
+                     softmax_scale=0.1, rotary_dim=128, splits=9)
+
+
+@cuda
 def test_decode_fused_skips_empty_sequences():
     step = make_step([1, 0, 1], [40, 10, 0], 16, 4, 128, 16, torch.bfloat16, 128, seed=5)
     before = step["kv_cache"].clone()
@@ -100,11 +167,12 @@ def test_fp8_codes_output_is_the_quantized_output(dtype, max_kv_len):
 
 @cuda
 def test_paged_attention_dispatches_short_decode_to_fused(monkeypatch):
-    """paged_attention with max_q_len == 1 and a short max_kv_len runs the fused kernel."""
+    """paged_attention with max_q_len == 1 runs the fused kernel for a short max_kv_len, and for a long
+    one too while few sequences leave SMs for clusters (sm_90+); else RoPE + split-K."""
     from trtdsl.plugins.cuda import ops
     calls = []
     real = ops.decode_fused
-    monkeypatch.setattr(ops, "decode_fused", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(ops, "decode_fused", lambda *a, **k: calls.append(k["max_kv_len"]) or real(*a, **k))
     step = decode_step([100, 5], 16, 4, 128, 16, torch.float16, 128, seed=11)
     ref_step = {k: v.clone() for k, v in step.items()}
     ref_step["block_tables"] = ref_step["block_tables"].clamp_min(0)
@@ -112,10 +180,18 @@ def test_paged_attention_dispatches_short_decode_to_fused(monkeypatch):
                  softmax_scale=128 ** -0.5, rotary_dim=128, rope_style="neox")
     ref = paged_attention_reference(**ref_step, **attrs)
     out = ops.paged_attention(**step, **attrs, max_q_len=1, max_kv_len=100)
-    assert calls == [1]
+    assert calls == [100]
     assert rel_err(out, ref) < tol(torch.float16)
-    ops.paged_attention(**step, **attrs, max_q_len=1, max_kv_len=ops._FUSED_DECODE_MAX_KV + 1)
-    assert calls == [1]  # long bound: the split-K path
+    long_bound = ops._FUSED_DECODE_MAX_KV + 1  # 2 sequences x 4 kv heads: room for clusters on sm_90+
+    out = ops.paged_attention(**step, **attrs, max_q_len=1, max_kv_len=long_bound)
+    hopper = torch.cuda.get_device_capability(0)[0] >= 9
+    assert calls == ([100, long_bound] if hopper else [100])
+    assert ops.decode_fused_splits(2, 16, 4, long_bound, "cuda") == (5 if hopper else 1)  # 17 tiles, 8 blocks
+    assert rel_err(out, ref) < tol(torch.float16)  # the second call rewrote the same K/V
+    # 40 blocks leave no room for clusters (half the SMs hold fewer than 2 clusters of each): split-K.
+    many = decode_step([300] * 10, 16, 4, 128, 16, torch.float16, 128, seed=12)
+    ops.paged_attention(**many, **attrs, max_q_len=1, max_kv_len=long_bound)
+    assert len(calls) == (2 if hopper else 1)
 
 
 @cuda

@@ -10,7 +10,17 @@
 // holds `past` patches that row in shared memory from the block's rotated copy. So the cache write
 // (done by the group-0 block only) and every read are independent, and MQA groups > 16 (several
 // blocks per kv head) stay race-free.
+//
+// Split over a cluster (sm_90+, fp.splits > 1): the blocks of one (sequence, kv head, group) form a
+// thread-block cluster of `splits` blocks along z that share the key tiles (tile t goes to warp
+// (t / splits) % W of block t % splits, so a short context spreads over SMs before warps). Each block
+// merges its warps into one partial (o, m, l); after a cluster barrier every block merges a slice of
+// the output from all partials through distributed shared memory (DSMEM). One sequence then uses up
+// to 8x the SMs, still in one launch, with no workspace. splits == 1 is the single-block kernel, bit
+// for bit.
 #pragma once
+#include <cooperative_groups.h>
+
 #include "trtdsl/context_attention.cuh"
 #include "trtdsl/fp8_code.cuh"
 #include "trtdsl/pdl.cuh"
@@ -25,6 +35,7 @@ struct DecodeFusedParams {
   // Non-null: a.out holds e4m3 codes of each output value, as stored in T, divided by *out_scale
   // (fp8_code.cuh), i.e. the static fp8 GEMM's quantizer fused in; null: a.out holds T values.
   const float* out_scale;
+  int splits;                 // blocks per (sequence, kv head, group) sharing its key tiles; > 1: a cluster
 };
 
 namespace attn {
@@ -32,8 +43,18 @@ constexpr int kFusedBN = 32, kFusedWarps = 4, kFusedRows = 16;
 template <int D> __host__ __device__ constexpr int fused_kv_smem() { return kFusedWarps * 2 * 2 * kFusedBN * (D + 8) * 2; }
 // KV stages, then the rotated q rows and the new token's k and v (2-byte elements).
 template <int D> __host__ __device__ constexpr int fused_smem_bytes() { return fused_kv_smem<D>() + (kFusedRows + 2) * D * 2; }
-// The end-of-kernel merge reuses the KV stages: per warp 16 rows of o[D] plus (m, l).
+// The end-of-kernel merge reuses the KV stages: per warp 16 rows of o[D] plus (m, l), then the block's
+// partial (16 rows of o[D], m, l) that the cluster's blocks read.
 template <int D> __host__ __device__ constexpr int fused_merge_bytes() { return kFusedWarps * kFusedRows * (D + 2) * 4; }
+template <int D> __host__ __device__ constexpr int fused_partial_bytes() { return kFusedRows * (D + 2) * 4; }
+constexpr int kFusedMaxSplits = 8;  // the portable cluster size
+
+// This worker's key tiles: first, first + stride, ... (count of them) out of past / BN + 1.
+struct FusedTiles { int first, stride, count; };
+__device__ __forceinline__ FusedTiles fused_tiles(int past, int worker, int workers) {
+  const int ntiles = past / kFusedBN + 1;
+  return {worker, workers, worker < ntiles ? (ntiles - 1 - worker) / workers + 1 : 0};
+}
 }  // namespace attn
 
 // Rotate the group's q heads and the kv head's k into shared memory (v copied); group 0 also writes
@@ -76,33 +97,40 @@ __device__ __forceinline__ void fused_rope_load(const DecodeFusedParams& fp, int
   }
 }
 
-// One warp's share of the kv range: tiles warp, warp + W, ...; the tile holding `past` gets the new
-// token's row patched in from shared memory and is masked past it.
+// Issues the copy of a warp's first key tile (if it has one) into its stage 0, as one cp.async group.
+template <typename T, int D>
+__device__ __forceinline__ void fused_load_first_tile(const AttentionParams& p, T* wsm, const attn::FusedTiles& tl,
+                                                      int s, int kh, int past, int lane) {
+  using namespace attn;
+  constexpr int TILE = kFusedBN * (D + 8);
+  if (tl.count)
+    load_kv_tile<T, D, kFusedBN>(wsm, wsm + TILE, static_cast<const T*>(p.cache_layer), p.block_tables + s * p.bt_stride,
+                                 tl.first * kFusedBN, past, kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
+  cp_async_commit();
+}
+
+// One warp's share of the kv range (its FusedTiles), the first tile's copy already issued by
+// fused_load_first_tile. The tile holding `past` gets the new token's row patched in from shared memory
+// and is masked past it.
 template <typename T, int D>
 __device__ __forceinline__ void fused_warp_attend(attn::WarpState<D>& st, const AttentionParams& p, T* wsm,
-                                                  const T* sK, const T* sV, int s, int kh, int past, int warp,
-                                                  int lane) {
+                                                  const T* sK, const T* sV, const attn::FusedTiles& tl, int s,
+                                                  int kh, int past, int lane) {
   using namespace attn;
   constexpr int LD = D + 8, TILE = kFusedBN * LD, CH = D / 8;
-  const int ntiles = past / kFusedBN + 1;
-  if (warp >= ntiles) return;
-  const int n_w = (ntiles - 1 - warp) / kFusedWarps + 1;
   const T* cache = static_cast<const T*>(p.cache_layer);
   const int* bt_row = p.block_tables + s * p.bt_stride;
-  load_kv_tile<T, D, kFusedBN>(wsm, wsm + TILE, cache, bt_row, warp * kFusedBN, past, kh, p.num_kv_heads,
-                               p.tokens_per_block, lane, 32);
-  cp_async_commit();
-  for (int it = 0; it < n_w; ++it) {
-    if (it + 1 < n_w) {
+  for (int it = 0; it < tl.count; ++it) {
+    if (it + 1 < tl.count) {
       T* nxt = wsm + ((it + 1) & 1) * 2 * TILE;
-      load_kv_tile<T, D, kFusedBN>(nxt, nxt + TILE, cache, bt_row, (warp + (it + 1) * kFusedWarps) * kFusedBN, past,
+      load_kv_tile<T, D, kFusedBN>(nxt, nxt + TILE, cache, bt_row, (tl.first + (it + 1) * tl.stride) * kFusedBN, past,
                                    kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
     }
     cp_async_commit();
     cp_async_wait<1>();
     __syncwarp();
     T* cur = wsm + (it & 1) * 2 * TILE;
-    const int key0 = (warp + it * kFusedWarps) * kFusedBN;
+    const int key0 = (tl.first + it * tl.stride) * kFusedBN;
     if (key0 + kFusedBN > past) {  // the last tile: it holds the new token at row past - key0
       const int r = past - key0;
       if (lane < 2 * CH) {
@@ -119,10 +147,48 @@ __device__ __forceinline__ void fused_warp_attend(attn::WarpState<D>& st, const 
   }
 }
 
+// Stores output value idx = r * D + d of the block's query rows: as T, or its e4m3 code over *fp.out_scale.
+template <typename T> struct FusedOut {
+  T* out;
+  Fp8* codes;
+  float code_scale;
+  bool quantize;
+  __device__ void operator()(int idx, float v) const {
+    if (quantize) codes[idx] = quantize_rounded<T>(v, code_scale);
+    else out[idx] = from_float<T>(v);
+  }
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// The cluster's second merge: block `split` of `splits` produces every splits-th slice of blockDim
+// outputs from the partials (o [16][D], then (m, l) [16][2]) of every block, read through DSMEM.
+template <typename T, int D>
+__device__ __forceinline__ void fused_cluster_merge(float* part, int nq, int split, int splits, const FusedOut<T>& store) {
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();  // every block's partial is written (and visible cluster-wide)
+  for (int idx = split * blockDim.x + threadIdx.x; idx < nq * D; idx += splits * blockDim.x) {
+    const int r = idx / D;
+    float mx = -INFINITY;
+    for (int b = 0; b < splits; ++b) mx = fmaxf(mx, cluster.map_shared_rank(part, b)[attn::kFusedRows * D + 2 * r]);
+    float num = 0.f, den = 0.f;  // block 0 always holds tile 0, so mx is finite; empty blocks weigh 0
+    for (int b = 0; b < splits; ++b) {
+      const float* pb = cluster.map_shared_rank(part, b);
+      const float wgt = exp2f(pb[attn::kFusedRows * D + 2 * r] - mx);
+      num += pb[idx] * wgt;
+      den += pb[attn::kFusedRows * D + 2 * r + 1] * wgt;
+    }
+    store(idx, num / den);
+  }
+  cluster.sync();  // the other blocks read this block's partial until here
+}
+#endif
+
 template <typename T, int D>
 __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(DecodeFusedParams fp) {
   using namespace attn;
-  static_assert(fused_merge_bytes<D>() <= fused_kv_smem<D>(), "merge scratch must fit in the KV stages");
+  static_assert(fused_merge_bytes<D>() + fused_partial_bytes<D>() <= fused_kv_smem<D>(),
+                "merge scratch must fit in the KV stages");
   constexpr int TILE = kFusedBN * (D + 8);
   const AttentionParams& p = fp.a;
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -136,19 +202,26 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
   pdl_wait();
   pdl_launch_dependents();
   const int s = blockIdx.x, G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
-  const int kh = blockIdx.y / groups, grp = blockIdx.y % groups, g0 = grp * kFusedRows;
-  if (p.seq_lens[s] == 0) return;  // a sequence without a new token this step
+  const int kh = blockIdx.y / groups, grp = blockIdx.y % groups, g0 = grp * kFusedRows, split = blockIdx.z;
+  if (p.seq_lens[s] == 0) return;  // a sequence without a new token this step (the whole cluster returns)
   const int nq = min(kFusedRows, G - g0), past = p.past_lens[s], tok = p.cu_seqlens[s];
-  fused_rope_load<T, D>(fp, s, tok, past, kh, g0, nq, grp == 0, sQ, sK, sV);
-  __syncthreads();
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr0 = lane >> 2, gr1 = gr0 + 8;
+  // Worker warp * splits + split: consecutive tiles go to different blocks first.
+  const FusedTiles tiles = fused_tiles(past, warp * fp.splits + split, kFusedWarps * fp.splits);
+  T* wsm = kv_smem + warp * 4 * TILE;
+  // The first past K/V tile is copied while the RoPE reads q / k / v: the two latencies overlap (the
+  // tile never holds position `past`, which this kernel writes: it is zero-filled and patched later).
+  fused_load_first_tile<T, D>(p, wsm, tiles, s, kh, past, lane);
+  fused_rope_load<T, D>(fp, s, tok, past, kh, g0, nq, grp == 0 && split == 0, sQ, sK, sV);
+  __syncthreads();
   WarpState<D> st;
   init_state<T, D>(st, gr0 < nq ? sQ + gr0 * D : nullptr, gr1 < nq ? sQ + gr1 * D : nullptr, lane);
-  fused_warp_attend<T, D>(st, p, kv_smem + warp * 4 * TILE, sK, sV, s, kh, past, warp, lane);
+  fused_warp_attend<T, D>(st, p, wsm, sK, sV, tiles, s, kh, past, lane);
   reduce_l(st);
   __syncthreads();  // every warp is done with the KV stages: reuse them as merge scratch
   float* sO = reinterpret_cast<float*>(smem_raw);           // [W][16][D]
   float* sML = sO + kFusedWarps * kFusedRows * D;          // [W][16][2]
+  float* part = sML + kFusedWarps * kFusedRows * 2;        // the block's partial: [16][D], then [16][2]
   const int c2 = (lane & 3) * 2;
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -160,25 +233,33 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
   }
   __syncthreads();
   const int64_t out0 = tok * p.out_stride + (kh * G + g0) * D;
-  T* out = static_cast<T*>(p.out) + out0;
-  Fp8* codes = static_cast<Fp8*>(p.out) + out0;
-  const float code_scale = fp.out_scale ? *fp.out_scale : 1.f;
+  const FusedOut<T> store{static_cast<T*>(p.out) + out0, static_cast<Fp8*>(p.out) + out0,
+                          fp.out_scale ? *fp.out_scale : 1.f, fp.out_scale != nullptr};
   for (int idx = threadIdx.x; idx < nq * D; idx += blockDim.x) {
     const int r = idx / D, d = idx % D;
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kFusedWarps; ++w) mx = fmaxf(mx, sML[(w * kFusedRows + r) * 2]);
     float num = 0.f, den = 0.f;  // idle warps hold m = -inf, l = 0, o = 0: weight 0
+    if (mx != -INFINITY) {       // (a block of a cluster may hold no tile at all: partial 0 / 0 at m = -inf)
 #pragma unroll
-    for (int w = 0; w < kFusedWarps; ++w) {
-      const float* ml = sML + (w * kFusedRows + r) * 2;
-      const float a = exp2f(ml[0] - mx);
-      num += sO[(w * kFusedRows + r) * D + d] * a;
-      den += ml[1] * a;
+      for (int w = 0; w < kFusedWarps; ++w) {
+        const float* ml = sML + (w * kFusedRows + r) * 2;
+        const float a = exp2f(ml[0] - mx);
+        num += sO[(w * kFusedRows + r) * D + d] * a;
+        den += ml[1] * a;
+      }
     }
-    if (fp.out_scale) codes[r * D + d] = quantize_rounded<T>(num / den, code_scale);
-    else out[r * D + d] = from_float<T>(num / den);
+    if (fp.splits == 1) {
+      store(r * D + d, num / den);
+    } else {
+      part[idx] = num;
+      if (d == 0) { part[kFusedRows * D + 2 * r] = mx; part[kFusedRows * D + 2 * r + 1] = den; }
+    }
   }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (fp.splits > 1) fused_cluster_merge<T, D>(part, nq, split, fp.splits, store);
+#endif
 }
 
 template <typename T, int D>
@@ -187,12 +268,14 @@ int launch_decode_fused(const DecodeFusedParams& fp, cudaStream_t stream) {
   const AttentionParams& p = fp.a;
   if (p.batch == 0) return kOk;
   const int G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
-  if (static_cast<int64_t>(p.num_kv_heads) * groups > 65535) return kErrShape;
+  if (static_cast<int64_t>(p.num_kv_heads) * groups > 65535 || fp.splits < 1 || fp.splits > kFusedMaxSplits)
+    return kErrShape;
   constexpr int smem = fused_smem_bytes<D>();
   auto kernel = decode_fused_kernel<T, D>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;
-  return launch_pdl(kernel, dim3(p.batch, p.num_kv_heads * groups), dim3(kFusedWarps * 32), smem, stream, fp);
+  return launch_pdl_cluster(kernel, dim3(p.batch, p.num_kv_heads * groups, fp.splits), dim3(kFusedWarps * 32),
+                            dim3(1, 1, fp.splits), smem, stream, fp);
 }
 
 }  // namespace trtdsl

@@ -64,26 +64,43 @@ __device__ __forceinline__ void pdl_prefetch_l2_range(const void* p, int64_t byt
 }
 
 // kernel<<<grid, block, smem, stream>>>(args...) with the programmatic-serialization attribute when
-// pdl_active(); returns kOk or kErrLaunch.
+// pdl_active(), and as thread-block clusters of `cluster` blocks when that is not 1 x 1 x 1 (sm_90+;
+// grid must be a multiple of it); returns kOk or kErrLaunch.
 template <typename... KArgs, typename... Args>
-inline int launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
-                      Args&&... args) {
+inline int launch_pdl_cluster(void (*kernel)(KArgs...), dim3 grid, dim3 block, dim3 cluster, size_t smem,
+                              cudaStream_t stream, Args&&... args) {
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = grid;
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (pdl_active()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster.x * cluster.y * cluster.z > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster.x;
+    attr[n].val.clusterDim.y = cluster.y;
+    attr[n++].val.clusterDim.z = cluster.z;
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = pdl_active() ? 1 : 0;
+  cfg.numAttrs = n;
   // Converts each argument to the kernel's parameter type, as <<<>>> would.
   if (cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(std::forward<Args>(args))...) != cudaSuccess) {
     (void)cudaGetLastError();  // clear it: the status code reports it
     return kErrLaunch;
   }
   return kOk;
+}
+
+// launch_pdl_cluster without clusters.
+template <typename... KArgs, typename... Args>
+inline int launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                      Args&&... args) {
+  return launch_pdl_cluster(kernel, grid, block, dim3(1, 1, 1), smem, stream, std::forward<Args>(args)...);
 }
 
 }  // namespace trtdsl

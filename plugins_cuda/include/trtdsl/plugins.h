@@ -180,7 +180,9 @@ int trtdsl_dense_gemv(const void* x, const void* weight, void* out, int64_t m, i
  * cache at position past_lens[s], and attention over positions 0..past_lens[s], in one launch without
  * split-K (no workspace). out is [tokens, num_heads * head_dim]; rows of empty sequences are untouched.
  * out_scale null: out holds dtype values; else a float [1] on the device, and out holds the e4m3 codes of
- * each value (rounded to dtype) / *out_scale, saturating: the static fp8 GEMM's quantizer fused in. */
+ * each value (rounded to dtype) / *out_scale, saturating: the static fp8 GEMM's quantizer fused in.
+ * splits (1..8): blocks sharing each (sequence, kv head)'s key tiles, > 1 as a thread-block cluster that
+ * merges through distributed shared memory (sm_90+ only; kErrLaunch elsewhere). */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -189,7 +191,7 @@ int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv_cache, int
                         const int* position_ids, const int* seq_lens, const int* past_lens, const int* cu_seqlens,
                         int batch, const int* block_tables, int64_t block_table_stride, const float* rope_cos_sin,
                         int rotary_dim, int rope_style, void* out, int64_t out_stride, const float* out_scale,
-                        int num_heads,
+                        int splits, int num_heads,
                         int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block, float softmax_scale,
                         int dtype, int kv_dtype, cudaStream_t stream);
 

@@ -8,6 +8,7 @@ from the caller's host-side bounds ``max_q_len`` / ``max_kv_len``."""
 from __future__ import annotations
 
 import ctypes
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from trtdsl.errors import PluginError
 from ._lib import call, register_signatures
 
 __all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_attention", "decode_fused",
-           "paged_attention"]
+           "decode_fused_splits", "paged_attention"]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _HALF_TYPES = (torch.float16, torch.bfloat16)
@@ -258,8 +259,9 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     kernel writes them itself (one launch fewer), the other paths quantize after the attention.
 
     Decode steps (``max_q_len == 1``: every sequence has at most one new token) with a short
-    ``max_kv_len`` run the fused one-launch kernel (``decode_fused``); longer ones RoPE + cache write,
-    then the split-K decode kernel; other steps RoPE + cache write, then the context kernel. ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of
+    ``max_kv_len``, many sequences, or (sm_90+) few enough sequences for clusters run the fused
+    one-launch kernel (``decode_fused``); the others RoPE + cache write, then the split-K decode
+    kernel; other steps RoPE + cache write, then the context kernel. ``max_q_len`` / ``max_kv_len`` are host-side upper bounds of
     ``seq_lens`` / ``past_lens + seq_lens`` (no device value is read, so the call is graph-capturable)."""
     op = "paged_attention"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
@@ -270,10 +272,10 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
         _check_static_scale(op, "out_scale", out_scale, qkv.device)
     kw: dict[str, Any] = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, layer_idx=layer_idx,
               tokens_per_block=tokens_per_block)
-    if max_q_len == 1 and _use_fused_decode(seq_lens.shape[0], num_kv_heads, max_kv_len):
+    if max_q_len == 1 and _use_fused_decode(seq_lens.shape[0], num_heads, num_kv_heads, max_kv_len, qkv.device):
         return decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
                             softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style,
-                            out_scale=out_scale, **kw)
+                            out_scale=out_scale, max_kv_len=max_kv_len, splits=FUSED_DECODE_SPLITS, **kw)
     out = _unfused_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin,
                              softmax_scale=softmax_scale, rotary_dim=rotary_dim, rope_style=rope_style,
                              max_q_len=max_q_len, max_kv_len=max_kv_len, **kw)
@@ -313,7 +315,10 @@ def _unfused_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block
 # (sequence, kv head) gives the GPU enough parallel work: always from 64 such blocks on (batch 8 x 8 kv
 # heads: 1.2-2.1x at 128..8192 tokens), and below that up to 512 tokens (batch 1: 1.4x at 512, 0.98x at
 # 1024, 0.3x at 8192, where split-K spreads one sequence over all SMs). Measured on an H100, 32/8 heads,
-# d 128, bf16: benchmarks/results/decode_attention_h100.json.
+# d 128, bf16: benchmarks/results/decode_attention_h100.json. On sm_90+ the fused kernel also spreads
+# a few sequences over the SMs itself (thread-block clusters, decode_fused_splits), and then beats
+# split-K at every context (batch 1: 8.5 / 14.9 / 21.8 us against 15.2 / 18.4 / 29.6 at 1k / 4k / 8k;
+# decode_attention_h100.json).
 _FUSED_DECODE_MAX_KV = 512
 _FUSED_DECODE_MIN_BLOCKS = 64
 
@@ -321,13 +326,53 @@ _DECODE_FUSED_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctyp
                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p,
                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                          ctypes.c_int,
+                          ctypes.c_int, ctypes.c_int,  # splits, num_heads, ..., tokens_per_block
                           ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
 
 
-def _use_fused_decode(batch: int, num_kv_heads: int, max_kv_len: int) -> bool:
+_FUSED_MAX_SPLITS = 8  # kFusedMaxSplits: the portable thread-block cluster size
+# Blocks per (sequence, kv head) of the fused decode kernel that paged_attention asks for: None =
+# decode_fused_splits's rule; an int forces that count, in the dispatch too (1: the dispatch and kernel
+# as before clusters; same-process A/B timings, profile_decode.py).
+FUSED_DECODE_SPLITS: int | None = None
+_FUSED_TILE_KEYS = 32  # kFusedBN
+_FUSED_WARPS = 4       # kFusedWarps
+_FUSED_ROWS = 16       # kFusedRows: query heads of one kv head per block
+
+
+@lru_cache(maxsize=None)
+def _sm_info(device: torch.device) -> tuple[int, int]:
+    """(compute capability major, SM count) of a CUDA device."""
+    props = torch.cuda.get_device_properties(device)
+    return props.major, props.multi_processor_count
+
+
+def decode_fused_splits(batch: int, num_heads: int, num_kv_heads: int, max_kv_len: int,
+                        device: torch.device | str | int) -> int:
+    """Blocks per (sequence, kv head) for ``decode_fused`` (a thread-block cluster when > 1): one
+    while each warp of a single block attends at most 2 key tiles (a cluster's launch and two cluster
+    barriers cost about what 1.5 tiles do), else enough for one tile per warp, at most 8 (a portable
+    cluster) and at most half the SMs in all: past that the clusters slow down sharply. 1 below sm_90.
+    H100, 32/8 heads, us per layer for 1 / 2 / 4 / 8 blocks (decode_attention_h100.json): batch 1,
+    128 tokens 5.7 / 7.5 / 7.2 / 7.6, 512 tokens 10.0 / 9.0 / 7.3 / 7.6, 8192 tokens 96.6 / 55.7 / 32.5
+    / 21.5; batch 2 at 8192 97.3 / 55.1 / 34.8 / 46.4 (128 blocks); batch 4 at 4096 51.1 / 33.0 / 44.2
+    / 45.0; batch 8: 1 block as fast or faster at every context."""
+    major, sms = _sm_info(torch.device(device))
+    if major < 9:
+        return 1
+    groups = -(-(num_heads // num_kv_heads) // _FUSED_ROWS)
+    room = (sms // 2) // max(1, batch * num_kv_heads * groups)
+    tiles = (max(1, max_kv_len) - 1) // _FUSED_TILE_KEYS + 1
+    if room < 2 or tiles <= 2 * _FUSED_WARPS:
+        return 1
+    return min(_FUSED_MAX_SPLITS, room, -(-tiles // _FUSED_WARPS))
+
+
+def _use_fused_decode(batch: int, num_heads: int, num_kv_heads: int, max_kv_len: int,
+                      device: torch.device) -> bool:
     """Whether a decode step of these host-side bounds takes the fused kernel (see the constants above)."""
-    return max_kv_len <= _FUSED_DECODE_MAX_KV or batch * num_kv_heads >= _FUSED_DECODE_MIN_BLOCKS
+    splits = FUSED_DECODE_SPLITS or decode_fused_splits(batch, num_heads, num_kv_heads, max_kv_len, device)
+    return max_kv_len <= _FUSED_DECODE_MAX_KV or batch * num_kv_heads >= _FUSED_DECODE_MIN_BLOCKS or splits > 1
 
 
 register_signatures({"trtdsl_decode_fused": _DECODE_FUSED_ARGTYPES})
@@ -336,14 +381,17 @@ register_signatures({"trtdsl_decode_fused": _DECODE_FUSED_ARGTYPES})
 def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, rope_cos_sin, *,
                  num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
                  softmax_scale: float, rotary_dim: int, rope_style: str = "neox",
-                 out: torch.Tensor | None = None, out_scale: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, out_scale: torch.Tensor | None = None,
+                 max_kv_len: int | None = None, splits: int | None = None) -> torch.Tensor:
     """One-launch decode step: RoPE of q/k, k/v written to the cache, attention; ``[tokens, H * D]``.
     With ``out_scale`` (float32 ``[1]``) the output is e4m3: the codes of each value (rounded to
     qkv's dtype) over the scale, bitwise what ``quant_ops.quantize_fp8`` makes of the plain output.
 
-    Every sequence must have ``seq_lens <= 1`` (not checked on the device). Same semantics as
-    ``paged_attention_reference`` restricted to decode steps; no split-K, so it is meant for short
-    contexts or large batches (``paged_attention`` picks it through ``_use_fused_decode``). Rows of empty sequences
+    ``splits`` blocks (1..8; sm_90+ for more than 1) share each (sequence, kv head)'s key tiles as one
+    thread-block cluster; ``None`` picks :func:`decode_fused_splits` from ``max_kv_len`` (a host-side
+    bound of ``past_lens + 1``; without it, 1). Every sequence must have ``seq_lens <= 1`` (not
+    checked on the device). Same semantics as ``paged_attention_reference`` restricted to decode steps;
+    ``paged_attention`` picks this kernel through ``_use_fused_decode``. Rows of empty sequences
     (and padding tokens) are left as they are in ``out``."""
     op = "decode_fused"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
@@ -351,6 +399,14 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     if head_dim not in (64, 128):
         raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
     _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
+    if splits is None:
+        splits = 1 if max_kv_len is None else decode_fused_splits(seq_lens.shape[0], num_heads, num_kv_heads,
+                                                                   max_kv_len, qkv.device)
+    elif not 1 <= splits <= _FUSED_MAX_SPLITS:
+        raise PluginError(f"{op}: splits must lie in 1..{_FUSED_MAX_SPLITS}, got {splits}")
+    elif splits > 1 and _sm_info(qkv.device)[0] < 9:
+        raise PluginError(f"{op}: splits > 1 needs thread-block clusters (sm_90+), this device has "
+                          f"sm_{''.join(map(str, torch.cuda.get_device_capability(qkv.device)))}")
     out_dtype = qkv.dtype
     if out_scale is not None:
         _check_static_scale(op, "out_scale", out_scale, qkv.device)
@@ -365,7 +421,7 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
         "trtdsl_decode_fused", qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
         seq_lens.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
         block_tables.stride(0), rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style],
-        out.data_ptr(), out.stride(0), out_scale.data_ptr() if out_scale is not None else None, num_heads,
+        out.data_ptr(), out.stride(0), out_scale.data_ptr() if out_scale is not None else None, int(splits), num_heads,
         num_kv_heads, head_dim, layer_idx, tokens_per_block,
         float(softmax_scale), code, code, _stream(qkv))
     return out
