@@ -4,7 +4,7 @@
 # back). Usage (from the repository root on the device machine):
 #   bash benchmarks/gpu_session.sh setup tests           # part 1 of SmolLM2 + GPU tests
 #   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
-#   stages: setup tests decode quantgemm profile attention serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
+#   stages: setup tests decode quantgemm profile attention kvquant serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
 # The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
 # Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
@@ -76,6 +76,11 @@ profile() {  # kernel-by-kernel decode profile; PROFILE_ARGS e.g. --modes bf16,i
 attention() {  # decode attention per layer: split-K path against the fused kernel; ATTN_ARGS e.g. --batches 1,8
   timeout ${ATTN_TIMEOUT:-300} python3 benchmarks/bench_decode_attention.py ${ATTN_ARGS:-} 2>&1 \
     | tee "$OUT/attention.log" | tail -40
+}
+
+kvquant() {  # decode attention over fp8 / int8 K/V caches against bf16; KVQ_ARGS e.g. --batches 1,8
+  timeout ${KVQ_TIMEOUT:-300} python3 benchmarks/bench_kv_quant_attention.py ${KVQ_ARGS:-} 2>&1 \
+    | tee "$OUT/kv_quant.log" | tail -20
 }
 
 serving() {

@@ -1,4 +1,5 @@
-// C launcher of the fused decode step (RoPE + paged K/V write + attention, one launch, no split-K).
+// C launchers of the fused decode step (RoPE + paged K/V write + attention, one launch, no split-K) and
+// of its attention alone over a float or quantized cache (decode_attend).
 #include "attention_launch.h"
 #include "trtdsl/decode_fused.cuh"
 #include "trtdsl/plugins.h"
@@ -8,6 +9,9 @@ using namespace trtdsl;
 namespace {
 template <typename T, int D> struct Fused {
   static int run(const DecodeFusedParams& fp, cudaStream_t s) { return launch_decode_fused<T, D>(fp, s); }
+};
+template <typename T, int D, typename KV_T> struct Attend {
+  static int run(const AttentionParams& p, int splits, cudaStream_t s) { return launch_decode_attend<T, D, KV_T>(p, splits, s); }
 };
 }  // namespace
 
@@ -31,4 +35,19 @@ extern "C" int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv
   fp.out_scale = out_scale;
   fp.splits = splits;
   return dispatch_attention<Fused>(dtype, head_dim, fp, stream);
+}
+
+extern "C" int trtdsl_decode_attend(const void* q, int64_t q_stride, const void* kv_cache, int64_t num_blocks,
+                                    const int* seq_lens, const int* past_lens, const int* cu_seqlens, int batch,
+                                    const int* block_tables, int64_t bt_stride, void* out, int64_t out_stride,
+                                    int num_heads, int num_kv_heads, int head_dim, int layer_idx, int tpb,
+                                    float softmax_scale, int splits, int dtype, int kv_dtype, const float* kv_scales,
+                                    int scales_per_head, cudaStream_t stream) {
+  AttentionParams p;
+  const int st = fill_attention_params(p, q, q_stride, kv_cache, num_blocks, seq_lens, past_lens, cu_seqlens,
+                                       batch, block_tables, bt_stride, out, out_stride, num_heads, num_kv_heads,
+                                       head_dim, layer_idx, tpb, softmax_scale, dtype, kv_dtype, kv_scales,
+                                       scales_per_head);
+  if (st != kOk) return st;
+  return dispatch_attention_kv<Attend>(dtype, kv_dtype, head_dim, p, splits, stream);
 }

@@ -1,6 +1,7 @@
 """CUDA attention over a quantized (fp8 e4m3 / int8) K/V cache, against the torch reference of
 ``trtdsl.attention_quant_kv`` (trtdsl/quantization/kv_cache.py): codes written by the RoPE + write
-kernel, prefill (context kernel) and decode (split-K kernel) outputs, per-head and per-layer scales,
+kernel, prefill (context kernel) and decode (the one-launch kernel with and without clusters, and split-K)
+outputs, per-head and per-layer scales,
 the Hadamard-rotated keys, the mean key subtracted (``k_bias``), and the executor choosing the kernels
 for a quantized network."""
 
@@ -81,11 +82,38 @@ def test_quantized_cache_attention_matches_reference(dtype, cache_dtype, head_di
 
 @cuda
 @pytest.mark.parametrize("cache_dtype", CACHES)
-def test_per_layer_scales_and_decode_through_context_kernel(cache_dtype):
+def test_per_layer_scales_and_decode_through_context_kernel(cache_dtype, monkeypatch):
+    from trtdsl.plugins.cuda import kv_quant_ops
     step, scales = quant_step([1, 1], [17, 200], 8, 2, 128, 64, torch.bfloat16, cache_dtype, per_head=False)
     check(step, scales, cache_dtype, rotation=False, max_q_len=2)  # max_q_len 2: the context kernel
     step, scales = quant_step([1, 1], [17, 200], 8, 2, 128, 64, torch.bfloat16, cache_dtype, per_head=False)
+    check(step, scales, cache_dtype, rotation=False)  # the one-launch decode kernel
+    monkeypatch.setattr(kv_quant_ops, "ONE_LAUNCH_DECODE", False)
+    step, scales = quant_step([1, 1], [17, 200], 8, 2, 128, 64, torch.bfloat16, cache_dtype, per_head=False)
     check(step, scales, cache_dtype, rotation=False)  # the split-K decode kernel
+
+
+@cuda
+@pytest.mark.parametrize("cache_dtype", CACHES)
+@pytest.mark.parametrize("splits", [None, 1, 2, 8])
+@pytest.mark.parametrize("case", [([1], [2000], True), ([1, 1, 1], [0, 700, 31], False), ([1] * 5, [90] * 5, True)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_one_launch_decode_matches_split_k_and_reference(cache_dtype, splits, case, head_dim, monkeypatch):
+    """trtdsl_decode_attend (the fused decode kernel's attention over codes; ``splits`` blocks per
+    sequence and kv head, None = the rule) against the reference and against split-K + combine on the
+    same codes (they differ only in summation order and P's rounding)."""
+    from trtdsl.plugins.cuda import kv_quant_ops, ops
+    past_lens, rotation = case[1], case[2]
+    monkeypatch.setattr(ops, "FUSED_DECODE_SPLITS", splits)
+    step, scales = quant_step(case[0], past_lens, 16, 4, head_dim, 32, torch.bfloat16, cache_dtype, per_head=True,
+                              seed=sum(past_lens) + head_dim)
+    split_k_step = {k: v.clone() for k, v in step.items()}
+    cache, _ = check(step, scales, cache_dtype, rotation)
+    out, *_ = run_both({k: v.clone() for k, v in split_k_step.items()}, scales, rotation=rotation)
+    monkeypatch.setattr(kv_quant_ops, "ONE_LAUNCH_DECODE", False)
+    split_k, _, split_k_cache, _ = run_both(split_k_step, scales, rotation=rotation)
+    assert torch.equal(cache.view(torch.uint8), split_k_cache.view(torch.uint8))  # same RoPE + write kernel
+    assert rel_err(out, split_k) < 1e-2
 
 
 @cuda
@@ -182,3 +210,23 @@ def test_quantized_cache_network_on_cuda_matches_cpu_reference(tmp_path, kv, rot
     on_cpu = token_logprobs(qnet, tokens, device="cpu", chunk_size=50)
     assert float((on_gpu - on_cpu).abs().max()) < 0.1  # bf16 activations: kernel vs torch rounding
     assert float((on_gpu - on_cpu).abs().mean()) < 0.01
+
+
+@cuda
+def test_one_launch_decode_rule():
+    """Quantized caches take the one-launch kernel while each warp has <= 4 key tiles or the step has
+    >= 1024 warps, else split-K; ONE_LAUNCH_DECODE = False always splits."""
+    from trtdsl.plugins.cuda import kv_quant_ops
+    from trtdsl.plugins.cuda.ops import decode_fused_splits
+    dev = torch.device("cuda")
+    rule = kv_quant_ops.one_launch_decode_splits
+    assert rule(1, 32, 8, 128, dev) == 1  # 4 tiles, one block
+    assert rule(8, 32, 8, 1024, dev) == 0  # 8 tiles per warp, 256 warps
+    assert rule(32, 32, 8, 1024, dev) == 1  # 1024 warps
+    long_splits = decode_fused_splits(1, 32, 8, 16384, dev)
+    assert rule(1, 32, 8, 16384, dev) == (long_splits if 512 // (4 * long_splits) <= 4 else 0)
+    kv_quant_ops.ONE_LAUNCH_DECODE = False
+    try:
+        assert rule(1, 32, 8, 128, dev) == 0
+    finally:
+        kv_quant_ops.ONE_LAUNCH_DECODE = True

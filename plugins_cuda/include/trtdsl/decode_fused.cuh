@@ -184,6 +184,57 @@ __device__ __forceinline__ void fused_cluster_merge(float* part, int nq, int spl
 }
 #endif
 
+// The end of a fused decode block: its warps' partials (o scaled by v_scale, m, l) merged through
+// shared memory (reusing the K/V stages), then stored (splits == 1) or, in a cluster, kept as the
+// block's partial for fused_cluster_merge. Every thread of the block calls it.
+template <typename T, int D>
+__device__ __forceinline__ void fused_merge_store(attn::WarpState<D>& st, uint8_t* smem_raw, int nq, int split,
+                                                  int splits, float v_scale, const FusedOut<T>& store) {
+  using namespace attn;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr0 = lane >> 2, gr1 = gr0 + 8;
+  reduce_l(st);
+  __syncthreads();  // every warp is done with the K/V stages: reuse them as merge scratch
+  float* sO = reinterpret_cast<float*>(smem_raw);           // [W][16][D]
+  float* sML = sO + kFusedWarps * kFusedRows * D;          // [W][16][2]
+  float* part = sML + kFusedWarps * kFusedRows * 2;        // the block's partial: [16][D], then [16][2]
+  const int c2 = (lane & 3) * 2;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int r = warp * kFusedRows + (h ? gr1 : gr0);
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+      *reinterpret_cast<float2*>(sO + r * D + i * 8 + c2) =
+          make_float2(st.o[i][2 * h] * v_scale, st.o[i][2 * h + 1] * v_scale);
+    if ((lane & 3) == 0) *reinterpret_cast<float2*>(sML + r * 2) = make_float2(st.m[h], st.l[h]);
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < nq * D; idx += blockDim.x) {
+    const int r = idx / D, d = idx % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kFusedWarps; ++w) mx = fmaxf(mx, sML[(w * kFusedRows + r) * 2]);
+    float num = 0.f, den = 0.f;  // idle warps hold m = -inf, l = 0, o = 0: weight 0
+    if (mx != -INFINITY) {       // (a block of a cluster may hold no tile at all: partial 0 / 0 at m = -inf)
+#pragma unroll
+      for (int w = 0; w < kFusedWarps; ++w) {
+        const float* ml = sML + (w * kFusedRows + r) * 2;
+        const float a = exp2f(ml[0] - mx);
+        num += sO[(w * kFusedRows + r) * D + d] * a;
+        den += ml[1] * a;
+      }
+    }
+    if (splits == 1) {
+      store(idx, num / den);
+    } else {
+      part[idx] = num;
+      if (d == 0) { part[kFusedRows * D + 2 * r] = mx; part[kFusedRows * D + 2 * r + 1] = den; }
+    }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (splits > 1) fused_cluster_merge<T, D>(part, nq, split, splits, store);
+#endif
+}
+
 template <typename T, int D>
 __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(DecodeFusedParams fp) {
   using namespace attn;
@@ -217,49 +268,10 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
   WarpState<D> st;
   init_state<T, D>(st, gr0 < nq ? sQ + gr0 * D : nullptr, gr1 < nq ? sQ + gr1 * D : nullptr, lane);
   fused_warp_attend<T, D>(st, p, wsm, sK, sV, tiles, s, kh, past, lane);
-  reduce_l(st);
-  __syncthreads();  // every warp is done with the KV stages: reuse them as merge scratch
-  float* sO = reinterpret_cast<float*>(smem_raw);           // [W][16][D]
-  float* sML = sO + kFusedWarps * kFusedRows * D;          // [W][16][2]
-  float* part = sML + kFusedWarps * kFusedRows * 2;        // the block's partial: [16][D], then [16][2]
-  const int c2 = (lane & 3) * 2;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int r = warp * kFusedRows + (h ? gr1 : gr0);
-#pragma unroll
-    for (int i = 0; i < D / 8; ++i)
-      *reinterpret_cast<float2*>(sO + r * D + i * 8 + c2) = make_float2(st.o[i][2 * h], st.o[i][2 * h + 1]);
-    if ((lane & 3) == 0) *reinterpret_cast<float2*>(sML + r * 2) = make_float2(st.m[h], st.l[h]);
-  }
-  __syncthreads();
   const int64_t out0 = tok * p.out_stride + (kh * G + g0) * D;
   const FusedOut<T> store{static_cast<T*>(p.out) + out0, static_cast<Fp8*>(p.out) + out0,
                           fp.out_scale ? *fp.out_scale : 1.f, fp.out_scale != nullptr};
-  for (int idx = threadIdx.x; idx < nq * D; idx += blockDim.x) {
-    const int r = idx / D, d = idx % D;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kFusedWarps; ++w) mx = fmaxf(mx, sML[(w * kFusedRows + r) * 2]);
-    float num = 0.f, den = 0.f;  // idle warps hold m = -inf, l = 0, o = 0: weight 0
-    if (mx != -INFINITY) {       // (a block of a cluster may hold no tile at all: partial 0 / 0 at m = -inf)
-#pragma unroll
-      for (int w = 0; w < kFusedWarps; ++w) {
-        const float* ml = sML + (w * kFusedRows + r) * 2;
-        const float a = exp2f(ml[0] - mx);
-        num += sO[(w * kFusedRows + r) * D + d] * a;
-        den += ml[1] * a;
-      }
-    }
-    if (fp.splits == 1) {
-      store(r * D + d, num / den);
-    } else {
-      part[idx] = num;
-      if (d == 0) { part[kFusedRows * D + 2 * r] = mx; part[kFusedRows * D + 2 * r + 1] = den; }
-    }
-  }
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  if (fp.splits > 1) fused_cluster_merge<T, D>(part, nq, split, fp.splits, store);
-#endif
+  fused_merge_store<T, D>(st, smem_raw, nq, split, fp.splits, 1.f, store);
 }
 
 template <typename T, int D>
@@ -276,6 +288,73 @@ int launch_decode_fused(const DecodeFusedParams& fp, cudaStream_t stream) {
     return kErrLaunch;
   return launch_pdl_cluster(kernel, dim3(p.batch, p.num_kv_heads * groups, fp.splits), dim3(kFusedWarps * 32),
                             dim3(1, 1, fp.splits), smem, stream, fp);
+}
+
+// Decode attention in one launch over the cache as it is (the step's K/V already written, q already
+// rotated: rope_kv_kernel's outputs), for a float or a quantized cache (KV_T = int8 / fp8 e4m3 codes,
+// widened to T through KvPipeline, the K scale folded into the softmax scale and the V scale into the
+// output, as decode_attention_kernel does): decode_fused_kernel's tiles, clusters and merge without its
+// RoPE. For quantized caches it replaces split-K + combine (two launches and a workspace).
+template <typename T, int D, typename KV_T>
+__global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_attend_kernel(AttentionParams p, int splits) {
+  using namespace attn;
+  using Pipe = KvPipeline<T, KV_T, D, kFusedBN>;
+  constexpr int TILE = Pipe::TILE;
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  pdl_wait();  // q and the cache row of this step come from the previous kernel (pdl.cuh)
+  pdl_launch_dependents();
+  const int s = blockIdx.x, G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
+  const int kh = blockIdx.y / groups, g0 = (blockIdx.y % groups) * kFusedRows, split = blockIdx.z;
+  if (p.seq_lens[s] == 0) return;  // the whole cluster returns
+  const int nq = min(kFusedRows, G - g0), kv_len = p.past_lens[s] + 1, tok = p.cu_seqlens[s];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr0 = lane >> 2, gr1 = gr0 + 8;
+  const FusedTiles tiles = fused_tiles(kv_len - 1, warp * splits + split, kFusedWarps * splits);
+  const Pipe pipe{smem_raw + warp * Pipe::kBytes};  // this warp's own stages
+  const KV_T* cache = static_cast<const KV_T*>(p.cache_layer);
+  const int* bt_row = p.block_tables + s * p.bt_stride;
+  if (tiles.count)
+    pipe.issue(0, cache, bt_row, tiles.first * kFusedBN, kv_len, kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
+  cp_async_commit();
+  const T* q = static_cast<const T*>(p.q) + tok * p.q_stride + (kh * G + g0) * D;
+  WarpState<D> st;
+  init_state<T, D>(st, gr0 < nq ? q + gr0 * D : nullptr, gr1 < nq ? q + gr1 * D : nullptr, lane);
+  const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+  const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
+  for (int it = 0; it < tiles.count; ++it) {
+    if (it + 1 < tiles.count)
+      pipe.issue((it + 1) & 1, cache, bt_row, (tiles.first + (it + 1) * tiles.stride) * kFusedBN, kv_len, kh,
+                 p.num_kv_heads, p.tokens_per_block, lane, 32);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncwarp();
+    const T* cur = pipe.ready(it & 1, lane, 32);
+    if constexpr (Pipe::kCodes) __syncwarp();
+    const int key0 = (tiles.first + it * tiles.stride) * kFusedBN;
+    if (key0 + kFusedBN > kv_len)
+      attend_tile<T, D, kFusedBN, true>(st, cur, cur + TILE, key0, kv_len - 1, kv_len - 1, scale_log2, lane);
+    else
+      attend_tile<T, D, kFusedBN, false>(st, cur, cur + TILE, key0, 0, 0, scale_log2, lane);
+    __syncwarp();
+  }
+  T* out = static_cast<T*>(p.out) + tok * p.out_stride + (kh * G + g0) * D;
+  fused_merge_store<T, D>(st, smem_raw, nq, split, splits, v_scale, FusedOut<T>{out, nullptr, 1.f, false});
+}
+
+template <typename T, int D, typename KV_T>
+int launch_decode_attend(const AttentionParams& p, int splits, cudaStream_t stream) {
+  using namespace attn;
+  if (p.batch == 0) return kOk;
+  const int G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
+  if (p.batch > 65535 || static_cast<int64_t>(p.num_kv_heads) * groups > 65535 || splits < 1 ||
+      splits > kFusedMaxSplits)
+    return kErrShape;
+  constexpr int smem = kFusedWarps * KvPipeline<T, KV_T, D, kFusedBN>::kBytes;
+  static_assert(fused_merge_bytes<D>() + fused_partial_bytes<D>() <= smem, "merge scratch must fit in the stages");
+  auto kernel = decode_attend_kernel<T, D, KV_T>;
+  if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
+    return kErrLaunch;
+  return launch_pdl_cluster(kernel, dim3(p.batch, p.num_kv_heads * groups, splits), dim3(kFusedWarps * 32),
+                            dim3(1, 1, splits), smem, stream, p, splits);
 }
 
 }  // namespace trtdsl

@@ -195,6 +195,18 @@ int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv_cache, int
                         int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block, float softmax_scale,
                         int dtype, int kv_dtype, cudaStream_t stream);
 
+/* The fused decode kernel's attention alone (plugins_cuda/src/decode_fused.cu) over a cache already
+ * holding the step's K/V, q already rotated (trtdsl_rope_kv_write / _quant's outputs): one launch, no
+ * workspace, `splits` (1..8) blocks per (sequence, kv head) as in trtdsl_decode_fused. kv_dtype may be
+ * the activations' dtype or fp8 e4m3 / int8 codes with kv_scales [2] or [2, num_kv_heads] (K scale
+ * folded into the scores, V scale into the output). */
+int trtdsl_decode_attend(const void* q, int64_t q_stride, const void* kv_cache, int64_t num_blocks,
+                         const int* seq_lens, const int* past_lens, const int* cu_seqlens, int batch,
+                         const int* block_tables, int64_t block_table_stride, void* out, int64_t out_stride,
+                         int num_heads, int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block,
+                         float softmax_scale, int splits, int dtype, int kv_dtype, const float* kv_scales,
+                         int scales_per_head, cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

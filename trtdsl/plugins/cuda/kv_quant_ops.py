@@ -2,10 +2,13 @@
 implementation of ``trtdsl.attention_quant_kv`` (reference: trtdsl/quantization/kv_cache.py).
 
 RoPE + quantize-on-write (``trtdsl_rope_kv_write_quant``; with ``k_rotation`` the Hadamard rotation
-of q and k too; with ``k_bias`` the mean key subtracted from K before its code), then the context or
-split-K decode kernel reading codes and applying the K scale to the scores and the V scale to the
-output (``*_quant`` launchers, plugins_cuda/include/trtdsl/kv_quant.cuh). No host synchronization:
-graph-capturable like ``ops.paged_attention``."""
+of q and k too; with ``k_bias`` the mean key subtracted from K before its code), then an attention
+kernel reading codes and applying the K scale to the scores and the V scale to the output: the context
+kernel, and for decode steps the fused decode kernel's attention (``trtdsl_decode_attend``, one launch,
+thread-block clusters where few sequences leave SMs idle) where it wins (``one_launch_decode_splits``),
+else split-K + combine (``*_quant`` launchers,
+plugins_cuda/include/trtdsl/kv_quant.cuh). No host synchronization: graph-capturable like
+``ops.paged_attention``."""
 
 from __future__ import annotations
 
@@ -13,12 +16,16 @@ import torch
 
 from trtdsl.errors import PluginError
 
+from . import ops
 from ._lib import call
 from .ops import (_DTYPE_CODES, _HALF_TYPES, _ROPE_STYLES, _check, _check_rope, _check_step, _stream,
                   decode_workspace)
 
-__all__ = ["paged_attention_quant_kv", "KV_CODE_DTYPES"]
+__all__ = ["paged_attention_quant_kv", "one_launch_decode_splits", "KV_CODE_DTYPES", "ONE_LAUNCH_DECODE"]
 
+#: False: decode steps always take split-K + combine, as before trtdsl_decode_attend (A/B timings,
+#: benchmarks/bench_kv_quant_attention.py).
+ONE_LAUNCH_DECODE = True
 #: cache dtype -> the C ABI's dtype code (plugins_cuda/include/trtdsl/common.cuh)
 KV_CODE_DTYPES = {torch.float8_e4m3fn: 3, torch.int8: 4}
 
@@ -43,6 +50,24 @@ def _check_k_bias(op: str, k_bias: torch.Tensor | None, num_kv_heads: int, head_
     if tuple(k_bias.shape) != (num_kv_heads, head_dim):
         raise PluginError(f"{op}: k_bias has shape {tuple(k_bias.shape)}; expected "
                           f"({num_kv_heads}, {head_dim}) (num_kv_heads, head_dim)")
+
+
+def one_launch_decode_splits(batch: int, num_heads: int, num_kv_heads: int, max_kv_len: int,
+                             device: torch.device) -> int:
+    """Blocks per (sequence, kv head) of ``trtdsl_decode_attend`` for a decode step over a quantized
+    cache (``ops.decode_fused_splits``), or 0 for split-K + combine. Each warp of that kernel widens its
+    tiles' codes through shared memory one tile after the other, so it wins while every warp has at most
+    4 tiles or there are >= 1024 warps (8 per SM) in all, and loses to split-K's thousands of warps
+    otherwise. H100, fp8 cache, 32 / 8 heads, us per layer one launch / split-K
+    (kv_quant_attention_h100.json): batch 1 at 128 / 4k / 16k tokens 11.5 / 24.6 / 68.6 against 23.5 /
+    26.5 / 51.1; batch 8 at 1k 35.7 against 25.1; batch 32 at 4k 234 against 249."""
+    if not ONE_LAUNCH_DECODE:
+        return 0
+    splits = ops.FUSED_DECODE_SPLITS or ops.decode_fused_splits(batch, num_heads, num_kv_heads, max_kv_len, device)
+    groups = -(-(num_heads // num_kv_heads) // ops._FUSED_ROWS)
+    warps = batch * num_kv_heads * groups * splits * ops._FUSED_WARPS
+    tiles_per_warp = -(-(-(-max(1, max_kv_len) // ops._FUSED_TILE_KEYS)) // (splits * ops._FUSED_WARPS))
+    return splits if tiles_per_warp <= 4 or warps >= 1024 else 0
 
 
 def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
@@ -81,7 +106,10 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
               past_lens.data_ptr(), cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
               out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
               float(softmax_scale))
-    if max_q_len == 1:
+    splits = one_launch_decode_splits(batch, num_heads, num_kv_heads, max_kv_len, qkv.device)
+    if max_q_len == 1 and splits:
+        call("trtdsl_decode_attend", *common, splits, code, kv_code, kv_scales.data_ptr(), per_head, stream)
+    elif max_q_len == 1:
         chunk, nbytes = decode_workspace(batch, num_heads, num_kv_heads, head_dim, int(max_kv_len))
         workspace = torch.empty(nbytes, dtype=torch.uint8, device=qkv.device)
         call("trtdsl_decode_attention_quant", *common, int(max_kv_len), chunk, workspace.data_ptr(), nbytes, code,
