@@ -5,6 +5,7 @@
 // head kh * G + r % G), so each K/V tile loaded serves all G query heads that read it.
 #pragma once
 #include "trtdsl/attention_mma.cuh"
+#include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
 
@@ -37,6 +38,8 @@ __global__ void __launch_bounds__(128, 3) context_attention_kernel(AttentionPara
   constexpr int TILE = Pipe::TILE;
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const Pipe pipe{smem_raw};
+  pdl_wait();  // q (the RoPE kernel's output) and the cache rows it wrote (pdl.cuh)
+  pdl_launch_dependents();
   const int s = blockIdx.z, kh = blockIdx.y, G = p.num_heads / p.num_kv_heads;
   // Reversed so the longest causal rows (the most tiles) start first and the tail is short.
   const int n = p.seq_lens[s], rows = n * G, m0 = (gridDim.x - 1 - blockIdx.x) * kCtxBM;
@@ -107,8 +110,7 @@ int launch_context_attention(const AttentionParams& p, int max_q_len, cudaStream
   const int64_t mblocks = (static_cast<int64_t>(max_q_len) * G + kCtxBM - 1) / kCtxBM;
   if (mblocks > 0x7fffffff || p.batch > 65535 || p.num_kv_heads > 65535) return kErrShape;
   dim3 grid(static_cast<unsigned>(mblocks), p.num_kv_heads, p.batch);
-  kernel<<<grid, kCtxWarps * 32, smem, stream>>>(p);
-  return launch_status();
+  return launch_pdl(kernel, grid, dim3(kCtxWarps * 32), smem, stream, p);
 }
 
 }  // namespace trtdsl

@@ -5,6 +5,7 @@
 // only keep the arithmetic off the critical path; bandwidth comes from many warps in flight.
 #pragma once
 #include "trtdsl/context_attention.cuh"
+#include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
 
@@ -23,6 +24,8 @@ __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p
   extern __shared__ __align__(16) uint8_t smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const Pipe pipe{smem_raw + warp * Pipe::kBytes};  // this warp's own stages
+  pdl_wait();  // q (the RoPE kernel's output) and the cache row it wrote (pdl.cuh)
+  pdl_launch_dependents();
   const int s = blockIdx.z, G = p.num_heads / p.num_kv_heads, groups = (G + 15) / 16;
   const int kh = blockIdx.y / groups, g0 = (blockIdx.y % groups) * 16;
   if (p.seq_lens[s] == 0) return;
@@ -76,6 +79,8 @@ __global__ void __launch_bounds__(128) decode_attention_kernel(AttentionParams p
 // Merge the splits of one (sequence, head): out = sum_i o_i 2^(m_i - M) / sum_i l_i 2^(m_i - M).
 template <typename T, int D>
 __global__ void decode_combine_kernel(AttentionParams p) {
+  pdl_wait();  // the splits' partials
+  pdl_launch_dependents();
   const int s = blockIdx.y, h = blockIdx.x, d = threadIdx.x;
   if (p.seq_lens[s] == 0) return;
   const int nsplit = (p.past_lens[s] + 1 + p.kv_chunk - 1) / p.kv_chunk;
@@ -120,10 +125,9 @@ int launch_decode_attention(const AttentionParams& p, int max_kv_len, cudaStream
     return kErrLaunch;
   if (p.batch > 65535 || static_cast<int64_t>(p.num_kv_heads) * groups > 65535) return kErrShape;
   dim3 grid((splits + kDecWarps - 1) / kDecWarps, p.num_kv_heads * groups, p.batch);
-  kernel<<<grid, kDecWarps * 32, smem, stream>>>(p);
-  if (cudaGetLastError() != cudaSuccess) return kErrLaunch;
-  decode_combine_kernel<T, D><<<dim3(p.num_heads, p.batch), D, 0, stream>>>(p);
-  return launch_status();
+  const int st = launch_pdl(kernel, grid, dim3(kDecWarps * 32), smem, stream, p);
+  if (st != kOk) return st;
+  return launch_pdl(decode_combine_kernel<T, D>, dim3(p.num_heads, p.batch), dim3(D), 0, stream, p);
 }
 
 }  // namespace trtdsl

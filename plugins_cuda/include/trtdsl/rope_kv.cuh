@@ -10,6 +10,7 @@
 // from q or V, and never added back (softmax cancels the constant shift q . k_bias of a row's scores).
 #pragma once
 #include "trtdsl/kv_quant.cuh"
+#include "trtdsl/pdl.cuh"
 
 namespace trtdsl {
 
@@ -48,6 +49,8 @@ __device__ __forceinline__ int find_sequence(const int* cu_seqlens, int batch, i
 template <typename T, typename CacheT>
 __global__ void rope_kv_kernel(RopeKvParams p) {
   extern __shared__ float staged[];  // k_rotation: RoPE'd q and k heads, [(H + KVH) * D]
+  pdl_wait();  // qkv and the step's metadata come from earlier kernels (pdl.cuh)
+  pdl_launch_dependents();
   const int t = blockIdx.x;
   if (t >= p.cu_seqlens[p.batch]) return;  // padding tokens of a graph-sized step
   const int s = find_sequence(p.cu_seqlens, p.batch, t);
@@ -145,8 +148,7 @@ int launch_rope_kv(const RopeKvParams& p, int num_tokens, cudaStream_t stream) {
   const int threads = total >= 512 ? 512 : ((total + 31) / 32) * 32;
   const size_t smem = p.k_rotation ? sizeof(float) * (p.num_heads + p.num_kv_heads) * p.head_dim : 0;
   if (smem > 48 * 1024) return kErrShape;
-  rope_kv_kernel<T, CacheT><<<num_tokens, threads, smem, stream>>>(p);
-  return launch_status();
+  return launch_pdl(rope_kv_kernel<T, CacheT>, dim3(num_tokens), dim3(threads), smem, stream, p);
 }
 
 }  // namespace trtdsl
