@@ -2,8 +2,8 @@
 cache against an fp8 / int8 cache (``trtdsl.attention_quant_kv``'s CUDA path: codes written by the RoPE
 kernel, widened to bf16 in the attention kernel), with and without the Hadamard-rotated keys. Each cache
 runs the kernels ``paged_attention`` / ``paged_attention_quant_kv`` dispatch to (bf16: the fused decode
-kernel where it is picked, else RoPE + split-K; codes: RoPE + the one-launch ``trtdsl_decode_attend``
-where ``one_launch_decode_splits`` picks it, else split-K); ``*_split_k_us`` times the codes through RoPE +
+kernel where it is picked, else RoPE + split-K; codes: the fused kernel with the quantizing write
+where ``one_launch_decode_splits`` picks it, else RoPE + split-K); ``*_split_k_us`` times the codes through RoPE +
 split-K + combine (``kv_quant_ops.ONE_LAUNCH_DECODE = False``), as before the one-launch kernel. Same
 shapes and timing method as bench_decode_attention.py (32 / 8 heads, head_dim 128, 64-token shuffled
 blocks; median of CUDA-event timings of CUDA-graph replays, one call per layer of a multi-layer cache),
@@ -99,8 +99,8 @@ def main() -> None:
                    rope="neox, full rotary"),
         method="median of 30 CUDA-event timings of CUDA-graph replays; graph = one call per layer of a "
                "multi-layer cache; time per layer; each cache through the kernels its op dispatches to "
-               "(bf16_fused: the fused kernel, else RoPE + split-K; codes_one_launch_splits: RoPE + "
-               "trtdsl_decode_attend with that many blocks per sequence and kv head, 0 = RoPE + split-K); "
+               "(bf16_fused: the fused kernel, else RoPE + split-K; codes_one_launch_splits: the fused "
+               "kernel with that many blocks per sequence and kv head, 0 = RoPE + split-K); "
                "*_split_k_us: the codes through RoPE + split-K + combine",
         rows=rows))
     print(f"wrote {path}")

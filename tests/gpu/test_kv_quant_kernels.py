@@ -99,9 +99,10 @@ def test_per_layer_scales_and_decode_through_context_kernel(cache_dtype, monkeyp
 @pytest.mark.parametrize("case", [([1], [2000], True), ([1, 1, 1], [0, 700, 31], False), ([1] * 5, [90] * 5, True)])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_one_launch_decode_matches_split_k_and_reference(cache_dtype, splits, case, head_dim, monkeypatch):
-    """trtdsl_decode_attend (the fused decode kernel's attention over codes; ``splits`` blocks per
-    sequence and kv head, None = the rule) against the reference and against split-K + combine on the
-    same codes (they differ only in summation order and P's rounding)."""
+    """The fused decode kernel on a quantized cache (RoPE, quantizing write and attention in one launch;
+    ``splits`` blocks per sequence and kv head, None = the rule) against the reference and against
+    RoPE + split-K + combine: the same codes, outputs that differ only in summation order and P's
+    rounding."""
     from trtdsl.plugins.cuda import kv_quant_ops, ops
     past_lens, rotation = case[1], case[2]
     monkeypatch.setattr(ops, "FUSED_DECODE_SPLITS", splits)
@@ -112,7 +113,7 @@ def test_one_launch_decode_matches_split_k_and_reference(cache_dtype, splits, ca
     out, *_ = run_both({k: v.clone() for k, v in split_k_step.items()}, scales, rotation=rotation)
     monkeypatch.setattr(kv_quant_ops, "ONE_LAUNCH_DECODE", False)
     split_k, _, split_k_cache, _ = run_both(split_k_step, scales, rotation=rotation)
-    assert torch.equal(cache.view(torch.uint8), split_k_cache.view(torch.uint8))  # same RoPE + write kernel
+    assert torch.equal(cache.view(torch.uint8), split_k_cache.view(torch.uint8))  # rope_kv_kernel's expressions
     assert rel_err(out, split_k) < 1e-2
 
 

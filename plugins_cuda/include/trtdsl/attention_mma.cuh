@@ -277,6 +277,16 @@ struct KvPipeline {
       load_kv_tile<T, D, BN>(tiles() + stage * 2 * TILE, tiles() + stage * 2 * TILE + TILE, cache, bt_row, key0,
                              kv_end, kh, num_kv_heads, tpb, tid, nthreads);
   }
+  // Row r of a stage's K / V as copied, before ready() (raw codes, or the T tile of a float cache): where
+  // a caller patches in a row it holds itself (the fused decode kernel's new token).
+  __device__ KV_T* k_row(int stage, int r) const {
+    if constexpr (kCodes) return raw(stage) + r * D;
+    else return tiles() + stage * 2 * TILE + r * LD;
+  }
+  __device__ KV_T* v_row(int stage, int r) const {
+    if constexpr (kCodes) return raw(stage) + RAW + r * D;
+    else return tiles() + stage * 2 * TILE + TILE + r * LD;
+  }
   // The K tile (V follows at + TILE) of a landed stage. For codes this widens them, and the caller
   // must synchronize (the threads that widen are the ones that attend) before reading the tile.
   __device__ const T* ready(int stage, int tid, int nthreads) const {

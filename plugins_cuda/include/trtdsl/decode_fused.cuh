@@ -18,12 +18,18 @@
 // the output from all partials through distributed shared memory (DSMEM). One sequence then uses up
 // to 8x the SMs, still in one launch, with no workspace. splits == 1 is the single-block kernel, bit
 // for bit.
+//
+// Quantized cache (KV_T = int8 / fp8 e4m3 codes): the RoPE stage also does rope_kv_kernel's quantizing
+// write (optionally the Hadamard rotation of q and k and the mean key subtracted, same expressions, so
+// the same codes), the block keeps the new token's codes, tiles go through KvPipeline (raw codes copied,
+// widened to T), and the K scale multiplies the scores, the V scale the output.
 #pragma once
 #include <cooperative_groups.h>
 
 #include "trtdsl/context_attention.cuh"
 #include "trtdsl/fp8_code.cuh"
 #include "trtdsl/pdl.cuh"
+#include "trtdsl/rope_kv.cuh"
 
 namespace trtdsl {
 
@@ -36,13 +42,23 @@ struct DecodeFusedParams {
   // (fp8_code.cuh), i.e. the static fp8 GEMM's quantizer fused in; null: a.out holds T values.
   const float* out_scale;
   int splits;                 // blocks per (sequence, kv head, group) sharing its key tiles; > 1: a cluster
+  // Quantized cache only (a.kv_scales, a.scales_per_head hold its scales): 1 = Hadamard-rotate q and k
+  // after RoPE; k_bias [KVH, D] (or null) subtracted from K before its code (rope_kv.cuh).
+  int k_rotation;
+  const float* k_bias;
 };
 
 namespace attn {
 constexpr int kFusedBN = 32, kFusedWarps = 4, kFusedRows = 16;
-template <int D> __host__ __device__ constexpr int fused_kv_smem() { return kFusedWarps * 2 * 2 * kFusedBN * (D + 8) * 2; }
-// KV stages, then the rotated q rows and the new token's k and v (2-byte elements).
-template <int D> __host__ __device__ constexpr int fused_smem_bytes() { return fused_kv_smem<D>() + (kFusedRows + 2) * D * 2; }
+// Every warp's KvPipeline (two stages), then the rotated q rows (T), the new token's k and v (as stored
+// in the cache), and for a quantized cache the fp32 staging of the rotation ((16 + 1) heads).
+template <typename T, typename KV_T, int D> __host__ __device__ constexpr int fused_pipes_bytes() {
+  return kFusedWarps * KvPipeline<T, KV_T, D, kFusedBN>::kBytes;
+}
+template <typename T, typename KV_T, int D> __host__ __device__ constexpr int fused_smem_bytes() {
+  return fused_pipes_bytes<T, KV_T, D>() + kFusedRows * D * static_cast<int>(sizeof(T)) +
+         2 * D * static_cast<int>(sizeof(KV_T)) + (std::is_same<T, KV_T>::value ? 0 : (kFusedRows + 1) * D * 4);
+}
 // The end-of-kernel merge reuses the KV stages: per warp 16 rows of o[D] plus (m, l), then the block's
 // partial (16 rows of o[D], m, l) that the cluster's blocks read.
 template <int D> __host__ __device__ constexpr int fused_merge_bytes() { return kFusedWarps * kFusedRows * (D + 2) * 4; }
@@ -57,12 +73,48 @@ __device__ __forceinline__ FusedTiles fused_tiles(int past, int worker, int work
 }
 }  // namespace attn
 
+// rope_kv_kernel's in-place fast Walsh-Hadamard transform of the staged q and k heads, then 1 / sqrt(D):
+// q rounded to T into sQ, k quantized from fp32 (after the bias) into sK and the cache slot.
+template <typename T, typename C, int D>
+__device__ __forceinline__ void fused_rotate_staged(float* staged, int nq, const float* bias, float ks,
+                                                    bool write_cache, T* sQ, C* sK, C* kslot) {
+  for (int len = 1; len < D; len <<= 1) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < (nq + 1) * (D / 2); idx += blockDim.x) {
+      const int h = idx / (D / 2), b = idx % (D / 2);
+      const int i = (b / len) * 2 * len + b % len;
+      float* v = staged + h * D;
+      const float a = v[i], c = v[i + len];
+      v[i] = a + c;
+      v[i + len] = a - c;
+    }
+  }
+  __syncthreads();
+  const float norm = rsqrtf(static_cast<float>(D));
+  for (int idx = threadIdx.x; idx < (nq + 1) * D; idx += blockDim.x) {
+    const int h = idx / D, i = idx % D;
+    const float y = staged[idx] * norm;
+    if (h < nq) {
+      sQ[idx] = from_float<T>(y);
+    } else {  // the rotated key stays fp32 before the bias, as in rope_kv_kernel
+      const C code = bias ? centered_key_to_cache<C>(y, bias[i], ks) : float_to_cache<C>(y, ks);
+      sK[i] = code;
+      if (write_cache) kslot[i] = code;
+    }
+  }
+  __syncthreads();
+}
+
 // Rotate the group's q heads and the kv head's k into shared memory (v copied); group 0 also writes
 // k/v to the cache slot of position `pos`. Same pair order and _rn roundings as rope_kv_kernel, so
-// the cached K is bit-identical to the unfused path.
-template <typename T, int D>
+// the cached K is bit-identical to the unfused path. A quantized cache (C = codes) keeps the new
+// token's codes in sK / sV, computed as rope_kv_kernel computes them (with fp.k_rotation: q and k staged
+// in fp32, Walsh-Hadamard transformed, q rounded to T, k quantized from fp32; fp.k_bias subtracted
+// from k first). Every thread of the block calls it; it ends with the block synchronized.
+template <typename T, typename C, int D>
 __device__ __forceinline__ void fused_rope_load(const DecodeFusedParams& fp, int s, int tok, int pos, int kh,
-                                                int g0, int nq, bool write_cache, T* sQ, T* sK, T* sV) {
+                                                int g0, int nq, bool write_cache, T* sQ, C* sK, C* sV,
+                                                float* staged) {
   const AttentionParams& p = fp.a;
   const int G = p.num_heads / p.num_kv_heads, half_rot = fp.rotary_dim / 2, npairs = D / 2;
   const T* row = static_cast<const T*>(p.q) + tok * p.q_stride;
@@ -71,9 +123,13 @@ __device__ __forceinline__ void fused_rope_load(const DecodeFusedParams& fp, int
   const int tpb = p.tokens_per_block;
   const int64_t head_stride = static_cast<int64_t>(tpb) * D;
   const int blk = write_cache ? p.block_tables[s * p.bt_stride + pos / tpb] : 0;
-  T* kslot = const_cast<T*>(static_cast<const T*>(p.cache_layer)) +
+  C* kslot = const_cast<C*>(static_cast<const C*>(p.cache_layer)) +
              (static_cast<int64_t>(blk) * 2 * p.num_kv_heads + kh) * head_stride + static_cast<int64_t>(pos % tpb) * D;
-  T* vslot = kslot + p.num_kv_heads * head_stride;
+  C* vslot = kslot + p.num_kv_heads * head_stride;
+  const float ks = kv_code_scale<C>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+  const float vs = kv_code_scale<C>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
+  const float* bias = IsQuantCode<C>::value && fp.k_bias ? fp.k_bias + kh * D : nullptr;
+  const bool rotate = IsQuantCode<C>::value && fp.k_rotation;
   const int total = (nq + 2) * npairs;
   for (int idx = threadIdx.x; idx < total; idx += blockDim.x) {
     const int h = idx / npairs, j = idx % npairs;
@@ -88,61 +144,81 @@ __device__ __forceinline__ void fused_rope_load(const DecodeFusedParams& fp, int
       y0 = from_float<T>(__fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, sn)));
       y1 = from_float<T>(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, sn)));
     }
-    T* dst = h < nq ? sQ + h * D : (h == nq ? sK : sV);
-    dst[i0] = y0; dst[i1] = y1;
-    if (write_cache && h >= nq) {
-      T* slot = h == nq ? kslot : vslot;
-      slot[i0] = y0; slot[i1] = y1;
+    if (rotate && h <= nq) {  // rounded to T first, as the reference's RoPE output is
+      staged[h * D + i0] = to_float(y0);
+      staged[h * D + i1] = to_float(y1);
+      continue;
     }
+    if (h < nq) {
+      sQ[h * D + i0] = y0; sQ[h * D + i1] = y1;
+      continue;
+    }
+    C c0, c1;
+    if (h == nq && bias) {
+      c0 = centered_key_to_cache<C>(to_float(y0), bias[i0], ks);
+      c1 = centered_key_to_cache<C>(to_float(y1), bias[i1], ks);
+    } else {
+      c0 = to_cache<T, C>(y0, h == nq ? ks : vs);
+      c1 = to_cache<T, C>(y1, h == nq ? ks : vs);
+    }
+    C* dst = h == nq ? sK : sV;
+    dst[i0] = c0; dst[i1] = c1;
+    if (write_cache) {
+      C* slot = h == nq ? kslot : vslot;
+      slot[i0] = c0; slot[i1] = c1;
+    }
+  }
+  __syncthreads();
+  if constexpr (IsQuantCode<C>::value) {
+    if (rotate) fused_rotate_staged<T, C, D>(staged, nq, bias, ks, write_cache, sQ, sK, kslot);
   }
 }
 
 // Issues the copy of a warp's first key tile (if it has one) into its stage 0, as one cp.async group.
-template <typename T, int D>
-__device__ __forceinline__ void fused_load_first_tile(const AttentionParams& p, T* wsm, const attn::FusedTiles& tl,
-                                                      int s, int kh, int past, int lane) {
-  using namespace attn;
-  constexpr int TILE = kFusedBN * (D + 8);
+template <typename T, typename KV_T, int D>
+__device__ __forceinline__ void fused_load_first_tile(const AttentionParams& p, const attn::KvPipeline<T, KV_T, D, attn::kFusedBN>& pipe,
+                                                      const attn::FusedTiles& tl, int s, int kh, int past, int lane) {
   if (tl.count)
-    load_kv_tile<T, D, kFusedBN>(wsm, wsm + TILE, static_cast<const T*>(p.cache_layer), p.block_tables + s * p.bt_stride,
-                                 tl.first * kFusedBN, past, kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
-  cp_async_commit();
+    pipe.issue(0, static_cast<const KV_T*>(p.cache_layer), p.block_tables + s * p.bt_stride, tl.first * attn::kFusedBN,
+               past, kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
+  attn::cp_async_commit();
 }
 
 // One warp's share of the kv range (its FusedTiles), the first tile's copy already issued by
-// fused_load_first_tile. The tile holding `past` gets the new token's row patched in from shared memory
-// and is masked past it.
-template <typename T, int D>
-__device__ __forceinline__ void fused_warp_attend(attn::WarpState<D>& st, const AttentionParams& p, T* wsm,
-                                                  const T* sK, const T* sV, const attn::FusedTiles& tl, int s,
-                                                  int kh, int past, int lane) {
+// fused_load_first_tile. The tile holding `past` gets the new token's row (sK / sV, as stored in the
+// cache) patched into its stage before it is widened, and is masked past it. scale_log2 includes a
+// quantized cache's K scale.
+template <typename T, typename KV_T, int D>
+__device__ __forceinline__ void fused_warp_attend(attn::WarpState<D>& st, const AttentionParams& p,
+                                                  const attn::KvPipeline<T, KV_T, D, attn::kFusedBN>& pipe,
+                                                  const KV_T* sK, const KV_T* sV, const attn::FusedTiles& tl, int s,
+                                                  int kh, int past, float scale_log2, int lane) {
   using namespace attn;
-  constexpr int LD = D + 8, TILE = kFusedBN * LD, CH = D / 8;
-  const T* cache = static_cast<const T*>(p.cache_layer);
+  using Pipe = KvPipeline<T, KV_T, D, kFusedBN>;
+  constexpr int TILE = Pipe::TILE, CH = D * static_cast<int>(sizeof(KV_T)) / 16;  // 16-byte chunks of a row
+  const KV_T* cache = static_cast<const KV_T*>(p.cache_layer);
   const int* bt_row = p.block_tables + s * p.bt_stride;
   for (int it = 0; it < tl.count; ++it) {
-    if (it + 1 < tl.count) {
-      T* nxt = wsm + ((it + 1) & 1) * 2 * TILE;
-      load_kv_tile<T, D, kFusedBN>(nxt, nxt + TILE, cache, bt_row, (tl.first + (it + 1) * tl.stride) * kFusedBN, past,
-                                   kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
-    }
+    if (it + 1 < tl.count)
+      pipe.issue((it + 1) & 1, cache, bt_row, (tl.first + (it + 1) * tl.stride) * kFusedBN, past, kh, p.num_kv_heads,
+                 p.tokens_per_block, lane, 32);
     cp_async_commit();
     cp_async_wait<1>();
     __syncwarp();
-    T* cur = wsm + (it & 1) * 2 * TILE;
     const int key0 = (tl.first + it * tl.stride) * kFusedBN;
-    if (key0 + kFusedBN > past) {  // the last tile: it holds the new token at row past - key0
-      const int r = past - key0;
-      if (lane < 2 * CH) {
-        const T* src = (lane < CH ? sK : sV) + (lane % CH) * 8;
-        T* dst = cur + (lane < CH ? 0 : TILE) + r * LD + (lane % CH) * 8;
-        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-      }
-      __syncwarp();
-      attend_tile<T, D, kFusedBN, true>(st, cur, cur + TILE, key0, past, past, p.scale_log2, lane);
-    } else {
-      attend_tile<T, D, kFusedBN, false>(st, cur, cur + TILE, key0, 0, 0, p.scale_log2, lane);
+    const bool last = key0 + kFusedBN > past;  // the tile holding the new token, at row past - key0
+    if (last && lane < 2 * CH) {
+      const int r = past - key0, c = lane % CH;
+      const uint4* src = reinterpret_cast<const uint4*>(lane < CH ? sK : sV) + c;
+      *(reinterpret_cast<uint4*>(lane < CH ? pipe.k_row(it & 1, r) : pipe.v_row(it & 1, r)) + c) = *src;
     }
+    __syncwarp();
+    const T* cur = pipe.ready(it & 1, lane, 32);
+    if constexpr (Pipe::kCodes) __syncwarp();
+    if (last)
+      attend_tile<T, D, kFusedBN, true>(st, cur, cur + TILE, key0, past, past, scale_log2, lane);
+    else
+      attend_tile<T, D, kFusedBN, false>(st, cur, cur + TILE, key0, 0, 0, scale_log2, lane);
     __syncwarp();
   }
 }
@@ -235,18 +311,18 @@ __device__ __forceinline__ void fused_merge_store(attn::WarpState<D>& st, uint8_
 #endif
 }
 
-template <typename T, int D>
+template <typename T, int D, typename KV_T>
 __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(DecodeFusedParams fp) {
   using namespace attn;
-  static_assert(fused_merge_bytes<D>() + fused_partial_bytes<D>() <= fused_kv_smem<D>(),
-                "merge scratch must fit in the KV stages");
-  constexpr int TILE = kFusedBN * (D + 8);
+  using Pipe = KvPipeline<T, KV_T, D, kFusedBN>;
+  static_assert(fused_merge_bytes<D>() + fused_partial_bytes<D>() <= fused_pipes_bytes<T, KV_T, D>(),
+                "merge scratch must fit in the K/V stages");
   const AttentionParams& p = fp.a;
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  T* kv_smem = reinterpret_cast<T*>(smem_raw);
-  T* sQ = kv_smem + fused_kv_smem<D>() / 2;
-  T* sK = sQ + kFusedRows * D;
-  T* sV = sK + D;
+  T* sQ = reinterpret_cast<T*>(smem_raw + fused_pipes_bytes<T, KV_T, D>());
+  KV_T* sK = reinterpret_cast<KV_T*>(sQ + kFusedRows * D);
+  KV_T* sV = sK + D;
+  float* staged = reinterpret_cast<float*>(sV + D);
   // PDL (pdl.cuh): wait for q / k / v (and this step's metadata), then let the o_proj GEMV launch and
   // prefetch its weights to L2 while the attention runs.
   if (fp.out_scale && threadIdx.x == 0) pdl_prefetch_l2(fp.out_scale);
@@ -259,22 +335,24 @@ __global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_fused_kernel(De
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr0 = lane >> 2, gr1 = gr0 + 8;
   // Worker warp * splits + split: consecutive tiles go to different blocks first.
   const FusedTiles tiles = fused_tiles(past, warp * fp.splits + split, kFusedWarps * fp.splits);
-  T* wsm = kv_smem + warp * 4 * TILE;
+  const Pipe pipe{smem_raw + warp * Pipe::kBytes};  // this warp's own stages
   // The first past K/V tile is copied while the RoPE reads q / k / v: the two latencies overlap (the
   // tile never holds position `past`, which this kernel writes: it is zero-filled and patched later).
-  fused_load_first_tile<T, D>(p, wsm, tiles, s, kh, past, lane);
-  fused_rope_load<T, D>(fp, s, tok, past, kh, g0, nq, grp == 0 && split == 0, sQ, sK, sV);
-  __syncthreads();
+  fused_load_first_tile<T, KV_T, D>(p, pipe, tiles, s, kh, past, lane);
+  fused_rope_load<T, KV_T, D>(fp, s, tok, past, kh, g0, nq, grp == 0 && split == 0, sQ, sK, sV, staged);
   WarpState<D> st;
   init_state<T, D>(st, gr0 < nq ? sQ + gr0 * D : nullptr, gr1 < nq ? sQ + gr1 * D : nullptr, lane);
-  fused_warp_attend<T, D>(st, p, wsm, sK, sV, tiles, s, kh, past, lane);
+  // Codes times scale: the K scale multiplies every score, the V scale the (linear) output.
+  const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
+  const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
+  fused_warp_attend<T, KV_T, D>(st, p, pipe, sK, sV, tiles, s, kh, past, scale_log2, lane);
   const int64_t out0 = tok * p.out_stride + (kh * G + g0) * D;
   const FusedOut<T> store{static_cast<T*>(p.out) + out0, static_cast<Fp8*>(p.out) + out0,
                           fp.out_scale ? *fp.out_scale : 1.f, fp.out_scale != nullptr};
-  fused_merge_store<T, D>(st, smem_raw, nq, split, fp.splits, 1.f, store);
+  fused_merge_store<T, D>(st, smem_raw, nq, split, fp.splits, v_scale, store);
 }
 
-template <typename T, int D>
+template <typename T, int D, typename KV_T>
 int launch_decode_fused(const DecodeFusedParams& fp, cudaStream_t stream) {
   using namespace attn;
   const AttentionParams& p = fp.a;
@@ -282,79 +360,13 @@ int launch_decode_fused(const DecodeFusedParams& fp, cudaStream_t stream) {
   const int G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
   if (static_cast<int64_t>(p.num_kv_heads) * groups > 65535 || fp.splits < 1 || fp.splits > kFusedMaxSplits)
     return kErrShape;
-  constexpr int smem = fused_smem_bytes<D>();
-  auto kernel = decode_fused_kernel<T, D>;
+  if (std::is_same<T, KV_T>::value && (fp.k_rotation || fp.k_bias)) return kErrShape;  // quantized caches only
+  constexpr int smem = fused_smem_bytes<T, KV_T, D>();
+  auto kernel = decode_fused_kernel<T, D, KV_T>;
   if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
     return kErrLaunch;
   return launch_pdl_cluster(kernel, dim3(p.batch, p.num_kv_heads * groups, fp.splits), dim3(kFusedWarps * 32),
                             dim3(1, 1, fp.splits), smem, stream, fp);
-}
-
-// Decode attention in one launch over the cache as it is (the step's K/V already written, q already
-// rotated: rope_kv_kernel's outputs), for a float or a quantized cache (KV_T = int8 / fp8 e4m3 codes,
-// widened to T through KvPipeline, the K scale folded into the softmax scale and the V scale into the
-// output, as decode_attention_kernel does): decode_fused_kernel's tiles, clusters and merge without its
-// RoPE. For quantized caches it replaces split-K + combine (two launches and a workspace).
-template <typename T, int D, typename KV_T>
-__global__ void __launch_bounds__(attn::kFusedWarps * 32) decode_attend_kernel(AttentionParams p, int splits) {
-  using namespace attn;
-  using Pipe = KvPipeline<T, KV_T, D, kFusedBN>;
-  constexpr int TILE = Pipe::TILE;
-  extern __shared__ __align__(16) uint8_t smem_raw[];
-  pdl_wait();  // q and the cache row of this step come from the previous kernel (pdl.cuh)
-  pdl_launch_dependents();
-  const int s = blockIdx.x, G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
-  const int kh = blockIdx.y / groups, g0 = (blockIdx.y % groups) * kFusedRows, split = blockIdx.z;
-  if (p.seq_lens[s] == 0) return;  // the whole cluster returns
-  const int nq = min(kFusedRows, G - g0), kv_len = p.past_lens[s] + 1, tok = p.cu_seqlens[s];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr0 = lane >> 2, gr1 = gr0 + 8;
-  const FusedTiles tiles = fused_tiles(kv_len - 1, warp * splits + split, kFusedWarps * splits);
-  const Pipe pipe{smem_raw + warp * Pipe::kBytes};  // this warp's own stages
-  const KV_T* cache = static_cast<const KV_T*>(p.cache_layer);
-  const int* bt_row = p.block_tables + s * p.bt_stride;
-  if (tiles.count)
-    pipe.issue(0, cache, bt_row, tiles.first * kFusedBN, kv_len, kh, p.num_kv_heads, p.tokens_per_block, lane, 32);
-  cp_async_commit();
-  const T* q = static_cast<const T*>(p.q) + tok * p.q_stride + (kh * G + g0) * D;
-  WarpState<D> st;
-  init_state<T, D>(st, gr0 < nq ? q + gr0 * D : nullptr, gr1 < nq ? q + gr1 * D : nullptr, lane);
-  const float scale_log2 = p.scale_log2 * kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 0, kh, p.num_kv_heads);
-  const float v_scale = kv_code_scale<KV_T>(p.kv_scales, p.scales_per_head, 1, kh, p.num_kv_heads);
-  for (int it = 0; it < tiles.count; ++it) {
-    if (it + 1 < tiles.count)
-      pipe.issue((it + 1) & 1, cache, bt_row, (tiles.first + (it + 1) * tiles.stride) * kFusedBN, kv_len, kh,
-                 p.num_kv_heads, p.tokens_per_block, lane, 32);
-    cp_async_commit();
-    cp_async_wait<1>();
-    __syncwarp();
-    const T* cur = pipe.ready(it & 1, lane, 32);
-    if constexpr (Pipe::kCodes) __syncwarp();
-    const int key0 = (tiles.first + it * tiles.stride) * kFusedBN;
-    if (key0 + kFusedBN > kv_len)
-      attend_tile<T, D, kFusedBN, true>(st, cur, cur + TILE, key0, kv_len - 1, kv_len - 1, scale_log2, lane);
-    else
-      attend_tile<T, D, kFusedBN, false>(st, cur, cur + TILE, key0, 0, 0, scale_log2, lane);
-    __syncwarp();
-  }
-  T* out = static_cast<T*>(p.out) + tok * p.out_stride + (kh * G + g0) * D;
-  fused_merge_store<T, D>(st, smem_raw, nq, split, splits, v_scale, FusedOut<T>{out, nullptr, 1.f, false});
-}
-
-template <typename T, int D, typename KV_T>
-int launch_decode_attend(const AttentionParams& p, int splits, cudaStream_t stream) {
-  using namespace attn;
-  if (p.batch == 0) return kOk;
-  const int G = p.num_heads / p.num_kv_heads, groups = (G + kFusedRows - 1) / kFusedRows;
-  if (p.batch > 65535 || static_cast<int64_t>(p.num_kv_heads) * groups > 65535 || splits < 1 ||
-      splits > kFusedMaxSplits)
-    return kErrShape;
-  constexpr int smem = kFusedWarps * KvPipeline<T, KV_T, D, kFusedBN>::kBytes;
-  static_assert(fused_merge_bytes<D>() + fused_partial_bytes<D>() <= smem, "merge scratch must fit in the stages");
-  auto kernel = decode_attend_kernel<T, D, KV_T>;
-  if (smem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem) != cudaSuccess)
-    return kErrLaunch;
-  return launch_pdl_cluster(kernel, dim3(p.batch, p.num_kv_heads * groups, splits), dim3(kFusedWarps * 32),
-                            dim3(1, 1, splits), smem, stream, p, splits);
 }
 
 }  // namespace trtdsl

@@ -182,7 +182,10 @@ int trtdsl_dense_gemv(const void* x, const void* weight, void* out, int64_t m, i
  * out_scale null: out holds dtype values; else a float [1] on the device, and out holds the e4m3 codes of
  * each value (rounded to dtype) / *out_scale, saturating: the static fp8 GEMM's quantizer fused in.
  * splits (1..8): blocks sharing each (sequence, kv head)'s key tiles, > 1 as a thread-block cluster that
- * merges through distributed shared memory (sm_90+ only; kErrLaunch elsewhere). */
+ * merges through distributed shared memory (sm_90+ only; kErrLaunch elsewhere).
+ * kv_dtype: dtype (a float cache: kv_scales null, k_rotation 0, k_bias null) or fp8 e4m3 / int8 codes
+ * with kv_scales [2] or [2, num_kv_heads], written as trtdsl_rope_kv_write_quant writes them (k_rotation,
+ * k_bias [num_kv_heads, head_dim] or null) and read with the K scale on the scores, V scale on the output. */
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -193,19 +196,8 @@ int trtdsl_decode_fused(const void* qkv, int64_t qkv_stride, void* kv_cache, int
                         int rotary_dim, int rope_style, void* out, int64_t out_stride, const float* out_scale,
                         int splits, int num_heads,
                         int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block, float softmax_scale,
-                        int dtype, int kv_dtype, cudaStream_t stream);
-
-/* The fused decode kernel's attention alone (plugins_cuda/src/decode_fused.cu) over a cache already
- * holding the step's K/V, q already rotated (trtdsl_rope_kv_write / _quant's outputs): one launch, no
- * workspace, `splits` (1..8) blocks per (sequence, kv head) as in trtdsl_decode_fused. kv_dtype may be
- * the activations' dtype or fp8 e4m3 / int8 codes with kv_scales [2] or [2, num_kv_heads] (K scale
- * folded into the scores, V scale into the output). */
-int trtdsl_decode_attend(const void* q, int64_t q_stride, const void* kv_cache, int64_t num_blocks,
-                         const int* seq_lens, const int* past_lens, const int* cu_seqlens, int batch,
-                         const int* block_tables, int64_t block_table_stride, void* out, int64_t out_stride,
-                         int num_heads, int num_kv_heads, int head_dim, int layer_idx, int tokens_per_block,
-                         float softmax_scale, int splits, int dtype, int kv_dtype, const float* kv_scales,
-                         int scales_per_head, cudaStream_t stream);
+                        int dtype, int kv_dtype, const float* kv_scales, int scales_per_head, int k_rotation,
+                        const float* k_bias, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

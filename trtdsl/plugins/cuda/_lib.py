@@ -28,8 +28,6 @@ _SIGNATURES: dict[str, list] = {
                                        _I, _F, _I, _I, _I, _P, _I, _P],
     "trtdsl_decode_attention_quant": [_P, _I64, _P, _I64, _P, _P, _P, _I, _P, _I64, _P, _I64, _I, _I, _I, _I,
                                       _I, _F, _I, _I, _P, _SZ, _I, _I, _P, _I, _P],
-    "trtdsl_decode_attend": [_P, _I64, _P, _I64, _P, _P, _P, _I, _P, _I64, _P, _I64, _I, _I, _I, _I, _I, _F, _I,
-                             _I, _I, _P, _I, _P],
 }
 
 _lock = threading.Lock()

@@ -4,11 +4,11 @@ implementation of ``trtdsl.attention_quant_kv`` (reference: trtdsl/quantization/
 RoPE + quantize-on-write (``trtdsl_rope_kv_write_quant``; with ``k_rotation`` the Hadamard rotation
 of q and k too; with ``k_bias`` the mean key subtracted from K before its code), then an attention
 kernel reading codes and applying the K scale to the scores and the V scale to the output: the context
-kernel, and for decode steps the fused decode kernel's attention (``trtdsl_decode_attend``, one launch,
-thread-block clusters where few sequences leave SMs idle) where it wins (``one_launch_decode_splits``),
-else split-K + combine (``*_quant`` launchers,
-plugins_cuda/include/trtdsl/kv_quant.cuh). No host synchronization: graph-capturable like
-``ops.paged_attention``."""
+kernel, and for decode steps split-K + combine (``*_quant`` launchers,
+plugins_cuda/include/trtdsl/kv_quant.cuh) or, where it wins (``one_launch_decode_splits``), the fused
+decode kernel (``ops.decode_fused`` on the quantized cache: RoPE, quantizing write and attention in one
+launch, thread-block clusters where few sequences leave SMs idle). No host synchronization:
+graph-capturable like ``ops.paged_attention``."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from .ops import (_DTYPE_CODES, _HALF_TYPES, _ROPE_STYLES, _check, _check_rope, 
 
 __all__ = ["paged_attention_quant_kv", "one_launch_decode_splits", "KV_CODE_DTYPES", "ONE_LAUNCH_DECODE"]
 
-#: False: decode steps always take split-K + combine, as before trtdsl_decode_attend (A/B timings,
+#: False: decode steps always take RoPE + split-K + combine, never the fused kernel (A/B timings,
 #: benchmarks/bench_kv_quant_attention.py).
 ONE_LAUNCH_DECODE = True
 #: cache dtype -> the C ABI's dtype code (plugins_cuda/include/trtdsl/common.cuh)
@@ -54,13 +54,14 @@ def _check_k_bias(op: str, k_bias: torch.Tensor | None, num_kv_heads: int, head_
 
 def one_launch_decode_splits(batch: int, num_heads: int, num_kv_heads: int, max_kv_len: int,
                              device: torch.device) -> int:
-    """Blocks per (sequence, kv head) of ``trtdsl_decode_attend`` for a decode step over a quantized
-    cache (``ops.decode_fused_splits``), or 0 for split-K + combine. Each warp of that kernel widens its
-    tiles' codes through shared memory one tile after the other, so it wins while every warp has at most
-    4 tiles or there are >= 1024 warps (8 per SM) in all, and loses to split-K's thousands of warps
-    otherwise. H100, fp8 cache, 32 / 8 heads, us per layer one launch / split-K
-    (kv_quant_attention_h100.json): batch 1 at 128 / 4k / 16k tokens 11.5 / 24.6 / 68.6 against 23.5 /
-    26.5 / 51.1; batch 8 at 1k 35.7 against 25.1; batch 32 at 4k 234 against 249."""
+    """Blocks per (sequence, kv head) of the fused decode kernel for a decode step over a quantized cache
+    (``ops.decode_fused_splits``), or 0 for RoPE + split-K + combine. Each warp of the fused kernel
+    widens its tiles' codes through shared memory one tile after the other, so it wins while every warp
+    has at most 4 tiles or there are >= 1024 warps (8 per SM) in all, and loses to split-K's thousands of
+    warps otherwise. Measured on an H100 with its attention alone after the RoPE kernel (fp8 cache, 32 / 8
+    heads, us per layer, one launch / split-K, 2026-12-06 10:33 UTC): batch 1 at 128 / 4k / 16k tokens
+    11.1 / 24.0 / 68.6 against 23.0 / 26.3 / 51.1; batch 8 at 1k 35.7 against 25.1; batch 32 at 4k 232
+    against 246."""
     if not ONE_LAUNCH_DECODE:
         return 0
     splits = ops.FUSED_DECODE_SPLITS or ops.decode_fused_splits(batch, num_heads, num_kv_heads, max_kv_len, device)
@@ -92,6 +93,13 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
     _check_k_bias(op, k_bias, num_kv_heads, head_dim, qkv.device)
     code, kv_code = _DTYPE_CODES[qkv.dtype], KV_CODE_DTYPES[kv_cache.dtype]
     tokens, batch, stream = qkv.shape[0], seq_lens.shape[0], _stream(qkv)
+    splits = one_launch_decode_splits(batch, num_heads, num_kv_heads, max_kv_len, qkv.device)
+    if max_q_len == 1 and splits:  # the fused decode kernel: RoPE, quantizing write and attention
+        return ops.decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache,
+                                rope_cos_sin, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                                layer_idx=layer_idx, tokens_per_block=tokens_per_block, softmax_scale=softmax_scale,
+                                rotary_dim=rotary_dim, rope_style=rope_style, splits=splits, kv_scales=kv_scales,
+                                k_rotation=k_rotation, k_bias=k_bias)
     q = qkv.new_empty(tokens, num_heads * head_dim)
     out = qkv.new_empty(tokens, num_heads * head_dim)
     if tokens == 0:
@@ -106,10 +114,7 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
               past_lens.data_ptr(), cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
               out.data_ptr(), out.stride(0), num_heads, num_kv_heads, head_dim, layer_idx, tokens_per_block,
               float(softmax_scale))
-    splits = one_launch_decode_splits(batch, num_heads, num_kv_heads, max_kv_len, qkv.device)
-    if max_q_len == 1 and splits:
-        call("trtdsl_decode_attend", *common, splits, code, kv_code, kv_scales.data_ptr(), per_head, stream)
-    elif max_q_len == 1:
+    if max_q_len == 1:
         chunk, nbytes = decode_workspace(batch, num_heads, num_kv_heads, head_dim, int(max_kv_len))
         workspace = torch.empty(nbytes, dtype=torch.uint8, device=qkv.device)
         call("trtdsl_decode_attention_quant", *common, int(max_kv_len), chunk, workspace.data_ptr(), nbytes, code,

@@ -327,7 +327,9 @@ _DECODE_FUSED_ARGTYPES = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctyp
                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
                           ctypes.c_int64, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int,
                           ctypes.c_int, ctypes.c_int,  # splits, num_heads, ..., tokens_per_block
-                          ctypes.c_float, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+                          ctypes.c_float, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p,  # kv_scales .. k_bias
+                          ctypes.c_void_p]
 
 
 _FUSED_MAX_SPLITS = 8  # kFusedMaxSplits: the portable thread-block cluster size
@@ -382,7 +384,9 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
                  num_heads: int, num_kv_heads: int, head_dim: int, layer_idx: int, tokens_per_block: int,
                  softmax_scale: float, rotary_dim: int, rope_style: str = "neox",
                  out: torch.Tensor | None = None, out_scale: torch.Tensor | None = None,
-                 max_kv_len: int | None = None, splits: int | None = None) -> torch.Tensor:
+                 max_kv_len: int | None = None, splits: int | None = None,
+                 kv_scales: torch.Tensor | None = None, k_rotation: bool = False,
+                 k_bias: torch.Tensor | None = None) -> torch.Tensor:
     """One-launch decode step: RoPE of q/k, k/v written to the cache, attention; ``[tokens, H * D]``.
     With ``out_scale`` (float32 ``[1]``) the output is e4m3: the codes of each value (rounded to
     qkv's dtype) over the scale, bitwise what ``quant_ops.quantize_fp8`` makes of the plain output.
@@ -392,10 +396,18 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     bound of ``past_lens + 1``; without it, 1). Every sequence must have ``seq_lens <= 1`` (not
     checked on the device). Same semantics as ``paged_attention_reference`` restricted to decode steps;
     ``paged_attention`` picks this kernel through ``_use_fused_decode``. Rows of empty sequences
-    (and padding tokens) are left as they are in ``out``."""
+    (and padding tokens) are left as they are in ``out``.
+
+    A quantized cache (fp8 e4m3 / int8 ``kv_cache``, with ``kv_scales``, ``k_rotation`` and ``k_bias`` as
+    ``kv_quant_ops.paged_attention_quant_kv`` takes them, already checked there) makes it the decode
+    step of ``trtdsl.attention_quant_kv``: the same codes as ``trtdsl_rope_kv_write_quant`` writes."""
     op = "decode_fused"
+    quantized = kv_scales is not None
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
-                num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES)
+                num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES,
+                (torch.float8_e4m3fn, torch.int8) if quantized else None)
+    if quantized and out_scale is not None:
+        raise PluginError(f"{op}: out_scale (fp8 output codes) is not supported with a quantized cache")
     if head_dim not in (64, 128):
         raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
     _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
@@ -417,11 +429,13 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     if out.shape != (qkv.shape[0], num_heads * head_dim):
         raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected ({qkv.shape[0]}, {num_heads * head_dim})")
     code = _DTYPE_CODES[qkv.dtype]
+    kv_code = {torch.float8_e4m3fn: 3, torch.int8: 4}[kv_cache.dtype] if quantized else code
     call(
         "trtdsl_decode_fused", qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
         seq_lens.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
         block_tables.stride(0), rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style],
         out.data_ptr(), out.stride(0), out_scale.data_ptr() if out_scale is not None else None, int(splits), num_heads,
-        num_kv_heads, head_dim, layer_idx, tokens_per_block,
-        float(softmax_scale), code, code, _stream(qkv))
+        num_kv_heads, head_dim, layer_idx, tokens_per_block, float(softmax_scale), code, kv_code,
+        kv_scales.data_ptr() if quantized else None, int(quantized and kv_scales.dim() == 2), int(k_rotation),
+        None if k_bias is None else k_bias.data_ptr(), _stream(qkv))
     return out
