@@ -83,38 +83,18 @@ def test_decode_fused_cluster_splits_match_reference(dtype, heads, splits, conte
 
 @cuda
 @pytest.mark.parametrize("splits", [1, 4])
-def test_decode_fused_cluster_fp8_codes_and_graph_replay(splits):
-    """The cluster merge writes codes like the single block (bitwise quantize_fp8 of its plain output),
-    and a captured graph of it replays on new metadata."""
+def test_decode_fused_cluster_fp8_codes(splits):
+    """The cluster merge writes codes like the single block: bitwise quantize_fp8 of its plain output."""
     from trtdsl.plugins.cuda.ops import decode_fused
     from trtdsl.plugins.cuda.quant_ops import quantize_fp8
     h, kvh, d, tpb = 32, 8, 128, 16
     attrs = dict(num_heads=h, num_kv_heads=kvh, head_dim=d, layer_idx=0, tokens_per_block=tpb,
                  softmax_scale=d ** -0.5, rotary_dim=d, rope_style="neox", splits=splits)
-    a = decode_step([1, 300, 20], h, kvh, d, tpb, torch.bfloat16, d, seed=3)
     b = decode_step([900, 2, 128], h, kvh, d, tpb, torch.bfloat16, d, seed=4)
     plain = decode_fused(**{k: v.clone() for k, v in b.items()}, **attrs)
     scale = (plain.float().abs().amax() / 448).reshape(1)
     codes = decode_fused(**{k: v.clone() for k, v in b.items()}, **attrs, out_scale=scale)
     assert torch.equal(codes.view(torch.uint8), quantize_fp8(plain, scale).view(torch.uint8))
-    static = {k: torch.zeros_like(v) for k, v in b.items()}
-    static["rope_cos_sin"] = b["rope_cos_sin"].clone()
-    decode_fused(**{k: v.clone() for k, v in static.items()}, **attrs)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = decode_fused(**static, **attrs)
-    for step in (a, b):
-        for k, v in step.items():
-            if k != "rope_cos_sin":
-                static[k].zero_()
-                static[k][tuple(slice(0, n) for n in v.shape)] = v
-        ref_step = {k: v.clone() for k, v in static.items()}
-        ref_step["block_tables"] = ref_step["block_tables"].clamp_min(0)
-        ref = paged_attention_reference(**ref_step, **{k: v for k, v in attrs.items() if k != "splits"})
-        graph.replay()
-        torch.cuda.synchronize()
-        assert rel_err(out, ref) < tol(torch.bfloat16)
 
 
 @cuda
@@ -195,7 +175,8 @@ def test_paged_attention_dispatches_short_decode_to_fused(monkeypatch):
 
 
 @cuda
-def test_decode_fused_cuda_graph_replay_with_new_metadata():
+@pytest.mark.parametrize("splits", [None, 4])  # one block per (sequence, kv head) / clusters of 4
+def test_decode_fused_cuda_graph_replay_with_new_metadata(splits):
     from trtdsl.plugins.cuda.ops import decode_fused
     h, kvh, d, tpb = 32, 8, 128, 16
     attrs = dict(num_heads=h, num_kv_heads=kvh, head_dim=d, layer_idx=0, tokens_per_block=tpb,
@@ -204,11 +185,11 @@ def test_decode_fused_cuda_graph_replay_with_new_metadata():
     b = decode_step([900, 2, 128], h, kvh, d, tpb, torch.bfloat16, d, seed=2)
     static = {k: torch.zeros_like(v) for k, v in b.items()}  # b has the bigger pool and tables
     static["rope_cos_sin"] = b["rope_cos_sin"].clone()
-    decode_fused(**{k: v.clone() for k, v in static.items()}, **attrs)  # build + warm up
+    decode_fused(**{k: v.clone() for k, v in static.items()}, **attrs, splits=splits)  # build + warm up
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = decode_fused(**static, **attrs)
+        out = decode_fused(**static, **attrs, splits=splits)
     for step in (a, b):
         for k, v in step.items():
             if k != "rope_cos_sin":

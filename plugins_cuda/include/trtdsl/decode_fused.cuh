@@ -78,18 +78,7 @@ __device__ __forceinline__ FusedTiles fused_tiles(int past, int worker, int work
 template <typename T, typename C, int D>
 __device__ __forceinline__ void fused_rotate_staged(float* staged, int nq, const float* bias, float ks,
                                                     bool write_cache, T* sQ, C* sK, C* kslot) {
-  for (int len = 1; len < D; len <<= 1) {
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < (nq + 1) * (D / 2); idx += blockDim.x) {
-      const int h = idx / (D / 2), b = idx % (D / 2);
-      const int i = (b / len) * 2 * len + b % len;
-      float* v = staged + h * D;
-      const float a = v[i], c = v[i + len];
-      v[i] = a + c;
-      v[i + len] = a - c;
-    }
-  }
-  __syncthreads();
+  hadamard_rows(staged, nq + 1, D);
   const float norm = rsqrtf(static_cast<float>(D));
   for (int idx = threadIdx.x; idx < (nq + 1) * D; idx += blockDim.x) {
     const int h = idx / D, i = idx % D;

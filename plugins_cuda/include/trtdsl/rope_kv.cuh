@@ -46,6 +46,25 @@ __device__ __forceinline__ int find_sequence(const int* cu_seqlens, int batch, i
   return lo;
 }
 
+// In-place fast Walsh-Hadamard transform of `rows` staged rows of d (a power of two) floats by the
+// block: log2(d) butterfly passes give (x H)[i] = sum_j x[j] (-1)^popcount(i & j), unnormalized (the
+// caller applies 1/sqrt(d)). Synchronizes the block before and after.
+__device__ __forceinline__ void hadamard_rows(float* staged, int rows, int d) {
+  const int half = d / 2;
+  for (int len = 1; len < d; len <<= 1) {
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < rows * half; idx += blockDim.x) {
+      const int h = idx / half, b = idx % half;
+      const int i = (b / len) * 2 * len + b % len;
+      float* x = staged + h * d;
+      const float a = x[i], c = x[i + len];
+      x[i] = a + c;
+      x[i + len] = a - c;
+    }
+  }
+  __syncthreads();
+}
+
 template <typename T, typename CacheT>
 __global__ void rope_kv_kernel(RopeKvParams p) {
   extern __shared__ float staged[];  // k_rotation: RoPE'd q and k heads, [(H + KVH) * D]
@@ -110,21 +129,8 @@ __global__ void rope_kv_kernel(RopeKvParams p) {
     }
   }
   if (!p.k_rotation) return;
-  // In-place fast Walsh-Hadamard transform of every staged head: log2(D) butterfly passes give
-  // (x H)[i] = sum_j x[j] (-1)^popcount(i & j); the 1/sqrt(D) is applied on the way out.
-  const int rows = p.num_heads + p.num_kv_heads, half = D / 2;
-  for (int len = 1; len < D; len <<= 1) {
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < rows * half; idx += blockDim.x) {
-      const int h = idx / half, b = idx % half;
-      const int i = (b / len) * 2 * len + b % len;
-      float* x = staged + h * D;
-      const float a = x[i], c = x[i + len];
-      x[i] = a + c;
-      x[i + len] = a - c;
-    }
-  }
-  __syncthreads();
+  const int rows = p.num_heads + p.num_kv_heads;
+  hadamard_rows(staged, rows, D);
   const float norm = rsqrtf(static_cast<float>(D));
   for (int idx = threadIdx.x; idx < rows * D; idx += blockDim.x) {
     const int h = idx / D, i = idx % D;
