@@ -111,6 +111,12 @@ def test_decode_fused_split_count_rule_and_bad_splits():
     with pytest.raises(PluginError, match="splits must lie in 1..8"):
         decode_fused(**step, num_heads=8, num_kv_heads=2, head_dim=128, layer_idx=0, tokens_per_block=16,
                      softmax_scale=0.1, rotary_dim=128, splits=9)
+    with pytest.raises(PluginError, match="k_rotation and k_bias need a quantized cache"):
+        decode_fused(**step, num_heads=8, num_kv_heads=2, head_dim=128, layer_idx=0, tokens_per_block=16,
+                     softmax_scale=0.1, rotary_dim=128, k_rotation=True)
+    with pytest.raises(PluginError, match="kv_cache"):  # a float cache with scales
+        decode_fused(**step, num_heads=8, num_kv_heads=2, head_dim=128, layer_idx=0, tokens_per_block=16,
+                     softmax_scale=0.1, rotary_dim=128, kv_scales=torch.ones(2, device="cuda"))
 
 
 @cuda

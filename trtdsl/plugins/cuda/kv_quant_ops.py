@@ -18,38 +18,14 @@ from trtdsl.errors import PluginError
 
 from . import ops
 from ._lib import call
-from .ops import (_DTYPE_CODES, _HALF_TYPES, _ROPE_STYLES, _check, _check_rope, _check_step, _stream,
-                  decode_workspace)
+from .ops import (_DTYPE_CODES, _HALF_TYPES, _ROPE_STYLES, KV_CODE_DTYPES, _check_k_bias, _check_rope,
+                  _check_scales, _check_step, _stream, decode_workspace)
 
 __all__ = ["paged_attention_quant_kv", "one_launch_decode_splits", "KV_CODE_DTYPES", "ONE_LAUNCH_DECODE"]
 
 #: False: decode steps always take RoPE + split-K + combine, never the fused kernel (A/B timings,
 #: benchmarks/bench_kv_quant_attention.py).
 ONE_LAUNCH_DECODE = True
-#: cache dtype -> the C ABI's dtype code (plugins_cuda/include/trtdsl/common.cuh)
-KV_CODE_DTYPES = {torch.float8_e4m3fn: 3, torch.int8: 4}
-
-
-def _check_scales(op: str, kv_scales: torch.Tensor, num_kv_heads: int, device: torch.device) -> int:
-    """``kv_scales`` float32 ``[2]`` or ``[2, num_kv_heads]``; returns whether it is per head."""
-    _check(op, "kv_scales", kv_scales, device, (torch.float32,))
-    if tuple(kv_scales.shape) == (2,):
-        return 0
-    if tuple(kv_scales.shape) == (2, num_kv_heads):
-        return 1
-    raise PluginError(f"{op}: kv_scales has shape {tuple(kv_scales.shape)}; expected (2,) or (2, {num_kv_heads})")
-
-
-def _check_k_bias(op: str, k_bias: torch.Tensor | None, num_kv_heads: int, head_dim: int,
-                  device: torch.device) -> None:
-    """``k_bias`` (the ``trtdsl.attention_quant_kv`` input of ``kv_cache_center_k``): None, or float32
-    ``[num_kv_heads, head_dim]`` contiguous on qkv's device (the kernel reads it as a flat array)."""
-    if k_bias is None:
-        return
-    _check(op, "k_bias", k_bias, device, (torch.float32,))
-    if tuple(k_bias.shape) != (num_kv_heads, head_dim):
-        raise PluginError(f"{op}: k_bias has shape {tuple(k_bias.shape)}; expected "
-                          f"({num_kv_heads}, {head_dim}) (num_kv_heads, head_dim)")
 
 
 def one_launch_decode_splits(batch: int, num_heads: int, num_kv_heads: int, max_kv_len: int,

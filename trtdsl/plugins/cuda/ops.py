@@ -21,6 +21,8 @@ __all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_at
            "decode_fused_splits", "paged_attention"]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+#: quantized K/V cache dtype -> the C ABI's dtype code (plugins_cuda/include/trtdsl/common.cuh)
+KV_CODE_DTYPES = {torch.float8_e4m3fn: 3, torch.int8: 4}
 _HALF_TYPES = (torch.float16, torch.bfloat16)
 _ROPE_STYLES = {"neox": 0, "gptj": 1}
 
@@ -285,6 +287,28 @@ def paged_attention(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_ta
     return quantize_fp8(out, out_scale)
 
 
+def _check_scales(op: str, kv_scales: torch.Tensor, num_kv_heads: int, device: torch.device) -> int:
+    """``kv_scales`` float32 ``[2]`` or ``[2, num_kv_heads]``; returns whether it is per head."""
+    _check(op, "kv_scales", kv_scales, device, (torch.float32,))
+    if tuple(kv_scales.shape) == (2,):
+        return 0
+    if tuple(kv_scales.shape) == (2, num_kv_heads):
+        return 1
+    raise PluginError(f"{op}: kv_scales has shape {tuple(kv_scales.shape)}; expected (2,) or (2, {num_kv_heads})")
+
+
+def _check_k_bias(op: str, k_bias: torch.Tensor | None, num_kv_heads: int, head_dim: int,
+                  device: torch.device) -> None:
+    """``k_bias`` (the ``trtdsl.attention_quant_kv`` input of ``kv_cache_center_k``): None, or float32
+    ``[num_kv_heads, head_dim]`` contiguous on qkv's device (the kernel reads it as a flat array)."""
+    if k_bias is None:
+        return
+    _check(op, "k_bias", k_bias, device, (torch.float32,))
+    if tuple(k_bias.shape) != (num_kv_heads, head_dim):
+        raise PluginError(f"{op}: k_bias has shape {tuple(k_bias.shape)}; expected "
+                          f"({num_kv_heads}, {head_dim}) (num_kv_heads, head_dim)")
+
+
 def _check_static_scale(op: str, name: str, scale: torch.Tensor, device: torch.device) -> None:
     """A float32 tensor on ``device`` holding one value: a static per-tensor fp8 scale."""
     _check(op, name, scale, device, (torch.float32,))
@@ -399,15 +423,21 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     (and padding tokens) are left as they are in ``out``.
 
     A quantized cache (fp8 e4m3 / int8 ``kv_cache``, with ``kv_scales``, ``k_rotation`` and ``k_bias`` as
-    ``kv_quant_ops.paged_attention_quant_kv`` takes them, already checked there) makes it the decode
-    step of ``trtdsl.attention_quant_kv``: the same codes as ``trtdsl_rope_kv_write_quant`` writes."""
+    ``kv_quant_ops.paged_attention_quant_kv`` takes them) makes it the decode step of
+    ``trtdsl.attention_quant_kv``: the same codes as ``trtdsl_rope_kv_write_quant`` writes."""
     op = "decode_fused"
     quantized = kv_scales is not None
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES,
-                (torch.float8_e4m3fn, torch.int8) if quantized else None)
-    if quantized and out_scale is not None:
-        raise PluginError(f"{op}: out_scale (fp8 output codes) is not supported with a quantized cache")
+                tuple(KV_CODE_DTYPES) if quantized else None)
+    per_head = 0
+    if quantized:
+        if out_scale is not None:
+            raise PluginError(f"{op}: out_scale (fp8 output codes) is not supported with a quantized cache")
+        per_head = _check_scales(op, kv_scales, num_kv_heads, qkv.device)
+        _check_k_bias(op, k_bias, num_kv_heads, head_dim, qkv.device)
+    elif k_rotation or k_bias is not None:
+        raise PluginError(f"{op}: k_rotation and k_bias need a quantized cache (kv_scales)")
     if head_dim not in (64, 128):
         raise PluginError(f"{op}: head_dim {head_dim} is not supported by the CUDA kernels (64 or 128)")
     _check_rope(op, qkv, rope_cos_sin, rotary_dim, rope_style, head_dim)
@@ -429,13 +459,13 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
     if out.shape != (qkv.shape[0], num_heads * head_dim):
         raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected ({qkv.shape[0]}, {num_heads * head_dim})")
     code = _DTYPE_CODES[qkv.dtype]
-    kv_code = {torch.float8_e4m3fn: 3, torch.int8: 4}[kv_cache.dtype] if quantized else code
+    kv_code = KV_CODE_DTYPES[kv_cache.dtype] if quantized else code
     call(
         "trtdsl_decode_fused", qkv.data_ptr(), qkv.stride(0), kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(),
         seq_lens.data_ptr(), past_lens.data_ptr(), cu_seqlens.data_ptr(), seq_lens.shape[0], block_tables.data_ptr(),
         block_tables.stride(0), rope_cos_sin.data_ptr() if rotary_dim else None, rotary_dim, _ROPE_STYLES[rope_style],
         out.data_ptr(), out.stride(0), out_scale.data_ptr() if out_scale is not None else None, int(splits), num_heads,
         num_kv_heads, head_dim, layer_idx, tokens_per_block, float(softmax_scale), code, kv_code,
-        kv_scales.data_ptr() if quantized else None, int(quantized and kv_scales.dim() == 2), int(k_rotation),
+        kv_scales.data_ptr() if quantized else None, per_head, int(k_rotation),
         None if k_bias is None else k_bias.data_ptr(), _stream(qkv))
     return out
