@@ -96,12 +96,13 @@ class OurEngine:
         self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True, fuse_swiglu=True)
         self.layer_counts = net.layer_counts()
         self.executor = TorchExecutor(net, "cuda")
-        self.kv_cache = torch.zeros(model.kv_cache_shape(num_blocks, tpb), dtype=torch.bfloat16, device="cuda")
+        kv_dtype = net.input_specs["kv_cache"].dtype.torch  # bf16, or the quantized cache's codes
+        self.kv_cache = torch.zeros(model.kv_cache_shape(num_blocks, tpb), dtype=kv_dtype, device="cuda")
         self.graphs = CudaGraphCache(self.executor)
         self.weight_bytes = sum(v.numel() * v.element_size() for v in self.executor.constants.values())
         c = model.config
         self.embed_bytes = c.vocab_size * c.hidden_size * 2 if not c.tie_word_embeddings else 0
-        self.kv_bytes_per_token = c.num_layers * 2 * c.num_kv_heads * c.head_dim * 2
+        self.kv_bytes_per_token = c.num_layers * 2 * c.num_kv_heads * c.head_dim * self.kv_cache.element_size()
 
     def feed(self, lens: list[int], past: list[int], first_seq: int = 0,
              ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -174,14 +175,18 @@ class OurEngine:
 
 
 def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """A benchmark quantization spec -> (mode, QuantConfig options): ``MODE[:gG][:head[=HEAD_MODE]]``,
-    e.g. ``int4_awq:g64:head`` = int4_awq with groups of 64 and the LM head quantized too (the default
-    keeps it bf16, as TensorRT-LLM does), ``fp8:head=int8_wo`` = fp8 with an int8 weight-only LM head
-    (``mode_overrides``); the group size defaults to 128."""
+    """A benchmark quantization spec -> (mode, QuantConfig options):
+    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE]``, e.g. ``int4_awq:g64:head`` = int4_awq with groups of
+    64 and the LM head quantized too (the default keeps it bf16, as TensorRT-LLM does),
+    ``fp8:head=int8_wo`` = fp8 with an int8 weight-only LM head (``mode_overrides``), ``fp8:kv=fp8`` = fp8
+    with an fp8 K/V cache (per-head scales), ``bf16:kv=int8`` = bf16 weights with an int8 cache (mode
+    None); the group size defaults to 128."""
     mode, *flags = spec.split(":")
     options: dict[str, Any] = {"group_size": 128}
     for flag in flags:
-        if flag == "head":
+        if flag.startswith("kv="):
+            options["kv_cache_dtype"] = flag[len("kv="):]
+        elif flag == "head":
             options["exclude"] = ()
         elif flag.startswith("head="):
             options["exclude"] = ()
@@ -189,7 +194,7 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
         elif re.fullmatch(r"g\d+", flag):
             options["group_size"] = int(flag[1:])
         else:
-            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head or head=MODE)")
+            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE or kv=DTYPE)")
     return mode, options
 
 
@@ -197,20 +202,26 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
     """Quantize with synthetic activation ranges: speed depends on the formats, not on the scale
     values, and calibrating an 8B model would run it on the CPU. (Accuracy is measured separately,
     on real weights and calibration text: benchmarks/quant_accuracy.py.) ``spec``: parse_quant_spec."""
+    from trtdsl.ir.network import LayerKind
+    from trtdsl.plugins.attention import ATTENTION_PLUGIN as ATTENTION
     from trtdsl.quantization import quantize_network
     from trtdsl.quantization.calibration import CalibrationStats
     from trtdsl.quantization.graph import find_gemm_sites
     mode, options = parse_quant_spec(spec)
-    stats = None
+    stats = CalibrationStats()
     if mode in ("fp8", "int8_sq", "int4_awq"):
-        stats = CalibrationStats()
         for site in find_gemm_sites(net, options.get("exclude", ())):
             k, dev = site.x.shape[-1], site.weight.device  # AWQ's search multiplies samples by the weights
             stats.amax[site.x.name] = torch.ones(k, device=dev)
             stats.abs_sum[site.x.name] = torch.full((k,), 0.5, device=dev)
             stats.rows[site.x.name] = 1
             stats.samples[site.x.name] = torch.randn(16, k, device=dev)
-    return quantize_network(net, mode, calibration=stats, progress=False, **options)
+    if options.get("kv_cache_dtype"):  # K / V ranges of every attention layer (the cache's scales)
+        for layer in net.layers:
+            if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:
+                f = layer.attrs["fields"]
+                stats.kv_amax[int(f["layer_idx"])] = torch.full((2, int(f["num_kv_heads"])), 4.0)
+    return quantize_network(net, None if mode == "bf16" else mode, calibration=stats, progress=False, **options)
 
 
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],
