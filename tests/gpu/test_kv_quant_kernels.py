@@ -231,3 +231,24 @@ def test_one_launch_decode_rule():
         assert rule(1, 32, 8, 128, dev) == 0
     finally:
         kv_quant_ops.ONE_LAUNCH_DECODE = True
+
+
+@cuda
+@pytest.mark.parametrize("cache_dtype", CACHES)
+@pytest.mark.parametrize("one_launch", [True, False])
+def test_fp8_output_codes_are_the_quantized_output(cache_dtype, one_launch, monkeypatch):
+    """With out_scale (trtdsl.attention_quant_kv_fp8) the output is the e4m3 codes of the plain output,
+    bitwise: written by the fused decode kernel, or quantized after split-K."""
+    from trtdsl.plugins.cuda import kv_quant_ops
+    from trtdsl.plugins.cuda.quant_ops import quantize_fp8
+    monkeypatch.setattr(kv_quant_ops, "ONE_LAUNCH_DECODE", one_launch)
+    step, scales = quant_step([1, 1, 1], [0, 700, 31], 16, 4, 128, 32, torch.bfloat16, cache_dtype, per_head=True)
+    plain, *_ = run_both({k: v.clone() for k, v in step.items()}, scales, rotation=True)
+    scale = (plain.float().abs().amax() / 448 / 2).reshape(1)  # some codes saturate
+    fields = dict(num_heads=16, num_kv_heads=4, head_dim=128, layer_idx=1, tokens_per_block=32,
+                  softmax_scale=128 ** -0.5, rotary_dim=128, rope_style="neox", max_q_len=1, max_kv_len=701)
+    codes = kv_quant_ops.paged_attention_quant_kv(*step.values(), scales, **fields, k_rotation=True,
+                                                  out_scale=scale)
+    assert codes.dtype == torch.float8_e4m3fn
+    assert torch.equal(codes.view(torch.uint8), quantize_fp8(plain, scale).view(torch.uint8))
+    assert codes.float().abs().max().item() == 448.0

@@ -141,7 +141,9 @@ def test_fp8_gemm_on_codes_is_the_quantizing_gemm(dtype: torch.dtype, m: int, n:
 
 @fp8
 @pytest.mark.parametrize("chunk,batch", [(2, 1), (16, 2)])  # FP8 GEMV rows / cuBLASLt rows
-def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk: int, batch: int) -> None:
+@pytest.mark.parametrize("kv", [None, "fp8"])  # a quantized cache: trtdsl.attention_quant_kv_fp8
+def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk: int, batch: int,
+                                                           kv: str | None) -> None:
     transformers = pytest.importorskip("transformers")
     from trtdsl.backends.torch_executor import TorchExecutor
     from trtdsl.models import from_hugging_face
@@ -155,11 +157,11 @@ def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk
                                                                 max_seq_len=64, tokens_per_block=16)
     ids = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(1)).tolist()
     qnet = quantize_network(net, "fp8", calibration_feeds=list(prefill_feeds(net, token_chunks(ids, 16, 4), 2)),
-                            progress=False)
+                            progress=False, kv_cache_dtype=kv)
     unfused = clone_network(qnet)
     optimize(unfused, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
     assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 8
-    feed = next(iter(prefill_feeds(net, token_chunks(ids, chunk, batch), batch, device="cuda")))
+    feed = next(iter(prefill_feeds(qnet, token_chunks(ids, chunk, batch), batch, device="cuda")))
     want = TorchExecutor(unfused, "cuda").run({k: v.clone() for k, v in feed.items()})
     got = TorchExecutor(qnet, "cuda").run({k: v.clone() for k, v in feed.items()})
     for name in want:

@@ -12,7 +12,7 @@ from trtdsl.backends.tensorrt.plugins import plan_plugin
 from trtdsl.errors import ConfigError, ShapeError
 from trtdsl.models.eval import token_logprobs
 from trtdsl.quantization import QuantConfig, calibrate, quantize_network
-from trtdsl.quantization.kv_cache import _shape_rule, hadamard, quant_kv_attention_reference
+from trtdsl.quantization.kv_cache import hadamard, quant_kv_attention_reference, shape_rule
 
 from test_kv_rotation import _dense_attention, tiny  # noqa: F401  (the tiny Llama fixture)
 
@@ -110,4 +110,4 @@ def test_center_k_errors(tiny: tuple) -> None:
     bias = layer.inputs[9]
     wrong = type(bias)(bias.name, bias.dtype, (2, 8), bias.network, None)  # head_dim is 16
     with pytest.raises(ShapeError, match="k_bias must be float32"):
-        _shape_rule([*layer.inputs[:9], wrong], layer.attrs["fields"])
+        shape_rule([*layer.inputs[:9], wrong], layer.attrs["fields"])

@@ -2,7 +2,8 @@
 
 A static-scale ``trtdsl.fp8_gemm`` quantizes its input itself (``saturate(x / input_scale)`` to e4m3),
 which on the GPU is a separate small kernel before every GEMM. Where the input comes from an RMSNorm,
-a ``trtdsl.add_rms_norm``, a ``trtdsl.swiglu`` or a ``trtdsl.attention`` whose every consumer is such a GEMM with the same
+a ``trtdsl.add_rms_norm``, a ``trtdsl.swiglu``, a ``trtdsl.attention`` or a ``trtdsl.attention_quant_kv``
+whose every consumer is such a GEMM with the same
 ``input_scale`` value, :func:`fuse_fp8_activations` replaces the producer by a quantizing variant that
 writes the e4m3 codes directly, and the GEMMs read the codes (an fp8 ``x`` for ``trtdsl.fp8_gemm``
 means "already quantized with ``input_scale``"; its field ``out_dtype`` keeps the output dtype):
@@ -14,19 +15,21 @@ plugin                        inputs                                   outputs
 ``trtdsl.add_rms_norm_fp8``   ``a``, ``b``, ``weight``, ``input_scale``  codes of the norm of ``a + b``, ``a + b``
 ``trtdsl.swiglu_fp8``         ``x = [gate | up]``, ``input_scale``      codes of ``silu(gate) * up``
 ``trtdsl.attention_fp8``      the attention's 8, ``input_scale``        codes of the attention's output
+``trtdsl.attention_quant_kv   attention_quant_kv's 9 or 10,             codes of the attention's output
+_fp8``                        ``input_scale``
 ============================  =======================================  ======================================
 
-Fields of the norms: ``axes``, ``epsilon`` (as ``trtdsl.add_rms_norm``); of the attention, its own
-(it still writes this step's K/V to the cache). On the GPU the fused decode attention kernel writes
-the codes itself, which removes the quantizer launch before every o_proj. The math is the unfused
+Fields of the norms: ``axes``, ``epsilon`` (as ``trtdsl.add_rms_norm``); of the attentions, their own
+(they still write this step's K/V to the cache). On the GPU the fused decode attention kernel writes
+the codes itself (over a float or a quantized cache), which removes the quantizer launch before every
+o_proj. The math is the unfused
 layers' (the references call the same functions, so the value is rounded to the activation dtype
 first), then ``numerics.quantize_fp8``, the rounding the fp8_gemm reference applies: fused and unfused
 networks agree bit for bit on the torch backend, and the CUDA kernels (``plugins_cuda/src/
 norm_quant.cu``) reproduce the unfused kernels' codes bit for bit.
 
 Left alone: dynamic (per-token) fp8 GEMMs, a value with any other consumer or that is a network
-output, GEMMs whose ``input_scale`` constants differ, inputs that are not float, and the attention
-over a quantized K/V cache (``trtdsl.attention_quant_kv``: its kernels have no code output yet).
+output, GEMMs whose ``input_scale`` constants differ, and inputs that are not float.
 """
 
 from __future__ import annotations
@@ -40,19 +43,21 @@ from ..errors import DTypeError, ShapeError
 from ..ir.network import Layer, LayerKind, Network, Tensor
 from ..plugins import attention
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
+from ..quantization import kv_cache
 from ..quantization.numerics import quantize_fp8
 from ..quantization.plugins import FP8_GEMM
 from . import fused_plugins
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
 
-__all__ = ["RMS_NORM_FP8", "ADD_RMS_NORM_FP8", "SWIGLU_FP8", "ATTENTION_FP8", "fuse_fp8_activations",
-           "rms_norm_fp8_reference", "add_rms_norm_fp8_reference", "swiglu_fp8_reference",
-           "attention_fp8_reference"]
+__all__ = ["RMS_NORM_FP8", "ADD_RMS_NORM_FP8", "SWIGLU_FP8", "ATTENTION_FP8", "ATTENTION_QUANT_KV_FP8",
+           "fuse_fp8_activations", "rms_norm_fp8_reference", "add_rms_norm_fp8_reference", "swiglu_fp8_reference",
+           "attention_fp8_reference", "attention_quant_kv_fp8_reference"]
 
 RMS_NORM_FP8 = "trtdsl.rms_norm_fp8"
 ADD_RMS_NORM_FP8 = "trtdsl.add_rms_norm_fp8"
 SWIGLU_FP8 = "trtdsl.swiglu_fp8"
 ATTENTION_FP8 = "trtdsl.attention_fp8"
+ATTENTION_QUANT_KV_FP8 = "trtdsl.attention_quant_kv_fp8"
 _FLOAT = (DType.float32, DType.float16, DType.bfloat16)
 
 
@@ -105,6 +110,14 @@ def _attention_fp8_shape(ins: list, fields: dict) -> list:
     return [(DType.fp8, shape)]
 
 
+def _attention_quant_kv_fp8_shape(ins: list, fields: dict) -> list:
+    _check(len(ins) in (10, 11), ATTENTION_QUANT_KV_FP8, f"expects {kv_cache.ATTENTION_QUANT_KV}'s 9 or 10 "
+           f"inputs and input_scale, got {len(ins)}", ins)
+    ((_, shape),) = kv_cache.shape_rule(ins[:-1], fields)
+    _check_inputs(ATTENTION_QUANT_KV_FP8, [ins[0], ins[-1]], 2, 1)  # qkv float, input_scale float32 [1]
+    return [(DType.fp8, shape)]
+
+
 def _norm_fields(fields: dict) -> dict:
     return {"axes": fields["axes"], "epsilon": fields["epsilon"]}
 
@@ -136,8 +149,13 @@ def attention_fp8_reference(ins: list, fields: dict, hints: dict | None = None) 
     return quantize_fp8(attention.reference(ins[:-1], fields, hints or {}), ins[-1])
 
 
+def attention_quant_kv_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
+    """``trtdsl.attention_quant_kv``'s result (its codes written to the cache), then its e4m3 codes."""
+    return quantize_fp8(kv_cache.quant_kv_attention_reference(ins[:-1], fields, hints or {}), ins[-1])
+
+
 def register() -> None:
-    """Register the four plugins (idempotent: kernels attached to an existing spec survive)."""
+    """Register the five plugins (idempotent: kernels attached to an existing spec survive)."""
     specs = [
         PluginSpec(RMS_NORM_FP8, _rms_norm_fp8_shape, rms_norm_fp8_reference,
                    doc="RMSNorm, output as e4m3 codes of y / input_scale (static scale)"),
@@ -148,6 +166,9 @@ def register() -> None:
         PluginSpec(ATTENTION_FP8, _attention_fp8_shape, attention_fp8_reference, version="1",
                    mutates=attention.SPEC.mutates,
                    doc="trtdsl.attention, output as e4m3 codes of y / input_scale (static scale)"),
+        PluginSpec(ATTENTION_QUANT_KV_FP8, _attention_quant_kv_fp8_shape, attention_quant_kv_fp8_reference,
+                   version="1", mutates=(6,),
+                   doc="trtdsl.attention_quant_kv, output as e4m3 codes of y / input_scale (static scale)"),
     ]
     known = registered_plugins()
     for spec in specs:
@@ -169,6 +190,8 @@ def _quantized_output(layer: Layer) -> tuple[str, Tensor] | None:
         return SWIGLU_FP8, layer.outputs[0]
     if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == attention.ATTENTION_PLUGIN:
         return ATTENTION_FP8, layer.outputs[0]
+    if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == kv_cache.ATTENTION_QUANT_KV:
+        return ATTENTION_QUANT_KV_FP8, layer.outputs[0]
     return None
 
 
@@ -204,7 +227,7 @@ def _shared_scale(value: Tensor, users: list[Layer]) -> Tensor | None:
 def _fields_of(layer: Layer, plugin: str) -> dict[str, Any]:
     if plugin == SWIGLU_FP8:
         return {}
-    if plugin == ATTENTION_FP8:
+    if plugin in (ATTENTION_FP8, ATTENTION_QUANT_KV_FP8):
         return dict(layer.attrs["fields"])
     source = layer.attrs if layer.kind is LayerKind.NORMALIZATION else layer.attrs["fields"]
     return {"axes": tuple(source["axes"]), "epsilon": source["epsilon"]}

@@ -39,7 +39,7 @@ from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from .numerics import FP8_MAX, INT8_MAX
 
 __all__ = ["ATTENTION", "ATTENTION_QUANT_KV", "K_BIAS_INPUT", "KV_CACHE_DTYPES", "K_ROTATIONS", "hadamard",
-           "quantize_kv", "dequantize_kv", "quant_kv_attention_reference", "register"]
+           "quantize_kv", "dequantize_kv", "quant_kv_attention_reference", "shape_rule", "register"]
 
 ATTENTION = "trtdsl.attention"
 ATTENTION_QUANT_KV = "trtdsl.attention_quant_kv"
@@ -117,7 +117,8 @@ def quant_kv_attention_reference(ins: list, fields: dict, hints: dict | None = N
     return out.view(num_tokens, heads * d)
 
 
-def _shape_rule(ins: list, fields: dict) -> list:
+def shape_rule(ins: list, fields: dict) -> list:
+    """Output dtype and shape of ``trtdsl.attention_quant_kv``; raises on bad inputs or fields."""
     names = ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in ins)
     if len(ins) not in (K_BIAS_INPUT, K_BIAS_INPUT + 1):
         raise ShapeError(f"{ATTENTION_QUANT_KV}: expects 9 inputs (the 8 of {ATTENTION} and kv_scales) or "
@@ -151,7 +152,7 @@ def _shape_rule(ins: list, fields: dict) -> list:
 def register() -> None:
     """Register ``trtdsl.attention_quant_kv`` (idempotent, keeps an existing spec's kernels)."""
     if ATTENTION_QUANT_KV not in registered_plugins():
-        register_plugin(PluginSpec(ATTENTION_QUANT_KV, _shape_rule, quant_kv_attention_reference,
+        register_plugin(PluginSpec(ATTENTION_QUANT_KV, shape_rule, quant_kv_attention_reference,
                                    mutates=(6,), doc="trtdsl.attention over an int8/fp8 K/V cache"))
 
 

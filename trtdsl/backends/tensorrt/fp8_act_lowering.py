@@ -1,5 +1,6 @@
 """TensorRT lowering of the quantizing norm / SwiGLU / attention plugins of ``trtdsl/passes/fp8_act_fuse.py``
-(``trtdsl.rms_norm_fp8``, ``trtdsl.add_rms_norm_fp8``, ``trtdsl.swiglu_fp8``, ``trtdsl.attention_fp8``):
+(``trtdsl.rms_norm_fp8``, ``trtdsl.add_rms_norm_fp8``, ``trtdsl.swiglu_fp8``, ``trtdsl.attention_fp8``,
+``trtdsl.attention_quant_kv_fp8``):
 the unfused layers' lowering (native layers; the attention's TensorRT plugin), then a TensorRT FP8 quantize layer with the per-tensor ``input_scale`` (TensorRT
 divides, rounds to nearest even and saturates at +-448, what ``numerics.quantize_fp8`` does), which
 TensorRT may fuse into the norm's own kernel.
@@ -61,12 +62,17 @@ def lower_swiglu_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor])
     return [_to_fp8(ctx, layer, out, ins[1])]
 
 
+# the attention plugin each quantizing one was made from
+_ATTENTION_OF = {"trtdsl.attention_fp8": "trtdsl.attention", "trtdsl.attention_quant_kv_fp8": "trtdsl.attention_quant_kv"}
+
+
 def lower_attention_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
+    """``trtdsl.attention_fp8`` / ``trtdsl.attention_quant_kv_fp8``: the attention's plugin, then a quantize."""
     from ...ir.network import Tensor
     from .plugins import lower_plugin
     value = layer.outputs[0]  # fp8 in the IR; the attention plugin itself outputs qkv's dtype
     plain = Tensor(value.name, layer.inputs[0].dtype, value.shape, value.network)
     part = Layer(LayerKind.PLUGIN, layer.name, list(layer.inputs[:-1]), [plain],
-                 {**layer.attrs, "name": "trtdsl.attention"}, layer.module_path)
+                 {**layer.attrs, "name": _ATTENTION_OF[layer.attrs["name"]]}, layer.module_path)
     (out,) = lower_plugin(ctx, part, ins[:-1])
     return [_to_fp8(ctx, layer, out, ins[-1])]

@@ -83,4 +83,5 @@ NATIVE_PLUGIN_LOWERINGS: dict[str, Emitter] = {
     "trtdsl.add_rms_norm_fp8": lower_add_rms_norm_fp8,
     "trtdsl.swiglu_fp8": lower_swiglu_fp8,
     "trtdsl.attention_fp8": lower_attention_fp8,  # the attention's TensorRT plugin, then the quantize layer
+    "trtdsl.attention_quant_kv_fp8": lower_attention_fp8,
 }

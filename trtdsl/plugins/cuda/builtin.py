@@ -47,13 +47,20 @@ def attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[
                            out_scale=out_scale)
 
 
-def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+def attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any],
+                            out_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``trtdsl.attention_quant_kv`` on CUDA; with ``out_scale`` its output's e4m3 codes
+    (``trtdsl.attention_quant_kv_fp8``)."""
     from ...quantization.kv_cache import K_BIAS_INPUT, quant_kv_attention_reference
     from .kv_quant_ops import KV_CODE_DTYPES, paged_attention_quant_kv
     qkv, seq_lens, past_lens, kv_cache = ins[0], ins[2], ins[3], ins[6]
     # What the kernels don't cover runs the reference (torch ops on the GPU: correct, slow).
     if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128) or kv_cache.dtype not in KV_CODE_DTYPES:
-        return quant_kv_attention_reference(ins, fields, hints)
+        out = quant_kv_attention_reference(ins, fields, hints)
+        if out_scale is None:
+            return out
+        from ...quantization.numerics import quantize_fp8
+        return quantize_fp8(out, out_scale)
     max_q, max_kv = hints.get("max_q_len"), hints.get("max_kv_len")
     if max_q is None or max_kv is None:
         max_q, max_kv = int(seq_lens.max()), int((seq_lens + past_lens).max())
@@ -61,7 +68,8 @@ def _attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hi
     k_bias = ins[K_BIAS_INPUT] if len(ins) > K_BIAS_INPUT else None  # kv_cache_center_k's mean key
     return paged_attention_quant_kv(*ins[:K_BIAS_INPUT], **kw, max_q_len=max(1, int(max_q)),
                                     max_kv_len=max(1, int(max_kv)),
-                                    k_rotation=fields.get("k_rotation", "none") == "hadamard", k_bias=k_bias)
+                                    k_rotation=fields.get("k_rotation", "none") == "hadamard", k_bias=k_bias,
+                                    out_scale=out_scale)
 
 
 def _add_rms_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> list:
@@ -87,7 +95,7 @@ def register_cuda_implementations() -> None:
     """Attach the CUDA kernels to their plugins (idempotent)."""
     from ...quantization import kv_cache  # registers trtdsl.attention_quant_kv
     get_plugin("trtdsl.attention").implementations["cuda"] = attention_cuda
-    get_plugin(kv_cache.ATTENTION_QUANT_KV).implementations["cuda"] = _attention_quant_kv_cuda
+    get_plugin(kv_cache.ATTENTION_QUANT_KV).implementations["cuda"] = attention_quant_kv_cuda
     get_plugin("trtdsl.add_rms_norm").implementations["cuda"] = _add_rms_norm_cuda
     get_plugin("trtdsl.swiglu").implementations["cuda"] = _swiglu_cuda
     try:

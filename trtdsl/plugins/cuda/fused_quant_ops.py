@@ -1,6 +1,6 @@
 """CUDA side of the fp8 activation fusion (``trtdsl/passes/fp8_act_fuse.py``): the quantizing RMSNorm /
-add+RMSNorm / SwiGLU kernels (``plugins_cuda/src/norm_quant.cu``), the attention writing codes (the fused
-decode kernel's ``out_scale``) and ``trtdsl.fp8_gemm`` on an
+add+RMSNorm / SwiGLU kernels (``plugins_cuda/src/norm_quant.cu``), the attentions writing codes (the fused
+decode kernel's ``out_scale``, over a float or a quantized cache) and ``trtdsl.fp8_gemm`` on an
 already-quantized (fp8) ``x``, which skips the quantizer kernel.
 
 Bitwise contract on the GPU: a fused network computes what the unfused one does there. The codes
@@ -167,6 +167,11 @@ def _attention_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
     return attention_cuda(ins[:-1], fields, hints, out_scale=ins[-1])
 
 
+def _attention_quant_kv_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
+    from .builtin import attention_quant_kv_cuda  # likewise over a quantized cache
+    return attention_quant_kv_cuda(ins[:-1], fields, hints, out_scale=ins[-1])
+
+
 def _fp8_gemm_with_codes(base: FusedImpl) -> FusedImpl:
     """``trtdsl.fp8_gemm``'s CUDA implementation: ``base`` (the quantizing one) for float ``x``, the
     quantizer-free path for codes."""
@@ -192,4 +197,5 @@ def register_fused_quant_implementations(fp8_gemm_impl: FusedImpl) -> None:
     get_plugin(fuse.ADD_RMS_NORM_FP8).implementations["cuda"] = _add_rms_norm_fp8_cuda
     get_plugin(fuse.SWIGLU_FP8).implementations["cuda"] = _swiglu_fp8_cuda
     get_plugin(fuse.ATTENTION_FP8).implementations["cuda"] = _attention_fp8_cuda
+    get_plugin(fuse.ATTENTION_QUANT_KV_FP8).implementations["cuda"] = _attention_quant_kv_fp8_cuda
     get_plugin(FP8_GEMM).implementations["cuda"] = _fp8_gemm_with_codes(fp8_gemm_impl)

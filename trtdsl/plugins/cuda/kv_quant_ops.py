@@ -19,7 +19,7 @@ from trtdsl.errors import PluginError
 from . import ops
 from ._lib import call
 from .ops import (_DTYPE_CODES, _HALF_TYPES, _ROPE_STYLES, KV_CODE_DTYPES, _check_k_bias, _check_rope,
-                  _check_scales, _check_step, _stream, decode_workspace)
+                  _check_scales, _check_static_scale, _check_step, _stream, decode_workspace)
 
 __all__ = ["paged_attention_quant_kv", "one_launch_decode_splits", "KV_CODE_DTYPES", "ONE_LAUNCH_DECODE"]
 
@@ -51,12 +51,15 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
                              rope_cos_sin, kv_scales, *, num_heads: int, num_kv_heads: int, head_dim: int,
                              layer_idx: int, tokens_per_block: int, softmax_scale: float, rotary_dim: int,
                              rope_style: str, max_q_len: int, max_kv_len: int,
-                             k_rotation: bool = False, k_bias: torch.Tensor | None = None) -> torch.Tensor:
+                             k_rotation: bool = False, k_bias: torch.Tensor | None = None,
+                             out_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``trtdsl.attention_quant_kv`` on CUDA: ``[tokens, num_heads * head_dim]`` in qkv's dtype.
 
     ``k_bias`` (float32 ``[num_kv_heads, head_dim]``, in the rotated basis with ``k_rotation``) is
     subtracted from every key before it is quantized and not added back: the scores of a query all
-    shift by ``q . k_bias``, which the softmax cancels."""
+    shift by ``q . k_bias``, which the softmax cancels. With ``out_scale`` (float32 ``[1]``, a static fp8
+    GEMM's input scale) it returns the output's e4m3 codes, bitwise ``quant_ops.quantize_fp8(out,
+    out_scale)``: the fused decode kernel writes them itself, the other paths quantize after."""
     op = "paged_attention_quant_kv"
     _check_step(op, qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_tables, kv_cache, num_heads,
                 num_kv_heads, head_dim, layer_idx, tokens_per_block, _HALF_TYPES, tuple(KV_CODE_DTYPES))
@@ -67,6 +70,8 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
         raise PluginError(f"{op}: need 1 <= max_q_len ({max_q_len}) <= max_kv_len ({max_kv_len})")
     per_head = _check_scales(op, kv_scales, num_kv_heads, qkv.device)
     _check_k_bias(op, k_bias, num_kv_heads, head_dim, qkv.device)
+    if out_scale is not None:
+        _check_static_scale(op, "out_scale", out_scale, qkv.device)
     code, kv_code = _DTYPE_CODES[qkv.dtype], KV_CODE_DTYPES[kv_cache.dtype]
     tokens, batch, stream = qkv.shape[0], seq_lens.shape[0], _stream(qkv)
     splits = one_launch_decode_splits(batch, num_heads, num_kv_heads, max_kv_len, qkv.device)
@@ -75,11 +80,11 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
                                 rope_cos_sin, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                                 layer_idx=layer_idx, tokens_per_block=tokens_per_block, softmax_scale=softmax_scale,
                                 rotary_dim=rotary_dim, rope_style=rope_style, splits=splits, kv_scales=kv_scales,
-                                k_rotation=k_rotation, k_bias=k_bias)
+                                k_rotation=k_rotation, k_bias=k_bias, out_scale=out_scale)
     q = qkv.new_empty(tokens, num_heads * head_dim)
     out = qkv.new_empty(tokens, num_heads * head_dim)
     if tokens == 0:
-        return out
+        return out if out_scale is None else out.to(torch.float8_e4m3fn)
     call("trtdsl_rope_kv_write_quant", qkv.data_ptr(), qkv.stride(0), q.data_ptr(), q.stride(0),
          kv_cache.data_ptr(), kv_cache.shape[1], position_ids.data_ptr(), past_lens.data_ptr(),
          cu_seqlens.data_ptr(), batch, block_tables.data_ptr(), block_tables.stride(0),
@@ -98,4 +103,7 @@ def paged_attention_quant_kv(qkv, position_ids, seq_lens, past_lens, cu_seqlens,
     else:
         call("trtdsl_context_attention_quant", *common, int(max_q_len), code, kv_code, kv_scales.data_ptr(),
              per_head, stream)
-    return out
+    if out_scale is None:
+        return out
+    from .quant_ops import quantize_fp8
+    return quantize_fp8(out, out_scale)

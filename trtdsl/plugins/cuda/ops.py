@@ -432,8 +432,6 @@ def decode_fused(qkv, position_ids, seq_lens, past_lens, cu_seqlens, block_table
                 tuple(KV_CODE_DTYPES) if quantized else None)
     per_head = 0
     if quantized:
-        if out_scale is not None:
-            raise PluginError(f"{op}: out_scale (fp8 output codes) is not supported with a quantized cache")
         per_head = _check_scales(op, kv_scales, num_kv_heads, qkv.device)
         _check_k_bias(op, k_bias, num_kv_heads, head_dim, qkv.device)
     elif k_rotation or k_bias is not None:
