@@ -93,9 +93,11 @@ def test_fused_attention_round_trips_and_checks_its_scale(llama: Path, tmp_path:
 
 
 @pytest.mark.parametrize("options", [{}, {"kv_cache_rotation": "hadamard", "kv_cache_center_k": True}])
-def test_attention_over_a_quantized_kv_cache_writes_codes(llama: Path, options: dict) -> None:
+def test_attention_over_a_quantized_kv_cache_writes_codes(llama: Path, options: dict, tmp_path: Path) -> None:
     """trtdsl.attention_quant_kv (with or without the rotation and the mean key) becomes
-    trtdsl.attention_quant_kv_fp8: the same network outputs, bit for bit, and the same cache."""
+    trtdsl.attention_quant_kv_fp8: the same network outputs, bit for bit, and the same cache, also
+    after an engine file round trip."""
+    from trtdsl.engine import Engine
     qnet, _ = _quantized(llama, "float32", kv_cache_dtype="fp8", **options)
     ids = torch.randint(0, VOCAB, (64,), generator=torch.Generator().manual_seed(2)).tolist()
     feeds = list(prefill_feeds(qnet, token_chunks(ids, 16, 4), batch_size=2))  # an fp8 pool
@@ -107,17 +109,20 @@ def test_attention_over_a_quantized_kv_cache_writes_codes(llama: Path, options: 
     assert names.count(fp8_act_fuse.ATTENTION_QUANT_KV_FP8) == 2 and "trtdsl.attention_quant_kv" not in names
     attn = next(g for g in qnet.layers if g.kind is LayerKind.PLUGIN and g.attrs["name"] == fp8_act_fuse.ATTENTION_QUANT_KV_FP8)
     assert len(attn.inputs) == (11 if options else 10) and attn.outputs[0].dtype.value == "fp8"
+    Engine(qnet).save(tmp_path / "e")
+    loaded = Engine.load(tmp_path / "e").network
+    assert _plugins(loaded).count(fp8_act_fuse.ATTENTION_QUANT_KV_FP8) == 2
     runs = []
-    for net in (unfused, qnet):
+    for net in (unfused, qnet, loaded):
         for feed in feeds:  # each network starts from empty pools
             feed["kv_cache"].zero_()
         executor = TorchExecutor(net)
         runs.append([(executor.run(feed), feed["kv_cache"].clone()) for feed in (feeds[0], feeds[-1])])
-    for (want, want_cache), (got, got_cache) in zip(*runs):
+    for (want, want_cache), *others in zip(*runs):
         assert want_cache.dtype == torch.float8_e4m3fn
-        assert torch.equal(got_cache.view(torch.uint8), want_cache.view(torch.uint8))
-        for name in want:
-            assert torch.equal(got[name], want[name]), name
+        for got, got_cache in others:
+            assert torch.equal(got_cache.view(torch.uint8), want_cache.view(torch.uint8))
+            assert all(torch.equal(got[name], want[name]) for name in want)
     with pytest.raises(ShapeError, match="expects trtdsl.attention_quant_kv's 9 or 10 inputs"):
         F.plugin(fp8_act_fuse.ATTENTION_QUANT_KV_FP8, attn.inputs[:-2], **attn.attrs["fields"])
 
