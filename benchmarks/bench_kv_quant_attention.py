@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode_attention import CACHE_BUDGET, D, H, KVH, TPB, graph_us_per_layer, make_case, unfused  # noqa: E402
+from bench_decode_attention import CACHE_BUDGET, D, H, KVH, TPB, graph_us_per_layer, make_case  # noqa: E402
 from common import device_slug, write_result  # noqa: E402
 
 from trtdsl.plugins.cuda import ops  # noqa: E402
@@ -45,14 +45,11 @@ def run_case(batch: int, ctx: int) -> dict:
     per_layer = batch * (-(-ctx // TPB)) * TPB * KVH * D * 2 * 2
     layers = max(1, min(8, CACHE_BUDGET // per_layer))
     step = make_case(batch, ctx, layers)
-    _, nbytes = ops.decode_workspace(batch, H, KVH, D, ctx)
-    ws = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    def bf16(layer: int) -> torch.Tensor:  # what paged_attention runs for this step
-        if not ops._use_fused_decode(batch, H, KVH, ctx, torch.device("cuda")):
-            return unfused(step, layer, ctx, ws)
-        return ops.decode_fused(**step, num_heads=H, num_kv_heads=KVH, head_dim=D, layer_idx=layer,
-                                tokens_per_block=TPB, softmax_scale=D ** -0.5, rotary_dim=D, rope_style="neox",
-                                max_kv_len=ctx)
+
+    def bf16(layer: int) -> torch.Tensor:  # the op itself: whichever kernels it dispatches to
+        return ops.paged_attention(**step, num_heads=H, num_kv_heads=KVH, head_dim=D, layer_idx=layer,
+                                   tokens_per_block=TPB, softmax_scale=D ** -0.5, rotary_dim=D, rope_style="neox",
+                                   max_q_len=1, max_kv_len=ctx)
 
     row: dict = dict(batch=batch, context=ctx, layers_in_graph=layers,
                      bf16_fused=ops._use_fused_decode(batch, H, KVH, ctx, torch.device("cuda")),

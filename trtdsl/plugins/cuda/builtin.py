@@ -26,6 +26,22 @@ __all__ = ["register_cuda_implementations", "cuda_layer_function", "attention_cu
 _HALF = (torch.float16, torch.bfloat16)
 
 
+def _codes_if(out: torch.Tensor, out_scale: torch.Tensor | None) -> torch.Tensor:
+    """A reference attention's output, or its e4m3 codes with ``out_scale`` (the ``*_fp8`` plugins)."""
+    if out_scale is None:
+        return out
+    from ...quantization.numerics import quantize_fp8
+    return quantize_fp8(out, out_scale)
+
+
+def _step_bounds(hints: dict[str, Any], seq_lens: torch.Tensor, past_lens: torch.Tensor) -> tuple[int, int]:
+    """(max_q_len, max_kv_len) from the host hints, else read from the device (a synchronization)."""
+    max_q, max_kv = hints.get("max_q_len"), hints.get("max_kv_len")
+    if max_q is None or max_kv is None:
+        max_q, max_kv = int(seq_lens.max()), int((seq_lens + past_lens).max())
+    return max(1, int(max_q)), max(1, int(max_kv))
+
+
 def attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any],
                    out_scale: torch.Tensor | None = None) -> torch.Tensor:
     """``trtdsl.attention`` on CUDA; with ``out_scale`` its output's e4m3 codes (``trtdsl.attention_fp8``)."""
@@ -33,18 +49,10 @@ def attention_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[
     from ..attention import reference
     qkv, _, seq_lens, past_lens = ins[0], ins[1], ins[2], ins[3]
     if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128):
-        out = reference(ins, fields, hints)  # fp32 / other head dims: the kernels don't cover them
-        if out_scale is None:
-            return out
-        from ...quantization.numerics import quantize_fp8
-        return quantize_fp8(out, out_scale)
-    max_q = hints.get("max_q_len")
-    max_kv = hints.get("max_kv_len")
-    if max_q is None or max_kv is None:
-        max_q = int(seq_lens.max())
-        max_kv = int((seq_lens + past_lens).max())
-    return paged_attention(*ins, **fields, max_q_len=max(1, int(max_q)), max_kv_len=max(1, int(max_kv)),
-                           out_scale=out_scale)
+        # fp32 / other head dims: the kernels don't cover them
+        return _codes_if(reference(ins, fields, hints), out_scale)
+    max_q, max_kv = _step_bounds(hints, seq_lens, past_lens)
+    return paged_attention(*ins, **fields, max_q_len=max_q, max_kv_len=max_kv, out_scale=out_scale)
 
 
 def attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any],
@@ -56,18 +64,11 @@ def attention_quant_kv_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hin
     qkv, seq_lens, past_lens, kv_cache = ins[0], ins[2], ins[3], ins[6]
     # What the kernels don't cover runs the reference (torch ops on the GPU: correct, slow).
     if qkv.dtype not in _HALF or fields["head_dim"] not in (64, 128) or kv_cache.dtype not in KV_CODE_DTYPES:
-        out = quant_kv_attention_reference(ins, fields, hints)
-        if out_scale is None:
-            return out
-        from ...quantization.numerics import quantize_fp8
-        return quantize_fp8(out, out_scale)
-    max_q, max_kv = hints.get("max_q_len"), hints.get("max_kv_len")
-    if max_q is None or max_kv is None:
-        max_q, max_kv = int(seq_lens.max()), int((seq_lens + past_lens).max())
+        return _codes_if(quant_kv_attention_reference(ins, fields, hints), out_scale)
+    max_q, max_kv = _step_bounds(hints, seq_lens, past_lens)
     kw = {k: v for k, v in fields.items() if k not in ("kv_cache_dtype", "k_rotation")}
     k_bias = ins[K_BIAS_INPUT] if len(ins) > K_BIAS_INPUT else None  # kv_cache_center_k's mean key
-    return paged_attention_quant_kv(*ins[:K_BIAS_INPUT], **kw, max_q_len=max(1, int(max_q)),
-                                    max_kv_len=max(1, int(max_kv)),
+    return paged_attention_quant_kv(*ins[:K_BIAS_INPUT], **kw, max_q_len=max_q, max_kv_len=max_kv,
                                     k_rotation=fields.get("k_rotation", "none") == "hadamard", k_bias=k_bias,
                                     out_scale=out_scale)
 

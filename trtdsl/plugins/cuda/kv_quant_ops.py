@@ -41,9 +41,9 @@ def one_launch_decode_splits(batch: int, num_heads: int, num_kv_heads: int, max_
     if not ONE_LAUNCH_DECODE:
         return 0
     splits = ops.FUSED_DECODE_SPLITS or ops.decode_fused_splits(batch, num_heads, num_kv_heads, max_kv_len, device)
-    groups = -(-(num_heads // num_kv_heads) // ops._FUSED_ROWS)
-    warps = batch * num_kv_heads * groups * splits * ops._FUSED_WARPS
-    tiles_per_warp = -(-(-(-max(1, max_kv_len) // ops._FUSED_TILE_KEYS)) // (splits * ops._FUSED_WARPS))
+    blocks, tiles = ops.fused_decode_shape(batch, num_heads, num_kv_heads, max_kv_len)
+    warps = blocks * splits * ops._FUSED_WARPS
+    tiles_per_warp = -(-tiles // (splits * ops._FUSED_WARPS))
     return splits if tiles_per_warp <= 4 or warps >= 1024 else 0
 
 

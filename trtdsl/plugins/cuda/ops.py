@@ -18,7 +18,7 @@ from trtdsl.errors import PluginError
 from ._lib import call, register_signatures
 
 __all__ = ["rmsnorm", "swiglu", "rope_kv_write", "context_attention", "decode_attention", "decode_fused",
-           "decode_fused_splits", "paged_attention"]
+           "decode_fused_splits", "fused_decode_shape", "paged_attention"]
 
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 #: quantized K/V cache dtype -> the C ABI's dtype code (plugins_cuda/include/trtdsl/common.cuh)
@@ -366,6 +366,13 @@ _FUSED_WARPS = 4       # kFusedWarps
 _FUSED_ROWS = 16       # kFusedRows: query heads of one kv head per block
 
 
+def fused_decode_shape(batch: int, num_heads: int, num_kv_heads: int, max_kv_len: int) -> tuple[int, int]:
+    """(blocks of the fused decode kernel with one block per sequence and kv head group, key tiles of
+    the longest sequence) for these host-side bounds."""
+    groups = -(-(num_heads // num_kv_heads) // _FUSED_ROWS)
+    return max(1, batch * num_kv_heads * groups), (max(1, max_kv_len) - 1) // _FUSED_TILE_KEYS + 1
+
+
 @lru_cache(maxsize=None)
 def _sm_info(device: torch.device) -> tuple[int, int]:
     """(compute capability major, SM count) of a CUDA device."""
@@ -386,9 +393,8 @@ def decode_fused_splits(batch: int, num_heads: int, num_kv_heads: int, max_kv_le
     major, sms = _sm_info(torch.device(device))
     if major < 9:
         return 1
-    groups = -(-(num_heads // num_kv_heads) // _FUSED_ROWS)
-    room = (sms // 2) // max(1, batch * num_kv_heads * groups)
-    tiles = (max(1, max_kv_len) - 1) // _FUSED_TILE_KEYS + 1
+    blocks, tiles = fused_decode_shape(batch, num_heads, num_kv_heads, max_kv_len)
+    room = (sms // 2) // blocks
     if room < 2 or tiles <= 2 * _FUSED_WARPS:
         return 1
     return min(_FUSED_MAX_SPLITS, room, -(-tiles // _FUSED_WARPS))
