@@ -176,11 +176,12 @@ class OurEngine:
 
 def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """A benchmark quantization spec -> (mode, QuantConfig options):
-    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE]``, e.g. ``int4_awq:g64:head`` = int4_awq with groups of
+    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE][:center=norm|all]``, e.g. ``int4_awq:g64:head`` = int4_awq with groups of
     64 and the LM head quantized too (the default keeps it bf16, as TensorRT-LLM does),
     ``fp8:head=int8_wo`` = fp8 with an int8 weight-only LM head (``mode_overrides``), ``fp8:kv=fp8`` = fp8
     with an fp8 K/V cache (per-head scales), ``bf16:kv=int8`` = bf16 weights with an int8 cache (mode
-    None); the group size defaults to 128."""
+    None), ``fp8:center=norm`` = fp8 with the norms' outputs centered (``fp8_center_inputs``); the group
+    size defaults to 128."""
     mode, *flags = spec.split(":")
     options: dict[str, Any] = {"group_size": 128}
     for flag in flags:
@@ -191,10 +192,13 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
         elif flag.startswith("head="):
             options["exclude"] = ()
             options["mode_overrides"] = (("*lm_head*", flag[len("head="):]),)
+        elif flag.startswith("center="):
+            options["fp8_center_inputs"] = flag[len("center="):]
         elif re.fullmatch(r"g\d+", flag):
             options["group_size"] = int(flag[1:])
         else:
-            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE or kv=DTYPE)")
+            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE, kv=DTYPE or "
+                             f"center=norm|all)")
     return mode, options
 
 
@@ -216,6 +220,10 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
             stats.abs_sum[site.x.name] = torch.full((k,), 0.5, device=dev)
             stats.rows[site.x.name] = 1
             stats.samples[site.x.name] = torch.randn(16, k, device=dev)
+            # per-channel sum / min / max (fp8_center_inputs): small means, the same range
+            stats.channels[site.x.name] = torch.stack([0.1 * torch.randn(k, device=dev).double(),
+                                                       -torch.ones(k, device=dev).double(),
+                                                       torch.ones(k, device=dev).double()])
     if options.get("kv_cache_dtype"):  # K / V ranges of every attention layer (the cache's scales)
         for layer in net.layers:
             if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:

@@ -53,10 +53,15 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #: (label, mode, kv_cache_dtype, options, allowed perplexity increase in %)
 CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = [
-    ("fp8", "fp8", None, {}, 1.0),
+    # fp8 centers the norms' outputs by default (fp8_center_inputs=None -> "norm"); these rows do not
+    ("fp8", "fp8", None, {"fp8_center_inputs": "none"}, 1.0),
     ("fp8 (dynamic activations)", "fp8", None, {"fp8_dynamic": True}, 1.0),
-    ("fp8 + GPTQ", "fp8", None, {"gptq": True}, 1.0),
+    ("fp8 + GPTQ", "fp8", None, {"gptq": True, "fp8_center_inputs": "none"}, 1.0),
     ("fp8 + GPTQ (dynamic activations)", "fp8", None, {"gptq": True, "fp8_dynamic": True}, 1.0),
+    # Inputs centered on their calibrated per-channel mean, W mean added back as a float bias.
+    ("fp8, norm outputs centered", "fp8", None, {"fp8_center_inputs": "norm"}, 1.0),
+    ("fp8 + GPTQ, norm outputs centered", "fp8", None, {"gptq": True, "fp8_center_inputs": "norm"}, 1.0),
+    ("fp8 + GPTQ, inputs centered", "fp8", None, {"gptq": True, "fp8_center_inputs": "all"}, 1.0),
     # One activation scale per token and block of 32 / 64 channels (DeepSeek-V3-style 1 x G blocks).
     ("fp8 + GPTQ (dynamic activations, blocks of 32)", "fp8", None,
      {"gptq": True, "fp8_dynamic": True, "fp8_act_group_size": 32}, 1.0),
@@ -64,7 +69,7 @@ CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = 
      {"gptq": True, "fp8_dynamic": True, "fp8_act_group_size": 64}, 1.0),
     # The most sensitive GEMM groups (ranked on calibration text, docs/quantization.md) stay in float.
     ("fp8 + GPTQ, 5 % of GEMM weights in float by sensitivity", "fp8", None,
-     {"gptq": True, "float_fraction": 0.05, "sensitivity_steps": 1}, 1.0),
+     {"gptq": True, "float_fraction": 0.05, "sensitivity_steps": 1, "fp8_center_inputs": "none"}, 1.0),
     ("int8_wo", "int8_wo", None, {"group_size": 0}, 0.5),
     ("int4_wo (RTN, g32)", "int4_wo", None, {"group_size": 32}, None),
     ("int4_awq (g32)", "int4_awq", None, {"group_size": 32}, 5.0),
@@ -210,7 +215,8 @@ def cached_calibration(path: Path | None, net: Any, feeds: list, calib: list[lis
     key = fingerprint([torch.tensor(c) for c in calib])
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=False)
-        if saved["tokens"] == key and (saved["stats"].xtx or not hessians):
+        fresh = bool(getattr(saved["stats"], "channels", None))  # older caches lack the channel means
+        if saved["tokens"] == key and fresh and (saved["stats"].xtx or not hessians):
             print(f"calibration statistics from {path}", flush=True)
             return saved["stats"]
     stats = calibrate(net, feeds, hessians=hessians)

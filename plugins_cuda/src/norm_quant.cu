@@ -5,14 +5,20 @@
 using namespace trtdsl;
 
 extern "C" int trtdsl_rmsnorm_fp8(const void* x, const void* residual, const void* weight, const float* input_scale,
-                                  void* out, void* residual_out, int64_t rows, int64_t hidden, int64_t xs, int64_t rs,
-                                  int64_t os, int64_t ros, float eps, int dtype, cudaStream_t stream) {
+                                  const void* mean, void* out, void* residual_out, int64_t rows, int64_t hidden,
+                                  int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, int dtype,
+                                  cudaStream_t stream) {
   if (!x || !weight || !input_scale || !out || (residual && !residual_out)) return kErrNullPointer;
   if (rows < 0 || hidden <= 0 || hidden > kRmsnormMaxHidden || rows > 0x7fffffff) return kErrShape;
   if (xs < hidden || os < hidden || (residual && (rs < hidden || ros < hidden))) return kErrShape;
   auto* o = static_cast<Fp8*>(out);
   switch (dtype) {
 #define TRTDSL_RMS_FP8(T)                                                                                      \
+  if (mean)                                                                                                    \
+    return launch_rmsnorm<T, StoreFp8Centered<T>>(                                                             \
+        static_cast<const T*>(x), static_cast<const T*>(residual), static_cast<const T*>(weight), o,           \
+        static_cast<T*>(residual_out), rows, hidden, xs, rs, os, ros, eps, stream,                             \
+        CenteredFp8Arg<T>{input_scale, static_cast<const T*>(mean)});                                          \
   return launch_rmsnorm<T, StoreFp8<T>>(static_cast<const T*>(x), static_cast<const T*>(residual),            \
                                         static_cast<const T*>(weight), o, static_cast<T*>(residual_out),       \
                                         rows, hidden, xs, rs, os, ros, eps, stream, input_scale)

@@ -3,7 +3,8 @@
 torch quantizer (``numerics.quantize_fp8``) of the unfused kernels' outputs, and to the quantizer
 kernel's; odd sizes (scalar paths), saturating scales, fp32 / fp16 / bf16; the GEMM on codes bitwise
 the quantizing GEMM (GEMV and cuBLASLt row counts); a fused fp8 tiny Llama bitwise the unfused one on
-the GPU."""
+the GPU; centered inputs (``fp8_center_inputs``): the norm's codes of ``normed - mean`` and the GEMV's
+bias bitwise the unfused subtraction / add, and a centered fused tiny Llama bitwise the unfused one."""
 
 from __future__ import annotations
 
@@ -46,23 +47,58 @@ def _same_codes(got: torch.Tensor, y: torch.Tensor, scale: torch.Tensor) -> None
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("rows", [1, 5])
 @pytest.mark.parametrize("residual", [False, True])
-def test_rmsnorm_fp8_codes(dtype: torch.dtype, hidden: int, rows: int, residual: bool) -> None:
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsnorm_fp8_codes(dtype: torch.dtype, hidden: int, rows: int, residual: bool, centered: bool) -> None:
+    """Centered (a mean given): the codes of (the plain kernel's output - mean), rounded to dtype first."""
     from trtdsl.plugins.cuda import rmsnorm
     from trtdsl.plugins.cuda.fused_quant_ops import rmsnorm_fp8
     g = torch.Generator(device="cuda").manual_seed(hidden * 7 + rows)
     x = torch.randn(rows, hidden, device="cuda", generator=g).to(dtype) * 2
     res = torch.randn(rows, hidden, device="cuda", generator=g).to(dtype) if residual else None
     w = (torch.rand(hidden, device="cuda", generator=g) + 0.5).to(dtype)
+    mean = (torch.randn(hidden, device="cuda", generator=g) * 2).to(dtype) if centered else None
     want = rmsnorm(x, w, 1e-5, residual=res)
     y = want[0] if residual else want
+    y = y - mean if centered else y
     for headroom in (1.2, 0.5):
         scale = _scale_for(y, headroom)
-        got = rmsnorm_fp8(x, w, scale, 1e-5, residual=res)
+        got = rmsnorm_fp8(x, w, scale, 1e-5, residual=res, mean=mean)
         codes = got[0] if residual else got
         _same_codes(codes, y, scale)
         if residual:
             assert torch.equal(got[1], want[1])
     assert float(codes.float().abs().max()) == FP8_MAX  # headroom 0.5 saturated
+
+
+@fp8
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [1, 3, 8, 17])
+def test_fp8_gemm_on_codes_adds_its_bias_as_an_add_would(dtype: torch.dtype, m: int) -> None:
+    """bias: the GEMV's epilogue (CUDA-core and tensor-core configs) and cuBLASLt + torch add (m = 17)
+    equal the GEMM without bias followed by a torch add, bit for bit."""
+    from trtdsl.plugins.cuda.builtin import register_cuda_implementations
+    from trtdsl.plugins.cuda.quant_ops import FP8_TC_CONFIGS, fp8_gemv
+    from trtdsl.plugins.registry import get_plugin
+    from trtdsl.quantization.plugins import FP8_GEMM
+    register_cuda_implementations()
+    n, k = 200, 1024
+    g = torch.Generator(device="cuda").manual_seed(m)
+    w = torch.randn(n, k, device="cuda", generator=g)
+    ws = w.abs().amax(1) / FP8_MAX
+    wq = quantize_fp8(w, ws[:, None])
+    x = torch.randn(m, k, device="cuda", generator=g).to(dtype)
+    s = _scale_for(x, 0.8)
+    bias = (torch.randn(n, device="cuda", generator=g) * 3).to(dtype)
+    xq = quantize_fp8(x, s)
+    impl = get_plugin(FP8_GEMM).implementations["cuda"]
+    fields = {"out_dtype": DType(str(dtype).split(".")[1])}
+    assert torch.equal(impl([xq, wq, ws, s, bias], fields, {}), impl([xq, wq, ws, s], fields, {}) + bias)
+    if m <= 8:
+        for config in (1, *FP8_TC_CONFIGS):
+            plain = fp8_gemv(xq, wq, s, ws, dtype, config)
+            assert torch.equal(fp8_gemv(xq, wq, s, ws, dtype, config, bias=bias), plain + bias), config
+    with pytest.raises(PluginError, match="bias"):
+        fp8_gemv(xq[:1].contiguous(), wq, s, ws, dtype, 1, bias=bias.float())
 
 
 @cuda
@@ -114,6 +150,9 @@ def test_bad_inputs_are_plugin_errors() -> None:
         rmsnorm_fp8(x, torch.ones(64, device="cuda").float(), torch.ones(1, device="cuda"))
     with pytest.raises(PluginError, match="even"):
         swiglu_fp8(x[:, :63].contiguous(), torch.ones(1, device="cuda"))
+    with pytest.raises(PluginError, match="mean has 3 elements"):
+        rmsnorm_fp8(x, torch.ones(64, device="cuda").half(), torch.ones(1, device="cuda"),
+                    mean=torch.zeros(3, device="cuda").half())
 
 
 @fp8
@@ -141,9 +180,9 @@ def test_fp8_gemm_on_codes_is_the_quantizing_gemm(dtype: torch.dtype, m: int, n:
 
 @fp8
 @pytest.mark.parametrize("chunk,batch", [(2, 1), (16, 2)])  # FP8 GEMV rows / cuBLASLt rows
-@pytest.mark.parametrize("kv", [None, "fp8"])  # a quantized cache: trtdsl.attention_quant_kv_fp8
-def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk: int, batch: int,
-                                                           kv: str | None) -> None:
+@pytest.mark.parametrize("kv,center", [(None, "none"), ("fp8", "none"), (None, "norm")])  # quantized cache:
+def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk: int, batch: int,  # attention_quant_kv_fp8
+                                                           kv: str | None, center: str) -> None:
     transformers = pytest.importorskip("transformers")
     from trtdsl.backends.torch_executor import TorchExecutor
     from trtdsl.models import from_hugging_face
@@ -157,7 +196,7 @@ def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk
                                                                 max_seq_len=64, tokens_per_block=16)
     ids = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(1)).tolist()
     qnet = quantize_network(net, "fp8", calibration_feeds=list(prefill_feeds(net, token_chunks(ids, 16, 4), 2)),
-                            progress=False, kv_cache_dtype=kv)
+                            progress=False, kv_cache_dtype=kv, fp8_center_inputs=center)
     unfused = clone_network(qnet)
     optimize(unfused, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
     assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 8

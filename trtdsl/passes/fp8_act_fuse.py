@@ -11,8 +11,10 @@ means "already quantized with ``input_scale``"; its field ``out_dtype`` keeps th
 ============================  =======================================  ======================================
 plugin                        inputs                                   outputs
 ============================  =======================================  ======================================
-``trtdsl.rms_norm_fp8``       ``x``, ``weight``, ``input_scale [1]``   codes of ``rms_norm(x) * weight``
-``trtdsl.add_rms_norm_fp8``   ``a``, ``b``, ``weight``, ``input_scale``  codes of the norm of ``a + b``, ``a + b``
+``trtdsl.rms_norm_fp8``       ``x``, ``weight``, ``input_scale [1]``,  codes of ``rms_norm(x) * weight``
+                              optional ``mean [k]``                    (``- mean``)
+``trtdsl.add_rms_norm_fp8``   ``a``, ``b``, ``weight``, ``input_scale``,  codes of the norm of ``a + b``
+                              optional ``mean [k]``                    (``- mean``), ``a + b``
 ``trtdsl.swiglu_fp8``         ``x = [gate | up]``, ``input_scale``      codes of ``silu(gate) * up``
 ``trtdsl.attention_fp8``      the attention's 8, ``input_scale``        codes of the attention's output
 ``trtdsl.attention_quant_kv   attention_quant_kv's 9 or 10,             codes of the attention's output
@@ -28,6 +30,13 @@ first), then ``numerics.quantize_fp8``, the rounding the fp8_gemm reference appl
 networks agree bit for bit on the torch backend, and the CUDA kernels (``plugins_cuda/src/
 norm_quant.cu``) reproduce the unfused kernels' codes bit for bit.
 
+Centered inputs (``QuantConfig.fp8_center_inputs``): a norm whose only reader subtracts a constant
+per-channel mean before static fp8 GEMMs takes the mean as its last input (the subtraction goes; the
+difference is rounded to the activation dtype as the subtraction did), and a GEMM on codes whose only
+reader adds a constant ``[n]`` vector (the centered input's ``W mean``, or a Linear's own bias) takes it
+as a fifth input, ``bias``, added to the rounded output in its epilogue. The SwiGLU and attention
+producers take no mean: their centered inputs stay a subtraction and the GEMM's own quantizer.
+
 Left alone: dynamic (per-token) fp8 GEMMs, a value with any other consumer or that is a network
 output, GEMMs whose ``input_scale`` constants differ, and inputs that are not float.
 """
@@ -38,6 +47,7 @@ from typing import Any
 
 import torch
 
+from .. import functional as F
 from ..dtypes import DType
 from ..errors import DTypeError, ShapeError
 from ..ir.network import Layer, LayerKind, Network, Tensor
@@ -46,7 +56,9 @@ from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization import kv_cache
 from ..quantization.numerics import quantize_fp8
 from ..quantization.plugins import FP8_GEMM
+from ..quantization.graph import constant_source
 from . import fused_plugins
+from .dce import eliminate_dead_code
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
 
 __all__ = ["RMS_NORM_FP8", "ADD_RMS_NORM_FP8", "SWIGLU_FP8", "ATTENTION_FP8", "ATTENTION_QUANT_KV_FP8",
@@ -81,13 +93,26 @@ def _check_inputs(plugin: str, ins: list, count: int, floats: int) -> None:
            f"per-tensor scale), got {tuple(scale.shape)}", ins)
 
 
+def _check_mean(plugin: str, ins: list, count: int) -> None:
+    """The ``count`` inputs of the norm (``input_scale`` last), then optionally its ``mean [k]``."""
+    _check(len(ins) in (count, count + 1), plugin, f"expects {count} inputs (or {count + 1} with a mean), "
+           f"got {len(ins)}", ins)
+    _check_inputs(plugin, ins[:count], count, count - 1)
+    if len(ins) == count + 1:
+        mean, width = ins[-1], ins[0].shape[-1] if ins[0].shape else None
+        _check(mean.dtype is ins[0].dtype, plugin, f"mean {mean.name!r} must have the activation's dtype "
+               f"{ins[0].dtype.value}, got {mean.dtype.value}", ins, DTypeError)
+        _check(tuple(mean.shape) == (width,), plugin, f"mean {mean.name!r} must be [{width}], got "
+               f"{tuple(mean.shape)}", ins)
+
+
 def _rms_norm_fp8_shape(ins: list, fields: dict) -> list:
-    _check_inputs(RMS_NORM_FP8, ins, 3, 2)
+    _check_mean(RMS_NORM_FP8, ins, 3)
     return [(DType.fp8, ins[0].shape)]
 
 
 def _add_rms_norm_fp8_shape(ins: list, fields: dict) -> list:
-    _check_inputs(ADD_RMS_NORM_FP8, ins, 4, 3)
+    _check_mean(ADD_RMS_NORM_FP8, ins, 4)
     a, b = ins[0], ins[1]
     _check(tuple(a.shape) == tuple(b.shape), ADD_RMS_NORM_FP8, "a and b must have the same shape", ins)
     return [(DType.fp8, a.shape), (a.dtype, a.shape)]
@@ -122,20 +147,28 @@ def _norm_fields(fields: dict) -> dict:
     return {"axes": fields["axes"], "epsilon": fields["epsilon"]}
 
 
+def _centered_codes(normed: torch.Tensor, scale: torch.Tensor, mean: list) -> torch.Tensor:
+    """e4m3 codes of ``normed`` (or of ``normed - mean``, rounded to normed's dtype as the subtraction
+    layer rounds it) with ``scale``."""
+    return quantize_fp8(normed - mean[0] if mean else normed, scale)
+
+
 def rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
-    """The RMSNorm layer's result (in x's dtype), then its e4m3 codes with ``input_scale``."""
+    """The RMSNorm layer's result (in x's dtype; minus ``mean`` when given), then its e4m3 codes with
+    ``input_scale``."""
     from ..backends.torch_layers import LAYER_FUNCTIONS
-    x, weight, scale = ins
+    x, weight, scale, *mean = ins
     layer = Layer(LayerKind.NORMALIZATION, "rms_norm_fp8", [], [], {"kind": "rms", **_norm_fields(fields)})
     (normed,) = LAYER_FUNCTIONS[LayerKind.NORMALIZATION](layer, [x, weight], {}, fused_plugins._CTX)
-    return quantize_fp8(normed, scale)
+    return _centered_codes(normed, scale, mean)
 
 
 def add_rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> list:
-    """``trtdsl.add_rms_norm``'s outputs, the normalized one as e4m3 codes of ``normed / input_scale``."""
-    a, b, weight, scale = ins
+    """``trtdsl.add_rms_norm``'s outputs, the normalized one (minus ``mean`` when given) as e4m3 codes of
+    ``normed / input_scale``."""
+    a, b, weight, scale, *mean = ins
     normed, total = fused_plugins.add_rms_norm_reference([a, b, weight], _norm_fields(fields), hints or {})
-    return [quantize_fp8(normed, scale), total]
+    return [_centered_codes(normed, scale, mean), total]
 
 
 def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
@@ -233,12 +266,61 @@ def _fields_of(layer: Layer, plugin: str) -> dict[str, Any]:
     return {"axes": tuple(source["axes"]), "epsilon": source["epsilon"]}
 
 
+def _vector_constant(net: Network, t: Tensor, width: Any, dtype: DType) -> Tensor | None:
+    """A ``[width]`` constant tensor of ``dtype`` holding ``t``'s values when ``t`` is a constant of shape
+    ``[1, ..., 1, width]`` (constant folding leaves broadcast vectors in that shape), else None."""
+    src = constant_source(t)
+    if src is None or not isinstance(width, int) or src.outputs[0].dtype is not dtype:
+        return None
+    value = src.attrs.get("value")
+    if not isinstance(value, torch.Tensor) or value.numel() != width or value.shape[-1] != width:
+        return None
+    if tuple(src.outputs[0].shape) == (width,):
+        return src.outputs[0]
+    with net.scope():
+        return F.constant(value.reshape(width), dtype, name=f"{src.outputs[0].name}.vector")
+
+
+def _centering(net: Network, value: Tensor, readers: list[Layer]) -> tuple[Layer, Tensor] | None:
+    """``(subtraction, mean [k])`` when ``value``'s only reader subtracts a constant per-channel mean of
+    its dtype from it (a centered fp8 GEMM input, ``QuantConfig.fp8_center_inputs``); else None."""
+    if len(readers) != 1:
+        return None
+    sub = readers[0]
+    if sub.kind is not LayerKind.ELEMENTWISE or sub.attrs.get("op") != "sub" or sub.inputs[0] is not value \
+            or sub.inputs[1] is value or tuple(sub.outputs[0].shape) != tuple(value.shape):
+        return None
+    mean = _vector_constant(net, sub.inputs[1], value.shape[-1] if value.shape else None, value.dtype)
+    return None if mean is None else (sub, mean)
+
+
+def _fold_bias(net: Network, gemm: Layer, users: dict[int, list[Layer]], outs: set[int]) -> bool:
+    """Move a constant ``[n]`` add after a GEMM on codes into the GEMM (its fifth input, ``bias``)."""
+    y = gemm.outputs[0]
+    readers = users.get(id(y), [])
+    if len(readers) != 1 or id(y) in outs or len(gemm.inputs) != 4:
+        return False
+    add = readers[0]
+    if add.kind is not LayerKind.ELEMENTWISE or add.attrs.get("op") != "sum" or len(add.inputs) != 2 or \
+            tuple(add.outputs[0].shape) != tuple(y.shape) or add.inputs[0] is add.inputs[1]:
+        return False
+    other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    bias = _vector_constant(net, other, y.shape[-1] if y.shape else None, y.dtype)
+    if bias is None:
+        return False
+    gemm.inputs = [*gemm.inputs, bias]
+    total = add.outputs[0]
+    total.producer, gemm.outputs = gemm, [total]
+    add.inputs, add.outputs = [], []
+    return True
+
+
 def fuse_fp8_activations(net: Network) -> int:
     """Quantize in the producers of static fp8 GEMM inputs (in place); returns how many producers
     were replaced."""
     users = consumers(net)
     outs = output_ids(net)
-    fused = 0
+    fused, gemms = 0, []
     for layer in list(net.layers):
         found = _quantized_output(layer)
         if found is None:
@@ -247,18 +329,36 @@ def fuse_fp8_activations(net: Network) -> int:
         if id(value) in outs or value.dtype not in _FLOAT:
             continue
         readers = users.get(id(value), [])
-        scale = _shared_scale(value, readers)
+        centered = _centering(net, value, readers) if plugin in (RMS_NORM_FP8, ADD_RMS_NORM_FP8) else None
+        target = value  # what the GEMMs read: the subtraction's output when centered
+        if centered is not None:
+            sub, mean = centered
+            target = sub.outputs[0]
+            if id(target) in outs:
+                continue
+            readers = users.get(id(target), [])
+        scale = _shared_scale(target, readers)
         if scale is None:
             continue
         fields = _fields_of(layer, plugin)
-        layer.inputs = [*layer.inputs, scale]
+        layer.inputs = [*layer.inputs, scale] + ([mean] if centered else [])
         layer.kind = LayerKind.PLUGIN
         layer.attrs = {"name": plugin, "version": "1", "fields": fields}
+        if centered:  # the norm writes the subtraction's output; the subtraction goes
+            target.producer = layer
+            layer.outputs = [target, *layer.outputs[1:]]
+            sub.inputs, sub.outputs = [], []
+            value = target
         for gemm in readers:
             gemm.attrs = {**gemm.attrs, "fields": {**gemm.attrs.get("fields", {}), "out_dtype": value.dtype}}
         value.dtype = DType.fp8  # its only readers are the GEMMs just told so
+        gemms += readers
         fused += 1
     if fused:
-        toposort(net)  # the scale constant may have been placed after the producer
+        for gemm in gemms:
+            _fold_bias(net, gemm, users, outs)
+        net.layers = [la for la in net.layers if la.outputs]  # the subtractions and adds folded in
+        toposort(net)  # the scale (and new mean / bias) constants may have been placed after their readers
+        eliminate_dead_code(net)  # the broadcast copies of folded means / biases
         sync_bookkeeping(net)
     return fused

@@ -89,6 +89,8 @@ class CalibrationStats:
     amax: dict[str, torch.Tensor] = field(default_factory=dict)  # [k] max |x| per channel
     abs_sum: dict[str, torch.Tensor] = field(default_factory=dict)  # [k] sum |x| per channel
     rows: dict[str, int] = field(default_factory=dict)  # tokens seen
+    # [3, k] float64 per channel: the signed sum, min and max (fp8_center_inputs' mean and range)
+    channels: dict[str, torch.Tensor] = field(default_factory=dict)
     samples: dict[str, torch.Tensor] = field(default_factory=dict)  # [<= max_rows, k]
     # [k, k] float64 sum of x^T x over every row (only when collected with hessians=True): GPTQ needs
     # the full Hessian, since a few hundred sampled rows of a 1536-wide input under-determine it.
@@ -107,6 +109,18 @@ class CalibrationStats:
 
     def abs_mean(self, name: str) -> torch.Tensor:
         return self.abs_sum[name] / max(self.rows[name], 1)
+
+    def channel_mean(self, name: str) -> torch.Tensor | None:
+        """The signed per-channel mean ``[k]`` (float64) of ``name``, or ``None`` for statistics
+        collected before it was kept."""
+        channels = getattr(self, "channels", {}).get(name)  # getattr: statistics pickled before the field
+        return None if channels is None else channels[0] / max(self.rows[name], 1)
+
+    def centered_amax(self, name: str, mean: torch.Tensor) -> torch.Tensor:
+        """``max |x - mean|`` over every row and channel of ``name`` (a float64 scalar), from the
+        per-channel min and max."""
+        lo, hi = self.channels[name][1], self.channels[name][2]
+        return torch.maximum(hi - mean, mean - lo).max()
 
     def second_moment(self, name: str) -> torch.Tensor | None:
         """``X^T X / N`` (float64 ``[k, k]``) over every calibration row of ``name``, or ``None``
@@ -203,6 +217,12 @@ def _accumulate(stats: CalibrationStats, name: str, x: torch.Tensor, max_rows: i
     if hessian:  # float32 product of one step's rows, float64 sum over steps
         xtx = (x.T @ x).double()
         stats.xtx[name] = xtx if name not in stats.xtx else stats.xtx[name] + xtx
+    channels = torch.stack([x.double().sum(dim=0), x.amin(dim=0).double(), x.amax(dim=0).double()])
+    if name in stats.channels:
+        prev = stats.channels[name]
+        channels = torch.stack([prev[0] + channels[0], torch.minimum(prev[1], channels[1]),
+                                torch.maximum(prev[2], channels[2])])
+    stats.channels[name] = channels
     amax, total = x.abs().amax(dim=0), x.abs().sum(dim=0)
     if name in stats.amax:
         amax, total = torch.maximum(stats.amax[name], amax), stats.abs_sum[name] + total

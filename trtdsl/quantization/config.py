@@ -42,6 +42,16 @@ class QuantConfig:
             many channels (DeepSeek-V3's 1 x 128 blocks; must divide every quantized GEMM's input
             width) instead of one per token; 0 = per token. The reference (CPU) implements it; the
             CUDA executor runs such GEMMs through the reference for now and TensorRT refuses them.
+        fp8_center_inputs: which static fp8 GEMM inputs are centered on their calibrated per-channel
+            mean ``mu`` before quantization: ``"none"``, ``"norm"`` (inputs a normalization layer
+            makes: qkv's and gate_up's, whose norm weights give channels large offsets) or ``"all"``;
+            ``None`` = ``"norm"`` for static fp8 (on the GPU it costs no kernel: the quantizing norm
+            subtracts, the GEMV adds the bias), ``"none"`` otherwise.
+            The GEMM quantizes ``x - mu`` (with the centered range's scale) and adds ``W mu`` back as a
+            float bias computed with the float weights, so the weights' rounding error along ``mu``
+            cancels too. e4m3's error is relative to each value, so a channel that sits far from
+            zero loses most where its offset is large against its spread. With ``"norm"`` the other
+            static GEMMs get that bias correction alone: ``(W - dequantized codes) mean``.
         kv_cache_headroom: the K/V scales are ``headroom * max|calibrated| / qmax``: > 1 leaves room
             for values larger than calibration saw (fewer saturate), < 1 spends int8 codes on the bulk
             of the values (more saturate).
@@ -122,6 +132,7 @@ class QuantConfig:
     fp8_per_channel_weights: bool = True
     fp8_dynamic: bool = False
     fp8_act_group_size: int = 0
+    fp8_center_inputs: str | None = None
     kv_cache_scales: str = "head"
     kv_cache_headroom: float = 1.0
     kv_cache_rotation: str = "none"
@@ -206,6 +217,11 @@ class QuantConfig:
         if self.fp8_act_group_size < 0 or (self.fp8_act_group_size and not (self.mode == "fp8" and self.fp8_dynamic)):
             problems.append(f"fp8_act_group_size {self.fp8_act_group_size} must be >= 0 and needs mode 'fp8' "
                             f"with fp8_dynamic=True (static scales are per tensor)")
+        if self.fp8_center_inputs not in (None, "none", "norm", "all"):
+            problems.append(f"fp8_center_inputs {self.fp8_center_inputs!r} must be 'none', 'norm' or 'all'")
+        elif self.fp8_center_inputs not in (None, "none") and not (self.mode == "fp8" and not self.fp8_dynamic):
+            problems.append(f"fp8_center_inputs {self.fp8_center_inputs!r} needs mode 'fp8' with static "
+                            f"activation scales (fp8_dynamic=False)")
         if self.awq_all_rows and self.mode != "int4_awq":
             problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
         if not 0.0 <= self.float_fraction < 1.0 or (self.float_fraction and self.mode is None):
@@ -234,6 +250,13 @@ class QuantConfig:
         """Whether ``quantize_network`` needs calibration feeds (statistics, or the
         ``float_fraction`` ranking's network runs)."""
         return self.calibrates_activations or self.kv_cache_dtype is not None or self.float_fraction > 0
+
+    @property
+    def center_inputs(self) -> str:
+        """Which fp8 GEMM inputs are centered (see ``fp8_center_inputs``)."""
+        if self.fp8_center_inputs is None:
+            return "norm" if self.mode == "fp8" and not self.fp8_dynamic else "none"
+        return self.fp8_center_inputs
 
     @property
     def uses_zero_point(self) -> bool:

@@ -20,8 +20,9 @@ plugin                     inputs                                               
 
 Every output is ``x.shape[:-1] + (n,)`` in ``x``'s dtype (``y = x W^T`` of the dequantized weights).
 ``trtdsl.fp8_gemm`` also takes an fp8 ``x``: e4m3 codes of ``x / input_scale`` already (made by a
-quantizing norm / SwiGLU, ``trtdsl.passes.fp8_act_fuse``), with the static input list only and the
-field ``out_dtype`` (a float :class:`DType`) giving the output dtype.
+quantizing norm / SwiGLU, ``trtdsl.passes.fp8_act_fuse``), with the static input list (and optionally a
+fifth input, ``bias [n]`` in the output dtype, added to the rounded output) and the field ``out_dtype``
+(a float :class:`DType`) giving the output dtype.
 Formats are those of :mod:`trtdsl.quantization.numerics`.
 """
 
@@ -99,8 +100,9 @@ def weight_only_gemm_reference(ins: list, fields: dict, hints: dict | None = Non
 def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
     """``x`` already holds e4m3 codes of ``x / input_scale`` (a quantizing norm / SwiGLU made them,
     ``trtdsl/passes/fp8_act_fuse.py``): the static input list only, output dtype from ``out_dtype``."""
-    _check(len(ins) == 4, FP8_GEMM, f"an fp8 x (already quantized) needs the static input list (x, weight, "
-           f"weight_scale, input_scale): its input_scale says what the codes mean; got {len(ins)} inputs", ins)
+    _check(len(ins) in (4, 5), FP8_GEMM, f"an fp8 x (already quantized) needs the static input list (x, weight, "
+           f"weight_scale, input_scale; optionally bias): its input_scale says what the codes mean; got "
+           f"{len(ins)} inputs", ins)
     out_dtype = fields.get("out_dtype")
     _check(out_dtype in _ACT_DTYPES, FP8_GEMM, f"an fp8 x needs the field out_dtype (float32/float16/bfloat16), "
            f"got {out_dtype!r}", ins, DTypeError)
@@ -108,10 +110,15 @@ def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
     _check(w.dtype is DType.fp8, FP8_GEMM, f"weight must be fp8, got {w.dtype.value}", ins, DTypeError)
     _check(w.ndim == 2 and ins[0].ndim >= 1 and dim_equal(w.shape[1], ins[0].shape[-1]), FP8_GEMM,
            f"weight must be 2-D [n, {ins[0].shape[-1]}]", ins)
-    for t in ins[2:]:
+    for t in ins[2:4]:
         _check(t.dtype is DType.float32, FP8_GEMM, f"scale {t.name!r} must be float32", ins, DTypeError)
     _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
     _check(tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
+    if len(ins) == 5:
+        bias = ins[4]
+        _check(bias.dtype is out_dtype and tuple(bias.shape) == (w.shape[0],), FP8_GEMM,
+               f"bias {bias.name!r} must be [{w.shape[0]}] in the output dtype {out_dtype.value}, got "
+               f"{bias.dtype.value}{tuple(bias.shape)}", ins, DTypeError)
     return [(out_dtype, tuple(ins[0].shape[:-1]) + (w.shape[0],))]
 
 
@@ -157,7 +164,8 @@ def fp8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> to
     else:
         xq, x_scale = quantize_per_token_fp8(x)
     acc = xq.float() @ w.float().T
-    return (acc * (x_scale.float() * w_scale.float())).to(out_dtype)
+    out = (acc * (x_scale.float() * w_scale.float())).to(out_dtype)
+    return out + ins[4] if len(ins) == 5 else out  # codes' bias: added to the rounded output, as an add layer
 
 
 def _int8_shape(ins: list, fields: dict) -> list:

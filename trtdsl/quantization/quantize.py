@@ -126,7 +126,7 @@ def _group_config(cfg: QuantConfig, group: list[GemmSite]) -> QuantConfig:
         return next((v for pattern, v in pairs if any(fnmatch.fnmatchcase(n, pattern) for n in names)), None)
     mode, size = first(cfg.mode_overrides), first(cfg.group_size_overrides)
     if mode is not None:  # a weight-only recipe: the main mode's activation options do not apply
-        cfg = replace(cfg, mode=mode, zero_point=None, fp8_dynamic=False, fp8_act_group_size=0,
+        cfg = replace(cfg, mode=mode, zero_point=None, fp8_dynamic=False, fp8_act_group_size=0, fp8_center_inputs=None,
                       awq_all_rows=False, group_size_overrides=(), mode_overrides=())
     return cfg if size is None else replace(cfg, group_size=size)
 
@@ -151,11 +151,16 @@ def _const(net: Network, value: torch.Tensor, dtype: DType, name: str) -> Tensor
 
 
 def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
-                  consts: list[tuple[str, torch.Tensor, DType]], **fields: Any) -> None:
-    """Replace ``site``'s matmul by ``plugin(x, *consts)``; constants are named after the weight."""
+                  consts: list[tuple[str, torch.Tensor, DType]], bias: torch.Tensor | None = None,
+                  **fields: Any) -> None:
+    """Replace ``site``'s matmul by ``plugin(x, *consts)`` (``+ bias [n]`` in x's dtype when given);
+    constants are named after the weight."""
     def build() -> Tensor:
         tensors = [_const(net, v, dt, f"{site.weight_name}.{label}") for label, v, dt in consts]
-        return F.plugin(plugin, [x, *tensors], **fields)[0]
+        y = F.plugin(plugin, [x, *tensors], **fields)[0]
+        if bias is None:
+            return y
+        return F.add(y, _const(net, bias.to(x.dtype.torch), x.dtype, f"{site.weight_name}.center_bias"))
     splice(net, site.layer, build, replace_layer=True, module_path=site.layer.module_path)
 
 
@@ -208,12 +213,15 @@ def _second_moment(stats: CalibrationStats | None, group: list[GemmSite], why: s
 
 
 def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
-             s: torch.Tensor | None = None) -> torch.Tensor | None:
+             s: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> torch.Tensor | None:
     """GPTQ's damped ``X^T X / N`` of the group's input over all calibration rows (of ``x / s`` when
-    the group is smoothed by ``s``), or ``None`` without ``gptq`` or ``grid_refit``."""
+    the group is smoothed by ``s``; the covariance of ``x - mean`` when the input is centered), or
+    ``None`` without ``gptq`` or ``grid_refit``."""
     if not cfg.gptq and not cfg.grid_refit:
         return None
     h = _second_moment(stats, group, "gptq=True" if cfg.gptq else "grid_refit")
+    if mean is not None:  # E[(x - mu)(x - mu)^T] = E[x x^T] - mu mu^T for the calibrated mean mu
+        h = h - torch.outer(mean.double(), mean.double())
     if s is not None:  # (x / s)^T (x / s) = diag(1/s) X^T X diag(1/s)
         inv = 1.0 / s.double()
         h = h * inv[:, None] * inv[None, :]
@@ -300,11 +308,15 @@ def _gqa_tie(cfg: QuantConfig, x: Tensor) -> torch.Tensor | None:
 def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
                   stats: CalibrationStats | None) -> None:
     consts: list[tuple[str, torch.Tensor, DType]] = []
+    x, mean = group[0].x, None
+    correction = None  # an uncentered input's mean, for the weights' bias correction
     if not cfg.fp8_dynamic:  # a static input scale; without one the plugin scales per token
         assert stats is not None
-        x_amax = stats.amax[group[0].x.name].max().clamp_min(1e-8)
-        consts.append(("input_scale", (x_amax / nq.FP8_MAX).reshape(1).float(), DType.float32))
-    h = _hessian(cfg, stats, group)
+        x, mean, x_amax = _fp8_input(net, group, cfg, stats)
+        if mean is None and cfg.center_inputs != "none":
+            correction = stats.channel_mean(x.name)
+        consts.append(("input_scale", (x_amax.float().clamp_min(1e-8) / nq.FP8_MAX).reshape(1), DType.float32))
+    h = _hessian(cfg, stats, group, mean=mean)
     for site in group:
         w = site.weight.float()
         amax = w.abs().amax(dim=1) if cfg.fp8_per_channel_weights else w.abs().amax().reshape(1)
@@ -312,8 +324,47 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
         codes = nq.quantize_fp8(w, w_scale[:, None]) if h is None else \
             gptq.gptq_fp8(w, h, w_scale, act_order=cfg.gptq_act_order)
         fields = {"act_group_size": cfg.fp8_act_group_size} if cfg.fp8_act_group_size else {}
-        _replace_gemm(net, site, site.x, FP8_GEMM, [("weight", codes, DType.fp8),
-                      ("weight_scale", w_scale, DType.float32), *consts], **fields)
+        bias = _fp8_bias(w, codes, w_scale, mean, correction)
+        _replace_gemm(net, site, x, FP8_GEMM, [("weight", codes, DType.fp8),
+                      ("weight_scale", w_scale, DType.float32), *consts], bias=bias, **fields)
+
+
+def _fp8_bias(w: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor, mean: torch.Tensor | None,
+              correction: torch.Tensor | None) -> torch.Tensor | None:
+    """The float bias of a static fp8 GEMM: ``W mean`` for a centered input (the float weights, so the
+    codes' rounding error along the mean cancels too), ``(W - dequantized codes) mean`` for an
+    uncentered one when the recipe centers others (bias correction of the weights' mean error, which
+    round-to-nearest leaves and a GEMV epilogue adds for free), else None."""
+    if mean is not None:
+        return (w.double() @ mean.double()).float()
+    if correction is None:
+        return None
+    deq = codes.double() * w_scale.double().reshape(-1, 1)
+    return ((w.double() - deq) @ correction.to(w.device).double()).float()
+
+
+def _fp8_input(net: Network, group: list[GemmSite], cfg: QuantConfig,
+               stats: CalibrationStats) -> tuple[Tensor, torch.Tensor | None, torch.Tensor]:
+    """What the group's static fp8 GEMMs quantize: ``(tensor, mean or None, max |tensor|)``. With
+    ``fp8_center_inputs`` covering the group, the tensor is ``x - mean`` (one subtraction before the
+    group's first GEMM; ``mean`` rounded to x's dtype, as subtracted) and the range is the centered one."""
+    x = group[0].x
+    producer = x.producer
+    centered = cfg.center_inputs == "all" or (
+        cfg.center_inputs == "norm" and producer is not None and producer.kind is LayerKind.NORMALIZATION)
+    if not centered:
+        return x, None, stats.amax[x.name].max()
+    mean = stats.channel_mean(x.name)
+    if mean is None:
+        raise ConfigError(f"quantize_network: fp8_center_inputs needs each GEMM input's per-channel mean, and "
+                          f"these calibration statistics have none for {x.name!r} (collected by an older "
+                          f"trtdsl): calibrate again")
+    mean = mean.to(x.dtype.torch)
+    first = group[0].layer
+    centered_x = splice(net, first, lambda: F.sub(x, _const(net, mean, x.dtype, f"{first.name}.input_mean")),
+                        replace_layer=False, module_path=first.module_path)
+    assert centered_x is not None
+    return centered_x, mean.double(), stats.centered_amax(x.name, mean.double())
 
 
 def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,

@@ -74,11 +74,15 @@ inline bool aligned_to(const void* p, uintptr_t bytes) { return (reinterpret_cas
 // How a kernel's float result leaves it (the `Store` of the RMSNorm and SwiGLU kernels): rounded to T.
 // norm_quant.cuh's StoreFp8 stores the e4m3 codes of that T value / scale instead, so a quantizing
 // kernel is the plain one with another store, and its codes are the plain values quantized, bitwise.
+// Arg: what the kernel passes the store's constructor (and prefetch); the RMSNorm kernel also passes each
+// value's column (StoreFp8Centered subtracts that channel's mean).
 template <typename T> struct StoreT {
   using Out = T;
-  __device__ static void prefetch(const float*) {}  // the store's constants, before pdl_wait (none here)
-  __device__ explicit StoreT(const float*) {}
+  using Arg = const float*;
+  __device__ static void prefetch(Arg) {}  // the store's constants, before pdl_wait (none here)
+  __device__ explicit StoreT(Arg) {}
   __device__ Out operator()(float y) const { return from_float<T>(y); }
+  __device__ Out operator()(float y, int64_t) const { return from_float<T>(y); }
 };
 
 inline int launch_status() { return cudaGetLastError() == cudaSuccess ? kOk : kErrLaunch; }

@@ -57,7 +57,8 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
                                                            const uint4* __restrict__ wq,
                                                            const float* __restrict__ x_scale, int xs_stride,
                                                            const float* __restrict__ w_scale, int ws_stride,
-                                                           T* __restrict__ out, int m, int n, int k) {
+                                                           T* __restrict__ out, const T* __restrict__ bias,
+                                                           int m, int n, int k) {
   constexpr int kThreads = KW * 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int row0 = blockIdx.x * NR;
@@ -129,7 +130,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
         for (int i = 0; i < MT; ++i)
           if (row0 + r < n && i < m) {
             const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-            out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(__fmul_rn(acc[r][i], sc));
+            out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(acc[r][i], sc, bias, row0 + r);
           }
     }
   } else {
@@ -148,7 +149,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
       for (int w = 0; w < KW; ++w) s += red[w][t];
       if (row0 + r < n && i < m) {
         const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-        out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(__fmul_rn(s, sc));
+        out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, bias, row0 + r);
       }
     }
   }
@@ -156,11 +157,11 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
 
 template <typename T, int MT, bool QX, int NR0, int KW, int U>
 inline int launch_fp8_gemv_cfg(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                               int ws_stride, T* out, int m, int n, int k, cudaStream_t stream) {
+                               int ws_stride, T* out, const T* bias, int m, int n, int k, cudaStream_t stream) {
   constexpr int NR = clamp_rows<NR0, MT>();  // acc in registers
   const int blocks = (n + NR - 1) / NR;
   return launch_pdl(fp8_gemv_kernel<T, MT, NR, KW, U, QX>, dim3(blocks), dim3(KW * 32), 0, stream, xq,
-                    static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, m, n, k);
+                    static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, bias, m, n, k);
 }
 
 template <typename T, int MT, bool QX> struct Fp8GemvLaunch {
@@ -171,9 +172,10 @@ template <typename T, int MT, bool QX> struct Fp8GemvLaunch {
 
 template <typename T, int MT, bool QX>
 inline int launch_fp8_gemv_mt(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                              int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
-  return with_quant_gemv_shape<Fp8GemvLaunch<T, MT, QX>>(config, xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k,
-                                                         stream);
+                              int ws_stride, T* out, const T* bias, int m, int n, int k, int config,
+                              cudaStream_t stream) {
+  return with_quant_gemv_shape<Fp8GemvLaunch<T, MT, QX>>(config, xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m,
+                                                         n, k, stream);
 }
 
 // Untuned prior for config 0: fp8 rows of k = 4096 are 4 KB, like int8's, whose first kernel
@@ -184,27 +186,29 @@ inline int fp8_gemv_auto_config(int m, int n, int k) {
 }
 
 // QX = false: xq holds e4m3 codes. QX = true: xq is x itself (T, 16-bit) and xs the static input scale
-// (xs_stride 0), quantized inside the GEMV.
+// (xs_stride 0), quantized inside the GEMV. bias: nullable [n] (fp8_gemv_out).
 template <typename T, bool QX>
 inline int launch_fp8_gemv(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                           int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
+                           int ws_stride, T* out, const T* bias, int m, int n, int k, int config,
+                           cudaStream_t stream) {
   if (m < 1 || m > kFp8GemvMaxM || n < 1 || k < 16 || k % 16) return kErrShape;
   if (!aligned16(xq) || !aligned16(wq)) return kErrUnsupported;
   if (QX && (sizeof(T) != 2 || xs_stride != 0)) return kErrUnsupported;
   if (config >= kFp8TcFirstConfig && config <= kFp8TcLastConfig) {  // tensor cores (fp8_gemv_tc.cuh)
     if constexpr (!QX) {
-      const int status = launch_fp8_gemv_tc<T>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+      const int status = launch_fp8_gemv_tc<T>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config,
+                                               stream);
       if (status != kErrUnsupported) return status;
     }
     config = 1;  // in-kernel quantization, m > 8 or no e4m3 mma: the CUDA-core kernel
   }
   if (config < 0 || config > kQuantGemvNumConfigs) return kErrUnsupported;
   if (config == 0) config = fp8_gemv_auto_config(m, n, k);
-  if (m == 1) return launch_fp8_gemv_mt<T, 1, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  if (m == 2) return launch_fp8_gemv_mt<T, 2, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  if (m <= 4) return launch_fp8_gemv_mt<T, 4, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  if (m <= 8) return launch_fp8_gemv_mt<T, 8, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
-  return launch_fp8_gemv_mt<T, 16, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, m, n, k, config, stream);
+  if (m == 1) return launch_fp8_gemv_mt<T, 1, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
+  if (m == 2) return launch_fp8_gemv_mt<T, 2, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
+  if (m <= 4) return launch_fp8_gemv_mt<T, 4, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
+  if (m <= 8) return launch_fp8_gemv_mt<T, 8, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
+  return launch_fp8_gemv_mt<T, 16, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
 }
 
 }  // namespace trtdsl

@@ -33,11 +33,20 @@ namespace trtdsl {
 constexpr int kFp8TcMaxM = 8;  // one activation tile: the mma's 8 columns
 constexpr int kFp8TcFirstConfig = 20, kFp8TcLastConfig = 23;
 
+// One output of the FP8 GEMVs: acc * sc rounded to T, then (bias non-null) plus bias[row] rounded to T again,
+// which is what the GEMM followed by a separate add writes (the centered input's W mean, fp8_center_inputs).
+template <typename T>
+__device__ __forceinline__ T fp8_gemv_out(float acc, float sc, const T* __restrict__ bias, int row) {
+  const T y = from_float<T>(__fmul_rn(acc, sc));
+  return bias ? from_float<T>(to_float<T>(y) + to_float<T>(bias[row])) : y;
+}
+
 template <typename T, int KW, int U>
 __global__ void __launch_bounds__(KW * 32) fp8_gemv_tc_kernel(const uint4* __restrict__ xq, const uint4* __restrict__ wq,
                                                               const float* __restrict__ x_scale, int xs_stride,
                                                               const float* __restrict__ w_scale, int ws_stride,
-                                                              T* __restrict__ out, int m, int n, int k) {
+                                                              T* __restrict__ out, const T* __restrict__ bias,
+                                                              int m, int n, int k) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int row0 = blockIdx.x * 16;
   const int vecs = k >> 4;                                // 16-byte vectors per row
@@ -117,7 +126,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_tc_kernel(const uint4* __res
 #pragma unroll
       for (int w = 0; w < KW; ++w) s += red[w][i][r];
       const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-      out[static_cast<int64_t>(i) * n + row0 + r] = from_float<T>(__fmul_rn(s, sc));
+      out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, bias, row0 + r);
     }
   }
 }
@@ -139,12 +148,13 @@ inline bool fp8_mma_supported() {
 // device without the e4m3 mma or another config: the caller (launch_fp8_gemv) runs config 1 instead.
 template <typename T>
 inline int launch_fp8_gemv_tc(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                              int ws_stride, T* out, int m, int n, int k, int config, cudaStream_t stream) {
+                              int ws_stride, T* out, const T* bias, int m, int n, int k, int config,
+                              cudaStream_t stream) {
   if (m < 1 || m > kFp8TcMaxM || !fp8_mma_supported()) return kErrUnsupported;
 #define TRTDSL_FP8_TC_CFG(KW, U)                                                                              \
   return launch_pdl(fp8_gemv_tc_kernel<T, KW, U>, dim3((n + 15) / 16), dim3(KW * 32), 0, stream,            \
                     static_cast<const uint4*>(xq), static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, \
-                    out, m, n, k)
+                    out, bias, m, n, k)
   switch (config) {
     case 20: TRTDSL_FP8_TC_CFG(8, 1);
     case 21: TRTDSL_FP8_TC_CFG(8, 2);

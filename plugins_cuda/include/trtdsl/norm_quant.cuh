@@ -18,10 +18,32 @@ namespace trtdsl {
 // The store of the e4m3 codes of each T value / *scale (launch_rmsnorm / launch_swiglu<T, StoreFp8<T>>).
 template <typename T> struct StoreFp8 {
   using Out = Fp8;
+  using Arg = const float*;
   float scale;
-  __device__ static void prefetch(const float* s) { if (threadIdx.x == 0) pdl_prefetch_l2(s); }  // a constant
-  __device__ explicit StoreFp8(const float* s) : scale(__ldg(s)) {}
+  __device__ static void prefetch(Arg s) { if (threadIdx.x == 0) pdl_prefetch_l2(s); }  // a constant
+  __device__ explicit StoreFp8(Arg s) : scale(__ldg(s)) {}
   __device__ Out operator()(float y) const { return quantize_rounded<T>(y, scale); }
+  __device__ Out operator()(float y, int64_t) const { return quantize_rounded<T>(y, scale); }
+};
+
+// The input scale and the per-channel mean [hidden] (in T) of a centered fp8 GEMM input.
+template <typename T> struct CenteredFp8Arg {
+  const float* scale;
+  const T* mean;
+};
+
+// e4m3 codes of (y - mean[col]) / *scale with both roundings of the unfused graph: y rounded to T (the
+// norm's stored value), the difference rounded to T (the subtraction layer's), then quantize_rounded.
+template <typename T> struct StoreFp8Centered {
+  using Out = Fp8;
+  using Arg = CenteredFp8Arg<T>;
+  float scale;
+  const T* mean;
+  __device__ static void prefetch(Arg a) { if (threadIdx.x == 0) pdl_prefetch_l2(a.scale); }
+  __device__ explicit StoreFp8Centered(Arg a) : scale(__ldg(a.scale)), mean(a.mean) {}
+  __device__ Out operator()(float y, int64_t col) const {
+    return quantize_rounded<T>(to_float<T>(from_float<T>(y)) - to_float<T>(mean[col]), scale);
+  }
 };
 
 // out[t, j] = codes of silu(in[t, j]) * in[t, inter + j] / *scale: swiglu.cuh's kernel and launcher with

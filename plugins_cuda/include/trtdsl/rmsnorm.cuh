@@ -10,7 +10,7 @@ namespace trtdsl {
 // Store: how a normalized value leaves the kernel (StoreT, common.cuh; norm_quant.cuh's StoreFp8).
 template <typename T, int VEC, bool RESIDUAL, typename Store>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
-                               const float* __restrict__ out_scale, typename Store::Out* out, T* residual_out,
+                               typename Store::Arg out_scale, typename Store::Out* out, T* residual_out,
                                int64_t hidden, int64_t x_stride, int64_t res_stride, int64_t out_stride,
                                int64_t res_out_stride, float eps) {
   extern __shared__ float row_cache[];
@@ -51,7 +51,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
     const Vec<T, VEC> wv = i == threadIdx.x ? w_first : load_vec<T, VEC>(weight + i * VEC);
     Vec<typename Store::Out, VEC> ov;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) ov.v[k] = store(row_cache[i * VEC + k] * inv * to_float(wv.v[k]));
+    for (int k = 0; k < VEC; ++k) ov.v[k] = store(row_cache[i * VEC + k] * inv * to_float(wv.v[k]), i * VEC + k);
     store_vec<typename Store::Out, VEC>(outr + i * VEC, ov);
   }
 }
@@ -60,7 +60,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
 constexpr int64_t kRmsnormMaxHidden = 48 * 1024;
 
 template <typename T, int VEC, bool RES, typename Store>
-int launch_rmsnorm_v(const T* x, const T* res, const T* w, const float* scale, typename Store::Out* out, T* res_out,
+int launch_rmsnorm_v(const T* x, const T* res, const T* w, typename Store::Arg scale, typename Store::Out* out, T* res_out,
                      int64_t rows, int64_t hidden, int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps,
                      cudaStream_t stream) {
   const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
@@ -77,11 +77,12 @@ int launch_rmsnorm_v(const T* x, const T* res, const T* w, const float* scale, t
 }
 
 // 16-byte input vectors (and output vectors of as many values) when every pointer, stride and the
-// hidden size allow them, else scalars. ``scale``: the store's (StoreFp8's input scale; unused by StoreT).
+// hidden size allow them, else scalars. ``scale``: the store's Arg (StoreFp8's input scale, StoreFp8Centered's
+// scale and mean; unused by StoreT).
 template <typename T, typename Store = StoreT<T>>
 int launch_rmsnorm(const T* x, const T* res, const T* w, typename Store::Out* out, T* res_out, int64_t rows,
                    int64_t hidden, int64_t xs, int64_t rs, int64_t os, int64_t ros, float eps, cudaStream_t stream,
-                   const float* scale = nullptr) {
+                   typename Store::Arg scale = typename Store::Arg{}) {
   constexpr int V = 16 / sizeof(T);
   if (rows == 0) return kOk;
   bool vec = hidden % V == 0 && xs % V == 0 && os % V == 0 && aligned16(x) && aligned16(w) &&

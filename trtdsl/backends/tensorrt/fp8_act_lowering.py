@@ -1,7 +1,8 @@
 """TensorRT lowering of the quantizing norm / SwiGLU / attention plugins of ``trtdsl/passes/fp8_act_fuse.py``
 (``trtdsl.rms_norm_fp8``, ``trtdsl.add_rms_norm_fp8``, ``trtdsl.swiglu_fp8``, ``trtdsl.attention_fp8``,
 ``trtdsl.attention_quant_kv_fp8``):
-the unfused layers' lowering (native layers; the attention's TensorRT plugin), then a TensorRT FP8 quantize layer with the per-tensor ``input_scale`` (TensorRT
+the unfused layers' lowering (native layers; the attention's TensorRT plugin; a centered input's mean
+subtracted by an elementwise layer), then a TensorRT FP8 quantize layer with the per-tensor ``input_scale`` (TensorRT
 divides, rounds to nearest even and saturates at +-448, what ``numerics.quantize_fp8`` does), which
 TensorRT may fuse into the norm's own kernel.
 
@@ -42,18 +43,28 @@ def _part(layer: Layer, kind: LayerKind, n_inputs: int, attrs: dict[str, object]
     return Layer(kind, layer.name, list(layer.inputs[:n_inputs]), [], attrs, layer.module_path)
 
 
+def _centered(ctx: LoweringContext, layer: Layer, normed: trt.ITensor, mean: list[trt.ITensor]) -> trt.ITensor:
+    """``normed - mean`` for a centered input's ``[k]`` mean (reshaped to normed's rank), else ``normed``."""
+    if not mean:
+        return normed
+    vector = ctx.finish(ctx.network.add_shuffle(mean[0]), layer, "mean_broadcast")
+    vector.reshape_dims = trt.Dims([1] * (len(normed.shape) - 1) + [-1])
+    sub = ctx.network.add_elementwise(normed, vector.get_output(0), trt.ElementWiseOperation.SUB)
+    return ctx.finish(sub, layer, "center").get_output(0)
+
+
 def lower_rms_norm_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
     fields = layer.attrs["fields"]
     norm = _part(layer, LayerKind.NORMALIZATION, 2, {"kind": "rms", "axes": tuple(fields["axes"]),
                                                      "epsilon": fields["epsilon"]})
     (normed,) = EMITTERS[LayerKind.NORMALIZATION](ctx, norm, ins[:2])
-    return [_to_fp8(ctx, layer, normed, ins[2])]
+    return [_to_fp8(ctx, layer, _centered(ctx, layer, normed, ins[3:]), ins[2])]
 
 
 def lower_add_rms_norm_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
     from .native_plugins import lower_add_rms_norm  # that module lists this one's functions
     normed, total = lower_add_rms_norm(ctx, _part(layer, LayerKind.PLUGIN, 3, dict(layer.attrs)), ins[:3])
-    return [_to_fp8(ctx, layer, normed, ins[3]), total]
+    return [_to_fp8(ctx, layer, _centered(ctx, layer, normed, ins[4:]), ins[3]), total]
 
 
 def lower_swiglu_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:

@@ -28,7 +28,7 @@ __all__ = ["rmsnorm_fp8", "swiglu_fp8", "fp8_gemm_codes", "register_fused_quant_
 
 _P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 register_signatures({  # plugins.h, "Quantizing RMSNorm / SwiGLU"
-    "trtdsl_rmsnorm_fp8": [_P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _F, _I, _P],
+    "trtdsl_rmsnorm_fp8": [_P, _P, _P, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64, _F, _I, _P],
     "trtdsl_swiglu_fp8": [_P, _P, _P, _I64, _I64, _I64, _I64, _I, _P],
 })
 _FP8 = torch.float8_e4m3fn
@@ -36,10 +36,12 @@ FusedImpl = Callable[[list, dict, dict], Any]
 
 
 def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor, eps: float = 1e-6,
-                residual: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                residual: torch.Tensor | None = None,
+                mean: torch.Tensor | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """e4m3 codes of ``rmsnorm(x) / input_scale`` over the last dim (``ops.rmsnorm``'s value, rounded to
     x's dtype, then ``quantize_fp8``); with ``residual``, normalizes ``x + residual`` and returns
-    ``(codes, x + residual)``."""
+    ``(codes, x + residual)``; with ``mean [hidden]`` (x's dtype), codes of ``(rmsnorm(x) - mean) /
+    input_scale``, the difference rounded to x's dtype as a separate subtraction's."""
     op = "rmsnorm_fp8"
     _check(op, "x", x, dtypes=_DTYPE_CODES)
     hidden = x.shape[-1] if x.dim() else 0
@@ -47,6 +49,11 @@ def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor
     if weight.shape[0] != hidden:
         raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
     _check_static_scale(op, "input_scale", input_scale, x.device)
+    if mean is not None:
+        _check(op, "mean", mean, x.device, (x.dtype,), ndim=1)
+        if mean.shape[0] != hidden:
+            raise PluginError(f"{op}: mean has {mean.shape[0]} elements but x's last dim is {hidden}")
+        mean = mean.contiguous()
     out = torch.empty(x.shape, dtype=_FP8, device=x.device)
     total = None
     if residual is not None:
@@ -57,7 +64,7 @@ def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor
     rows = x.numel() // max(hidden, 1)
     if rows:
         call("trtdsl_rmsnorm_fp8", x.data_ptr(), residual.data_ptr() if residual is not None else None,
-             weight.data_ptr(), input_scale.data_ptr(), out.data_ptr(),
+             weight.data_ptr(), input_scale.data_ptr(), mean.data_ptr() if mean is not None else None, out.data_ptr(),
              total.data_ptr() if total is not None else None, rows, hidden, hidden, hidden, hidden, hidden,
              float(eps), _DTYPE_CODES[x.dtype], _stream(x))
     return out if total is None else (out, total)
@@ -110,10 +117,11 @@ def _scaled_mm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch
 
 
 def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor,
-                   out_dtype: torch.dtype) -> torch.Tensor | None:
+                   out_dtype: torch.dtype, bias: torch.Tensor | None = None) -> torch.Tensor | None:
     """``trtdsl.fp8_gemm`` on codes ``xq`` of ``x / input_scale``: the FP8 GEMV up to ``FP8_GEMV_MAX_M``
     rows, else ``torch._scaled_mm``; None where ``quant_ops.fp8_gemm`` would not run a kernel either
-    (the caller then runs the reference)."""
+    (the caller then runs the reference). ``bias [n]`` (out_dtype) is added to the rounded output, as a
+    separate add would: in the GEMV's epilogue, after ``_scaled_mm`` by torch."""
     from .quant_ops import fp8_gemv, fp8_gemv_supported
     n, k = weight.shape
     if xq.shape[-1] != k:
@@ -123,10 +131,12 @@ def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     if m == 0:
         return torch.empty(*xq.shape[:-1], n, dtype=out_dtype, device=xq.device)
     if fp8_gemv_supported(m, k, weight):
-        out = fp8_gemv(x2.contiguous(), weight.contiguous(), input_scale.reshape(1), weight_scale, out_dtype)
+        out = fp8_gemv(x2.contiguous(), weight.contiguous(), input_scale.reshape(1), weight_scale, out_dtype,
+                       bias=bias)
         return out.view(*xq.shape[:-1], n)
     if out_dtype in _HALF_TYPES and k % 16 == 0 and n % 16 == 0 and _has_fp8(xq.device.index or 0):
-        return _scaled_mm_codes(x2.contiguous(), weight, weight_scale, input_scale, out_dtype).view(*xq.shape[:-1], n)
+        out = _scaled_mm_codes(x2.contiguous(), weight, weight_scale, input_scale, out_dtype)
+        return (out if bias is None else out + bias).view(*xq.shape[:-1], n)
     return None
 
 
@@ -136,21 +146,23 @@ def _last_axis(x: torch.Tensor, fields: dict) -> bool:
 
 
 def _rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
-    x, weight, scale = ins
+    x, weight, scale, *mean = ins  # mean: a centered input's (fp8_center_inputs)
     if not _last_axis(x, fields):  # as the unfused RMSNorm layer: no kernel there either
         from ...passes.fp8_act_fuse import rms_norm_fp8_reference
         return rms_norm_fp8_reference(ins, fields, hints)
-    out = rmsnorm_fp8(x.contiguous(), weight.reshape(-1), scale, fields["epsilon"])
+    out = rmsnorm_fp8(x.contiguous(), weight.reshape(-1), scale, fields["epsilon"],
+                      mean=mean[0].reshape(-1) if mean else None)
     assert isinstance(out, torch.Tensor)
     return out
 
 
 def _add_rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> list:
-    a, b, weight, scale = ins
+    a, b, weight, scale, *mean = ins
     if not _last_axis(a, fields):
         from ...passes.fp8_act_fuse import add_rms_norm_fp8_reference
         return add_rms_norm_fp8_reference(ins, fields, hints)
-    codes, total = rmsnorm_fp8(a.contiguous(), weight.reshape(-1), scale, fields["epsilon"], residual=b.contiguous())
+    codes, total = rmsnorm_fp8(a.contiguous(), weight.reshape(-1), scale, fields["epsilon"], residual=b.contiguous(),
+                               mean=mean[0].reshape(-1) if mean else None)
     return [codes, total]
 
 
@@ -178,8 +190,9 @@ def _fp8_gemm_with_codes(base: FusedImpl) -> FusedImpl:
     def impl(ins: list, fields: dict, hints: dict) -> Any:
         if ins[0].dtype != _FP8:
             return base(ins, fields, hints)
-        xq, weight, weight_scale, input_scale = ins
-        out = fp8_gemm_codes(xq, weight, weight_scale, input_scale, fields["out_dtype"].torch)
+        xq, weight, weight_scale, input_scale, *bias = ins  # bias: a centered input's W mean
+        out = fp8_gemm_codes(xq, weight, weight_scale, input_scale, fields["out_dtype"].torch,
+                             bias=bias[0].reshape(-1) if bias else None)
         if out is None:
             from ...quantization.plugins import fp8_gemm_reference
             return fp8_gemm_reference(ins, fields, hints)

@@ -133,7 +133,7 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_weight_only_dequantize_zp": [_P, _P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_quantize_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_quantize_per_token_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
-    "trtdsl_fp8_gemv": [_P, _P, _P, _I64, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
+    "trtdsl_fp8_gemv": [_P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_fp8_gemv_static": [_P, _P, _P, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
@@ -334,8 +334,9 @@ def _check_code_gemv(op: str, xq: torch.Tensor, weight: torch.Tensor, code: torc
 
 
 def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weight_scale: torch.Tensor,
-             out_dtype: torch.dtype, config: int | None = None) -> torch.Tensor:
-    """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` for e4m3 ``xq [m <= 16, k]``
+             out_dtype: torch.dtype, config: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` (``+ bias [n]`` in out_dtype, added
+    to the rounded output as a separate add would) for e4m3 ``xq [m <= 16, k]``
     (from :func:`quantize_fp8` / :func:`quantize_per_token_fp8`), e4m3 ``weight [n, k]``, ``x_scale``
     ``[1]`` or ``[m, 1]``, ``weight_scale`` ``[1]`` or ``[n]``; ``k % 16 == 0``. ``config``: CUDA-core
     launch shape 1..5, tensor-core kernel 20..23 (``FP8_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the
@@ -347,11 +348,17 @@ def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weig
     if x_scale.numel() not in (1, m) or weight_scale.numel() not in (1, n):
         raise PluginError(f"{op}: x_scale must have 1 or {m} values and weight_scale 1 or {n}, got "
                           f"{tuple(x_scale.shape)} and {tuple(weight_scale.shape)}")
+    if bias is not None:
+        _check(op, "bias", bias, xq.device, (out_dtype,), ndim=1)
+        if bias.shape[0] != n:
+            raise PluginError(f"{op}: bias has {bias.shape[0]} values, the weight {n} rows")
+        bias = bias.contiguous()
     config = gemv_config("fp8", m, n) if config is None else config
     _check_config(op, config, FP8_TC_CONFIGS, "fp8")
     out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
     call("trtdsl_fp8_gemv", xq.data_ptr(), weight.data_ptr(), x_scale.data_ptr(), int(x_scale.numel() > 1),
-         weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(), m, n, k, config,
+         weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(),
+         bias.data_ptr() if bias is not None else None, m, n, k, config,
          _DTYPE_CODES[out_dtype], _stream(xq))
     return out
 
