@@ -266,8 +266,8 @@ def _fields_of(layer: Layer, plugin: str) -> dict[str, Any]:
     return {"axes": tuple(source["axes"]), "epsilon": source["epsilon"]}
 
 
-def _vector_constant(net: Network, t: Tensor, width: Any, dtype: DType) -> Tensor | None:
-    """A ``[width]`` constant tensor of ``dtype`` holding ``t``'s values when ``t`` is a constant of shape
+def _vector_source(t: Tensor, width: Any, dtype: DType) -> Tensor | None:
+    """``t``'s constant source output when ``t`` is a constant of ``dtype`` and shape
     ``[1, ..., 1, width]`` (constant folding leaves broadcast vectors in that shape), else None."""
     src = constant_source(t)
     if src is None or not isinstance(width, int) or src.outputs[0].dtype is not dtype:
@@ -275,22 +275,29 @@ def _vector_constant(net: Network, t: Tensor, width: Any, dtype: DType) -> Tenso
     value = src.attrs.get("value")
     if not isinstance(value, torch.Tensor) or value.numel() != width or value.shape[-1] != width:
         return None
-    if tuple(src.outputs[0].shape) == (width,):
-        return src.outputs[0]
+    return src.outputs[0]
+
+
+def _as_vector(net: Network, source: Tensor, width: int) -> Tensor:
+    """A ``[width]`` constant with the values of ``source`` (a :func:`_vector_source`): itself when it
+    has that shape, else a new constant (made only when a fusion uses it, so none is left dead)."""
+    if tuple(source.shape) == (width,):
+        return source
+    value = constant_source(source).attrs["value"]
     with net.scope():
-        return F.constant(value.reshape(width), dtype, name=f"{src.outputs[0].name}.vector")
+        return F.constant(value.reshape(width), source.dtype, name=f"{source.name}.vector")
 
 
 def _centering(net: Network, value: Tensor, readers: list[Layer]) -> tuple[Layer, Tensor] | None:
-    """``(subtraction, mean [k])`` when ``value``'s only reader subtracts a constant per-channel mean of
-    its dtype from it (a centered fp8 GEMM input, ``QuantConfig.fp8_center_inputs``); else None."""
+    """``(subtraction, the mean's constant)`` when ``value``'s only reader subtracts a constant per-channel
+    mean of its dtype from it (a centered fp8 GEMM input, ``QuantConfig.fp8_center_inputs``); else None."""
     if len(readers) != 1:
         return None
     sub = readers[0]
     if sub.kind is not LayerKind.ELEMENTWISE or sub.attrs.get("op") != "sub" or sub.inputs[0] is not value \
             or sub.inputs[1] is value or tuple(sub.outputs[0].shape) != tuple(value.shape):
         return None
-    mean = _vector_constant(net, sub.inputs[1], value.shape[-1] if value.shape else None, value.dtype)
+    mean = _vector_source(sub.inputs[1], value.shape[-1] if value.shape else None, value.dtype)
     return None if mean is None else (sub, mean)
 
 
@@ -305,10 +312,10 @@ def _fold_bias(net: Network, gemm: Layer, users: dict[int, list[Layer]], outs: s
             tuple(add.outputs[0].shape) != tuple(y.shape) or add.inputs[0] is add.inputs[1]:
         return False
     other = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
-    bias = _vector_constant(net, other, y.shape[-1] if y.shape else None, y.dtype)
+    bias = _vector_source(other, y.shape[-1] if y.shape else None, y.dtype)
     if bias is None:
         return False
-    gemm.inputs = [*gemm.inputs, bias]
+    gemm.inputs = [*gemm.inputs, _as_vector(net, bias, y.shape[-1])]
     total = add.outputs[0]
     total.producer, gemm.outputs = gemm, [total]
     add.inputs, add.outputs = [], []
@@ -341,7 +348,7 @@ def fuse_fp8_activations(net: Network) -> int:
         if scale is None:
             continue
         fields = _fields_of(layer, plugin)
-        layer.inputs = [*layer.inputs, scale] + ([mean] if centered else [])
+        layer.inputs = [*layer.inputs, scale] + ([_as_vector(net, mean, value.shape[-1])] if centered else [])
         layer.kind = LayerKind.PLUGIN
         layer.attrs = {"name": plugin, "version": "1", "fields": fields}
         if centered:  # the norm writes the subtraction's output; the subtraction goes

@@ -147,7 +147,7 @@ def _halves(gate_slice: Layer, up_slice: Layer) -> bool:
             and gate_slice.attrs["size"][-1] == half and up_slice.attrs["size"][-1] == half)
 
 
-def _swiglu_match(out_mul: Layer, users: dict) -> tuple[Layer, ...] | None:
+def swiglu_match(out_mul: Layer, users: dict) -> tuple[Layer, ...] | None:
     """(gate slice, up slice, sigmoid, gate * sigmoid, out mul) if ``out_mul`` ends the pattern."""
     if out_mul.kind is not LayerKind.ELEMENTWISE or out_mul.attrs.get("op") != "prod":
         return None
@@ -174,7 +174,7 @@ def fuse_swiglu(net: Network) -> int:
     outs = output_ids(net)
     fused = 0
     for layer in list(net.layers):
-        match = _swiglu_match(layer, users)
+        match = swiglu_match(layer, users)
         if match is None or any(id(t) in outs for m in match[:-1] for t in m.outputs):
             continue
         gate_slice, up_slice, sig, silu_mul, out_mul = match

@@ -41,7 +41,7 @@ def fold_channel_scales(net: Network) -> int:
     """Remove ``swiglu(quantized_gemm(x)) * c`` and ``attention(quantized_gemm(x)) * c`` multiplies
     by scaling the GEMM's up-half / V rows of dequantization scales by ``c``; returns how many were
     folded."""
-    from .fusion import _swiglu_match  # the matcher of the SwiGLU fusion: one definition of the pattern
+    from .fusion import swiglu_match  # the matcher of the SwiGLU fusion: one definition of the pattern
 
     users = consumers(net)
     outs = output_ids(net)
@@ -58,7 +58,7 @@ def fold_channel_scales(net: Network) -> int:
                 changed: tuple[Layer, ...] = (y.producer,)
                 readers = [y.producer]
             else:
-                match = _swiglu_match(y.producer, users)
+                match = swiglu_match(y.producer, users)
                 if match is None:
                     continue
                 gemm_out = match[0].inputs[0]  # the gate slice reads the gate_up GEMM's output
