@@ -62,6 +62,15 @@ CASES: list[tuple[str, str | None, str | None, dict[str, Any], float | None]] = 
     ("fp8, norm outputs centered", "fp8", None, {"fp8_center_inputs": "norm"}, 1.0),
     ("fp8 + GPTQ, norm outputs centered", "fp8", None, {"gptq": True, "fp8_center_inputs": "norm"}, 1.0),
     ("fp8 + GPTQ, inputs centered", "fp8", None, {"gptq": True, "fp8_center_inputs": "all"}, 1.0),
+    # A float branch for each centered input's 4 leading principal directions (fp8_lowrank).
+    ("fp8, norm outputs centered, low-rank 4", "fp8", None, {"fp8_lowrank": 4}, 1.0),
+    ("fp8 + GPTQ, norm outputs centered, low-rank 4", "fp8", None, {"gptq": True, "fp8_lowrank": 4}, 1.0),
+    ("fp8 + GPTQ, norm and SwiGLU outputs centered, low-rank 4", "fp8", None,
+     {"gptq": True, "fp8_center_inputs": "norm+swiglu", "fp8_lowrank": 4}, 1.0),
+    ("fp8 + GPTQ, norm and SwiGLU outputs centered, low-rank 8", "fp8", None,
+     {"gptq": True, "fp8_center_inputs": "norm+swiglu", "fp8_lowrank": 8}, 1.0),
+    ("fp8 + GPTQ, inputs centered, low-rank 4", "fp8", None,
+     {"gptq": True, "fp8_center_inputs": "all", "fp8_lowrank": 4}, 1.0),
     # One activation scale per token and block of 32 / 64 channels (DeepSeek-V3-style 1 x G blocks).
     ("fp8 + GPTQ (dynamic activations, blocks of 32)", "fp8", None,
      {"gptq": True, "fp8_dynamic": True, "fp8_act_group_size": 32}, 1.0),

@@ -72,6 +72,7 @@ CASES: list[tuple[str | None, str | None, dict[str, Any], set[str]]] = [
      {"weight_only_gemm", "attention_quant_kv"}),
     ("fp8", None, {}, {"fp8_gemm", "attention"}),
     ("fp8", None, {"fp8_dynamic": True}, {"fp8_gemm_dynamic", "attention"}),
+    ("fp8", None, {"fp8_center_inputs": "norm+swiglu", "fp8_lowrank": 2}, {"fp8_gemm", "attention"}),
     ("fp8", "fp8", {"fp8_dynamic": True, "fp8_per_channel_weights": False},
      {"fp8_gemm_dynamic", "attention_quant_kv"}),
     ("int8_sq", None, {}, {"int8_gemm", "attention"}),

@@ -29,6 +29,7 @@ from . import numerics as nq
 from .calibration import CalibrationStats, collect_statistics
 from .config import QuantConfig
 from ..passes.dce import eliminate_dead_code
+from ..passes.fusion import swiglu_match
 from ..passes.graph import consumers
 from .graph import GemmSite, clone_network, constant_source, find_gemm_sites, group_by_input, splice
 from .plugins import FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM
@@ -127,7 +128,7 @@ def _group_config(cfg: QuantConfig, group: list[GemmSite]) -> QuantConfig:
     mode, size = first(cfg.mode_overrides), first(cfg.group_size_overrides)
     if mode is not None:  # a weight-only recipe: the main mode's activation options do not apply
         cfg = replace(cfg, mode=mode, zero_point=None, fp8_dynamic=False, fp8_act_group_size=0, fp8_center_inputs=None,
-                      awq_all_rows=False, group_size_overrides=(), mode_overrides=())
+                      fp8_lowrank=0, awq_all_rows=False, group_size_overrides=(), mode_overrides=())
     return cfg if size is None else replace(cfg, group_size=size)
 
 
@@ -146,18 +147,22 @@ def _calibrate(network: Network, cfg: QuantConfig, names: list[str],
 
 # -- GEMM rewrites ---------------------------------------------------------------------------------------
 def _const(net: Network, value: torch.Tensor, dtype: DType, name: str) -> Tensor:
+    # contiguous, as an engine file stores it: a GEMM on a transposed view may round differently
     with net.scope():
-        return F.constant(value, dtype, name=name)
+        return F.constant(value.contiguous(), dtype, name=name)
 
 
 def _replace_gemm(net: Network, site: GemmSite, x: Tensor, plugin: str,
                   consts: list[tuple[str, torch.Tensor, DType]], bias: torch.Tensor | None = None,
-                  **fields: Any) -> None:
-    """Replace ``site``'s matmul by ``plugin(x, *consts)`` (``+ bias [n]`` in x's dtype when given);
-    constants are named after the weight."""
+                  lowrank: tuple[Tensor, torch.Tensor] | None = None, **fields: Any) -> None:
+    """Replace ``site``'s matmul by ``plugin(x, *consts)`` (``+ c @ wu [r, n]`` for ``lowrank = (c,
+    wu)``, then ``+ bias [n]``, in x's dtype, when given); constants are named after the weight."""
     def build() -> Tensor:
         tensors = [_const(net, v, dt, f"{site.weight_name}.{label}") for label, v, dt in consts]
         y = F.plugin(plugin, [x, *tensors], **fields)[0]
+        if lowrank is not None:
+            c, wu = lowrank
+            y = F.add(y, F.matmul(c, _const(net, wu.to(x.dtype.torch), x.dtype, f"{site.weight_name}.lowrank_weight")))
         if bias is None:
             return y
         return F.add(y, _const(net, bias.to(x.dtype.torch), x.dtype, f"{site.weight_name}.center_bias"))
@@ -213,15 +218,20 @@ def _second_moment(stats: CalibrationStats | None, group: list[GemmSite], why: s
 
 
 def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
-             s: torch.Tensor | None = None, mean: torch.Tensor | None = None) -> torch.Tensor | None:
+             s: torch.Tensor | None = None, mean: torch.Tensor | None = None,
+             basis: torch.Tensor | None = None) -> torch.Tensor | None:
     """GPTQ's damped ``X^T X / N`` of the group's input over all calibration rows (of ``x / s`` when
-    the group is smoothed by ``s``; the covariance of ``x - mean`` when the input is centered), or
-    ``None`` without ``gptq`` or ``grid_refit``."""
+    the group is smoothed by ``s``; the covariance of ``x - mean`` when the input is centered, projected
+    off the low-rank branch's ``basis [k, r]`` when there is one), or ``None`` without ``gptq`` or
+    ``grid_refit``."""
     if not cfg.gptq and not cfg.grid_refit:
         return None
     h = _second_moment(stats, group, "gptq=True" if cfg.gptq else "grid_refit")
     if mean is not None:  # E[(x - mu)(x - mu)^T] = E[x x^T] - mu mu^T for the calibrated mean mu
         h = h - torch.outer(mean.double(), mean.double())
+    if basis is not None:  # the quantized GEMM sees P (x - mu), P = I - U U^T
+        proj = torch.eye(h.shape[0], dtype=torch.float64) - basis.double() @ basis.double().T
+        h = proj @ h @ proj
     if s is not None:  # (x / s)^T (x / s) = diag(1/s) X^T X diag(1/s)
         inv = 1.0 / s.double()
         h = h * inv[:, None] * inv[None, :]
@@ -310,13 +320,16 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
     consts: list[tuple[str, torch.Tensor, DType]] = []
     x, mean = group[0].x, None
     correction = None  # an uncentered input's mean, for the weights' bias correction
+    branch: tuple[Tensor, torch.Tensor] | None = None  # the low-rank branch's (c, U)
     if not cfg.fp8_dynamic:  # a static input scale; without one the plugin scales per token
         assert stats is not None
         x, mean, x_amax = _fp8_input(net, group, cfg, stats)
         if mean is None and cfg.center_inputs != "none":
             correction = stats.channel_mean(x.name)
+        elif mean is not None and cfg.fp8_lowrank:
+            x, branch = _lowrank_split(net, group, x, mean, cfg.fp8_lowrank, stats)
         consts.append(("input_scale", (x_amax.float().clamp_min(1e-8) / nq.FP8_MAX).reshape(1), DType.float32))
-    h = _hessian(cfg, stats, group, mean=mean)
+    h = _hessian(cfg, stats, group, mean=mean, basis=None if branch is None else branch[1])
     for site in group:
         w = site.weight.float()
         amax = w.abs().amax(dim=1) if cfg.fp8_per_channel_weights else w.abs().amax().reshape(1)
@@ -325,8 +338,9 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
             gptq.gptq_fp8(w, h, w_scale, act_order=cfg.gptq_act_order)
         fields = {"act_group_size": cfg.fp8_act_group_size} if cfg.fp8_act_group_size else {}
         bias = _fp8_bias(w, codes, w_scale, mean, correction)
+        lowrank = None if branch is None else (branch[0], (w.double() @ branch[1].double()).T.float())
         _replace_gemm(net, site, x, FP8_GEMM, [("weight", codes, DType.fp8),
-                      ("weight_scale", w_scale, DType.float32), *consts], bias=bias, **fields)
+                      ("weight_scale", w_scale, DType.float32), *consts], bias=bias, lowrank=lowrank, **fields)
 
 
 def _fp8_bias(w: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor, mean: torch.Tensor | None,
@@ -350,8 +364,7 @@ def _fp8_input(net: Network, group: list[GemmSite], cfg: QuantConfig,
     group's first GEMM; ``mean`` rounded to x's dtype, as subtracted) and the range is the centered one."""
     x = group[0].x
     producer = x.producer
-    centered = cfg.center_inputs == "all" or (
-        cfg.center_inputs == "norm" and producer is not None and producer.kind is LayerKind.NORMALIZATION)
+    centered = _centered_input(cfg.center_inputs, producer, net)
     if not centered:
         return x, None, stats.amax[x.name].max()
     mean = stats.channel_mean(x.name)
@@ -365,6 +378,43 @@ def _fp8_input(net: Network, group: list[GemmSite], cfg: QuantConfig,
                         replace_layer=False, module_path=first.module_path)
     assert centered_x is not None
     return centered_x, mean.double(), stats.centered_amax(x.name, mean.double())
+
+
+def _lowrank_split(net: Network, group: list[GemmSite], centered: Tensor, mean: torch.Tensor, rank: int,
+                   stats: CalibrationStats) -> tuple[Tensor, tuple[Tensor, torch.Tensor]]:
+    """``fp8_lowrank``: the leading ``rank`` eigenvectors ``U [k, r]`` of the centered input's calibrated
+    covariance, and the layers ``c = centered @ U`` and ``rest = centered - c @ U^T`` before the group's
+    first GEMM. Returns ``(rest, (c, U))``: the GEMMs quantize ``rest`` and add ``c (W U)^T``.
+
+    The static scale stays the centered range's: e4m3's error is relative to each value, so a scale
+    larger than ``rest`` needs only costs precision for values below its normal range."""
+    cov = _second_moment(stats, group, "fp8_lowrank") - torch.outer(mean, mean)
+    k = cov.shape[0]
+    if not 0 < rank < k:
+        raise ConfigError(f"quantize_network: fp8_lowrank {rank} must be below the input width {k} of "
+                          f"{group[0].describe()}")
+    basis = torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(1)  # leading first; eigh sorts ascending
+    basis = basis.to(centered.dtype.torch)
+    first = group[0].layer
+    out: dict[str, Tensor] = {}
+
+    def build() -> Tensor:
+        u = _const(net, basis, centered.dtype, f"{first.name}.lowrank_basis")
+        ut = _const(net, basis.T.contiguous(), centered.dtype, f"{first.name}.lowrank_basis_t")
+        out["c"] = F.matmul(centered, u)
+        return F.sub(centered, F.matmul(out["c"], ut))
+    rest = splice(net, first, build, replace_layer=False, module_path=first.module_path)
+    assert rest is not None
+    return rest, (out["c"], basis.double())
+
+
+def _centered_input(which: str, producer: Layer | None, net: Network) -> bool:
+    """Whether ``fp8_center_inputs`` (``which``) covers a GEMM input made by ``producer``."""
+    if which in ("none", "all") or producer is None:
+        return which == "all"
+    if producer.kind is LayerKind.NORMALIZATION:
+        return True
+    return which == "norm+swiglu" and swiglu_match(producer, consumers(net)) is not None
 
 
 def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,

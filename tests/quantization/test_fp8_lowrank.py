@@ -1,0 +1,137 @@
+"""fp8's low-rank float branch (``fp8_lowrank``): each centered GEMM input's leading principal
+directions pass through the float weights, only the rest is quantized. Checked against Hugging Face:
+the basis spans the leading eigenvectors of the covariance of the HF model's own GEMM inputs, the
+branch's weight is ``(W U)^T`` of the HF weights, and on a model whose hidden states carry a strong
+token-dependent direction (what massive activations are) the branch shrinks the fp8 error against
+the HF logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from trtdsl.errors import ConfigError
+from trtdsl.ir.network import LayerKind
+from trtdsl.models import from_hugging_face
+from trtdsl.models.eval import token_logprobs
+from trtdsl.quantization import QuantConfig, calibrate, prefill_feeds, quantize_network, token_chunks
+from trtdsl.quantization.graph import constant_source
+from trtdsl.quantization.plugins import FP8_GEMM
+
+
+@pytest.fixture(scope="module")
+def spiky_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A tiny Llama whose embeddings carry two fixed directions with large per-token weights."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=64, tie_word_embeddings=False)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        emb = hf.model.embed_tokens.weight
+        directions = torch.linalg.qr(torch.randn(64, 2, generator=g)).Q.T  # [2, 64], orthonormal
+        emb += 64.0 * emb.std() * torch.randn(128, 2, generator=g) @ directions
+    path = Path(tmp_path_factory.mktemp("spiky_llama"))
+    hf.save_pretrained(path)
+    net = from_hugging_face(path, "float32").build_network(
+        max_batch_size=2, max_num_tokens=64, max_seq_len=48, tokens_per_block=8, context_logits=True)
+    chunks = token_chunks(torch.randint(0, 128, (512,), generator=torch.Generator().manual_seed(1)).tolist(), 32, 16)
+    feeds = list(prefill_feeds(net, chunks, batch_size=2))
+    return net, hf, chunks, calibrate(net, feeds, progress=False, hessians=True)
+
+
+def _hf_inputs(hf: torch.nn.Module, chunks: list, module: torch.nn.Module) -> torch.Tensor:
+    rows: list[torch.Tensor] = []
+    handle = module.register_forward_pre_hook(lambda mod, inp: rows.append(inp[0].reshape(-1, inp[0].shape[-1])))
+    with torch.no_grad():
+        for c in chunks:
+            hf(torch.tensor([c]))
+    handle.remove()
+    return torch.cat(rows).double()
+
+
+def _value(t) -> torch.Tensor:
+    return constant_source(t).attrs["value"].double()
+
+
+def test_branch_is_the_leading_principal_directions_of_the_hf_inputs(spiky_llama: tuple) -> None:
+    net, hf, chunks, stats = spiky_llama
+    qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2)
+    layer = hf.model.layers[1]
+    gemm = next(la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == FP8_GEMM
+                and la.name.startswith("layers.1.") and "gate_up" in la.module_path)
+    rest = gemm.inputs[0].producer  # centered - c @ U^T
+    assert rest.kind is LayerKind.ELEMENTWISE and rest.attrs["op"] == "sub"
+    low = rest.inputs[1].producer
+    c = low.inputs[0].producer
+    assert low.kind is LayerKind.MATRIX_MULTIPLY and c.kind is LayerKind.MATRIX_MULTIPLY
+    basis = _value(c.inputs[1])  # [k, 2]
+    torch.testing.assert_close(_value(low.inputs[1]), basis.T)
+    x = _hf_inputs(hf, chunks, layer.mlp.gate_proj)
+    cov = torch.cov(x.T, correction=0)
+    want = torch.linalg.eigh(cov).eigenvectors[:, -2:]
+    # the same subspace: the projections agree
+    torch.testing.assert_close(basis @ basis.T, want @ want.T, rtol=0, atol=2e-3)
+    # the branch's output: c @ (W U)^T with the float HF weights, W mean as the bias
+    (add,) = [la for la in qnet.layers if any(t is gemm.outputs[0] for t in la.inputs)]
+    branch = add.inputs[1].producer
+    assert branch.kind is LayerKind.MATRIX_MULTIPLY and branch.inputs[0] is c.outputs[0]
+    w = torch.cat([layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight]).double()
+    torch.testing.assert_close(_value(branch.inputs[1]), (w @ basis).T, rtol=1e-5, atol=1e-6)
+
+
+def test_branch_shrinks_the_fp8_error_against_hf(spiky_llama: tuple) -> None:
+    net, hf, _, stats = spiky_llama
+    tokens = torch.randint(0, 128, (40,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = hf(tokens[None].long()).logits[0].double().log_softmax(-1)[:-1]
+    ref = ref.gather(1, tokens[1:, None].long())[:, 0]
+    errors = {}
+    for rank in (0, 2):
+        qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=rank, fp8_center_inputs="all")
+        errors[rank] = float((token_logprobs(qnet, tokens.tolist()).double() - ref).abs().mean())
+    assert errors[2] < 0.5 * errors[0], errors  # measured 0.16x
+
+
+def test_lowrank_errors(spiky_llama: tuple) -> None:
+    net, _, chunks, stats = spiky_llama
+    with pytest.raises(ConfigError, match="fp8_lowrank -1 must be >= 0"):
+        QuantConfig(mode="fp8", fp8_lowrank=-1)
+    with pytest.raises(ConfigError, match="applies to centered fp8 inputs"):
+        QuantConfig(mode="fp8", fp8_center_inputs="none", fp8_lowrank=2)
+    with pytest.raises(ConfigError, match="applies to centered fp8 inputs"):
+        QuantConfig(mode="int8_sq", fp8_lowrank=2)
+    with pytest.raises(ConfigError, match="must be below the input width 64"):
+        quantize_network(net, "fp8", calibration=stats, fp8_lowrank=64)
+    plain = calibrate(net, list(prefill_feeds(net, chunks[:2], batch_size=2)), progress=False)
+    with pytest.raises(ConfigError, match="fp8_lowrank needs X\\^T X"):
+        quantize_network(net, "fp8", calibration=plain, fp8_lowrank=2)
+
+
+def test_optimizer_keeps_the_branch_exact(spiky_llama: tuple, tmp_path: Path) -> None:
+    """The fp8 activation fusion leaves low-rank inputs unfused (their readers are the branch's
+    layers, not GEMMs): the optimized network is bit for bit the one without that fusion, also after
+    an engine round trip, and no constant is left unread."""
+    from trtdsl.backends.torch_executor import TorchExecutor
+    from trtdsl.engine import Engine
+    from trtdsl.passes import optimize
+    from trtdsl.passes.graph import consumers, output_ids
+    from trtdsl.quantization import clone_network
+    net, _, chunks, stats = spiky_llama
+    qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2, fp8_center_inputs="norm+swiglu")
+    plain = clone_network(qnet)
+    optimize(plain, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
+    assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 2  # the attentions
+    users, outs = consumers(qnet), output_ids(qnet)
+    assert not [la.name for la in qnet.layers if la.kind is LayerKind.CONSTANT
+                and not any(users.get(id(t)) or id(t) in outs for t in la.outputs)]
+    feeds = list(prefill_feeds(net, chunks[:2], batch_size=2))
+    want = TorchExecutor(plain).run(feeds[0])
+    Engine(qnet).save(tmp_path / "e")
+    for candidate in (qnet, Engine.load(tmp_path / "e").network):
+        got = TorchExecutor(candidate).run(feeds[0])
+        assert all(torch.equal(got[name], want[name]) for name in want)
