@@ -21,6 +21,8 @@ from trtdsl.quantization import QuantConfig, calibrate, prefill_feeds, quantize_
 from trtdsl.quantization.graph import constant_source
 from trtdsl.quantization.plugins import FP8_GEMM
 
+from test_fp8_center import _hf_inputs  # every row the HF model feeds a module
+
 
 @pytest.fixture(scope="module")
 def spiky_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
@@ -42,16 +44,6 @@ def spiky_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     chunks = token_chunks(torch.randint(0, 128, (512,), generator=torch.Generator().manual_seed(1)).tolist(), 32, 16)
     feeds = list(prefill_feeds(net, chunks, batch_size=2))
     return net, hf, chunks, calibrate(net, feeds, progress=False, hessians=True)
-
-
-def _hf_inputs(hf: torch.nn.Module, chunks: list, module: torch.nn.Module) -> torch.Tensor:
-    rows: list[torch.Tensor] = []
-    handle = module.register_forward_pre_hook(lambda mod, inp: rows.append(inp[0].reshape(-1, inp[0].shape[-1])))
-    with torch.no_grad():
-        for c in chunks:
-            hf(torch.tensor([c]))
-    handle.remove()
-    return torch.cat(rows).double()
 
 
 def _value(t) -> torch.Tensor:
