@@ -325,7 +325,7 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
         assert stats is not None
         x, mean, x_amax = _fp8_input(net, group, cfg, stats)
         if mean is None and cfg.center_inputs != "none":
-            correction = stats.channel_mean(x.name)
+            correction = _channel_mean(stats, x)
         elif mean is not None and cfg.fp8_lowrank:
             x, branch = _lowrank_split(net, group, x, mean, cfg.fp8_lowrank, stats)
         consts.append(("input_scale", (x_amax.float().clamp_min(1e-8) / nq.FP8_MAX).reshape(1), DType.float32))
@@ -367,12 +367,7 @@ def _fp8_input(net: Network, group: list[GemmSite], cfg: QuantConfig,
     centered = _centered_input(cfg.center_inputs, producer, net)
     if not centered:
         return x, None, stats.amax[x.name].max()
-    mean = stats.channel_mean(x.name)
-    if mean is None:
-        raise ConfigError(f"quantize_network: fp8_center_inputs needs each GEMM input's per-channel mean, and "
-                          f"these calibration statistics have none for {x.name!r} (collected by an older "
-                          f"trtdsl): calibrate again")
-    mean = mean.to(x.dtype.torch)
+    mean = _channel_mean(stats, x).to(x.dtype.torch)
     first = group[0].layer
     centered_x = splice(net, first, lambda: F.sub(x, _const(net, mean, x.dtype, f"{first.name}.input_mean")),
                         replace_layer=False, module_path=first.module_path)
@@ -406,6 +401,17 @@ def _lowrank_split(net: Network, group: list[GemmSite], centered: Tensor, mean: 
     rest = splice(net, first, build, replace_layer=False, module_path=first.module_path)
     assert rest is not None
     return rest, (out["c"], basis.double())
+
+
+def _channel_mean(stats: CalibrationStats, x: Tensor) -> torch.Tensor:
+    """The calibrated per-channel mean of GEMM input ``x``: centered inputs subtract it, the others'
+    weights are bias-corrected along it."""
+    mean = stats.channel_mean(x.name)
+    if mean is None:
+        raise ConfigError(f"quantize_network: fp8_center_inputs needs each GEMM input's per-channel mean, and "
+                          f"these calibration statistics have none for {x.name!r} (collected by an older "
+                          f"trtdsl): calibrate again, or pass fp8_center_inputs='none'")
+    return mean
 
 
 def _centered_input(which: str, producer: Layer | None, net: Network) -> bool:
