@@ -185,16 +185,9 @@ def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk
                                                            kv: str | None, center: str) -> None:
     transformers = pytest.importorskip("transformers")
     from trtdsl.backends.torch_executor import TorchExecutor
-    from trtdsl.models import from_hugging_face
     from trtdsl.passes import optimize
     from trtdsl.quantization import clone_network, prefill_feeds, quantize_network, token_chunks
-    torch.manual_seed(0)  # head_dim 64: the CUDA attention kernels run, as in production
-    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
-    net = from_hugging_face(tmp_path, "bfloat16").build_network(max_batch_size=2, max_num_tokens=64,
-                                                                max_seq_len=64, tokens_per_block=16)
-    ids = torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(1)).tolist()
+    net, ids = _tiny_bf16_llama(tmp_path, transformers)
     qnet = quantize_network(net, "fp8", calibration_feeds=list(prefill_feeds(net, token_chunks(ids, 16, 4), 2)),
                             progress=False, kv_cache_dtype=kv, fp8_center_inputs=center)
     unfused = clone_network(qnet)
@@ -207,6 +200,20 @@ def test_fused_llama_is_bitwise_the_unfused_one_on_the_gpu(tmp_path: Path, chunk
         assert torch.equal(got[name], want[name]), name
     if chunk == 2:  # decode steps too: there the fused decode attention kernel writes o_proj's codes
         assert _greedy_decode(unfused, ids[:5]) == _greedy_decode(qnet, ids[:5])
+
+
+
+def _tiny_bf16_llama(tmp_path: Path, transformers) -> tuple:
+    """A random 2-layer Llama (head_dim 64: the CUDA attention kernels run, as in production) as a
+    bf16 network, and 64 token ids."""
+    from trtdsl.models import from_hugging_face
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=256, hidden_size=256, intermediate_size=688, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    net = from_hugging_face(tmp_path, "bfloat16").build_network(max_batch_size=2, max_num_tokens=64,
+                                                                max_seq_len=64, tokens_per_block=16)
+    return net, torch.randint(0, 256, (64,), generator=torch.Generator().manual_seed(1)).tolist()
 
 
 def _greedy_decode(net, prompt: list[int]) -> tuple[list[int], list[list[float]]]:

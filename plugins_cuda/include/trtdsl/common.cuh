@@ -74,15 +74,21 @@ inline bool aligned_to(const void* p, uintptr_t bytes) { return (reinterpret_cas
 // How a kernel's float result leaves it (the `Store` of the RMSNorm and SwiGLU kernels): rounded to T.
 // norm_quant.cuh's StoreFp8 stores the e4m3 codes of that T value / scale instead, so a quantizing
 // kernel is the plain one with another store, and its codes are the plain values quantized, bitwise.
-// Arg: what the kernel passes the store's constructor (and prefetch); the RMSNorm kernel also passes each
-// value's column (StoreFp8Centered subtracts that channel's mean).
+// Arg: what the kernel passes the store's constructor (and prefetch). Channels<VEC>: per-channel constants
+// of VEC consecutive columns that the RMSNorm kernel loads once per vector, early, with the norm's weight
+// (none here; StoreFp8Centered's mean), and hands to the store with each value.
+struct NoChannels {};
+
 template <typename T> struct StoreT {
   using Out = T;
   using Arg = const float*;
-  __device__ static void prefetch(Arg) {}  // the store's constants, before pdl_wait (none here)
+  template <int VEC> using Channels = NoChannels;
+  __device__ static void prefetch(Arg, int64_t = 0) {}  // the store's constants, before pdl_wait (none here)
+  static bool aligned(Arg, uintptr_t) { return true; }   // host: may the kernel load Channels as vectors?
   __device__ explicit StoreT(Arg) {}
+  template <int VEC> __device__ NoChannels channels(int64_t) const { return {}; }
   __device__ Out operator()(float y) const { return from_float<T>(y); }
-  __device__ Out operator()(float y, int64_t) const { return from_float<T>(y); }
+  __device__ Out operator()(float y, NoChannels, int) const { return from_float<T>(y); }
 };
 
 inline int launch_status() { return cudaGetLastError() == cudaSuccess ? kOk : kErrLaunch; }

@@ -19,11 +19,14 @@ namespace trtdsl {
 template <typename T> struct StoreFp8 {
   using Out = Fp8;
   using Arg = const float*;
+  template <int VEC> using Channels = NoChannels;
   float scale;
-  __device__ static void prefetch(Arg s) { if (threadIdx.x == 0) pdl_prefetch_l2(s); }  // a constant
+  __device__ static void prefetch(Arg s, int64_t = 0) { if (threadIdx.x == 0) pdl_prefetch_l2(s); }  // a constant
+  static bool aligned(Arg, uintptr_t) { return true; }
   __device__ explicit StoreFp8(Arg s) : scale(__ldg(s)) {}
+  template <int VEC> __device__ NoChannels channels(int64_t) const { return {}; }
   __device__ Out operator()(float y) const { return quantize_rounded<T>(y, scale); }
-  __device__ Out operator()(float y, int64_t) const { return quantize_rounded<T>(y, scale); }
+  __device__ Out operator()(float y, NoChannels, int) const { return quantize_rounded<T>(y, scale); }
 };
 
 // The input scale and the per-channel mean [hidden] (in T) of a centered fp8 GEMM input.
@@ -34,15 +37,23 @@ template <typename T> struct CenteredFp8Arg {
 
 // e4m3 codes of (y - mean[col]) / *scale with both roundings of the unfused graph: y rounded to T (the
 // norm's stored value), the difference rounded to T (the subtraction layer's), then quantize_rounded.
+// The mean goes to L2 before pdl_wait and into registers as vectors with the norm's weight (Channels),
+// so its latency overlaps the row sum instead of following it.
 template <typename T> struct StoreFp8Centered {
   using Out = Fp8;
   using Arg = CenteredFp8Arg<T>;
+  template <int VEC> using Channels = Vec<T, VEC>;
   float scale;
   const T* mean;
-  __device__ static void prefetch(Arg a) { if (threadIdx.x == 0) pdl_prefetch_l2(a.scale); }
+  __device__ static void prefetch(Arg a, int64_t channels = 0) {
+    if (threadIdx.x == 0) pdl_prefetch_l2(a.scale);
+    pdl_prefetch_l2_range(a.mean, channels * static_cast<int64_t>(sizeof(T)));
+  }
+  static bool aligned(Arg a, uintptr_t bytes) { return aligned_to(a.mean, bytes); }
   __device__ explicit StoreFp8Centered(Arg a) : scale(__ldg(a.scale)), mean(a.mean) {}
-  __device__ Out operator()(float y, int64_t col) const {
-    return quantize_rounded<T>(to_float<T>(from_float<T>(y)) - to_float<T>(mean[col]), scale);
+  template <int VEC> __device__ Vec<T, VEC> channels(int64_t col0) const { return load_vec<T, VEC>(mean + col0); }
+  template <int VEC> __device__ Out operator()(float y, const Vec<T, VEC>& m, int k) const {
+    return quantize_rounded<T>(to_float<T>(from_float<T>(y)) - to_float<T>(m.v[k]), scale);
   }
 };
 

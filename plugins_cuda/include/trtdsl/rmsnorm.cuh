@@ -16,16 +16,22 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
   extern __shared__ float row_cache[];
   __shared__ float scratch[32];
   pdl_prefetch_l2_range(weight, hidden * static_cast<int64_t>(sizeof(T)));  // to L2 while the predecessor runs
-  Store::prefetch(out_scale);
+  Store::prefetch(out_scale, hidden);
   pdl_wait();  // x / residual come from the previous kernel, which may still read residual_out (pdl.cuh)
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
   const int64_t nvec = hidden / VEC;
-  // This thread's first weight vector (and the store's scale) now, so their latency overlaps the row sum.
-  Vec<T, VEC> w_first;
-  if (threadIdx.x < nvec) w_first = load_vec<T, VEC>(weight + threadIdx.x * VEC);
+  // This thread's first weight vector, the store's scale and its per-channel constants now, so their
+  // latency overlaps the row sum.
   const Store store(out_scale);
+  using Channels = typename Store::template Channels<VEC>;
+  Vec<T, VEC> w_first;
+  Channels c_first{};
+  if (threadIdx.x < nvec) {
+    w_first = load_vec<T, VEC>(weight + threadIdx.x * VEC);
+    c_first = store.template channels<VEC>(threadIdx.x * VEC);
+  }
   float sumsq = 0.f;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
@@ -49,9 +55,10 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
   typename Store::Out* outr = out + row * out_stride;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     const Vec<T, VEC> wv = i == threadIdx.x ? w_first : load_vec<T, VEC>(weight + i * VEC);
+    const Channels cv = i == threadIdx.x ? c_first : store.template channels<VEC>(i * VEC);
     Vec<typename Store::Out, VEC> ov;
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) ov.v[k] = store(row_cache[i * VEC + k] * inv * to_float(wv.v[k]), i * VEC + k);
+    for (int k = 0; k < VEC; ++k) ov.v[k] = store(row_cache[i * VEC + k] * inv * to_float(wv.v[k]), cv, k);
     store_vec<typename Store::Out, VEC>(outr + i * VEC, ov);
   }
 }
@@ -86,7 +93,7 @@ int launch_rmsnorm(const T* x, const T* res, const T* w, typename Store::Out* ou
   constexpr int V = 16 / sizeof(T);
   if (rows == 0) return kOk;
   bool vec = hidden % V == 0 && xs % V == 0 && os % V == 0 && aligned16(x) && aligned16(w) &&
-             aligned_to(out, V * sizeof(typename Store::Out));
+             aligned_to(out, V * sizeof(typename Store::Out)) && Store::aligned(scale, 16);
   if (res) vec = vec && rs % V == 0 && ros % V == 0 && aligned16(res) && aligned16(res_out);
   if (res) {
     return vec ? launch_rmsnorm_v<T, V, true, Store>(x, res, w, scale, out, res_out, rows, hidden, xs, rs, os, ros, eps, stream)
