@@ -176,12 +176,13 @@ class OurEngine:
 
 def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """A benchmark quantization spec -> (mode, QuantConfig options):
-    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE][:center=norm|all]``, e.g. ``int4_awq:g64:head`` = int4_awq with groups of
+    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE][:center=norm|norm+swiglu|all][:lowrank=R]``, e.g. ``int4_awq:g64:head`` = int4_awq with groups of
     64 and the LM head quantized too (the default keeps it bf16, as TensorRT-LLM does),
     ``fp8:head=int8_wo`` = fp8 with an int8 weight-only LM head (``mode_overrides``), ``fp8:kv=fp8`` = fp8
     with an fp8 K/V cache (per-head scales), ``bf16:kv=int8`` = bf16 weights with an int8 cache (mode
-    None), ``fp8:center=norm`` = fp8 with the norms' outputs centered (``fp8_center_inputs``); the group
-    size defaults to 128."""
+    None), ``fp8:center=norm`` = fp8 with the norms' outputs centered (``fp8_center_inputs``),
+    ``fp8:center=norm+swiglu:lowrank=4`` = with the low-rank branch (``fp8_lowrank``; a random basis);
+    the group size defaults to 128."""
     mode, *flags = spec.split(":")
     options: dict[str, Any] = {"group_size": 128}
     for flag in flags:
@@ -194,11 +195,13 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
             options["mode_overrides"] = (("*lm_head*", flag[len("head="):]),)
         elif flag.startswith("center="):
             options["fp8_center_inputs"] = flag[len("center="):]
+        elif flag.startswith("lowrank="):
+            options["fp8_lowrank"] = int(flag[len("lowrank="):])
         elif re.fullmatch(r"g\d+", flag):
             options["group_size"] = int(flag[1:])
         else:
-            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE, kv=DTYPE or "
-                             f"center=norm|all)")
+            raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE, kv=DTYPE, "
+                             f"center=norm|norm+swiglu|all or lowrank=R)")
     return mode, options
 
 
@@ -229,7 +232,18 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
             if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:
                 f = layer.attrs["fields"]
                 stats.kv_amax[int(f["layer_idx"])] = torch.full((2, int(f["num_kv_heads"])), 4.0)
-    return quantize_network(net, None if mode == "bf16" else mode, calibration=stats, progress=False, **options)
+    if not options.get("fp8_lowrank"):
+        return quantize_network(net, None if mode == "bf16" else mode, calibration=stats, progress=False, **options)
+    # fp8_lowrank's basis: random orthonormal columns instead of the covariance's eigenvectors (an 8B model's
+    # X^T X would be 53 GB; the kernels' speed does not depend on the basis).
+    from trtdsl.quantization import quantize as q
+    real = q._lowrank_basis
+    q._lowrank_basis = lambda stats, group, mean, rank: torch.linalg.qr(  # type: ignore[assignment]
+        torch.randn(mean.shape[0], rank, dtype=torch.float64)).Q
+    try:
+        return quantize_network(net, mode, calibration=stats, progress=False, **options)
+    finally:
+        q._lowrank_basis = real
 
 
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],

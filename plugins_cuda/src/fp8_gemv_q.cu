@@ -14,11 +14,11 @@ extern "C" int trtdsl_fp8_gemv_static(const void* x, const float* input_scale, c
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
   const int ws = static_cast<int>(w_scale_stride);
   if (dtype == kFloat16)
-    return launch_fp8_gemv<__half, true>(x, weight, input_scale, 0, w_scale, ws, static_cast<__half*>(out), nullptr, mi, ni,
+    return launch_fp8_gemv<__half, true>(x, weight, input_scale, 0, w_scale, ws, static_cast<__half*>(out), Fp8GemvEpilogue<__half>{}, mi, ni,
                                          ki, config, stream);
   if (dtype == kBFloat16)
     return launch_fp8_gemv<__nv_bfloat16, true>(x, weight, input_scale, 0, w_scale, ws,
-                                                static_cast<__nv_bfloat16*>(out), nullptr, mi, ni, ki, config,
+                                                static_cast<__nv_bfloat16*>(out), Fp8GemvEpilogue<__nv_bfloat16>{}, mi, ni, ki, config,
                                                 stream);
   return kErrDtype;  // fp32 activations: quantize_fp8 + trtdsl_fp8_gemv
 }

@@ -104,20 +104,27 @@ def test_lowrank_errors(spiky_llama: tuple) -> None:
         quantize_network(net, "fp8", calibration=plain, fp8_lowrank=2)
 
 
-def test_optimizer_keeps_the_branch_exact(spiky_llama: tuple, tmp_path: Path) -> None:
-    """The fp8 activation fusion leaves low-rank inputs unfused (their readers are the branch's
-    layers, not GEMMs): the optimized network is bit for bit the one without that fusion, also after
-    an engine round trip, and no constant is left unread."""
+def test_fusion_folds_the_split_into_its_producers_bit_for_bit(spiky_llama: tuple, tmp_path: Path) -> None:
+    """The fp8 activation pass folds the centering and the low-rank split into the quantizing norms and
+    SwiGLUs (outputs: the codes of the rest, then c) and ``c @ (W U)^T`` and the bias into each GEMM
+    (inputs 5-7): the network is bit for bit the one without that fusion, also after an engine round
+    trip, and no constant is left unread."""
     from trtdsl.backends.torch_executor import TorchExecutor
     from trtdsl.engine import Engine
-    from trtdsl.passes import optimize
+    from trtdsl.passes import fp8_act_fuse, optimize
     from trtdsl.passes.graph import consumers, output_ids
     from trtdsl.quantization import clone_network
     net, _, chunks, stats = spiky_llama
     qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2, fp8_center_inputs="norm+swiglu")
     plain = clone_network(qnet)
     optimize(plain, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
-    assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 2  # the attentions
+    assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 8
+    producers = [la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] in
+                 (fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8, fp8_act_fuse.SWIGLU_FP8)]
+    assert len(producers) == 6 and all(la.outputs[-1].shape[-1] == 2 for la in producers)  # each writes c
+    gemms = [la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == FP8_GEMM]
+    assert sorted(len(g.inputs) for g in gemms) == [5, 5] + [7] * 6  # o_proj: the bias correction alone
+    assert not [la for la in qnet.layers if la.kind is LayerKind.ELEMENTWISE and la.attrs.get("op") == "sub"]
     users, outs = consumers(qnet), output_ids(qnet)
     assert not [la.name for la in qnet.layers if la.kind is LayerKind.CONSTANT
                 and not any(users.get(id(t)) or id(t) in outs for t in la.outputs)]
@@ -127,3 +134,25 @@ def test_optimizer_keeps_the_branch_exact(spiky_llama: tuple, tmp_path: Path) ->
     for candidate in (qnet, Engine.load(tmp_path / "e").network):
         got = TorchExecutor(candidate).run(feeds[0])
         assert all(torch.equal(got[name], want[name]) for name in want)
+
+
+def test_fused_plugins_check_the_basis_and_the_branch(spiky_llama: tuple) -> None:
+    from trtdsl import functional as F
+    from trtdsl.errors import DTypeError, ShapeError
+    from trtdsl.passes import fp8_act_fuse, optimize
+    net, _, _, stats = spiky_llama
+    qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2, fp8_center_inputs="norm+swiglu")
+    optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)
+    norm = next(la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == fp8_act_fuse.ADD_RMS_NORM_FP8)
+    swiglu = next(la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == fp8_act_fuse.SWIGLU_FP8)
+    gemm = next(g for g in qnet.layers if g.kind is LayerKind.PLUGIN and g.attrs["name"] == FP8_GEMM and len(g.inputs) == 7)
+    tall = F.constant(torch.zeros(8, 2), "float32", network=qnet)
+    with pytest.raises(ShapeError, match=r"basis .* must be \[64, r\]"):
+        F.plugin(fp8_act_fuse.ADD_RMS_NORM_FP8, [*norm.inputs[:5], tall], **norm.attrs["fields"])
+    with pytest.raises(ShapeError, match="needs its low-rank basis too"):
+        F.plugin(fp8_act_fuse.SWIGLU_FP8, swiglu.inputs[:3])
+    with pytest.raises(ShapeError, match=r"lowrank_weight \[r, \d+\]"):
+        F.plugin(FP8_GEMM, [*gemm.inputs[:6], tall], **gemm.attrs["fields"])
+    wide = F.constant(torch.zeros(64, 2, dtype=torch.float16), "float16", network=qnet)
+    with pytest.raises(DTypeError, match="must have the activation's dtype"):
+        F.plugin(fp8_act_fuse.ADD_RMS_NORM_FP8, [*norm.inputs[:5], wide], **norm.attrs["fields"])

@@ -12,10 +12,11 @@ means "already quantized with ``input_scale``"; its field ``out_dtype`` keeps th
 plugin                        inputs                                   outputs
 ============================  =======================================  ======================================
 ``trtdsl.rms_norm_fp8``       ``x``, ``weight``, ``input_scale [1]``,  codes of ``rms_norm(x) * weight``
-                              optional ``mean [k]``                    (``- mean``)
+                              optional ``mean [k]``, ``basis [k, r]``  (``- mean``, split), ``c``
 ``trtdsl.add_rms_norm_fp8``   ``a``, ``b``, ``weight``, ``input_scale``,  codes of the norm of ``a + b``
-                              optional ``mean [k]``                    (``- mean``), ``a + b``
-``trtdsl.swiglu_fp8``         ``x = [gate | up]``, ``input_scale``      codes of ``silu(gate) * up``
+                              optional ``mean [k]``, ``basis [k, r]``  (``- mean``, split), ``a + b``, ``c``
+``trtdsl.swiglu_fp8``         ``x = [gate | up]``, ``input_scale``,     codes of ``silu(gate) * up``
+                              optional ``mean``, ``basis``             (``- mean``, split), ``c``
 ``trtdsl.attention_fp8``      the attention's 8, ``input_scale``        codes of the attention's output
 ``trtdsl.attention_quant_kv   attention_quant_kv's 9 or 10,             codes of the attention's output
 _fp8``                        ``input_scale``
@@ -34,8 +35,15 @@ Centered inputs (``QuantConfig.fp8_center_inputs``): a norm whose only reader su
 per-channel mean before static fp8 GEMMs takes the mean as its last input (the subtraction goes; the
 difference is rounded to the activation dtype as the subtraction did), and a GEMM on codes whose only
 reader adds a constant ``[n]`` vector (the centered input's ``W mean``, or a Linear's own bias) takes it
-as a fifth input, ``bias``, added to the rounded output in its epilogue. The SwiGLU and attention
-producers take no mean: their centered inputs stay a subtraction and the GEMM's own quantizer.
+as a fifth input, ``bias``, added to the rounded output in its epilogue. The attention producers take
+no mean: their centered inputs stay a subtraction and the GEMM's own quantizer.
+
+Low-rank split (``QuantConfig.fp8_lowrank``): when the centered value feeds ``c = d @ basis`` and
+``rest = d - c @ basis^T`` (``quantize._lowrank_split``) and ``rest`` feeds the GEMMs, the producer also
+takes ``basis`` and writes the codes of ``rest`` and, as its last output, ``c``; each GEMM's
+``+ c @ lowrank_weight`` and bias adds become its inputs 5-7 (``bias``, ``c``, ``lowrank_weight``). A
+centered SwiGLU fuses only with its split. The references run the unfused layers' torch ops, so on the
+CPU the fused network is bit for bit the unfused one; the CUDA kernels sum ``c`` in their own order.
 
 Left alone: dynamic (per-token) fp8 GEMMs, a value with any other consumer or that is a network
 output, GEMMs whose ``input_scale`` constants differ, and inputs that are not float.
@@ -43,6 +51,7 @@ output, GEMMs whose ``input_scale`` constants differ, and inputs that are not fl
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,38 +102,52 @@ def _check_inputs(plugin: str, ins: list, count: int, floats: int) -> None:
            f"per-tensor scale), got {tuple(scale.shape)}", ins)
 
 
-def _check_mean(plugin: str, ins: list, count: int) -> None:
-    """The ``count`` inputs of the norm (``input_scale`` last), then optionally its ``mean [k]``."""
-    _check(len(ins) in (count, count + 1), plugin, f"expects {count} inputs (or {count + 1} with a mean), "
-           f"got {len(ins)}", ins)
+def _check_mean(plugin: str, ins: list, count: int, width: Any) -> list:
+    """The ``count`` inputs of the producer (``input_scale`` last), then optionally its ``mean [width]``
+    and, after the mean, the low-rank branch's ``basis [width, r]`` (``QuantConfig.fp8_lowrank``).
+    Returns the extra output's ``[(dtype, shape)]``: the branch's ``c [..., r]``, or nothing."""
+    _check(len(ins) in (count, count + 1, count + 2), plugin, f"expects {count} inputs (or {count + 1} with "
+           f"a mean, {count + 2} with a mean and a low-rank basis), got {len(ins)}", ins)
     _check_inputs(plugin, ins[:count], count, count - 1)
+    if len(ins) == count:
+        return []
+    mean = ins[count]
+    _check(mean.dtype is ins[0].dtype, plugin, f"mean {mean.name!r} must have the activation's dtype "
+           f"{ins[0].dtype.value}, got {mean.dtype.value}", ins, DTypeError)
+    _check(tuple(mean.shape) == (width,), plugin, f"mean {mean.name!r} must be [{width}], got "
+           f"{tuple(mean.shape)}", ins)
     if len(ins) == count + 1:
-        mean, width = ins[-1], ins[0].shape[-1] if ins[0].shape else None
-        _check(mean.dtype is ins[0].dtype, plugin, f"mean {mean.name!r} must have the activation's dtype "
-               f"{ins[0].dtype.value}, got {mean.dtype.value}", ins, DTypeError)
-        _check(tuple(mean.shape) == (width,), plugin, f"mean {mean.name!r} must be [{width}], got "
-               f"{tuple(mean.shape)}", ins)
+        return []
+    basis = ins[-1]
+    _check(basis.dtype is ins[0].dtype, plugin, f"basis {basis.name!r} must have the activation's dtype "
+           f"{ins[0].dtype.value}, got {basis.dtype.value}", ins, DTypeError)
+    _check(len(basis.shape) == 2 and basis.shape[0] == width and isinstance(basis.shape[1], int), plugin,
+           f"basis {basis.name!r} must be [{width}, r], got {tuple(basis.shape)}", ins)
+    return [(ins[0].dtype, tuple(ins[0].shape[:-1]) + (basis.shape[1],))]
 
 
 def _rms_norm_fp8_shape(ins: list, fields: dict) -> list:
-    _check_mean(RMS_NORM_FP8, ins, 3)
-    return [(DType.fp8, ins[0].shape)]
+    branch = _check_mean(RMS_NORM_FP8, ins, 3, ins[0].shape[-1] if ins and ins[0].shape else None)
+    return [(DType.fp8, ins[0].shape), *branch]
 
 
 def _add_rms_norm_fp8_shape(ins: list, fields: dict) -> list:
-    _check_mean(ADD_RMS_NORM_FP8, ins, 4)
+    branch = _check_mean(ADD_RMS_NORM_FP8, ins, 4, ins[0].shape[-1] if ins and ins[0].shape else None)
     a, b = ins[0], ins[1]
     _check(tuple(a.shape) == tuple(b.shape), ADD_RMS_NORM_FP8, "a and b must have the same shape", ins)
-    return [(DType.fp8, a.shape), (a.dtype, a.shape)]
+    return [(DType.fp8, a.shape), (a.dtype, a.shape), *branch]
 
 
 def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
-    _check_inputs(SWIGLU_FP8, ins, 2, 1)
-    x = ins[0]
-    width = x.shape[-1] if x.shape else None
+    x = ins[0] if ins else None
+    width = x.shape[-1] if x is not None and x.shape else None
     _check(isinstance(width, int) and width % 2 == 0, SWIGLU_FP8, "x's last dim must be a static even "
            "size ([gate | up])", ins)
-    return [(DType.fp8, tuple(x.shape[:-1]) + (x.shape[-1] // 2,))]
+    assert x is not None and isinstance(width, int)
+    _check(len(ins) != 3, SWIGLU_FP8, "a centered SwiGLU input needs its low-rank basis too (x, input_scale, "
+           "mean, basis)", ins)
+    branch = _check_mean(SWIGLU_FP8, ins, 2, width // 2)
+    return [(DType.fp8, tuple(x.shape[:-1]) + (width // 2,)), *branch]
 
 
 def _attention_fp8_shape(ins: list, fields: dict) -> list:
@@ -147,34 +170,46 @@ def _norm_fields(fields: dict) -> dict:
     return {"axes": fields["axes"], "epsilon": fields["epsilon"]}
 
 
-def _centered_codes(normed: torch.Tensor, scale: torch.Tensor, mean: list) -> torch.Tensor:
-    """e4m3 codes of ``normed`` (or of ``normed - mean``, rounded to normed's dtype as the subtraction
-    layer rounds it) with ``scale``."""
-    return quantize_fp8(normed - mean[0] if mean else normed, scale)
+def _centered_codes(value: torch.Tensor, scale: torch.Tensor, extra: list) -> list[torch.Tensor]:
+    """e4m3 codes of ``value`` with ``scale``; with ``extra = [mean]`` of ``d = value - mean``; with
+    ``[mean, basis]`` of ``d - (d basis) basis^T``, and ``d basis`` as a second output. Each step is
+    the layer it replaces (subtraction, matmul with the basis and with its contiguous transpose),
+    rounded to value's dtype as that layer rounds."""
+    if not extra:
+        return [quantize_fp8(value, scale)]
+    d = value - extra[0]
+    if len(extra) == 1:
+        return [quantize_fp8(d, scale)]
+    c = torch.matmul(d, extra[1])
+    return [quantize_fp8(d - torch.matmul(c, extra[1].t().contiguous()), scale), c]
 
 
-def rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
-    """The RMSNorm layer's result (in x's dtype; minus ``mean`` when given), then its e4m3 codes with
-    ``input_scale``."""
+def rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> Any:
+    """The RMSNorm layer's result (in x's dtype), centered / split when given a mean / basis
+    (:func:`_centered_codes`), as e4m3 codes with ``input_scale``; with a basis also ``c``."""
     from ..backends.torch_layers import LAYER_FUNCTIONS
-    x, weight, scale, *mean = ins
+    x, weight, scale, *extra = ins
     layer = Layer(LayerKind.NORMALIZATION, "rms_norm_fp8", [], [], {"kind": "rms", **_norm_fields(fields)})
     (normed,) = LAYER_FUNCTIONS[LayerKind.NORMALIZATION](layer, [x, weight], {}, fused_plugins._CTX)
-    return _centered_codes(normed, scale, mean)
+    out = _centered_codes(normed, scale, extra)
+    return out[0] if len(out) == 1 else out
 
 
 def add_rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> list:
-    """``trtdsl.add_rms_norm``'s outputs, the normalized one (minus ``mean`` when given) as e4m3 codes of
-    ``normed / input_scale``."""
-    a, b, weight, scale, *mean = ins
+    """``trtdsl.add_rms_norm``'s outputs, the normalized one as e4m3 codes (centered / split as
+    :func:`rms_norm_fp8_reference`), then ``c`` with a basis."""
+    a, b, weight, scale, *extra = ins
     normed, total = fused_plugins.add_rms_norm_reference([a, b, weight], _norm_fields(fields), hints or {})
-    return [_centered_codes(normed, scale, mean), total]
+    codes, *c = _centered_codes(normed, scale, extra)
+    return [codes, total, *c]
 
 
-def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
-    """``trtdsl.swiglu``'s result (in x's dtype), then its e4m3 codes with ``input_scale``."""
-    x, scale = ins
-    return quantize_fp8(fused_plugins.swiglu_reference([x], {}, hints or {}), scale)
+def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> Any:
+    """``trtdsl.swiglu``'s result (in x's dtype), then its e4m3 codes with ``input_scale`` (centered and
+    split, with ``c`` as a second output, when given a mean and a basis)."""
+    x, scale, *extra = ins
+    out = _centered_codes(fused_plugins.swiglu_reference([x], {}, hints or {}), scale, extra)
+    return out[0] if len(out) == 1 else out
 
 
 def attention_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> torch.Tensor:
@@ -322,12 +357,81 @@ def _fold_bias(net: Network, gemm: Layer, users: dict[int, list[Layer]], outs: s
     return True
 
 
+@dataclass
+class _LowRankSplit:
+    """The layers ``quantize._lowrank_split`` adds after a centered input ``d``: ``c = d @ basis`` and
+    ``rest = d - c @ basis^T`` (``QuantConfig.fp8_lowrank``)."""
+    basis: Tensor  # constant [k, r]
+    c: Tensor
+    rest: Tensor
+    layers: tuple[Layer, ...]  # the two matmuls and the subtraction, which the fused producer replaces
+
+
+def _plain_matmul(layer: Layer | None, a: Tensor) -> bool:
+    return layer is not None and layer.kind is LayerKind.MATRIX_MULTIPLY and layer.inputs[0] is a and \
+        not layer.attrs.get("transpose_a") and not layer.attrs.get("transpose_b")
+
+
+def _lowrank_split(d: Tensor, users: dict[int, list[Layer]], outs: set[int]) -> _LowRankSplit | None:
+    """The low-rank split reading ``d`` (its only two readers), or None."""
+    readers = users.get(id(d), [])
+    mm = next((la for la in readers if la.kind is LayerKind.MATRIX_MULTIPLY), None)
+    sub = next((la for la in readers if la.kind is LayerKind.ELEMENTWISE and la.attrs.get("op") == "sub"), None)
+    if len(readers) != 2 or not _plain_matmul(mm, d) or sub is None or sub.inputs[0] is not d:
+        return None
+    assert mm is not None
+    basis, c = mm.inputs[1], mm.outputs[0]
+    low = sub.inputs[1].producer
+    if not _plain_matmul(low, c) or len(basis.shape) != 2 or tuple(basis.shape) != (d.shape[-1], c.shape[-1]):
+        return None
+    assert low is not None
+    u, ut = _constant_value(basis), constant_source(low.inputs[1])
+    if u is None or ut is None or basis.dtype is not d.dtype or \
+            not torch.equal(ut.attrs["value"].reshape(u.shape[1], u.shape[0]), u.t()):
+        return None
+    rest = sub.outputs[0]
+    if users.get(id(low.outputs[0])) != [sub] or any(id(t) in outs for t in (c, low.outputs[0], rest)):
+        return None
+    return _LowRankSplit(basis, c, rest, (mm, low, sub))
+
+
+def _fold_lowrank(net: Network, gemm: Layer, c: Tensor, users: dict[int, list[Layer]], outs: set[int]) -> bool:
+    """Move ``+ c @ lowrank_weight`` and then ``+ bias [n]`` after a GEMM on codes into the GEMM (inputs
+    5 to 7: bias, c, lowrank_weight)."""
+    y = gemm.outputs[0]
+    add = users.get(id(y), [None])[0]
+    if len(users.get(id(y), [])) != 1 or id(y) in outs or len(gemm.inputs) != 4 or add is None or \
+            add.kind is not LayerKind.ELEMENTWISE or add.attrs.get("op") != "sum" or len(add.inputs) != 2:
+        return False
+    term = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
+    mm = term.producer
+    if not _plain_matmul(mm, c) or users.get(id(term)) != [add] or tuple(add.outputs[0].shape) != tuple(y.shape):
+        return False
+    assert mm is not None
+    lw = mm.inputs[1]
+    if _constant_value(lw) is None or len(lw.shape) != 2 or lw.dtype is not y.dtype:
+        return False
+    partial = add.outputs[0]
+    if id(partial) in outs:
+        return False
+    gemm.outputs = [partial]  # now _fold_bias sees the GEMM's output followed by the bias add
+    if not _fold_bias(net, gemm, users, outs):
+        gemm.outputs = [y]
+        return False
+    bias_in = gemm.inputs[4]
+    gemm.inputs = [*gemm.inputs[:4], bias_in, c, lw]
+    for dead in (add, mm):
+        dead.inputs, dead.outputs = [], []
+    return True
+
+
 def fuse_fp8_activations(net: Network) -> int:
     """Quantize in the producers of static fp8 GEMM inputs (in place); returns how many producers
     were replaced."""
     users = consumers(net)
     outs = output_ids(net)
     fused, gemms = 0, []
+    branches: dict[int, Tensor] = {}  # id(GEMM) -> the c its low-rank term reads
     for layer in list(net.layers):
         found = _quantized_output(layer)
         if found is None:
@@ -336,25 +440,38 @@ def fuse_fp8_activations(net: Network) -> int:
         if id(value) in outs or value.dtype not in _FLOAT:
             continue
         readers = users.get(id(value), [])
-        centered = _centering(net, value, readers) if plugin in (RMS_NORM_FP8, ADD_RMS_NORM_FP8) else None
-        target = value  # what the GEMMs read: the subtraction's output when centered
+        centered = _centering(net, value, readers) if plugin in (RMS_NORM_FP8, ADD_RMS_NORM_FP8, SWIGLU_FP8) \
+            else None
+        target, split = value, None  # target: what the GEMMs read (the subtraction's or the split's output)
         if centered is not None:
             sub, mean = centered
             target = sub.outputs[0]
             if id(target) in outs:
                 continue
+            split = _lowrank_split(target, users, outs)
+            if split is not None:
+                target = split.rest
+            elif plugin == SWIGLU_FP8:
+                continue  # a centered SwiGLU fuses only with its low-rank split
             readers = users.get(id(target), [])
         scale = _shared_scale(target, readers)
         if scale is None:
             continue
         fields = _fields_of(layer, plugin)
-        layer.inputs = [*layer.inputs, scale] + ([_as_vector(net, mean, value.shape[-1])] if centered else [])
+        width = target.shape[-1]
+        layer.inputs = [*layer.inputs, scale] + ([_as_vector(net, mean, width)] if centered else []) + \
+            ([split.basis] if split else [])
         layer.kind = LayerKind.PLUGIN
         layer.attrs = {"name": plugin, "version": "1", "fields": fields}
-        if centered:  # the norm writes the subtraction's output; the subtraction goes
+        if centered:  # the producer writes the GEMMs' input; the subtraction (and the split's layers) go
             target.producer = layer
             layer.outputs = [target, *layer.outputs[1:]]
-            sub.inputs, sub.outputs = [], []
+            for dead in (sub, *(split.layers if split else ())):
+                dead.inputs, dead.outputs = [], []
+            if split is not None:
+                split.c.producer = layer
+                layer.outputs.append(split.c)
+                branches.update({id(g): split.c for g in readers})
             value = target
         for gemm in readers:
             gemm.attrs = {**gemm.attrs, "fields": {**gemm.attrs.get("fields", {}), "out_dtype": value.dtype}}
@@ -363,7 +480,10 @@ def fuse_fp8_activations(net: Network) -> int:
         fused += 1
     if fused:
         for gemm in gemms:
-            _fold_bias(net, gemm, users, outs)
+            if id(gemm) in branches:
+                _fold_lowrank(net, gemm, branches[id(gemm)], users, outs)
+            else:
+                _fold_bias(net, gemm, users, outs)
         net.layers = [la for la in net.layers if la.outputs]  # the subtractions and adds folded in
         toposort(net)  # the scale (and new mean / bias) constants may have been placed after their readers
         eliminate_dead_code(net)  # the broadcast copies of folded means / biases

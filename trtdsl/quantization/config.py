@@ -61,8 +61,9 @@ class QuantConfig:
             The few directions that carry most of an activation's energy (massive activations, the
             per-token scale of a norm's output) then pass exactly, so neither e4m3 rounding of the
             activations nor the weights' rounding applies to them (GPTQ sees the residual's
-            covariance). Costs ``r x (k + n)`` float weights per GEMM and, on every backend today,
-            a few small layers per input (no fused GPU kernel yet). SmolLM2 with GPTQ,
+            covariance). Costs ``r x (k + n)`` float weights per GEMM; on the GPU the quantizing
+            RMSNorm / SwiGLU computes ``c`` and the FP8 GEMV adds ``c (W U)^T`` in its epilogue
+            (ranks 2, 4, 8; sm_90), elsewhere a few small layers per input. SmolLM2 with GPTQ,
             ``fp8_center_inputs="norm+swiglu"`` and ``r = 4``: +0.81 to +0.91 % perplexity
             (three draws) against +1.41 % for the default (docs/quantization.md).
         kv_cache_headroom: the K/V scales are ``headroom * max|calibrated| / qmax``: > 1 leaves room

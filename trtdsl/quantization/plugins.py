@@ -21,8 +21,10 @@ plugin                     inputs                                               
 Every output is ``x.shape[:-1] + (n,)`` in ``x``'s dtype (``y = x W^T`` of the dequantized weights).
 ``trtdsl.fp8_gemm`` also takes an fp8 ``x``: e4m3 codes of ``x / input_scale`` already (made by a
 quantizing norm / SwiGLU, ``trtdsl.passes.fp8_act_fuse``), with the static input list (and optionally a
-fifth input, ``bias [n]`` in the output dtype, added to the rounded output) and the field ``out_dtype``
-(a float :class:`DType`) giving the output dtype.
+fifth input, ``bias [n]`` in the output dtype, added to the rounded output; or three more, ``bias``, the
+low-rank branch's ``c [..., r]`` and ``lowrank_weight [r, n]``, whose ``c @ lowrank_weight`` is added
+before the bias, ``QuantConfig.fp8_lowrank``) and the field ``out_dtype`` (a float :class:`DType`)
+giving the output dtype.
 Formats are those of :mod:`trtdsl.quantization.numerics`.
 """
 
@@ -100,9 +102,9 @@ def weight_only_gemm_reference(ins: list, fields: dict, hints: dict | None = Non
 def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
     """``x`` already holds e4m3 codes of ``x / input_scale`` (a quantizing norm / SwiGLU made them,
     ``trtdsl/passes/fp8_act_fuse.py``): the static input list only, output dtype from ``out_dtype``."""
-    _check(len(ins) in (4, 5), FP8_GEMM, f"an fp8 x (already quantized) needs the static input list (x, weight, "
-           f"weight_scale, input_scale; optionally bias): its input_scale says what the codes mean; got "
-           f"{len(ins)} inputs", ins)
+    _check(len(ins) in (4, 5, 7), FP8_GEMM, f"an fp8 x (already quantized) needs the static input list (x, "
+           f"weight, weight_scale, input_scale; optionally bias, or bias, c and lowrank_weight): its input_scale "
+           f"says what the codes mean; got {len(ins)} inputs", ins)
     out_dtype = fields.get("out_dtype")
     _check(out_dtype in _ACT_DTYPES, FP8_GEMM, f"an fp8 x needs the field out_dtype (float32/float16/bfloat16), "
            f"got {out_dtype!r}", ins, DTypeError)
@@ -114,11 +116,19 @@ def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
         _check(t.dtype is DType.float32, FP8_GEMM, f"scale {t.name!r} must be float32", ins, DTypeError)
     _check(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
     _check(tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
-    if len(ins) == 5:
+    if len(ins) >= 5:
         bias = ins[4]
         _check(bias.dtype is out_dtype and tuple(bias.shape) == (w.shape[0],), FP8_GEMM,
                f"bias {bias.name!r} must be [{w.shape[0]}] in the output dtype {out_dtype.value}, got "
                f"{bias.dtype.value}{tuple(bias.shape)}", ins, DTypeError)
+    if len(ins) == 7:
+        c, lw = ins[5], ins[6]
+        _check(c.dtype is out_dtype and lw.dtype is out_dtype, FP8_GEMM, f"c {c.name!r} and lowrank_weight "
+               f"{lw.name!r} must be in the output dtype {out_dtype.value}", ins, DTypeError)
+        _check(c.ndim == ins[0].ndim and tuple(c.shape[:-1]) == tuple(ins[0].shape[:-1]) and lw.ndim == 2
+               and dim_equal(lw.shape[0], c.shape[-1]) and dim_equal(lw.shape[1], w.shape[0]), FP8_GEMM,
+               f"c must be [..., r] over x's rows and lowrank_weight [r, {w.shape[0]}], got "
+               f"{tuple(c.shape)} and {tuple(lw.shape)}", ins)
     return [(out_dtype, tuple(ins[0].shape[:-1]) + (w.shape[0],))]
 
 
@@ -165,7 +175,9 @@ def fp8_gemm_reference(ins: list, fields: dict, hints: dict | None = None) -> to
         xq, x_scale = quantize_per_token_fp8(x)
     acc = xq.float() @ w.float().T
     out = (acc * (x_scale.float() * w_scale.float())).to(out_dtype)
-    return out + ins[4] if len(ins) == 5 else out  # codes' bias: added to the rounded output, as an add layer
+    if len(ins) == 7:  # the low-rank branch's c @ (W U)^T, added as its matmul and add layers would
+        out = out + torch.matmul(ins[5], ins[6])
+    return out + ins[4] if len(ins) >= 5 else out  # codes' bias: added to the rounded output, as an add layer
 
 
 def _int8_shape(ins: list, fields: dict) -> list:

@@ -338,7 +338,7 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
             gptq.gptq_fp8(w, h, w_scale, act_order=cfg.gptq_act_order)
         fields = {"act_group_size": cfg.fp8_act_group_size} if cfg.fp8_act_group_size else {}
         bias = _fp8_bias(w, codes, w_scale, mean, correction)
-        lowrank = None if branch is None else (branch[0], (w.double() @ branch[1].double()).T.float())
+        lowrank = None if branch is None else (branch[0], (w.double() @ branch[1].to(w.device).double()).T.float())
         _replace_gemm(net, site, x, FP8_GEMM, [("weight", codes, DType.fp8),
                       ("weight_scale", w_scale, DType.float32), *consts], bias=bias, lowrank=lowrank, **fields)
 
@@ -383,13 +383,11 @@ def _lowrank_split(net: Network, group: list[GemmSite], centered: Tensor, mean: 
 
     The static scale stays the centered range's: e4m3's error is relative to each value, so a scale
     larger than ``rest`` needs only costs precision for values below its normal range."""
-    cov = _second_moment(stats, group, "fp8_lowrank") - torch.outer(mean, mean)
-    k = cov.shape[0]
-    if not 0 < rank < k:
+    k = centered.shape[-1]
+    if not isinstance(k, int) or not 0 < rank < k:
         raise ConfigError(f"quantize_network: fp8_lowrank {rank} must be below the input width {k} of "
                           f"{group[0].describe()}")
-    basis = torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(1)  # leading first; eigh sorts ascending
-    basis = basis.to(centered.dtype.torch)
+    basis = _lowrank_basis(stats, group, mean, rank).to(centered.dtype.torch)
     first = group[0].layer
     out: dict[str, Tensor] = {}
 
@@ -421,6 +419,13 @@ def _centered_input(which: str, producer: Layer | None, net: Network) -> bool:
     if producer.kind is LayerKind.NORMALIZATION:
         return True
     return which == "norm+swiglu" and swiglu_match(producer, consumers(net)) is not None
+
+
+def _lowrank_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.Tensor, rank: int) -> torch.Tensor:
+    """The ``rank`` leading eigenvectors ``[k, rank]`` (float64, leading first) of the group input's
+    calibrated covariance ``X^T X / N - mean mean^T``."""
+    cov = _second_moment(stats, group, "fp8_lowrank") - torch.outer(mean, mean)
+    return torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(1)  # eigh sorts ascending
 
 
 def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
                                                            const uint4* __restrict__ wq,
                                                            const float* __restrict__ x_scale, int xs_stride,
                                                            const float* __restrict__ w_scale, int ws_stride,
-                                                           T* __restrict__ out, const T* __restrict__ bias,
+                                                           T* __restrict__ out, const Fp8GemvEpilogue<T> epi,
                                                            int m, int n, int k) {
   constexpr int kThreads = KW * 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -75,6 +75,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
   if (threadIdx.x == 0) {  // the epilogue's weight scales (constants), so the tail does not wait on DRAM
     pdl_prefetch_l2(w_scale + static_cast<int64_t>(row0) * ws_stride);
     if (ws_stride) pdl_prefetch_l2(w_scale + static_cast<int64_t>(min(row0 + NR, n) - 1) * ws_stride);
+    fp8_gemv_prefetch_epilogue(epi, row0, NR, n);
   }
   pdl_wait();
   pdl_launch_dependents();
@@ -130,7 +131,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
         for (int i = 0; i < MT; ++i)
           if (row0 + r < n && i < m) {
             const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-            out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(acc[r][i], sc, bias, row0 + r);
+            out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(acc[r][i], sc, epi, i, row0 + r, n);
           }
     }
   } else {
@@ -149,7 +150,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
       for (int w = 0; w < KW; ++w) s += red[w][t];
       if (row0 + r < n && i < m) {
         const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-        out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, bias, row0 + r);
+        out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, epi, i, row0 + r, n);
       }
     }
   }
@@ -157,11 +158,11 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
 
 template <typename T, int MT, bool QX, int NR0, int KW, int U>
 inline int launch_fp8_gemv_cfg(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                               int ws_stride, T* out, const T* bias, int m, int n, int k, cudaStream_t stream) {
+                               int ws_stride, T* out, const Fp8GemvEpilogue<T>& epi, int m, int n, int k, cudaStream_t stream) {
   constexpr int NR = clamp_rows<NR0, MT>();  // acc in registers
   const int blocks = (n + NR - 1) / NR;
   return launch_pdl(fp8_gemv_kernel<T, MT, NR, KW, U, QX>, dim3(blocks), dim3(KW * 32), 0, stream, xq,
-                    static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, bias, m, n, k);
+                    static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, out, epi, m, n, k);
 }
 
 template <typename T, int MT, bool QX> struct Fp8GemvLaunch {
@@ -172,9 +173,9 @@ template <typename T, int MT, bool QX> struct Fp8GemvLaunch {
 
 template <typename T, int MT, bool QX>
 inline int launch_fp8_gemv_mt(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                              int ws_stride, T* out, const T* bias, int m, int n, int k, int config,
+                              int ws_stride, T* out, const Fp8GemvEpilogue<T>& epi, int m, int n, int k, int config,
                               cudaStream_t stream) {
-  return with_quant_gemv_shape<Fp8GemvLaunch<T, MT, QX>>(config, xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m,
+  return with_quant_gemv_shape<Fp8GemvLaunch<T, MT, QX>>(config, xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m,
                                                          n, k, stream);
 }
 
@@ -186,17 +187,17 @@ inline int fp8_gemv_auto_config(int m, int n, int k) {
 }
 
 // QX = false: xq holds e4m3 codes. QX = true: xq is x itself (T, 16-bit) and xs the static input scale
-// (xs_stride 0), quantized inside the GEMV. bias: nullable [n] (fp8_gemv_out).
+// (xs_stride 0), quantized inside the GEMV. epi: the bias and low-rank terms (fp8_gemv_out).
 template <typename T, bool QX>
 inline int launch_fp8_gemv(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                           int ws_stride, T* out, const T* bias, int m, int n, int k, int config,
+                           int ws_stride, T* out, const Fp8GemvEpilogue<T>& epi, int m, int n, int k, int config,
                            cudaStream_t stream) {
   if (m < 1 || m > kFp8GemvMaxM || n < 1 || k < 16 || k % 16) return kErrShape;
   if (!aligned16(xq) || !aligned16(wq)) return kErrUnsupported;
   if (QX && (sizeof(T) != 2 || xs_stride != 0)) return kErrUnsupported;
   if (config >= kFp8TcFirstConfig && config <= kFp8TcLastConfig) {  // tensor cores (fp8_gemv_tc.cuh)
     if constexpr (!QX) {
-      const int status = launch_fp8_gemv_tc<T>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config,
+      const int status = launch_fp8_gemv_tc<T>(xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m, n, k, config,
                                                stream);
       if (status != kErrUnsupported) return status;
     }
@@ -204,11 +205,11 @@ inline int launch_fp8_gemv(const void* xq, const void* wq, const float* xs, int 
   }
   if (config < 0 || config > kQuantGemvNumConfigs) return kErrUnsupported;
   if (config == 0) config = fp8_gemv_auto_config(m, n, k);
-  if (m == 1) return launch_fp8_gemv_mt<T, 1, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
-  if (m == 2) return launch_fp8_gemv_mt<T, 2, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
-  if (m <= 4) return launch_fp8_gemv_mt<T, 4, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
-  if (m <= 8) return launch_fp8_gemv_mt<T, 8, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
-  return launch_fp8_gemv_mt<T, 16, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, bias, m, n, k, config, stream);
+  if (m == 1) return launch_fp8_gemv_mt<T, 1, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m, n, k, config, stream);
+  if (m == 2) return launch_fp8_gemv_mt<T, 2, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m, n, k, config, stream);
+  if (m <= 4) return launch_fp8_gemv_mt<T, 4, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m, n, k, config, stream);
+  if (m <= 8) return launch_fp8_gemv_mt<T, 8, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m, n, k, config, stream);
+  return launch_fp8_gemv_mt<T, 16, QX>(xq, wq, xs, xs_stride, ws, ws_stride, out, epi, m, n, k, config, stream);
 }
 
 }  // namespace trtdsl

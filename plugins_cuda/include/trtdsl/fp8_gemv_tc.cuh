@@ -30,22 +30,50 @@
 
 namespace trtdsl {
 
-constexpr int kFp8TcMaxM = 8;  // one activation tile: the mma's 8 columns
+constexpr int kFp8TcMaxM = 8;
+constexpr int kFp8GemvMaxLowRank = 64;  // the low-rank term's r (a loop per output, not registers)  // one activation tile: the mma's 8 columns
 constexpr int kFp8TcFirstConfig = 20, kFp8TcLastConfig = 23;
 
-// One output of the FP8 GEMVs: acc * sc rounded to T, then (bias non-null) plus bias[row] rounded to T again,
-// which is what the GEMM followed by a separate add writes (the centered input's W mean, fp8_center_inputs).
+// What the FP8 GEMVs add to acc * scale, each addition rounded to T as the separate layers they replace:
+// first the low-rank branch's c[i] . lowrank_w[:, row] (QuantConfig.fp8_lowrank: c [m, rank], the
+// branch weight (W U)^T [rank, n], summed in fp32 in j order, rounded to T as the unfused GEMM's output),
+// then bias[row] (the centered input's W mean). Null pointers skip a term.
+template <typename T> struct Fp8GemvEpilogue {
+  const T* bias = nullptr;
+  const T* lowrank_c = nullptr;
+  const T* lowrank_w = nullptr;
+  int rank = 0;
+};
+
+// One output (activation row i, weight row `row` of n): acc * sc rounded to T, then the epilogue's terms.
 template <typename T>
-__device__ __forceinline__ T fp8_gemv_out(float acc, float sc, const T* __restrict__ bias, int row) {
-  const T y = from_float<T>(__fmul_rn(acc, sc));
-  return bias ? from_float<T>(to_float<T>(y) + to_float<T>(bias[row])) : y;
+__device__ __forceinline__ T fp8_gemv_out(float acc, float sc, const Fp8GemvEpilogue<T>& e, int i, int row, int n) {
+  T y = from_float<T>(__fmul_rn(acc, sc));
+  if (e.lowrank_c) {
+    float s = 0.f;
+    for (int j = 0; j < e.rank; ++j)
+      s = fmaf(to_float<T>(e.lowrank_c[static_cast<int64_t>(i) * e.rank + j]),
+               to_float<T>(e.lowrank_w[static_cast<int64_t>(j) * n + row]), s);
+    y = from_float<T>(to_float<T>(y) + to_float<T>(from_float<T>(s)));
+  }
+  return e.bias ? from_float<T>(to_float<T>(y) + to_float<T>(e.bias[row])) : y;
+}
+
+// Before pdl_wait: the epilogue's constants for rows [row0, row0 + rows) to L2 (bias, the branch weight).
+template <typename T>
+__device__ __forceinline__ void fp8_gemv_prefetch_epilogue(const Fp8GemvEpilogue<T>& e, int row0, int rows, int n) {
+  if (e.bias) pdl_prefetch_l2(e.bias + row0);
+  for (int j = 0; j < e.rank; ++j) {
+    pdl_prefetch_l2(e.lowrank_w + static_cast<int64_t>(j) * n + row0);
+    pdl_prefetch_l2(e.lowrank_w + static_cast<int64_t>(j) * n + min(row0 + rows, n) - 1);
+  }
 }
 
 template <typename T, int KW, int U>
 __global__ void __launch_bounds__(KW * 32) fp8_gemv_tc_kernel(const uint4* __restrict__ xq, const uint4* __restrict__ wq,
                                                               const float* __restrict__ x_scale, int xs_stride,
                                                               const float* __restrict__ w_scale, int ws_stride,
-                                                              T* __restrict__ out, const T* __restrict__ bias,
+                                                              T* __restrict__ out, const Fp8GemvEpilogue<T> epi,
                                                               int m, int n, int k) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int row0 = blockIdx.x * 16;
@@ -72,6 +100,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_tc_kernel(const uint4* __res
         }
       }
   }
+  if (threadIdx.x == 0) fp8_gemv_prefetch_epilogue(epi, row0, 16, n);
   pdl_wait();
   pdl_launch_dependents();
 
@@ -126,7 +155,7 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_tc_kernel(const uint4* __res
 #pragma unroll
       for (int w = 0; w < KW; ++w) s += red[w][i][r];
       const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-      out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, bias, row0 + r);
+      out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, epi, i, row0 + r, n);
     }
   }
 }
@@ -148,13 +177,13 @@ inline bool fp8_mma_supported() {
 // device without the e4m3 mma or another config: the caller (launch_fp8_gemv) runs config 1 instead.
 template <typename T>
 inline int launch_fp8_gemv_tc(const void* xq, const void* wq, const float* xs, int xs_stride, const float* ws,
-                              int ws_stride, T* out, const T* bias, int m, int n, int k, int config,
+                              int ws_stride, T* out, const Fp8GemvEpilogue<T>& epi, int m, int n, int k, int config,
                               cudaStream_t stream) {
   if (m < 1 || m > kFp8TcMaxM || !fp8_mma_supported()) return kErrUnsupported;
 #define TRTDSL_FP8_TC_CFG(KW, U)                                                                              \
   return launch_pdl(fp8_gemv_tc_kernel<T, KW, U>, dim3((n + 15) / 16), dim3(KW * 32), 0, stream,            \
                     static_cast<const uint4*>(xq), static_cast<const uint4*>(wq), xs, xs_stride, ws, ws_stride, \
-                    out, bias, m, n, k)
+                    out, epi, m, n, k)
   switch (config) {
     case 20: TRTDSL_FP8_TC_CFG(8, 1);
     case 21: TRTDSL_FP8_TC_CFG(8, 2);

@@ -140,10 +140,13 @@ int trtdsl_quantize_per_token_fp8(const void* x, void* out, float* scales, int64
  * exact products; out fp32 / fp16 / bf16. k % 16 == 0, xq and weight 16-byte aligned. config 0..5:
  * CUDA-core launch shapes; 20..23: the tensor-core kernel (fp8_gemv_tc.cuh: e4m3 mma, partial sums of
  * 64..256 products promoted to fp32), which runs config 1 instead for m > 8 or below compute capability 8.9. */
-/* bias: nullable [n] in dtype, added to each rounded output and rounded again (what a separate add does). */
+/* lowrank_c [m, rank] and lowrank_w [rank, n] (both or neither, 1 <= rank <= 64, dtype): the low-rank
+ * branch's c . lowrank_w[:, n] (fp32, j order) rounded to dtype, added to each rounded output and rounded
+ * again; then bias: nullable [n] in dtype, added the same way (what the separate layers do). */
 int trtdsl_fp8_gemv(const void* xq, const void* weight, const float* x_scale, int64_t x_scale_stride,
-                    const float* w_scale, int64_t w_scale_stride, void* out, const void* bias, int64_t m, int64_t n,
-                    int64_t k, int config, int dtype, cudaStream_t stream);
+                    const float* w_scale, int64_t w_scale_stride, void* out, const void* bias, const void* lowrank_c,
+                    const void* lowrank_w, int64_t rank, int64_t m, int64_t n, int64_t k, int config, int dtype,
+                    cudaStream_t stream);
 
 /* Launch configs beyond the "1..5" above: 8..11 are the int4 tensor-core decode kernel (wo_gemv_tc.cuh, kWoTcConfigs; trtdsl_weight_only_gemv_zp
  * with bits 4 only, any group that is a multiple of 32). */
@@ -222,6 +225,20 @@ int trtdsl_rmsnorm_fp8(const void* x, const void* residual, const void* weight, 
 
 int trtdsl_swiglu_fp8(const void* in, const float* input_scale, void* out, int64_t rows, int64_t inter,
                       int64_t in_stride, int64_t out_stride, int dtype, cudaStream_t stream);
+
+/* The low-rank split of a centered fp8 GEMM input (QuantConfig.fp8_lowrank; lowrank_quant.cuh) after the
+ * RMSNorm / SwiGLU: d = normed - mean, c = d basis (basis [k, rank] row-major, c_out [rows, rank]),
+ * out = codes of (d - c basis^T) / input_scale, each step rounded to dtype as the separate layers round
+ * (c's sum in the kernel's order). fp16 / bf16; rank 2, 4 or 8 with the basis aligned to rank values, and
+ * (RMSNorm) 16-byte aligned rows, else kErrUnsupported; k <= 49152. */
+int trtdsl_rmsnorm_fp8_lowrank(const void* x, const void* residual, const void* weight, const float* input_scale,
+                               const void* mean, const void* basis, int64_t rank, void* out, void* c_out,
+                               void* residual_out, int64_t rows, int64_t hidden, int64_t x_stride,
+                               int64_t residual_stride, int64_t out_stride, int64_t residual_out_stride, float eps,
+                               int dtype, cudaStream_t stream);
+int trtdsl_swiglu_fp8_lowrank(const void* in, const float* input_scale, const void* mean, const void* basis,
+                              int64_t rank, void* out, void* c_out, int64_t rows, int64_t inter, int64_t in_stride,
+                              int64_t out_stride, int dtype, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ...dtypes import DType
+from ...errors import BackendError
 from ...ir.network import Layer, LayerKind
 from ._trt import trt_dtype
 from .context import LoweringContext
@@ -53,7 +54,17 @@ def _centered(ctx: LoweringContext, layer: Layer, normed: trt.ITensor, mean: lis
     return ctx.finish(sub, layer, "center").get_output(0)
 
 
+def _no_lowrank(layer: Layer, extra: list[trt.ITensor]) -> None:
+    """A producer fused with fp8_lowrank's split (mean and basis) has no TensorRT lowering: the GEMMs on
+    its codes have none either, so a TensorRT build leaves this fusion off (see above)."""
+    if len(extra) > 1:
+        raise BackendError(f"layer {layer.name!r} ({layer.attrs['name']}) carries the fp8 low-rank split "
+                           f"(QuantConfig.fp8_lowrank), which the TensorRT backend does not lower: build "
+                           f"without fuse_fp8_activations, as the TensorRT builder does by default")
+
+
 def lower_rms_norm_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
+    _no_lowrank(layer, ins[3:])
     fields = layer.attrs["fields"]
     norm = _part(layer, LayerKind.NORMALIZATION, 2, {"kind": "rms", "axes": tuple(fields["axes"]),
                                                      "epsilon": fields["epsilon"]})
@@ -63,12 +74,14 @@ def lower_rms_norm_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor
 
 def lower_add_rms_norm_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
     from .native_plugins import lower_add_rms_norm  # that module lists this one's functions
+    _no_lowrank(layer, ins[4:])
     normed, total = lower_add_rms_norm(ctx, _part(layer, LayerKind.PLUGIN, 3, dict(layer.attrs)), ins[:3])
     return [_to_fp8(ctx, layer, _centered(ctx, layer, normed, ins[4:]), ins[3]), total]
 
 
 def lower_swiglu_fp8(ctx: LoweringContext, layer: Layer, ins: list[trt.ITensor]) -> list[trt.ITensor]:
     from .native_plugins import lower_swiglu
+    _no_lowrank(layer, ins[2:])
     (out,) = lower_swiglu(ctx, _part(layer, LayerKind.PLUGIN, 1, dict(layer.attrs)), ins[:1])
     return [_to_fp8(ctx, layer, out, ins[1])]
 

@@ -22,6 +22,7 @@ from trtdsl.errors import PluginError
 
 from ..registry import get_plugin
 from ._lib import call, register_signatures
+from .lowrank_ops import rmsnorm_fp8_lowrank, swiglu_fp8_lowrank
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _check_static_scale, _stream
 
 __all__ = ["rmsnorm_fp8", "swiglu_fp8", "fp8_gemm_codes", "register_fused_quant_implementations"]
@@ -117,11 +118,13 @@ def _scaled_mm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch
 
 
 def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: torch.Tensor,
-                   out_dtype: torch.dtype, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+                   out_dtype: torch.dtype, bias: torch.Tensor | None = None,
+                   lowrank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor | None:
     """``trtdsl.fp8_gemm`` on codes ``xq`` of ``x / input_scale``: the FP8 GEMV up to ``FP8_GEMV_MAX_M``
     rows, else ``torch._scaled_mm``; None where ``quant_ops.fp8_gemm`` would not run a kernel either
-    (the caller then runs the reference). ``bias [n]`` (out_dtype) is added to the rounded output, as a
-    separate add would: in the GEMV's epilogue, after ``_scaled_mm`` by torch."""
+    (the caller then runs the reference). ``lowrank = (c [..., r], w [r, n])``'s ``c @ w`` and then
+    ``bias [n]`` (out_dtype) are added to the rounded output, as separate layers would: in the GEMV's
+    epilogue, after ``_scaled_mm`` by torch."""
     from .quant_ops import fp8_gemv, fp8_gemv_supported
     n, k = weight.shape
     if xq.shape[-1] != k:
@@ -131,11 +134,14 @@ def fp8_gemm_codes(xq: torch.Tensor, weight: torch.Tensor, weight_scale: torch.T
     if m == 0:
         return torch.empty(*xq.shape[:-1], n, dtype=out_dtype, device=xq.device)
     if fp8_gemv_supported(m, k, weight):
+        c2 = None if lowrank is None else (lowrank[0].reshape(m, -1), lowrank[1])
         out = fp8_gemv(x2.contiguous(), weight.contiguous(), input_scale.reshape(1), weight_scale, out_dtype,
-                       bias=bias)
+                       bias=bias, lowrank=c2)
         return out.view(*xq.shape[:-1], n)
     if out_dtype in _HALF_TYPES and k % 16 == 0 and n % 16 == 0 and _has_fp8(xq.device.index or 0):
         out = _scaled_mm_codes(x2.contiguous(), weight, weight_scale, input_scale, out_dtype)
+        if lowrank is not None:
+            out = out + lowrank[0].reshape(m, -1) @ lowrank[1]
         return (out if bias is None else out + bias).view(*xq.shape[:-1], n)
     return None
 
@@ -145,32 +151,42 @@ def _last_axis(x: torch.Tensor, fields: dict) -> bool:
     return x.dtype in _HALF_TYPES and tuple(fields["axes"]) == (x.dim() - 1,)
 
 
-def _rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
-    x, weight, scale, *mean = ins  # mean: a centered input's (fp8_center_inputs)
+def _rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> Any:
+    x, weight, scale, *extra = ins  # mean: a centered input's (fp8_center_inputs); basis: its low-rank split
+    from ...passes.fp8_act_fuse import rms_norm_fp8_reference
     if not _last_axis(x, fields):  # as the unfused RMSNorm layer: no kernel there either
-        from ...passes.fp8_act_fuse import rms_norm_fp8_reference
         return rms_norm_fp8_reference(ins, fields, hints)
+    if len(extra) == 2:
+        out = rmsnorm_fp8_lowrank(x, weight.reshape(-1), scale, fields["epsilon"], extra[0].reshape(-1), extra[1])
+        return list(out) if out is not None else rms_norm_fp8_reference(ins, fields, hints)
     out = rmsnorm_fp8(x.contiguous(), weight.reshape(-1), scale, fields["epsilon"],
-                      mean=mean[0].reshape(-1) if mean else None)
+                      mean=extra[0].reshape(-1) if extra else None)
     assert isinstance(out, torch.Tensor)
     return out
 
 
 def _add_rms_norm_fp8_cuda(ins: list, fields: dict, hints: dict) -> list:
-    a, b, weight, scale, *mean = ins
+    a, b, weight, scale, *extra = ins
+    from ...passes.fp8_act_fuse import add_rms_norm_fp8_reference
     if not _last_axis(a, fields):
-        from ...passes.fp8_act_fuse import add_rms_norm_fp8_reference
         return add_rms_norm_fp8_reference(ins, fields, hints)
+    if len(extra) == 2:
+        out = rmsnorm_fp8_lowrank(a, weight.reshape(-1), scale, fields["epsilon"], extra[0].reshape(-1), extra[1],
+                                  residual=b)
+        return list(out) if out is not None else add_rms_norm_fp8_reference(ins, fields, hints)
     codes, total = rmsnorm_fp8(a.contiguous(), weight.reshape(-1), scale, fields["epsilon"], residual=b.contiguous(),
-                               mean=mean[0].reshape(-1) if mean else None)
+                               mean=extra[0].reshape(-1) if extra else None)
     return [codes, total]
 
 
-def _swiglu_fp8_cuda(ins: list, fields: dict, hints: dict) -> torch.Tensor:
-    x, scale = ins
+def _swiglu_fp8_cuda(ins: list, fields: dict, hints: dict) -> Any:
+    x, scale, *extra = ins
+    from ...passes.fp8_act_fuse import swiglu_fp8_reference
     if x.dtype not in _HALF_TYPES:
-        from ...passes.fp8_act_fuse import swiglu_fp8_reference
         return swiglu_fp8_reference(ins, fields, hints)
+    if extra:
+        out = swiglu_fp8_lowrank(x, scale, extra[0].reshape(-1), extra[1])
+        return list(out) if out is not None else swiglu_fp8_reference(ins, fields, hints)
     return swiglu_fp8(x.contiguous(), scale)
 
 
@@ -190,9 +206,10 @@ def _fp8_gemm_with_codes(base: FusedImpl) -> FusedImpl:
     def impl(ins: list, fields: dict, hints: dict) -> Any:
         if ins[0].dtype != _FP8:
             return base(ins, fields, hints)
-        xq, weight, weight_scale, input_scale, *bias = ins  # bias: a centered input's W mean
+        xq, weight, weight_scale, input_scale, *extra = ins  # bias (a centered input's W mean), c, (W U)^T
         out = fp8_gemm_codes(xq, weight, weight_scale, input_scale, fields["out_dtype"].torch,
-                             bias=bias[0].reshape(-1) if bias else None)
+                             bias=extra[0].reshape(-1) if extra else None,
+                             lowrank=(extra[1], extra[2]) if len(extra) == 3 else None)
         if out is None:
             from ...quantization.plugins import fp8_gemm_reference
             return fp8_gemm_reference(ins, fields, hints)

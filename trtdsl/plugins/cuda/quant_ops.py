@@ -110,6 +110,7 @@ TC1_STEP = {16: 1, 17: 1, 18: 2, 19: 2}  # k blocks of 128 per step of each one-
 # loaded, 1..8 rows of quantized activations). fp8_gemv_static (in-kernel quantizer), m > 8 and devices
 # below compute capability 8.9 run config 1 for these.
 FP8_TC_CONFIGS = (20, 21, 22, 23)
+FP8_GEMV_MAX_LOWRANK = 64  # kFp8GemvMaxLowRank: the low-rank epilogue term's largest r
 # (MT, tc1_n_class(n)) -> SmoothQuant int8 GEMV launch config 1..5 (missing keys use 1).
 # H100 (quant_gemm_h100_int8_gemv.json, us at m = 1, config 1 / 4): o 7.9 / 7.6, down 23.0 / 21.0, qkv
 # 9.6 / 10.8, gate_up 38.3 / 39.6; at m = 2 config 4 loses on o (8.1 against 7.3). Keyed by (MT, n class
@@ -133,7 +134,7 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_weight_only_dequantize_zp": [_P, _P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_quantize_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_quantize_per_token_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
-    "trtdsl_fp8_gemv": [_P, _P, _P, _I64, _P, _I64, _P, _P, _I64, _I64, _I64, _I, _I, _P],
+    "trtdsl_fp8_gemv": [_P, _P, _P, _I64, _P, _I64, _P, _P, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_fp8_gemv_static": [_P, _P, _P, _P, _I64, _P, _I64, _I64, _I64, _I, _I, _P],
     "trtdsl_quantize_per_token_int8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
     "trtdsl_int8_gemm_epilogue": [_P, _I64, _P, _P, _P, _I64, _I64, _I, _P],
@@ -334,9 +335,11 @@ def _check_code_gemv(op: str, xq: torch.Tensor, weight: torch.Tensor, code: torc
 
 
 def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weight_scale: torch.Tensor,
-             out_dtype: torch.dtype, config: int | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` (``+ bias [n]`` in out_dtype, added
-    to the rounded output as a separate add would) for e4m3 ``xq [m <= 16, k]``
+             out_dtype: torch.dtype, config: int | None = None, bias: torch.Tensor | None = None,
+             lowrank: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """The FP8 decode kernel: ``(xq W^T) * (x_scale * weight_scale)`` (then ``+ c @ w`` for ``lowrank =
+    (c [m, r], w [r, n])``, then ``+ bias [n]``, both in out_dtype and added to the rounded output as
+    separate layers would) for e4m3 ``xq [m <= 16, k]``
     (from :func:`quantize_fp8` / :func:`quantize_per_token_fp8`), e4m3 ``weight [n, k]``, ``x_scale``
     ``[1]`` or ``[m, 1]``, ``weight_scale`` ``[1]`` or ``[n]``; ``k % 16 == 0``. ``config``: CUDA-core
     launch shape 1..5, tensor-core kernel 20..23 (``FP8_TC_CONFIGS``), 0 = the C++ prior, ``None`` = the
@@ -353,12 +356,22 @@ def fp8_gemv(xq: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor, weig
         if bias.shape[0] != n:
             raise PluginError(f"{op}: bias has {bias.shape[0]} values, the weight {n} rows")
         bias = bias.contiguous()
+    c = w = None
+    if lowrank is not None:
+        c, w = lowrank
+        _check(op, "lowrank c", c, xq.device, (out_dtype,), ndim=2)
+        _check(op, "lowrank weight", w, xq.device, (out_dtype,), ndim=2)
+        if c.shape[0] != m or w.shape != (c.shape[1], n) or not 1 <= c.shape[1] <= FP8_GEMV_MAX_LOWRANK:
+            raise PluginError(f"{op}: lowrank needs c [{m}, r] and w [r, {n}] with 1 <= r <= "
+                              f"{FP8_GEMV_MAX_LOWRANK}, got {tuple(c.shape)} and {tuple(w.shape)}")
+        c, w = c.contiguous(), w.contiguous()
     config = gemv_config("fp8", m, n) if config is None else config
     _check_config(op, config, FP8_TC_CONFIGS, "fp8")
     out = torch.empty(m, n, dtype=out_dtype, device=xq.device)
     call("trtdsl_fp8_gemv", xq.data_ptr(), weight.data_ptr(), x_scale.data_ptr(), int(x_scale.numel() > 1),
          weight_scale.data_ptr(), int(weight_scale.numel() > 1), out.data_ptr(),
-         bias.data_ptr() if bias is not None else None, m, n, k, config,
+         bias.data_ptr() if bias is not None else None, c.data_ptr() if c is not None else None,
+         w.data_ptr() if w is not None else None, 0 if c is None else c.shape[1], m, n, k, config,
          _DTYPE_CODES[out_dtype], _stream(xq))
     return out
 

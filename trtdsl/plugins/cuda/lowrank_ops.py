@@ -1,0 +1,102 @@
+"""CUDA kernels of fp8's low-rank branch (``QuantConfig.fp8_lowrank``; ``plugins_cuda/include/trtdsl/
+lowrank_quant.cuh``): the quantizing RMSNorm / SwiGLU that also split their output into the branch's
+coefficients ``c = (v - mean) U`` and the codes of the rest ``(v - mean) - c U^T``. The GEMMs add
+``c (W U)^T`` in the FP8 GEMV's epilogue (``quant_ops.fp8_gemv(lowrank=...)``).
+
+Each function returns None where the kernels are not built for the inputs (fp32, a rank other than 2, 4
+or 8, unaligned rows, rows over 49152 values, a GPU below sm_90: the kernels split a row over a
+thread-block cluster); the plugin implementations then run the reference."""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from trtdsl.errors import PluginError
+
+from ._lib import call, register_signatures
+from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _check_static_scale, _stream
+
+__all__ = ["LOWRANK_KERNEL_RANKS", "rmsnorm_fp8_lowrank", "swiglu_fp8_lowrank"]
+
+_P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+register_signatures({  # plugins.h, "The low-rank split"
+    "trtdsl_rmsnorm_fp8_lowrank": [_P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64,
+                                   _F, _I, _P],
+    "trtdsl_swiglu_fp8_lowrank": [_P, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _P],
+})
+LOWRANK_KERNEL_RANKS = (2, 4, 8)
+_MAX_ROW = 48 * 1024  # kLowRankMaxRow
+_FP8 = torch.float8_e4m3fn
+
+
+def _check_branch(op: str, x: torch.Tensor, k: int, input_scale: torch.Tensor, mean: torch.Tensor,
+                  basis: torch.Tensor) -> bool:
+    """Validate the branch's constants (PluginError); whether the kernel is built for them."""
+    _check_static_scale(op, "input_scale", input_scale, x.device)
+    _check(op, "mean", mean, x.device, (x.dtype,), ndim=1)
+    _check(op, "basis", basis, x.device, (x.dtype,), ndim=2)
+    if mean.shape[0] != k or basis.shape[0] != k:
+        raise PluginError(f"{op}: mean {tuple(mean.shape)} and basis {tuple(basis.shape)} must have {k} rows, "
+                          f"the input's width")
+    rank = basis.shape[1]
+    return (x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)  # thread-block clusters
+            and x.dtype in _HALF_TYPES and rank in LOWRANK_KERNEL_RANKS and k <= _MAX_ROW and basis.is_contiguous()
+            and mean.is_contiguous() and basis.data_ptr() % (rank * basis.element_size()) == 0)
+
+
+def rmsnorm_fp8_lowrank(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor, eps: float,
+                        mean: torch.Tensor, basis: torch.Tensor, residual: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, ...] | None:
+    """``(codes, c)`` (with ``residual``: ``(codes, x + residual, c)``) of the RMSNorm of ``x`` (plus
+    ``residual``) over its last dim, centered on ``mean [k]`` and split along ``basis [k, r]``; None
+    where the kernel is not built for the inputs."""
+    op = "rmsnorm_fp8_lowrank"
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    k = x.shape[-1] if x.dim() else 0
+    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
+    if weight.shape[0] != k:
+        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {k}")
+    if residual is not None:
+        _check(op, "residual", residual, x.device, (x.dtype,))
+        if residual.shape != x.shape:
+            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
+    if not _check_branch(op, x, k, input_scale, mean, basis):
+        return None
+    x = x.contiguous()
+    residual = None if residual is None else residual.contiguous()
+    if any(t.data_ptr() % 16 for t in (x, weight) + (() if residual is None else (residual,))) or k % 8:
+        return None
+    rows = x.numel() // max(k, 1)
+    out = torch.empty(x.shape, dtype=_FP8, device=x.device)
+    c = torch.empty(*x.shape[:-1], basis.shape[1], dtype=x.dtype, device=x.device)
+    total = None if residual is None else torch.empty_like(x)
+    if rows:
+        call("trtdsl_rmsnorm_fp8_lowrank", x.data_ptr(), None if residual is None else residual.data_ptr(),
+             weight.data_ptr(), input_scale.data_ptr(), mean.data_ptr(), basis.data_ptr(), basis.shape[1],
+             out.data_ptr(), c.data_ptr(), None if total is None else total.data_ptr(), rows, k, k, k, k, k,
+             float(eps), _DTYPE_CODES[x.dtype], _stream(x))
+    return (out, c) if total is None else (out, total, c)
+
+
+def swiglu_fp8_lowrank(x: torch.Tensor, input_scale: torch.Tensor, mean: torch.Tensor,
+                       basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(codes, c)`` of ``silu(gate) * up`` of ``x [..., 2 * inter]`` (gate then up), centered on
+    ``mean [inter]`` and split along ``basis [inter, r]``; None where the kernel is not built for them."""
+    op = "swiglu_fp8_lowrank"
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    if x.dim() == 0 or x.shape[-1] % 2:
+        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
+    inter = x.shape[-1] // 2
+    if not _check_branch(op, x, inter, input_scale, mean, basis):
+        return None
+    x = x.contiguous()
+    rows = x.numel() // max(2 * inter, 1)
+    out = torch.empty(*x.shape[:-1], inter, dtype=_FP8, device=x.device)
+    c = torch.empty(*x.shape[:-1], basis.shape[1], dtype=x.dtype, device=x.device)
+    if rows:
+        call("trtdsl_swiglu_fp8_lowrank", x.data_ptr(), input_scale.data_ptr(), mean.data_ptr(), basis.data_ptr(),
+             basis.shape[1], out.data_ptr(), c.data_ptr(), rows, inter, 2 * inter, inter, _DTYPE_CODES[x.dtype],
+             _stream(x))
+    return out, c
