@@ -10,7 +10,8 @@
 // A row is split over a thread-block cluster (sm_90): each block takes a chunk of the row, reduces its
 // share of c, the blocks add the shares through distributed shared memory in block order (every block
 // gets the same c) and each writes its chunk's codes. One block per row took 6 us for a 4096-wide norm
-// and 12 us for a 14336-wide SwiGLU at decode (one SM reading the row and a basis of up to 115 KB).
+// and 12 us for a 14336-wide SwiGLU at decode (one SM reading the row and a basis of up to 115 KB); the
+// clusters take 5.5 and 7.9 us (H100, decode_profile_fp8_rowpass.json), against 2.8 and 1.9 without the split.
 //
 // Contract against the unfused layers (norm / SwiGLU, sub, matmul, matmul, sub, quantize): every step
 // rounds where a layer would; c's sum runs in this kernel's order, not the GEMM's, so codes may differ
@@ -21,6 +22,7 @@
 #include "trtdsl/common.cuh"
 #include "trtdsl/fp8_code.cuh"
 #include "trtdsl/pdl.cuh"
+#include "trtdsl/rmsnorm.cuh"
 
 namespace trtdsl {
 
@@ -55,6 +57,24 @@ __device__ __forceinline__ void lowrank_accumulate(float v, int64_t i, const Low
   for (int j = 0; j < R; ++j) part[j] = fmaf(d, to_float<T>(u.v[j]), part[j]);
 }
 
+// The block's sums of R values at once (common.cuh's block_sum, one pair of barriers for all R);
+// scratch holds 32 * R floats.
+template <int R>
+__device__ __forceinline__ void block_sum_each(float (&v)[R], float* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int j = 0; j < R; ++j) v[j] = warp_sum(v[j]);
+  if (lane == 0) {
+#pragma unroll
+    for (int j = 0; j < R; ++j) scratch[warp * R + j] = v[j];
+  }
+  __syncthreads();
+  const int nwarps = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int j = 0; j < R; ++j) v[j] = warp_sum(lane < nwarps ? scratch[lane * R + j] : 0.f);
+  __syncthreads();  // scratch may be reused right after
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // c over the cluster: each block's share (block reduction; its barriers also publish the caller's shared
 // memory), then the sum of the shares in block order, rounded to T. Block 0 stores c.
@@ -62,10 +82,10 @@ template <typename T, int R, int S>
 __device__ __forceinline__ void lowrank_cluster_c(const LowRankFp8Arg<T>& a, float (&part)[R], float* scratch,
                                                   float* share, int64_t row, float (&c)[R]) {
   namespace cg = cooperative_groups;
+  block_sum_each<R>(part, scratch);
+  if (threadIdx.x == 0) {
 #pragma unroll
-  for (int j = 0; j < R; ++j) {
-    const float t = block_sum(part[j], scratch);
-    if (threadIdx.x == 0) share[j] = t;
+    for (int j = 0; j < R; ++j) share[j] = part[j];
   }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // every block's share is written and visible cluster-wide
@@ -103,7 +123,7 @@ __global__ void rmsnorm_lowrank_fp8_kernel(const T* __restrict__ x, const T* res
                                            int64_t res_out_stride, float eps) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ float row_cache[];
-  __shared__ float scratch[32];
+  __shared__ float scratch[32 * R];
   __shared__ float share[R];
   const int64_t nvec = hidden / VEC, per = (nvec + kLowRankNormSplit - 1) / kLowRankNormSplit;
   const int64_t vbegin = blockIdx.y * per, vend = vbegin + per < nvec ? vbegin + per : nvec;
@@ -113,23 +133,9 @@ __global__ void rmsnorm_lowrank_fp8_kernel(const T* __restrict__ x, const T* res
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const T* xr = x + row * x_stride;
-  float sumsq = 0.f;
-  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-    Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
-    Vec<T, VEC> rv;
-    if (RESIDUAL) rv = load_vec<T, VEC>(residual + row * res_stride + i * VEC);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      float val = to_float(xv.v[k]);
-      if (RESIDUAL) {
-        rv.v[k] = from_float<T>(val + to_float(rv.v[k]));
-        val = to_float(rv.v[k]);
-      }
-      row_cache[i * VEC + k] = val;
-      sumsq += val * val;
-    }
-    if (RESIDUAL && i >= vbegin && i < vend) store_vec<T, VEC>(residual_out + row * res_out_stride + i * VEC, rv);
-  }
+  float sumsq = rmsnorm_row_pass<T, VEC, RESIDUAL>(xr, RESIDUAL ? residual + row * res_stride : nullptr,
+                                                   RESIDUAL ? residual_out + row * res_out_stride : nullptr,
+                                                   row_cache, nvec, vbegin, vend);  // rmsnorm.cuh's first pass
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
   float part[R];
@@ -160,7 +166,7 @@ __global__ void swiglu_lowrank_fp8_kernel(const T* __restrict__ in, LowRankFp8Ar
                                           int64_t in_stride, int64_t out_stride) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ float chunk_cache[];
-  __shared__ float scratch[32];
+  __shared__ float scratch[32 * R];
   __shared__ float share[R];
   const int64_t per = (inter + kLowRankSwigluSplit - 1) / kLowRankSwigluSplit;
   const int64_t begin = blockIdx.y * per, end = begin + per < inter ? begin + per : inter;

@@ -7,6 +7,33 @@
 
 namespace trtdsl {
 
+// The row's first pass, shared by every RMSNorm kernel so their sums agree bit for bit: r = x (+ residual,
+// rounded to T and stored to res_out for the vectors in [store_begin, store_end)) into row_cache as float,
+// and this thread's share of sum(r^2), vector by vector from threadIdx.x in steps of blockDim.x.
+template <typename T, int VEC, bool RESIDUAL>
+__device__ __forceinline__ float rmsnorm_row_pass(const T* __restrict__ xr, const T* res, T* res_out, float* row_cache,
+                                                  int64_t nvec, int64_t store_begin, int64_t store_end) {
+  float sumsq = 0.f;
+  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+    Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
+    Vec<T, VEC> rv;
+    if (RESIDUAL) rv = load_vec<T, VEC>(res + i * VEC);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      float val = to_float(xv.v[k]);
+      if (RESIDUAL) {
+        // The new residual is stored in T, so normalize the rounded value (what the next layer sees).
+        rv.v[k] = from_float<T>(val + to_float(rv.v[k]));
+        val = to_float(rv.v[k]);
+      }
+      row_cache[i * VEC + k] = val;
+      sumsq += val * val;
+    }
+    if (RESIDUAL && i >= store_begin && i < store_end) store_vec<T, VEC>(res_out + i * VEC, rv);
+  }
+  return sumsq;
+}
+
 // Store: how a normalized value leaves the kernel (StoreT, common.cuh; norm_quant.cuh's StoreFp8).
 template <typename T, int VEC, bool RESIDUAL, typename Store>
 __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
@@ -32,24 +59,9 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
     w_first = load_vec<T, VEC>(weight + threadIdx.x * VEC);
     c_first = store.template channels<VEC>(threadIdx.x * VEC);
   }
-  float sumsq = 0.f;
-  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-    Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
-    Vec<T, VEC> rv;
-    if (RESIDUAL) rv = load_vec<T, VEC>(residual + row * res_stride + i * VEC);
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      float val = to_float(xv.v[k]);
-      if (RESIDUAL) {
-        // The new residual is stored in T, so normalize the rounded value (what the next layer sees).
-        rv.v[k] = from_float<T>(val + to_float(rv.v[k]));
-        val = to_float(rv.v[k]);
-      }
-      row_cache[i * VEC + k] = val;
-      sumsq += val * val;
-    }
-    if (RESIDUAL) store_vec<T, VEC>(residual_out + row * res_out_stride + i * VEC, rv);
-  }
+  float sumsq = rmsnorm_row_pass<T, VEC, RESIDUAL>(xr, RESIDUAL ? residual + row * res_stride : nullptr,
+                                                   RESIDUAL ? residual_out + row * res_out_stride : nullptr,
+                                                   row_cache, nvec, 0, nvec);
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
   typename Store::Out* outr = out + row * out_stride;
