@@ -23,7 +23,8 @@ from trtdsl.errors import PluginError
 from ..registry import get_plugin
 from ._lib import call, register_signatures
 from .lowrank_ops import rmsnorm_fp8_lowrank, swiglu_fp8_lowrank
-from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _check_static_scale, _stream
+from .ops import (_DTYPE_CODES, _HALF_TYPES, _check, _check_norm_inputs, _check_static_scale, _check_swiglu_input,
+                  _stream)
 
 __all__ = ["rmsnorm_fp8", "swiglu_fp8", "fp8_gemm_codes", "register_fused_quant_implementations"]
 
@@ -44,11 +45,7 @@ def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor
     ``(codes, x + residual)``; with ``mean [hidden]`` (x's dtype), codes of ``(rmsnorm(x) - mean) /
     input_scale``, the difference rounded to x's dtype as a separate subtraction's."""
     op = "rmsnorm_fp8"
-    _check(op, "x", x, dtypes=_DTYPE_CODES)
-    hidden = x.shape[-1] if x.dim() else 0
-    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
-    if weight.shape[0] != hidden:
-        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
+    hidden = _check_norm_inputs(op, x, weight, residual)
     _check_static_scale(op, "input_scale", input_scale, x.device)
     if mean is not None:
         _check(op, "mean", mean, x.device, (x.dtype,), ndim=1)
@@ -56,12 +53,7 @@ def rmsnorm_fp8(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor
             raise PluginError(f"{op}: mean has {mean.shape[0]} elements but x's last dim is {hidden}")
         mean = mean.contiguous()
     out = torch.empty(x.shape, dtype=_FP8, device=x.device)
-    total = None
-    if residual is not None:
-        _check(op, "residual", residual, x.device, (x.dtype,))
-        if residual.shape != x.shape:
-            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
-        total = torch.empty_like(x)
+    total = None if residual is None else torch.empty_like(x)
     rows = x.numel() // max(hidden, 1)
     if rows:
         call("trtdsl_rmsnorm_fp8", x.data_ptr(), residual.data_ptr() if residual is not None else None,
@@ -75,11 +67,8 @@ def swiglu_fp8(x: torch.Tensor, input_scale: torch.Tensor) -> torch.Tensor:
     """e4m3 codes of ``silu(gate) * up / input_scale`` of ``x [..., 2 * inter]`` (gate then up):
     ``ops.swiglu``'s value, rounded to x's dtype, then ``quantize_fp8``."""
     op = "swiglu_fp8"
-    _check(op, "x", x, dtypes=_DTYPE_CODES)
-    if x.dim() == 0 or x.shape[-1] % 2:
-        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
+    inter = _check_swiglu_input(op, x)
     _check_static_scale(op, "input_scale", input_scale, x.device)
-    inter = x.shape[-1] // 2
     out = torch.empty(*x.shape[:-1], inter, dtype=_FP8, device=x.device)
     rows = x.numel() // max(2 * inter, 1)
     if rows and inter:

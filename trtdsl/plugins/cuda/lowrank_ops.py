@@ -10,13 +10,15 @@ thread-block cluster); the plugin implementations then run the reference."""
 from __future__ import annotations
 
 import ctypes
+from functools import lru_cache
 
 import torch
 
 from trtdsl.errors import PluginError
 
 from ._lib import call, register_signatures
-from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _check_static_scale, _stream
+from .ops import (_DTYPE_CODES, _HALF_TYPES, _check, _check_norm_inputs, _check_static_scale, _check_swiglu_input,
+                  _stream)
 
 __all__ = ["LOWRANK_KERNEL_RANKS", "rmsnorm_fp8_lowrank", "swiglu_fp8_lowrank"]
 
@@ -31,6 +33,12 @@ _MAX_ROW = 48 * 1024  # kLowRankMaxRow
 _FP8 = torch.float8_e4m3fn
 
 
+@lru_cache(maxsize=None)
+def _has_clusters(device_index: int) -> bool:
+    """Thread-block clusters (sm_90+), which the kernels split a row over."""
+    return torch.cuda.get_device_capability(device_index) >= (9, 0)
+
+
 def _check_branch(op: str, x: torch.Tensor, k: int, input_scale: torch.Tensor, mean: torch.Tensor,
                   basis: torch.Tensor) -> bool:
     """Validate the branch's constants (PluginError); whether the kernel is built for them."""
@@ -41,7 +49,7 @@ def _check_branch(op: str, x: torch.Tensor, k: int, input_scale: torch.Tensor, m
         raise PluginError(f"{op}: mean {tuple(mean.shape)} and basis {tuple(basis.shape)} must have {k} rows, "
                           f"the input's width")
     rank = basis.shape[1]
-    return (x.is_cuda and torch.cuda.get_device_capability(x.device) >= (9, 0)  # thread-block clusters
+    return (x.is_cuda and _has_clusters(x.device.index or 0)
             and x.dtype in _HALF_TYPES and rank in LOWRANK_KERNEL_RANKS and k <= _MAX_ROW and basis.is_contiguous()
             and mean.is_contiguous() and basis.data_ptr() % (rank * basis.element_size()) == 0)
 
@@ -53,15 +61,7 @@ def rmsnorm_fp8_lowrank(x: torch.Tensor, weight: torch.Tensor, input_scale: torc
     ``residual``) over its last dim, centered on ``mean [k]`` and split along ``basis [k, r]``; None
     where the kernel is not built for the inputs."""
     op = "rmsnorm_fp8_lowrank"
-    _check(op, "x", x, dtypes=_DTYPE_CODES)
-    k = x.shape[-1] if x.dim() else 0
-    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
-    if weight.shape[0] != k:
-        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {k}")
-    if residual is not None:
-        _check(op, "residual", residual, x.device, (x.dtype,))
-        if residual.shape != x.shape:
-            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
+    k = _check_norm_inputs(op, x, weight, residual)
     if not _check_branch(op, x, k, input_scale, mean, basis):
         return None
     x = x.contiguous()
@@ -85,10 +85,7 @@ def swiglu_fp8_lowrank(x: torch.Tensor, input_scale: torch.Tensor, mean: torch.T
     """``(codes, c)`` of ``silu(gate) * up`` of ``x [..., 2 * inter]`` (gate then up), centered on
     ``mean [inter]`` and split along ``basis [inter, r]``; None where the kernel is not built for them."""
     op = "swiglu_fp8_lowrank"
-    _check(op, "x", x, dtypes=_DTYPE_CODES)
-    if x.dim() == 0 or x.shape[-1] % 2:
-        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
-    inter = x.shape[-1] // 2
+    inter = _check_swiglu_input(op, x)
     if not _check_branch(op, x, inter, input_scale, mean, basis):
         return None
     x = x.contiguous()

@@ -53,25 +53,41 @@ def _check_meta(op: str, device: torch.device, **tensors: torch.Tensor) -> None:
         _check(op, name, t, device, (torch.int32,))
 
 
+def _check_norm_inputs(op: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> int:
+    """The checks every RMSNorm binding shares (x, its ``[hidden]`` weight and an optional residual of
+    x's shape, one dtype); returns hidden."""
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    hidden = x.shape[-1] if x.dim() else 0
+    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
+    if weight.shape[0] != hidden:
+        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
+    if residual is not None:
+        _check(op, "residual", residual, x.device, (x.dtype,))
+        if residual.shape != x.shape:
+            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
+    return hidden
+
+
+def _check_swiglu_input(op: str, x: torch.Tensor) -> int:
+    """x ``[..., 2 * inter]`` (gate then up) for a SwiGLU binding; returns inter."""
+    _check(op, "x", x, dtypes=_DTYPE_CODES)
+    if x.dim() == 0 or x.shape[-1] % 2:
+        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
+    return x.shape[-1] // 2
+
+
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: torch.Tensor | None = None,
             out: torch.Tensor | None = None, residual_out: torch.Tensor | None = None):
     """``x * rsqrt(mean(x^2) + eps) * weight`` over the last dim; with ``residual``, normalizes
     ``x + residual`` and returns ``(out, x + residual)``. ``residual_out`` may alias ``residual``."""
     op = "rmsnorm"
-    _check(op, "x", x, dtypes=_DTYPE_CODES)
-    hidden = x.shape[-1]
-    _check(op, "weight", weight, x.device, (x.dtype,), ndim=1)
-    if weight.shape[0] != hidden:
-        raise PluginError(f"{op}: weight has {weight.shape[0]} elements but x's last dim is {hidden}")
+    hidden = _check_norm_inputs(op, x, weight, residual)
     out = torch.empty_like(x) if out is None else out
     _check(op, "out", out, x.device, (x.dtype,))
     if out.shape != x.shape:
         raise PluginError(f"{op}: out has shape {tuple(out.shape)}, expected {tuple(x.shape)}")
     rows = x.numel() // max(hidden, 1)
     if residual is not None:
-        _check(op, "residual", residual, x.device, (x.dtype,))
-        if residual.shape != x.shape:
-            raise PluginError(f"{op}: residual has shape {tuple(residual.shape)}, expected {tuple(x.shape)}")
         residual_out = torch.empty_like(x) if residual_out is None else residual_out
         _check(op, "residual_out", residual_out, x.device, (x.dtype,))
     if rows:
@@ -85,10 +101,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, residual: 
 def swiglu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``silu(gate) * up`` of ``x [..., 2 * inter]`` laid out gate then up; returns ``[..., inter]``."""
     op = "swiglu"
-    _check(op, "x", x, dtypes=_DTYPE_CODES)
-    if x.dim() == 0 or x.shape[-1] % 2:
-        raise PluginError(f"{op}: x's last dim must be even (gate then up), got shape {tuple(x.shape)}")
-    inter = x.shape[-1] // 2
+    inter = _check_swiglu_input(op, x)
     out = x.new_empty(*x.shape[:-1], inter) if out is None else out
     _check(op, "out", out, x.device, (x.dtype,))
     if out.shape != (*x.shape[:-1], inter):
