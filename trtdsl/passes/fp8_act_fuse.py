@@ -323,7 +323,7 @@ def _as_vector(net: Network, source: Tensor, width: int) -> Tensor:
         return F.constant(value.reshape(width), source.dtype, name=f"{source.name}.vector")
 
 
-def _centering(net: Network, value: Tensor, readers: list[Layer]) -> tuple[Layer, Tensor] | None:
+def _centering(value: Tensor, readers: list[Layer]) -> tuple[Layer, Tensor] | None:
     """``(subtraction, the mean's constant)`` when ``value``'s only reader subtracts a constant per-channel
     mean of its dtype from it (a centered fp8 GEMM input, ``QuantConfig.fp8_center_inputs``); else None."""
     if len(readers) != 1:
@@ -418,8 +418,7 @@ def _fold_lowrank(net: Network, gemm: Layer, c: Tensor, users: dict[int, list[La
     if not _fold_bias(net, gemm, users, outs):
         gemm.outputs = [y]
         return False
-    bias_in = gemm.inputs[4]
-    gemm.inputs = [*gemm.inputs[:4], bias_in, c, lw]
+    gemm.inputs = [*gemm.inputs, c, lw]  # after the bias _fold_bias appended
     for dead in (add, mm):
         dead.inputs, dead.outputs = [], []
     return True
@@ -440,8 +439,7 @@ def fuse_fp8_activations(net: Network) -> int:
         if id(value) in outs or value.dtype not in _FLOAT:
             continue
         readers = users.get(id(value), [])
-        centered = _centering(net, value, readers) if plugin in (RMS_NORM_FP8, ADD_RMS_NORM_FP8, SWIGLU_FP8) \
-            else None
+        centered = _centering(value, readers) if plugin in (RMS_NORM_FP8, ADD_RMS_NORM_FP8, SWIGLU_FP8) else None
         target, split = value, None  # target: what the GEMMs read (the subtraction's or the split's output)
         if centered is not None:
             sub, mean = centered

@@ -217,6 +217,14 @@ def _second_moment(stats: CalibrationStats | None, group: list[GemmSite], why: s
     return h
 
 
+def _centered_second_moment(stats: CalibrationStats | None, group: list[GemmSite], why: str,
+                            mean: torch.Tensor | None) -> torch.Tensor:
+    """``X^T X / N`` of the group's input, or with ``mean`` its covariance: E[(x - mu)(x - mu)^T] =
+    E[x x^T] - mu mu^T for the calibrated mean mu."""
+    h = _second_moment(stats, group, why)
+    return h if mean is None else h - torch.outer(mean.double(), mean.double())
+
+
 def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmSite],
              s: torch.Tensor | None = None, mean: torch.Tensor | None = None,
              basis: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -226,9 +234,7 @@ def _hessian(cfg: QuantConfig, stats: CalibrationStats | None, group: list[GemmS
     ``grid_refit``."""
     if not cfg.gptq and not cfg.grid_refit:
         return None
-    h = _second_moment(stats, group, "gptq=True" if cfg.gptq else "grid_refit")
-    if mean is not None:  # E[(x - mu)(x - mu)^T] = E[x x^T] - mu mu^T for the calibrated mean mu
-        h = h - torch.outer(mean.double(), mean.double())
+    h = _centered_second_moment(stats, group, "gptq=True" if cfg.gptq else "grid_refit", mean)
     if basis is not None:  # the quantized GEMM sees P (x - mu), P = I - U U^T
         proj = torch.eye(h.shape[0], dtype=torch.float64) - basis.double() @ basis.double().T
         h = proj @ h @ proj
@@ -424,7 +430,7 @@ def _centered_input(which: str, producer: Layer | None, net: Network) -> bool:
 def _lowrank_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.Tensor, rank: int) -> torch.Tensor:
     """The ``rank`` leading eigenvectors ``[k, rank]`` (float64, leading first) of the group input's
     calibrated covariance ``X^T X / N - mean mean^T``."""
-    cov = _second_moment(stats, group, "fp8_lowrank") - torch.outer(mean, mean)
+    cov = _centered_second_moment(stats, group, "fp8_lowrank", mean)
     return torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(1)  # eigh sorts ascending
 
 
