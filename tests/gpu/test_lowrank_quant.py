@@ -116,6 +116,11 @@ def test_unbuilt_inputs_fall_back_and_bad_ones_are_plugin_errors() -> None:
     assert rmsnorm_fp8_lowrank(x, w, s, 1e-5, mean, torch.zeros(64, 3, device="cuda", dtype=torch.bfloat16)) is None
     assert rmsnorm_fp8_lowrank(x.float(), w.float(), s, 1e-5, mean.float(),
                                torch.zeros(64, 4, device="cuda")) is None  # fp32: the reference
+    wide = torch.randn(1, 8192, device="cuda", dtype=torch.bfloat16)  # over 512 vectors: one block cannot hold it
+    assert rmsnorm_fp8_lowrank(wide, wide[0], s, 1e-5, wide[0], torch.zeros(8192, 4, device="cuda",
+                                                                           dtype=torch.bfloat16)) is None
+    odd = torch.randn(1, 2 * 60, device="cuda", dtype=torch.bfloat16)  # 60 is not a whole number of vectors
+    assert swiglu_fp8_lowrank(odd, s, mean[:60], torch.zeros(60, 4, device="cuda", dtype=torch.bfloat16)) is None
     with pytest.raises(PluginError, match="must have 64 rows"):
         rmsnorm_fp8_lowrank(x, w, s, 1e-5, mean, torch.zeros(32, 4, device="cuda", dtype=torch.bfloat16))
     with pytest.raises(PluginError, match="even"):

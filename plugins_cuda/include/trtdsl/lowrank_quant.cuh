@@ -7,11 +7,15 @@
 //   out  = e4m3 codes of rest / scale       (quantize_rounded, as the unfused quantizer)
 // and c [rows, R] goes to its own output, for the GEMV epilogue's c (W U)^T (Fp8GemvEpilogue).
 //
-// A row is split over a thread-block cluster (sm_90): each block takes a chunk of the row, reduces its
-// share of c, the blocks add the shares through distributed shared memory in block order (every block
-// gets the same c) and each writes its chunk's codes. One block per row took 6 us for a 4096-wide norm
-// and 12 us for a 14336-wide SwiGLU at decode (one SM reading the row and a basis of up to 115 KB); the
-// clusters take 5.5 and 7.9 us (H100, decode_profile_fp8_rowpass.json), against 2.8 and 1.9 without the split.
+// Every thread takes one 16-byte vector of the row: its mean and basis rows are loaded into registers
+// before pdl_wait (constants), its d values stay in registers between the two halves, and its codes
+// leave as one vector store, so the split adds one reduction of R sums and no memory round trip to the
+// plain kernel. The RMSNorm keeps a whole row in one block (rmsnorm.cuh's thread rule, up to 512
+// vectors); the SwiGLU splits a row over a thread-block cluster (sm_90) of kLowRankSwigluSplit blocks,
+// which add their shares of c through distributed shared memory in block order (every block gets the
+// same c), so that no SM reads more than an eighth of a 14336-wide row and its basis. The first
+// versions (a cluster per norm row too, one element per thread, the basis read twice) took 5.5 and
+// 7.9 us at decode against 2.8 and 1.9 without the split (H100, decode_profile_fp8_rowpass.json).
 //
 // Contract against the unfused layers (norm / SwiGLU, sub, matmul, matmul, sub, quantize): every step
 // rounds where a layer would; c's sum runs in this kernel's order, not the GEMM's, so codes may differ
@@ -26,10 +30,9 @@
 
 namespace trtdsl {
 
-constexpr int kLowRankNormSplit = 4;     // cluster blocks per RMSNorm row
 constexpr int kLowRankSwigluSplit = 8;   // cluster blocks per SwiGLU row (the portable cluster size)
-constexpr int kLowRankSwigluThreads = 256;
-constexpr int64_t kLowRankMaxRow = 48 * 1024;  // floats of a row in shared memory
+constexpr int kLowRankMaxVecs = 512;     // 16-byte vectors per block, one per thread (registers: rank 8 in 128)
+constexpr int64_t kLowRankMaxRow = 48 * 1024;
 
 template <typename T> struct LowRankFp8Arg {
   const float* scale;  // [1] static input scale of the GEMMs
@@ -38,23 +41,44 @@ template <typename T> struct LowRankFp8Arg {
   T* c_out;            // [rows, R]
 };
 
-// The chunk [begin, end) of the mean and the basis, and the scale, to L2 before pdl_wait.
-template <typename T, int R>
-__device__ __forceinline__ void lowrank_prefetch(const LowRankFp8Arg<T>& a, int64_t begin, int64_t end) {
-  if (threadIdx.x == 0) pdl_prefetch_l2(a.scale);
-  pdl_prefetch_l2_range(a.mean + begin, (end - begin) * static_cast<int64_t>(sizeof(T)));
-  pdl_prefetch_l2_range(a.basis + begin * R, (end - begin) * R * static_cast<int64_t>(sizeof(T)));
+// One thread's VEC channels of the branch's constants: their means and their VEC x R basis values
+// (row-major, as U stores them: R vectors of VEC), in registers.
+template <typename T, int VEC, int R> struct LowRankVec {
+  Vec<T, VEC> mean;
+  Vec<T, VEC> basis[R];
+  __device__ void load(const LowRankFp8Arg<T>& a, int64_t vec) {
+    mean = load_vec<T, VEC>(a.mean + vec * VEC);
+#pragma unroll
+    for (int q = 0; q < R; ++q) basis[q] = load_vec<T, VEC>(a.basis + (vec * VEC) * R + q * VEC);
+  }
+  __device__ float u(int k, int j) const { return to_float<T>(basis[(k * R + j) / VEC].v[(k * R + j) % VEC]); }
+};
+
+// d = T(v - mean) of this thread's VEC values v (already rounded to T by the caller), and their share of c.
+template <typename T, int VEC, int R>
+__device__ __forceinline__ void lowrank_center(const float (&v)[VEC], const LowRankVec<T, VEC, R>& lv, float (&d)[VEC],
+                                               float (&part)[R]) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    d[k] = to_float<T>(from_float<T>(v[k] - to_float<T>(lv.mean.v[k])));
+#pragma unroll
+    for (int j = 0; j < R; ++j) part[j] = fmaf(d[k], lv.u(k, j), part[j]);
+  }
 }
 
-// d = T(v - mean[i]) into cache[i - offset] (v already rounded to T by the caller), and its share of c.
-template <typename T, int R>
-__device__ __forceinline__ void lowrank_accumulate(float v, int64_t i, const LowRankFp8Arg<T>& a, float* cache,
-                                                   float (&part)[R]) {
-  const float d = to_float<T>(from_float<T>(v - to_float<T>(a.mean[i])));
-  cache[i] = d;
-  const Vec<T, R> u = load_vec<T, R>(a.basis + i * R);
+// The codes of rest = T(d - T(c U^T)) of this thread's VEC values, as one vector store.
+template <typename T, int VEC, int R>
+__device__ __forceinline__ void lowrank_store(const float (&d)[VEC], const LowRankVec<T, VEC, R>& lv,
+                                              const float (&c)[R], float scale, Fp8* out) {
+  Vec<Fp8, VEC> o;
 #pragma unroll
-  for (int j = 0; j < R; ++j) part[j] = fmaf(d, to_float<T>(u.v[j]), part[j]);
+  for (int k = 0; k < VEC; ++k) {
+    float low = 0.f;
+#pragma unroll
+    for (int j = 0; j < R; ++j) low = fmaf(c[j], lv.u(k, j), low);
+    o.v[k] = quantize_rounded<T>(d[k] - to_float<T>(from_float<T>(low)), scale);
+  }
+  store_vec<Fp8, VEC>(out, o);
 }
 
 // The block's sums of R values at once (common.cuh's block_sum, one pair of barriers for all R);
@@ -75,9 +99,20 @@ __device__ __forceinline__ void block_sum_each(float (&v)[R], float* scratch) {
   __syncthreads();  // scratch may be reused right after
 }
 
+// c rounded to T; thread j < R of the writing block stores c[j] (unrolled: no local-memory indexing).
+template <typename T, int R>
+__device__ __forceinline__ void lowrank_finish_c(const LowRankFp8Arg<T>& a, const float (&sum)[R], bool writer,
+                                                 int64_t row, float (&c)[R]) {
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    c[j] = to_float<T>(from_float<T>(sum[j]));
+    if (writer && threadIdx.x == j) a.c_out[row * R + j] = from_float<T>(c[j]);
+  }
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// c over the cluster: each block's share (block reduction; its barriers also publish the caller's shared
-// memory), then the sum of the shares in block order, rounded to T. Block 0 stores c.
+// c over the cluster: each block's share (block reduction), then the sum of the shares in block order.
+// Block 0 stores c.
 template <typename T, int R, int S>
 __device__ __forceinline__ void lowrank_cluster_c(const LowRankFp8Arg<T>& a, float (&part)[R], float* scratch,
                                                   float* share, int64_t row, float (&c)[R]) {
@@ -89,108 +124,99 @@ __device__ __forceinline__ void lowrank_cluster_c(const LowRankFp8Arg<T>& a, flo
   }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // every block's share is written and visible cluster-wide
+  float sum[R];
 #pragma unroll
   for (int j = 0; j < R; ++j) {
     float t = 0.f;
     for (int b = 0; b < S; ++b) t += cluster.map_shared_rank(share, b)[j];
-    c[j] = to_float<T>(from_float<T>(t));
+    sum[j] = t;
   }
-  if (blockIdx.y == 0 && threadIdx.x < R) a.c_out[row * R + threadIdx.x] = from_float<T>(c[threadIdx.x]);
+  lowrank_finish_c<T, R>(a, sum, blockIdx.y == 0, row, c);
 }
 #endif
 
-// The codes of rest = T(d - T(c U^T)) for the elements [begin, end), d read from cache[i].
-template <typename T, int R>
-__device__ __forceinline__ void lowrank_store(const LowRankFp8Arg<T>& a, const float* cache, const float (&c)[R],
-                                              Fp8* out_row, int64_t begin, int64_t end) {
-  const float scale = __ldg(a.scale);
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const Vec<T, R> u = load_vec<T, R>(a.basis + i * R);
-    float low = 0.f;
-#pragma unroll
-    for (int j = 0; j < R; ++j) low = fmaf(c[j], to_float<T>(u.v[j]), low);
-    out_row[i] = quantize_rounded<T>(cache[i] - to_float<T>(from_float<T>(low)), scale);
-  }
-}
-
-// RMSNorm followed by the split; grid (rows, kLowRankNormSplit) in clusters along y. Every block of a
-// row sums the whole row as rmsnorm.cuh does (vector for vector, its thread-count rule), so the
-// normalized values equal the plain kernel's bit for bit; then it splits its chunk of vectors.
+// RMSNorm followed by the split, one block per row of nvec <= blockDim.x vectors (one per thread). The
+// row sum is rmsnorm.cuh's first pass with its thread rule, so the normalized values equal the plain
+// kernel's bit for bit.
 template <typename T, int VEC, bool RESIDUAL, int R>
-__global__ void rmsnorm_lowrank_fp8_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
+__global__ void __launch_bounds__(kLowRankMaxVecs) rmsnorm_lowrank_fp8_kernel(const T* __restrict__ x, const T* residual, const T* __restrict__ weight,
                                            LowRankFp8Arg<T> a, Fp8* out, T* residual_out, int64_t hidden,
                                            int64_t x_stride, int64_t res_stride, int64_t out_stride,
                                            int64_t res_out_stride, float eps) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ float row_cache[];
   __shared__ float scratch[32 * R];
-  __shared__ float share[R];
-  const int64_t nvec = hidden / VEC, per = (nvec + kLowRankNormSplit - 1) / kLowRankNormSplit;
-  const int64_t vbegin = blockIdx.y * per, vend = vbegin + per < nvec ? vbegin + per : nvec;
-  pdl_prefetch_l2_range(weight + vbegin * VEC, (vend - vbegin) * VEC * static_cast<int64_t>(sizeof(T)));
-  lowrank_prefetch<T, R>(a, vbegin * VEC, vend * VEC);
+  const int64_t nvec = hidden / VEC;
+  const bool mine = threadIdx.x < nvec;
+  // Constants straight into registers while the predecessor runs (nothing writes them).
+  Vec<T, VEC> wv;
+  LowRankVec<T, VEC, R> lv;
+  if (mine) {
+    wv = load_vec<T, VEC>(weight + threadIdx.x * VEC);
+    lv.load(a, threadIdx.x);
+  }
+  const float scale = __ldg(a.scale);
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
-  const T* xr = x + row * x_stride;
-  float sumsq = rmsnorm_row_pass<T, VEC, RESIDUAL>(xr, RESIDUAL ? residual + row * res_stride : nullptr,
+  float sumsq = rmsnorm_row_pass<T, VEC, RESIDUAL>(x + row * x_stride, RESIDUAL ? residual + row * res_stride : nullptr,
                                                    RESIDUAL ? residual_out + row * res_out_stride : nullptr,
-                                                   row_cache, nvec, vbegin, vend);  // rmsnorm.cuh's first pass
+                                                   row_cache, nvec, 0, nvec);
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
-  float part[R];
+  float d[VEC], part[R];
 #pragma unroll
   for (int j = 0; j < R; ++j) part[j] = 0.f;
-  for (int64_t i = vbegin + threadIdx.x; i < vend; i += blockDim.x) {
-    const Vec<T, VEC> wv = load_vec<T, VEC>(weight + i * VEC);
+  if (mine) {
+    float v[VEC];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const int64_t e = i * VEC + k;
-      lowrank_accumulate<T, R>(to_float<T>(from_float<T>(row_cache[e] * inv * to_float(wv.v[k]))), e, a, row_cache,
-                               part);
-    }
+    for (int k = 0; k < VEC; ++k)
+      v[k] = to_float<T>(from_float<T>(row_cache[threadIdx.x * VEC + k] * inv * to_float(wv.v[k])));
+    lowrank_center<T, VEC, R>(v, lv, d, part);
   }
+  block_sum_each<R>(part, scratch);
   float c[R];
-  lowrank_cluster_c<T, R, kLowRankNormSplit>(a, part, scratch, share, row, c);
-  lowrank_store<T, R>(a, row_cache, c, out + row * out_stride, vbegin * VEC, vend * VEC);
-  cooperative_groups::this_cluster().sync();  // the other blocks read this block's share until here
-#else
-  __trap();  // clusters need sm_90; the launchers refuse older devices
-#endif
+  lowrank_finish_c<T, R>(a, part, true, row, c);
+  if (mine) lowrank_store<T, VEC, R>(d, lv, c, scale, out + row * out_stride + threadIdx.x * VEC);
 }
 
 // SwiGLU (swiglu.cuh's arithmetic) followed by the split; in [rows, 2 * inter], gate then up; grid
-// (rows, kLowRankSwigluSplit) in clusters along y, each block a contiguous chunk of the row.
+// (rows, kLowRankSwigluSplit) in clusters along y, block y taking `per` consecutive vectors of the row.
 template <typename T, int R>
-__global__ void swiglu_lowrank_fp8_kernel(const T* __restrict__ in, LowRankFp8Arg<T> a, Fp8* out, int64_t inter,
+__global__ void __launch_bounds__(kLowRankMaxVecs) swiglu_lowrank_fp8_kernel(const T* __restrict__ in, LowRankFp8Arg<T> a, Fp8* out, int64_t inter,
                                           int64_t in_stride, int64_t out_stride) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  extern __shared__ float chunk_cache[];
+  constexpr int VEC = 16 / sizeof(T);
   __shared__ float scratch[32 * R];
   __shared__ float share[R];
-  const int64_t per = (inter + kLowRankSwigluSplit - 1) / kLowRankSwigluSplit;
-  const int64_t begin = blockIdx.y * per, end = begin + per < inter ? begin + per : inter;
-  lowrank_prefetch<T, R>(a, begin, end);
+  const int64_t nvec = inter / VEC, per = (nvec + kLowRankSwigluSplit - 1) / kLowRankSwigluSplit;
+  const int64_t vec = blockIdx.y * per + threadIdx.x;
+  const bool mine = threadIdx.x < per && vec < nvec;
+  LowRankVec<T, VEC, R> lv;
+  if (mine) lv.load(a, vec);
+  const float scale = __ldg(a.scale);
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.x;
-  const T* gate = in + row * in_stride;
-  const T* up = gate + inter;
-  float* cache = chunk_cache - begin;  // indexed by the row's element
-  float part[R];
+  float d[VEC], part[R];
 #pragma unroll
   for (int j = 0; j < R; ++j) part[j] = 0.f;
-  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-    const float gf = to_float(gate[i]);
-    lowrank_accumulate<T, R>(to_float<T>(from_float<T>(gf / (1.f + __expf(-gf)) * to_float(up[i]))), i, a, cache,
-                             part);
+  if (mine) {
+    const T* gate = in + row * in_stride;
+    const Vec<T, VEC> g = load_vec<T, VEC>(gate + vec * VEC), u = load_vec<T, VEC>(gate + inter + vec * VEC);
+    float v[VEC];
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float gf = to_float(g.v[k]);
+      v[k] = to_float<T>(from_float<T>(gf / (1.f + __expf(-gf)) * to_float(u.v[k])));
+    }
+    lowrank_center<T, VEC, R>(v, lv, d, part);
   }
   float c[R];
   lowrank_cluster_c<T, R, kLowRankSwigluSplit>(a, part, scratch, share, row, c);
-  lowrank_store<T, R>(a, cache, c, out + row * out_stride, begin, end);
-  cooperative_groups::this_cluster().sync();
+  if (mine) lowrank_store<T, VEC, R>(d, lv, c, scale, out + row * out_stride + vec * VEC);
+  cooperative_groups::this_cluster().sync();  // the other blocks read this block's share until here
 #else
-  __trap();
+  __trap();  // clusters need sm_90; the launcher refuses older devices
 #endif
 }
 
@@ -204,39 +230,30 @@ inline bool cluster_launch_supported() {
   return major >= 9;
 }
 
-template <typename K, typename... Args>
-inline int launch_lowrank_row(K kernel, int64_t rows, int split, int threads, size_t smem, cudaStream_t stream,
-                              Args... args) {
-  if (rows > 0x7fffffff) return kErrShape;
-  if (smem > 48 * 1024 &&
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)) != cudaSuccess)
-    return kErrLaunch;
-  return launch_pdl_cluster(kernel, dim3(static_cast<unsigned>(rows), split), dim3(threads), dim3(1, split, 1), smem,
-                            stream, args...);
-}
+// One thread per vector, whole warps.
+inline int lowrank_threads(int64_t vecs) { return static_cast<int>(((vecs + 31) / 32) * 32); }
 
-// rank 2, 4 or 8, sm_90, 16-byte vectors of x / residual / weight and the basis aligned to R values, else
-// kErrUnsupported (the caller runs the reference). Threads: rmsnorm.cuh's rule for rows of hidden / VEC.
+// rank 2, 4 or 8; 16-byte vectors of x / residual / weight / mean / basis / out, rows of at most
+// kLowRankMaxVecs vectors; else kErrUnsupported (the caller runs the reference).
 template <typename T>
 inline int launch_rmsnorm_lowrank_fp8(const T* x, const T* res, const T* w, LowRankFp8Arg<T> a, int rank, Fp8* out,
                                       T* res_out, int64_t rows, int64_t hidden, int64_t xs, int64_t rs, int64_t os,
                                       int64_t ros, float eps, cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
   if (rows == 0) return kOk;
-  if (hidden > kLowRankMaxRow) return kErrShape;
-  bool vec = hidden % V == 0 && xs % V == 0 && aligned16(x) && aligned16(w);
+  if (hidden > kLowRankMaxRow || rows > 0x7fffffff) return kErrShape;
+  bool vec = hidden % V == 0 && xs % V == 0 && os % V == 0 && aligned16(x) && aligned16(w) && aligned16(a.mean) &&
+             aligned16(a.basis) && aligned_to(out, V);
   if (res) vec = vec && rs % V == 0 && ros % V == 0 && aligned16(res) && aligned16(res_out);
-  if (!vec || !aligned_to(a.basis, static_cast<uintptr_t>(rank) * sizeof(T)) || !cluster_launch_supported())
-    return kErrUnsupported;
-  const int64_t nvec = hidden / V;
-  const int threads = nvec >= 1024 ? 1024 : static_cast<int>(((nvec + 31) / 32) * 32);
+  if (!vec || hidden / V > kLowRankMaxVecs) return kErrUnsupported;
+  const int threads = lowrank_threads(hidden / V);  // rmsnorm.cuh's rule below 1024 vectors
   const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
 #define TRTDSL_RMS_LR(R)                                                                                        \
-  return res ? launch_lowrank_row(rmsnorm_lowrank_fp8_kernel<T, V, true, R>, rows, kLowRankNormSplit, threads,   \
-                                  smem, stream, x, res, w, a, out, res_out, hidden, xs, rs, os, ros, eps)      \
-             : launch_lowrank_row(rmsnorm_lowrank_fp8_kernel<T, V, false, R>, rows, kLowRankNormSplit, threads,  \
-                                  smem, stream, x, res, w, a, out, res_out, hidden, xs, rs, os, ros, eps)
-  switch (rank) {
+  return res ? launch_pdl(rmsnorm_lowrank_fp8_kernel<T, V, true, R>, dim3(static_cast<unsigned>(rows)),          \
+                          dim3(threads), smem, stream, x, res, w, a, out, res_out, hidden, xs, rs, os, ros, eps) \
+             : launch_pdl(rmsnorm_lowrank_fp8_kernel<T, V, false, R>, dim3(static_cast<unsigned>(rows)),         \
+                          dim3(threads), smem, stream, x, res, w, a, out, res_out, hidden, xs, rs, os, ros, eps)
+  switch (rank) {  // rows of up to 4096 16-bit values: the row cache fits the default 48 KB of shared memory
     case 2: TRTDSL_RMS_LR(2);
     case 4: TRTDSL_RMS_LR(4);
     case 8: TRTDSL_RMS_LR(8);
@@ -248,14 +265,17 @@ inline int launch_rmsnorm_lowrank_fp8(const T* x, const T* res, const T* w, LowR
 template <typename T>
 inline int launch_swiglu_lowrank_fp8(const T* in, LowRankFp8Arg<T> a, int rank, Fp8* out, int64_t rows, int64_t inter,
                                      int64_t in_stride, int64_t out_stride, cudaStream_t stream) {
+  constexpr int V = 16 / sizeof(T);
   if (rows == 0) return kOk;
-  if (inter > kLowRankMaxRow) return kErrShape;
-  if (!aligned_to(a.basis, static_cast<uintptr_t>(rank) * sizeof(T)) || !cluster_launch_supported())
+  if (inter > kLowRankMaxRow || rows > 0x7fffffff) return kErrShape;
+  const int64_t per = (inter / V + kLowRankSwigluSplit - 1) / kLowRankSwigluSplit;
+  if (inter % V || in_stride % V || out_stride % V || !aligned16(in) || !aligned16(a.mean) || !aligned16(a.basis) ||
+      !aligned_to(out, V) || per > kLowRankMaxVecs || !cluster_launch_supported())
     return kErrUnsupported;
-  const size_t smem = static_cast<size_t>((inter + kLowRankSwigluSplit - 1) / kLowRankSwigluSplit) * sizeof(float);
 #define TRTDSL_SWIGLU_LR(R)                                                                                     \
-  return launch_lowrank_row(swiglu_lowrank_fp8_kernel<T, R>, rows, kLowRankSwigluSplit, kLowRankSwigluThreads,   \
-                            smem, stream, in, a, out, inter, in_stride, out_stride)
+  return launch_pdl_cluster(swiglu_lowrank_fp8_kernel<T, R>,                                                    \
+                            dim3(static_cast<unsigned>(rows), kLowRankSwigluSplit), dim3(lowrank_threads(per)), \
+                            dim3(1, kLowRankSwigluSplit, 1), 0, stream, in, a, out, inter, in_stride, out_stride)
   switch (rank) {
     case 2: TRTDSL_SWIGLU_LR(2);
     case 4: TRTDSL_SWIGLU_LR(4);

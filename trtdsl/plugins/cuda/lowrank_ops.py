@@ -4,8 +4,9 @@ coefficients ``c = (v - mean) U`` and the codes of the rest ``(v - mean) - c U^T
 ``c (W U)^T`` in the FP8 GEMV's epilogue (``quant_ops.fp8_gemv(lowrank=...)``).
 
 Each function returns None where the kernels are not built for the inputs (fp32, a rank other than 2, 4
-or 8, unaligned rows, rows over 49152 values, a GPU below sm_90: the kernels split a row over a
-thread-block cluster); the plugin implementations then run the reference."""
+or 8, widths that are not a multiple of 8 or constants not 16-byte aligned, norm rows over 4096 values,
+SwiGLU rows over 32768, for the SwiGLU a GPU below sm_90: it splits a row over a thread-block cluster);
+the plugin implementations then run the reference."""
 
 from __future__ import annotations
 
@@ -29,29 +30,31 @@ register_signatures({  # plugins.h, "The low-rank split"
     "trtdsl_swiglu_fp8_lowrank": [_P, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _P],
 })
 LOWRANK_KERNEL_RANKS = (2, 4, 8)
-_MAX_ROW = 48 * 1024  # kLowRankMaxRow
+_VEC = 8  # 16-bit values per 16-byte vector: one per thread
+_MAX_VECS = 512  # kLowRankMaxVecs: vectors per block (the norm's row, an eighth of the SwiGLU's)
+_SWIGLU_SPLIT = 8  # kLowRankSwigluSplit
 _FP8 = torch.float8_e4m3fn
 
 
 @lru_cache(maxsize=None)
 def _has_clusters(device_index: int) -> bool:
-    """Thread-block clusters (sm_90+), which the kernels split a row over."""
+    """Thread-block clusters (sm_90+), which the SwiGLU kernel splits a row over."""
     return torch.cuda.get_device_capability(device_index) >= (9, 0)
 
 
 def _check_branch(op: str, x: torch.Tensor, k: int, input_scale: torch.Tensor, mean: torch.Tensor,
-                  basis: torch.Tensor) -> bool:
-    """Validate the branch's constants (PluginError); whether the kernel is built for them."""
+                  basis: torch.Tensor, max_width: int) -> bool:
+    """Validate the branch's constants (PluginError); whether the kernel is built for them (16-bit
+    values in 16-byte vectors, rows of at most ``max_width`` values)."""
     _check_static_scale(op, "input_scale", input_scale, x.device)
     _check(op, "mean", mean, x.device, (x.dtype,), ndim=1)
     _check(op, "basis", basis, x.device, (x.dtype,), ndim=2)
     if mean.shape[0] != k or basis.shape[0] != k:
         raise PluginError(f"{op}: mean {tuple(mean.shape)} and basis {tuple(basis.shape)} must have {k} rows, "
                           f"the input's width")
-    rank = basis.shape[1]
-    return (x.is_cuda and _has_clusters(x.device.index or 0)
-            and x.dtype in _HALF_TYPES and rank in LOWRANK_KERNEL_RANKS and k <= _MAX_ROW and basis.is_contiguous()
-            and mean.is_contiguous() and basis.data_ptr() % (rank * basis.element_size()) == 0)
+    return (x.is_cuda and x.dtype in _HALF_TYPES and basis.shape[1] in LOWRANK_KERNEL_RANKS and k % _VEC == 0
+            and k <= max_width and basis.is_contiguous() and mean.is_contiguous()
+            and mean.data_ptr() % 16 == 0 and basis.data_ptr() % 16 == 0)
 
 
 def rmsnorm_fp8_lowrank(x: torch.Tensor, weight: torch.Tensor, input_scale: torch.Tensor, eps: float,
@@ -62,11 +65,11 @@ def rmsnorm_fp8_lowrank(x: torch.Tensor, weight: torch.Tensor, input_scale: torc
     where the kernel is not built for the inputs."""
     op = "rmsnorm_fp8_lowrank"
     k = _check_norm_inputs(op, x, weight, residual)
-    if not _check_branch(op, x, k, input_scale, mean, basis):
+    if not _check_branch(op, x, k, input_scale, mean, basis, _MAX_VECS * _VEC):
         return None
     x = x.contiguous()
     residual = None if residual is None else residual.contiguous()
-    if any(t.data_ptr() % 16 for t in (x, weight) + (() if residual is None else (residual,))) or k % 8:
+    if any(t.data_ptr() % 16 for t in (x, weight) + (() if residual is None else (residual,))):
         return None
     rows = x.numel() // max(k, 1)
     out = torch.empty(x.shape, dtype=_FP8, device=x.device)
@@ -86,9 +89,12 @@ def swiglu_fp8_lowrank(x: torch.Tensor, input_scale: torch.Tensor, mean: torch.T
     ``mean [inter]`` and split along ``basis [inter, r]``; None where the kernel is not built for them."""
     op = "swiglu_fp8_lowrank"
     inter = _check_swiglu_input(op, x)
-    if not _check_branch(op, x, inter, input_scale, mean, basis):
+    if (not _check_branch(op, x, inter, input_scale, mean, basis, _SWIGLU_SPLIT * _MAX_VECS * _VEC)
+            or not _has_clusters(x.device.index or 0)):
         return None
     x = x.contiguous()
+    if x.data_ptr() % 16:
+        return None
     rows = x.numel() // max(2 * inter, 1)
     out = torch.empty(*x.shape[:-1], inter, dtype=_FP8, device=x.device)
     c = torch.empty(*x.shape[:-1], basis.shape[1], dtype=x.dtype, device=x.device)
