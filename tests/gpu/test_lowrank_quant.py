@@ -130,13 +130,16 @@ def test_unbuilt_inputs_fall_back_and_bad_ones_are_plugin_errors() -> None:
 @fp8
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("m", [1, 3, 8, 17])
-def test_fp8_gemm_on_codes_adds_the_lowrank_term_as_layers_would(dtype: torch.dtype, m: int) -> None:
+@pytest.mark.parametrize("r", [4, 9])
+def test_fp8_gemm_on_codes_adds_the_lowrank_term_as_layers_would(dtype: torch.dtype, m: int, r: int) -> None:
     """lowrank = (c [m, r], w [r, n]): every GEMV config's epilogue, and cuBLASLt + torch (m = 17),
     equal the plain GEMM + (c @ w) + bias as torch layers, bit for bit where c @ w is exact (small
-    integers), and to the rounding of the r-term sum otherwise."""
+    integers), and to the rounding of the r-term sum otherwise. The CUDA-core configs hold the term's
+    pairs in one warp's lanes where outputs x r fits 32 (m = 1, r = 4) and load them at the tail
+    otherwise (r = 9, m > 1): both paths run."""
     from trtdsl.plugins.cuda.fused_quant_ops import fp8_gemm_codes
     from trtdsl.plugins.cuda.quant_ops import FP8_TC_CONFIGS, fp8_gemv
-    n, k, r = 208, 1024, 4  # n % 16 == 0: cuBLASLt takes the 17 rows
+    n, k = 208, 1024  # n % 16 == 0: cuBLASLt takes the 17 rows
     g = torch.Generator(device="cuda").manual_seed(m + 100)
     w = torch.randn(n, k, device="cuda", generator=g)
     ws = w.abs().amax(1) / FP8_MAX
@@ -149,7 +152,7 @@ def test_fp8_gemm_on_codes_adds_the_lowrank_term_as_layers_would(dtype: torch.dt
              torch.randint(-3, 4, (r, n), device="cuda", generator=g).to(dtype))
     rough = (torch.randn(m, r, device="cuda", generator=g).to(dtype),
              torch.randn(r, n, device="cuda", generator=g).to(dtype))
-    for config in (1, *FP8_TC_CONFIGS) if m <= 8 else (None,):
+    for config in (1, 2, 3, 4, 5, *FP8_TC_CONFIGS) if m <= 8 else (None,):
         def run(lowrank, config=config):
             if config is None:
                 return fp8_gemm_codes(xq, wq, ws, s, dtype, bias=bias, lowrank=lowrank)

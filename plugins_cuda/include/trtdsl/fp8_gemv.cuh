@@ -47,6 +47,63 @@ template <typename T> __device__ __forceinline__ void quantize8_fp8(const T* p, 
   }
 }
 
+// The epilogue's operands of output o = r * MT + i (weight row row0 + r, activation row i), held by
+// lane o of the block's first warp, and the low-rank term's pairs (c[i, j], w[j, row]) held by lanes
+// o * rank + j when they fit one warp. They are loaded right after pdl_wait and used only at the tail,
+// so their latency hides under the weight stream instead of following the last reduction (measured:
+// the tail's loads cost the low-rank GEMVs 0.4-1.4 us each). Raw values: nothing consumes a load early.
+template <typename T> struct Fp8GemvTail {
+  float x_scale = 0.f, w_scale = 0.f;
+  T bias{}, c{}, w{};
+};
+
+template <typename T, int NR, int MT>
+__device__ __forceinline__ Fp8GemvTail<T> fp8_gemv_load_tail(const Fp8GemvEpilogue<T>& e, const float* x_scale,
+                                                            int xs_stride, const float* w_scale, int ws_stride,
+                                                            bool pairs, int lane, int row0, int m, int n) {
+  Fp8GemvTail<T> t;
+  if (lane < NR * MT) {
+    const int row = min(row0 + lane / MT, n - 1), i = min(lane % MT, m - 1);
+    t.x_scale = __ldg(x_scale + i * xs_stride);
+    t.w_scale = __ldg(w_scale + static_cast<int64_t>(row) * ws_stride);
+    if (e.bias) t.bias = e.bias[row];
+  }
+  if (pairs && lane < NR * MT * e.rank) {
+    const int o = lane / e.rank, j = lane % e.rank;
+    const int row = min(row0 + o / MT, n - 1), i = min(o % MT, m - 1);
+    t.c = e.lowrank_c[static_cast<int64_t>(i) * e.rank + j];
+    t.w = e.lowrank_w[static_cast<int64_t>(j) * n + row];
+  }
+  return t;
+}
+
+// Output o = lane of the block's first warp (all 32 lanes call it: the pairs move by shuffles), acc its
+// fp32 sum: fp8_gemv_out's arithmetic, with the operands of the tail.
+template <typename T, int NR, int MT>
+__device__ __forceinline__ void fp8_gemv_store_tail(float acc, const Fp8GemvTail<T>& t, const Fp8GemvEpilogue<T>& e,
+                                                    bool pairs, int lane, int row0, int m, int n, T* out) {
+  const int r = lane / MT, i = lane % MT;
+  const bool mine = lane < NR * MT && row0 + r < n && i < m;
+  float low = 0.f;
+  if (pairs) {
+    for (int j = 0; j < e.rank; ++j) {  // in j order, as fp8_gemv_out
+      const int src = (lane * e.rank + j) & 31;
+      const T c = from_float<T>(__shfl_sync(0xffffffffu, to_float<T>(t.c), src));
+      const T w = from_float<T>(__shfl_sync(0xffffffffu, to_float<T>(t.w), src));
+      low = fmaf(to_float<T>(c), to_float<T>(w), low);
+    }
+  } else if (e.lowrank_c && mine) {
+    for (int j = 0; j < e.rank; ++j)
+      low = fmaf(to_float<T>(e.lowrank_c[static_cast<int64_t>(i) * e.rank + j]),
+                 to_float<T>(e.lowrank_w[static_cast<int64_t>(j) * n + row0 + r]), low);
+  }
+  if (!mine) return;
+  T y = from_float<T>(__fmul_rn(acc, __fmul_rn(t.x_scale, t.w_scale)));
+  if (e.lowrank_c) y = from_float<T>(to_float<T>(y) + to_float<T>(from_float<T>(low)));
+  if (e.bias) y = from_float<T>(to_float<T>(y) + to_float<T>(t.bias));
+  out[static_cast<int64_t>(i) * n + row0 + r] = y;
+}
+
 // Block shape as in wo_gemv_kernel: NR weight rows, KW warps splitting k, U 16-byte loads (16 codes)
 // per row and thread in flight. Rows past n / m are clamped reads, never stored. k % 16 == 0.
 // QX: xin is the unquantized activation (T) and x_scale the static per-tensor input scale; every
@@ -80,6 +137,10 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
   pdl_wait();
   pdl_launch_dependents();
   const float in_scale = QX ? __ldg(x_scale) : 1.f;
+  static_assert(NR * MT <= 32, "one output per lane of the first warp");
+  const bool pairs = epi.lowrank_c && NR * MT * epi.rank <= 32;
+  Fp8GemvTail<T> tail;
+  if (warp == 0) tail = fp8_gemv_load_tail<T, NR, MT>(epi, x_scale, xs_stride, w_scale, ws_stride, pairs, lane, row0, m, n);
 
   float acc[NR][MT];
 #pragma unroll
@@ -122,18 +183,15 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
   for (int r = 0; r < NR; ++r)
 #pragma unroll
     for (int i = 0; i < MT; ++i) acc[r][i] = warp_sum(acc[r][i]);
-  // The reference's order: acc * (x_scale * w_scale), each product rounded once.
+  // The reference's order: acc * (x_scale * w_scale), each product rounded once (fp8_gemv_store_tail).
   if constexpr (KW == 1) {
-    if (lane == 0) {
+    float mine = 0.f;  // every lane holds every sum: lane o takes output o
 #pragma unroll
-      for (int r = 0; r < NR; ++r)
+    for (int r = 0; r < NR; ++r)
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
-          if (row0 + r < n && i < m) {
-            const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-            out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(acc[r][i], sc, epi, i, row0 + r, n);
-          }
-    }
+      for (int i = 0; i < MT; ++i)
+        if (lane == r * MT + i) mine = acc[r][i];
+    fp8_gemv_store_tail<T, NR, MT>(mine, tail, epi, pairs, lane, row0, m, n, out);
   } else {
     __shared__ float red[KW][NR * MT];
     if (lane == 0) {
@@ -143,15 +201,13 @@ __global__ void __launch_bounds__(KW * 32) fp8_gemv_kernel(const void* __restric
         for (int i = 0; i < MT; ++i) red[warp][r * MT + i] = acc[r][i];
     }
     __syncthreads();
-    for (int t = threadIdx.x; t < NR * MT; t += kThreads) {
-      const int r = t / MT, i = t % MT;
-      float s = 0.f;
+    if (warp == 0) {
+      float sum = 0.f;
+      if (lane < NR * MT) {
 #pragma unroll
-      for (int w = 0; w < KW; ++w) s += red[w][t];
-      if (row0 + r < n && i < m) {
-        const float sc = __fmul_rn(__ldg(x_scale + i * xs_stride), __ldg(w_scale + (row0 + r) * ws_stride));
-        out[static_cast<int64_t>(i) * n + row0 + r] = fp8_gemv_out<T>(s, sc, epi, i, row0 + r, n);
+        for (int w = 0; w < KW; ++w) sum += red[w][lane];
       }
+      fp8_gemv_store_tail<T, NR, MT>(sum, tail, epi, pairs, lane, row0, m, n, out);
     }
   }
 }

@@ -112,11 +112,15 @@ __device__ __forceinline__ void lowrank_finish_c(const LowRankFp8Arg<T>& a, cons
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // c over the cluster: each block's share (block reduction), then the sum of the shares in block order.
+// Lanes b < S of every warp read block b's share (not every thread all S), the sum moves by shuffles.
+// After the reads this block arrives at the cluster barrier; lowrank_cluster_exit waits on it, so no
+// block leaves (freeing its share) while another may read it, without a second full barrier here.
 // Block 0 stores c.
 template <typename T, int R, int S>
 __device__ __forceinline__ void lowrank_cluster_c(const LowRankFp8Arg<T>& a, float (&part)[R], float* scratch,
                                                   float* share, int64_t row, float (&c)[R]) {
   namespace cg = cooperative_groups;
+  static_assert(S <= 32, "one lane per block of the cluster");
   block_sum_each<R>(part, scratch);
   if (threadIdx.x == 0) {
 #pragma unroll
@@ -124,14 +128,27 @@ __device__ __forceinline__ void lowrank_cluster_c(const LowRankFp8Arg<T>& a, flo
   }
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();  // every block's share is written and visible cluster-wide
+  const int lane = threadIdx.x & 31;
+  float held[R];
+  const float* remote = cluster.map_shared_rank(share, lane < S ? lane : 0);
+#pragma unroll
+  for (int j = 0; j < R; ++j) held[j] = lane < S ? remote[j] : 0.f;
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
   float sum[R];
 #pragma unroll
   for (int j = 0; j < R; ++j) {
     float t = 0.f;
-    for (int b = 0; b < S; ++b) t += cluster.map_shared_rank(share, b)[j];
+#pragma unroll
+    for (int b = 0; b < S; ++b) t += __shfl_sync(0xffffffffu, held[j], b);
     sum[j] = t;
   }
   lowrank_finish_c<T, R>(a, sum, blockIdx.y == 0, row, c);
+}
+
+// The end of a kernel that called lowrank_cluster_c: wait for every block's arrival (their reads of
+// this block's share are done).
+__device__ __forceinline__ void lowrank_cluster_exit() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 #endif
 
@@ -214,7 +231,7 @@ __global__ void __launch_bounds__(kLowRankMaxVecs) swiglu_lowrank_fp8_kernel(con
   float c[R];
   lowrank_cluster_c<T, R, kLowRankSwigluSplit>(a, part, scratch, share, row, c);
   if (mine) lowrank_store<T, VEC, R>(d, lv, c, scale, out + row * out_stride + vec * VEC);
-  cooperative_groups::this_cluster().sync();  // the other blocks read this block's share until here
+  lowrank_cluster_exit();
 #else
   __trap();  // clusters need sm_90; the launcher refuses older devices
 #endif
