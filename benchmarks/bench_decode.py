@@ -232,18 +232,14 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
             if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:
                 f = layer.attrs["fields"]
                 stats.kv_amax[int(f["layer_idx"])] = torch.full((2, int(f["num_kv_heads"])), 4.0)
-    if not options.get("fp8_lowrank"):
-        return quantize_network(net, None if mode == "bf16" else mode, calibration=stats, progress=False, **options)
-    # fp8_lowrank's basis: random orthonormal columns instead of the covariance's eigenvectors (an 8B model's
-    # X^T X would be 53 GB; the kernels' speed does not depend on the basis).
-    from trtdsl.quantization import quantize as q
-    real = q._lowrank_basis
-    q._lowrank_basis = lambda stats, group, mean, rank: torch.linalg.qr(  # type: ignore[assignment]
-        torch.randn(mean.shape[0], rank, dtype=torch.float64)).Q
-    try:
-        return quantize_network(net, mode, calibration=stats, progress=False, **options)
-    finally:
-        q._lowrank_basis = real
+    if options.get("fp8_lowrank"):
+        # fp8_lowrank's basis: random orthonormal columns instead of the covariance's eigenvectors (an 8B
+        # model's X^T X would be 53 GB; the kernels' speed does not depend on the basis).
+        for site in find_gemm_sites(net, options.get("exclude", ())):
+            k = site.x.shape[-1]
+            stats.lowrank_basis[site.x.name] = torch.linalg.qr(
+                torch.randn(k, options["fp8_lowrank"], dtype=torch.float64)).Q
+    return quantize_network(net, None if mode == "bf16" else mode, calibration=stats, progress=False, **options)
 
 
 def bench_ours(name: str, model: Any, batches: list[int], prompt: int, steps: int, ttfts: list[int],

@@ -76,6 +76,37 @@ def test_branch_is_the_leading_principal_directions_of_the_hf_inputs(spiky_llama
     torch.testing.assert_close(_value(branch.inputs[1]), (w @ basis).T, rtol=1e-5, atol=1e-6)
 
 
+def _gate_up_split(qnet):
+    """(c's matmul, the gate_up GEMM) of layer 1's branch."""
+    gemm = next(la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == FP8_GEMM
+                and la.name.startswith("layers.1.") and "gate_up" in la.module_path)
+    return gemm.inputs[0].producer.inputs[1].producer.inputs[0].producer, gemm
+
+
+def test_a_basis_in_the_statistics_replaces_the_eigenvectors(spiky_llama: tuple) -> None:
+    """``CalibrationStats.lowrank_basis`` (a basis computed elsewhere): its first r columns become U, and
+    the calibration needs no X^T X for it; a wrong shape or a non-orthonormal basis is a ConfigError."""
+    net, _, chunks, stats = spiky_llama
+    plain = calibrate(net, list(prefill_feeds(net, chunks[:2], batch_size=2)), progress=False)  # no X^T X
+    g = torch.Generator().manual_seed(5)
+    for key, xtx in stats.xtx.items():  # every GEMM input of the float network
+        plain.lowrank_basis[key] = torch.linalg.qr(torch.randn(xtx.shape[0], 3, generator=g,
+                                                               dtype=torch.float64)).Q
+    c, _ = _gate_up_split(quantize_network(net, "fp8", calibration=plain, fp8_lowrank=2))
+    basis = _value(c.inputs[1])  # [k, 2] in the network's dtype (float32 here)
+    (key,) = [key for key, u in plain.lowrank_basis.items()
+              if u.shape[0] == basis.shape[0] and torch.allclose(basis, u[:, :2], atol=1e-6)]
+    c, _ = _gate_up_split(quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2))
+    assert not torch.allclose(basis, _value(c.inputs[1]), atol=1e-2)  # not the eigenvectors
+    plain.lowrank_basis[key] = plain.lowrank_basis[key][:, :1]
+    with pytest.raises(ConfigError, match=r"lowrank_basis .* fp8_lowrank 2 needs \[\d+, >= 2\]"):
+        quantize_network(net, "fp8", calibration=plain, fp8_lowrank=2)
+    plain.lowrank_basis[key] = 2.0 * torch.linalg.qr(torch.randn(plain.lowrank_basis[key].shape[0], 2,
+                                                                 dtype=torch.float64)).Q
+    with pytest.raises(ConfigError, match="is not orthonormal"):
+        quantize_network(net, "fp8", calibration=plain, fp8_lowrank=2)
+
+
 def test_branch_shrinks_the_fp8_error_against_hf(spiky_llama: tuple) -> None:
     net, hf, _, stats = spiky_llama
     tokens = torch.randint(0, 128, (40,), generator=torch.Generator().manual_seed(2))

@@ -95,6 +95,10 @@ class CalibrationStats:
     # [k, k] float64 sum of x^T x over every row (only when collected with hessians=True): GPTQ needs
     # the full Hessian, since a few hundred sampled rows of a 1536-wide input under-determine it.
     xtx: dict[str, torch.Tensor] = field(default_factory=dict)
+    # [k, >= r] orthonormal columns, leading first: fp8_lowrank's basis for an input when given (e.g. a
+    # top-r PCA computed elsewhere, or a fixed basis for a speed run), instead of xtx's eigenvectors;
+    # calibrate() never fills it.
+    lowrank_basis: dict[str, torch.Tensor] = field(default_factory=dict)
     kv_amax: dict[int, torch.Tensor] = field(default_factory=dict)  # layer_idx -> [2, kv_heads] (K, V)
     # layer_idx -> [kv_heads] max |k H| of the keys rotated by the Hadamard matrix (``k_rotation``);
     # only when head_dim is a power of two.

@@ -429,7 +429,22 @@ def _centered_input(which: str, producer: Layer | None, net: Network) -> bool:
 
 def _lowrank_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.Tensor, rank: int) -> torch.Tensor:
     """The ``rank`` leading eigenvectors ``[k, rank]`` (float64, leading first) of the group input's
-    calibrated covariance ``X^T X / N - mean mean^T``."""
+    calibrated covariance ``X^T X / N - mean mean^T``, or the first ``rank`` columns of the statistics'
+    ``lowrank_basis`` for that input when they carry one."""
+    name, k = group[0].x.name, mean.shape[0]
+    given = getattr(stats, "lowrank_basis", {}).get(name)  # getattr: statistics pickled before the field
+    if given is not None:
+        if given.ndim != 2 or given.shape[0] != k or given.shape[1] < rank:
+            raise ConfigError(f"quantize_network: the statistics' lowrank_basis for {name!r} "
+                              f"({group[0].describe()}) is {tuple(given.shape)}; fp8_lowrank {rank} needs "
+                              f"[{k}, >= {rank}] orthonormal columns")
+        basis = given[:, :rank].double()
+        gram = basis.T @ basis
+        if not torch.allclose(gram, torch.eye(rank, dtype=torch.float64), atol=1e-4):
+            raise ConfigError(f"quantize_network: the statistics' lowrank_basis for {name!r} is not "
+                              f"orthonormal (max |U^T U - I| = {float((gram - torch.eye(rank)).abs().max()):.3g}); "
+                              f"the split d - (d U) U^T removes the span only for orthonormal columns")
+        return basis
     cov = _centered_second_moment(stats, group, "fp8_lowrank", mean)
     return torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(1)  # eigh sorts ascending
 
