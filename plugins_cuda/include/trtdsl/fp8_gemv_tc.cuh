@@ -30,8 +30,8 @@
 
 namespace trtdsl {
 
-constexpr int kFp8TcMaxM = 8;
-constexpr int kFp8GemvMaxLowRank = 64;  // the low-rank term's r (a loop per output, not registers)  // one activation tile: the mma's 8 columns
+constexpr int kFp8TcMaxM = 8;  // one activation tile: the mma's 8 columns
+constexpr int kFp8GemvMaxLowRank = 64;  // the low-rank term's r (a loop per output, not registers)
 constexpr int kFp8TcFirstConfig = 20, kFp8TcLastConfig = 23;
 
 // What the FP8 GEMVs add to acc * scale, each addition rounded to T as the separate layers they replace:

@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(kLowRankMaxVecs) rmsnorm_lowrank_fp8_kernel(co
   const int64_t row = blockIdx.x;
   float sumsq = rmsnorm_row_pass<T, VEC, RESIDUAL>(x + row * x_stride, RESIDUAL ? residual + row * res_stride : nullptr,
                                                    RESIDUAL ? residual_out + row * res_out_stride : nullptr,
-                                                   row_cache, nvec, 0, nvec);
+                                                   row_cache, nvec);
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
   float d[VEC], part[R];

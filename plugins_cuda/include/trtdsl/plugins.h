@@ -229,8 +229,9 @@ int trtdsl_swiglu_fp8(const void* in, const float* input_scale, void* out, int64
 /* The low-rank split of a centered fp8 GEMM input (QuantConfig.fp8_lowrank; lowrank_quant.cuh) after the
  * RMSNorm / SwiGLU: d = normed - mean, c = d basis (basis [k, rank] row-major, c_out [rows, rank]),
  * out = codes of (d - c basis^T) / input_scale, each step rounded to dtype as the separate layers round
- * (c's sum in the kernel's order). fp16 / bf16; rank 2, 4 or 8 with the basis aligned to rank values, and
- * (RMSNorm) 16-byte aligned rows, else kErrUnsupported; k <= 49152. */
+ * (c's sum in the kernel's order). fp16 / bf16; rank 2, 4 or 8; k a multiple of 8 with 16-byte aligned
+ * rows, mean and basis; at most 4096 values per RMSNorm row, 32768 per SwiGLU row (which needs sm_90):
+ * else kErrUnsupported; k <= 49152. */
 int trtdsl_rmsnorm_fp8_lowrank(const void* x, const void* residual, const void* weight, const float* input_scale,
                                const void* mean, const void* basis, int64_t rank, void* out, void* c_out,
                                void* residual_out, int64_t rows, int64_t hidden, int64_t x_stride,

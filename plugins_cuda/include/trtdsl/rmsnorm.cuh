@@ -8,11 +8,11 @@
 namespace trtdsl {
 
 // The row's first pass, shared by every RMSNorm kernel so their sums agree bit for bit: r = x (+ residual,
-// rounded to T and stored to res_out for the vectors in [store_begin, store_end)) into row_cache as float,
-// and this thread's share of sum(r^2), vector by vector from threadIdx.x in steps of blockDim.x.
+// rounded to T and stored to res_out) into row_cache as float, and this thread's share of sum(r^2),
+// vector by vector from threadIdx.x in steps of blockDim.x.
 template <typename T, int VEC, bool RESIDUAL>
 __device__ __forceinline__ float rmsnorm_row_pass(const T* __restrict__ xr, const T* res, T* res_out, float* row_cache,
-                                                  int64_t nvec, int64_t store_begin, int64_t store_end) {
+                                                  int64_t nvec) {
   float sumsq = 0.f;
   for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
     Vec<T, VEC> xv = load_vec<T, VEC>(xr + i * VEC);
@@ -29,7 +29,7 @@ __device__ __forceinline__ float rmsnorm_row_pass(const T* __restrict__ xr, cons
       row_cache[i * VEC + k] = val;
       sumsq += val * val;
     }
-    if (RESIDUAL && i >= store_begin && i < store_end) store_vec<T, VEC>(res_out + i * VEC, rv);
+    if (RESIDUAL) store_vec<T, VEC>(res_out + i * VEC, rv);
   }
   return sumsq;
 }
@@ -61,7 +61,7 @@ __global__ void rmsnorm_kernel(const T* __restrict__ x, const T* residual, const
   }
   float sumsq = rmsnorm_row_pass<T, VEC, RESIDUAL>(xr, RESIDUAL ? residual + row * res_stride : nullptr,
                                                    RESIDUAL ? residual_out + row * res_out_stride : nullptr,
-                                                   row_cache, nvec, 0, nvec);
+                                                   row_cache, nvec);
   sumsq = block_sum(sumsq, scratch);  // its barrier also publishes row_cache
   const float inv = rsqrtf(sumsq / static_cast<float>(hidden) + eps);
   typename Store::Out* outr = out + row * out_stride;
