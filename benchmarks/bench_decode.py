@@ -227,18 +227,16 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
             stats.channels[site.x.name] = torch.stack([0.1 * torch.randn(k, device=dev).double(),
                                                        -torch.ones(k, device=dev).double(),
                                                        torch.ones(k, device=dev).double()])
+            # fp8_lowrank: random orthonormal columns, not the covariance's eigenvectors (an 8B model's
+            # X^T X would be 53 GB; the kernels' speed does not depend on the basis)
+            if options.get("fp8_lowrank"):
+                stats.lowrank_basis[site.x.name] = torch.linalg.qr(
+                    torch.randn(k, options["fp8_lowrank"], dtype=torch.float64)).Q
     if options.get("kv_cache_dtype"):  # K / V ranges of every attention layer (the cache's scales)
         for layer in net.layers:
             if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:
                 f = layer.attrs["fields"]
                 stats.kv_amax[int(f["layer_idx"])] = torch.full((2, int(f["num_kv_heads"])), 4.0)
-    if options.get("fp8_lowrank"):
-        # fp8_lowrank's basis: random orthonormal columns instead of the covariance's eigenvectors (an 8B
-        # model's X^T X would be 53 GB; the kernels' speed does not depend on the basis).
-        for site in find_gemm_sites(net, options.get("exclude", ())):
-            k = site.x.shape[-1]
-            stats.lowrank_basis[site.x.name] = torch.linalg.qr(
-                torch.randn(k, options["fp8_lowrank"], dtype=torch.float64)).Q
     return quantize_network(net, None if mode == "bf16" else mode, calibration=stats, progress=False, **options)
 
 

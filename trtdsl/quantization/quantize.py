@@ -439,10 +439,10 @@ def _lowrank_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.T
                               f"({group[0].describe()}) is {tuple(given.shape)}; fp8_lowrank {rank} needs "
                               f"[{k}, >= {rank}] orthonormal columns")
         basis = given[:, :rank].double()
-        gram = basis.T @ basis
-        if not torch.allclose(gram, torch.eye(rank, dtype=torch.float64), atol=1e-4):
+        gram, eye = basis.T @ basis, torch.eye(rank, dtype=torch.float64)
+        if not torch.allclose(gram, eye, atol=1e-4):
             raise ConfigError(f"quantize_network: the statistics' lowrank_basis for {name!r} is not "
-                              f"orthonormal (max |U^T U - I| = {float((gram - torch.eye(rank)).abs().max()):.3g}); "
+                              f"orthonormal (max |U^T U - I| = {float((gram - eye).abs().max()):.3g}); "
                               f"the split d - (d U) U^T removes the span only for orthonormal columns")
         return basis
     cov = _centered_second_moment(stats, group, "fp8_lowrank", mean)
