@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -26,10 +27,11 @@ from trtdsl.quantization.graph import constant_source
 from trtdsl.quantization.plugins import FP8_GEMM
 
 
-@pytest.fixture(scope="module")
-def offset_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
-    """A tiny Llama whose embeddings share a constant vector, so every norm output has per-channel
-    means far from zero (as the big RMSNorm weights of real checkpoints give)."""
+def shifted_llama(tmp_path: Path, shift: Callable[[torch.Tensor], torch.Tensor], tokens: int, chunks_per_len: int,
+                  hessians: bool = False) -> tuple:
+    """A tiny Llama (untied head) whose embeddings get ``shift(embeddings)`` added, saved, built into a
+    float32 network and calibrated on ``tokens`` random tokens in chunks of 32:
+    ``(net, hf, chunks, stats, path)``."""
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -37,14 +39,23 @@ def offset_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     hf = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():
         emb = hf.model.embed_tokens.weight
-        emb += 4.0 * emb.std() * torch.randn(1, 64, generator=torch.Generator().manual_seed(3))
-    path = Path(tmp_path_factory.mktemp("offset_llama"))
-    hf.save_pretrained(path)
-    net = from_hugging_face(path, "float32").build_network(
+        emb += shift(emb)
+    hf.save_pretrained(tmp_path)
+    net = from_hugging_face(tmp_path, "float32").build_network(
         max_batch_size=2, max_num_tokens=64, max_seq_len=48, tokens_per_block=8, context_logits=True)
-    chunks = token_chunks(torch.randint(0, 128, (256,), generator=torch.Generator().manual_seed(1)).tolist(), 32, 8)
+    chunks = token_chunks(torch.randint(0, 128, (tokens,), generator=torch.Generator().manual_seed(1)).tolist(), 32,
+                          chunks_per_len)
     feeds = list(prefill_feeds(net, chunks, batch_size=2))
-    return net, hf, chunks, calibrate(net, feeds, progress=False), path
+    return net, hf, chunks, calibrate(net, feeds, progress=False, hessians=hessians), tmp_path
+
+
+@pytest.fixture(scope="module")
+def offset_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A tiny Llama whose embeddings share a constant vector, so every norm output has per-channel
+    means far from zero (as the big RMSNorm weights of real checkpoints give)."""
+    def shift(emb: torch.Tensor) -> torch.Tensor:
+        return 4.0 * emb.std() * torch.randn(1, 64, generator=torch.Generator().manual_seed(3))
+    return shifted_llama(Path(tmp_path_factory.mktemp("offset_llama")), shift, 256, 8)
 
 
 def _hf_inputs(hf: torch.nn.Module, chunks: list, module: torch.nn.Module) -> torch.Tensor:

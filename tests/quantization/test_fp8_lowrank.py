@@ -11,39 +11,25 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 
 from trtdsl.errors import ConfigError
 from trtdsl.ir.network import LayerKind
-from trtdsl.models import from_hugging_face
 from trtdsl.models.eval import token_logprobs
-from trtdsl.quantization import QuantConfig, calibrate, prefill_feeds, quantize_network, token_chunks
+from trtdsl.quantization import QuantConfig, calibrate, prefill_feeds, quantize_network
 from trtdsl.quantization.graph import constant_source
 from trtdsl.quantization.plugins import FP8_GEMM
 
-from test_fp8_center import _hf_inputs  # every row the HF model feeds a module
+from test_fp8_center import _hf_inputs, shifted_llama
 
 
 @pytest.fixture(scope="module")
 def spiky_llama(tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """A tiny Llama whose embeddings carry two fixed directions with large per-token weights."""
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=96,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=64, tie_word_embeddings=False)
-    hf = transformers.LlamaForCausalLM(config).eval()
-    g = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        emb = hf.model.embed_tokens.weight
+    def shift(emb: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(3)
         directions = torch.linalg.qr(torch.randn(64, 2, generator=g)).Q.T  # [2, 64], orthonormal
-        emb += 64.0 * emb.std() * torch.randn(128, 2, generator=g) @ directions
-    path = Path(tmp_path_factory.mktemp("spiky_llama"))
-    hf.save_pretrained(path)
-    net = from_hugging_face(path, "float32").build_network(
-        max_batch_size=2, max_num_tokens=64, max_seq_len=48, tokens_per_block=8, context_logits=True)
-    chunks = token_chunks(torch.randint(0, 128, (512,), generator=torch.Generator().manual_seed(1)).tolist(), 32, 16)
-    feeds = list(prefill_feeds(net, chunks, batch_size=2))
-    return net, hf, chunks, calibrate(net, feeds, progress=False, hessians=True)
+        return 64.0 * emb.std() * torch.randn(128, 2, generator=g) @ directions
+    return shifted_llama(Path(tmp_path_factory.mktemp("spiky_llama")), shift, 512, 16, hessians=True)[:4]
 
 
 def _value(t) -> torch.Tensor:
