@@ -176,12 +176,14 @@ class OurEngine:
 
 def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """A benchmark quantization spec -> (mode, QuantConfig options):
-    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE][:center=norm|norm+swiglu|all][:lowrank=R]``, e.g. ``int4_awq:g64:head`` = int4_awq with groups of
+    ``MODE[:gG][:head[=HEAD_MODE]][:kv=KV_DTYPE][:center=norm|norm+swiglu|all][:lowrank=R][:blocks=SxR]``,
+    e.g. ``int4_awq:g64:head`` = int4_awq with groups of
     64 and the LM head quantized too (the default keeps it bf16, as TensorRT-LLM does),
     ``fp8:head=int8_wo`` = fp8 with an int8 weight-only LM head (``mode_overrides``), ``fp8:kv=fp8`` = fp8
     with an fp8 K/V cache (per-head scales), ``bf16:kv=int8`` = bf16 weights with an int8 cache (mode
     None), ``fp8:center=norm`` = fp8 with the norms' outputs centered (``fp8_center_inputs``),
-    ``fp8:center=norm+swiglu:lowrank=4`` = with the low-rank branch (``fp8_lowrank``; a random basis);
+    ``fp8:center=norm+swiglu:lowrank=4`` = with the low-rank branch (``fp8_lowrank``; a random basis),
+    ``...:blocks=8x1`` = the SwiGLU outputs' basis block-diagonal, 8 chunks of rank 1 (``fp8_lowrank_blocks``);
     the group size defaults to 128."""
     mode, *flags = spec.split(":")
     options: dict[str, Any] = {"group_size": 128}
@@ -197,12 +199,30 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
             options["fp8_center_inputs"] = flag[len("center="):]
         elif flag.startswith("lowrank="):
             options["fp8_lowrank"] = int(flag[len("lowrank="):])
+        elif re.fullmatch(r"blocks=\d+x\d+", flag):
+            blocks, rank = flag[len("blocks="):].split("x")
+            options["fp8_lowrank_blocks"], options["fp8_lowrank_block_rank"] = int(blocks), int(rank)
         elif re.fullmatch(r"g\d+", flag):
             options["group_size"] = int(flag[1:])
         else:
             raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE, kv=DTYPE, "
-                             f"center=norm|norm+swiglu|all or lowrank=R)")
+                             f"center=norm|norm+swiglu|all, lowrank=R or blocks=SxR)")
     return mode, options
+
+
+def _random_basis(net: Any, site: Any, options: dict[str, Any]) -> torch.Tensor:
+    """Random orthonormal columns for ``fp8_lowrank``'s branch at ``site``; block-diagonal ones
+    (``fp8_lowrank_blocks``) where a SwiGLU makes the input, as quantize then requires."""
+    from trtdsl.passes.fusion import swiglu_match
+    from trtdsl.passes.graph import consumers
+    from trtdsl.quantization.numerics import expand_block_basis, lowrank_block_chunks
+    k, blocks = site.x.shape[-1], options.get("fp8_lowrank_blocks", 0)
+    if not blocks or site.x.producer is None or swiglu_match(site.x.producer, consumers(net)) is None:
+        return torch.linalg.qr(torch.randn(k, options["fp8_lowrank"], dtype=torch.float64)).Q
+    rank = options["fp8_lowrank_block_rank"]
+    compact = torch.cat([torch.linalg.qr(torch.randn(end - start, rank, dtype=torch.float64)).Q
+                         for start, end in lowrank_block_chunks(k, blocks)])
+    return expand_block_basis(compact, blocks)
 
 
 def quantize_for_speed(net: Any, spec: str) -> Any:
@@ -230,8 +250,7 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
             # fp8_lowrank: random orthonormal columns, not the covariance's eigenvectors (an 8B model's
             # X^T X would be 53 GB; the kernels' speed does not depend on the basis)
             if options.get("fp8_lowrank"):
-                stats.lowrank_basis[site.x.name] = torch.linalg.qr(
-                    torch.randn(k, options["fp8_lowrank"], dtype=torch.float64)).Q
+                stats.lowrank_basis[site.x.name] = _random_basis(net, site, options)
     if options.get("kv_cache_dtype"):  # K / V ranges of every attention layer (the cache's scales)
         for layer in net.layers:
             if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:

@@ -30,7 +30,8 @@ extern "C" int trtdsl_rmsnorm_fp8_lowrank(const void* x, const void* residual, c
 
 extern "C" int trtdsl_swiglu_fp8_lowrank(const void* in, const float* input_scale, const void* mean, const void* basis,
                                          int64_t rank, void* out, void* c_out, int64_t rows, int64_t inter,
-                                         int64_t in_stride, int64_t out_stride, int dtype, cudaStream_t stream) {
+                                         int64_t in_stride, int64_t out_stride, int blocks, int dtype,
+                                         cudaStream_t stream) {
   if (!in || !input_scale || !mean || !basis || !out || !c_out) return kErrNullPointer;
   if (rows < 0 || inter <= 0 || inter > kLowRankMaxRow || rows > 0x7fffffff) return kErrShape;
   if (in_stride < 2 * inter || out_stride < inter) return kErrShape;
@@ -40,7 +41,7 @@ extern "C" int trtdsl_swiglu_fp8_lowrank(const void* in, const float* input_scal
       static_cast<const T*>(in),                                                                               \
       LowRankFp8Arg<T>{input_scale, static_cast<const T*>(mean), static_cast<const T*>(basis),                \
                        static_cast<T*>(c_out)},                                                                \
-      static_cast<int>(rank), o, rows, inter, in_stride, out_stride, stream)
+      static_cast<int>(rank), o, rows, inter, in_stride, out_stride, blocks, stream)
   switch (dtype) {
     case kFloat16: TRTDSL_SWIGLU_LR(__half);
     case kBFloat16: TRTDSL_SWIGLU_LR(__nv_bfloat16);

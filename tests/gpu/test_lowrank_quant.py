@@ -107,6 +107,35 @@ def test_swiglu_lowrank_codes(dtype: torch.dtype, inter: int, rows: int, rank: i
 
 
 @fp8
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("inter,blocks", [(48, 3), (1536, 8), (14336, 8), (14336, 5)])
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("rank", [1, 2, 4, 8])
+def test_swiglu_lowrank_block_diagonal_codes(dtype: torch.dtype, inter: int, blocks: int, rows: int,
+                                             rank: int) -> None:
+    """blocks > 0 (QuantConfig.fp8_lowrank_blocks): one thread block per chunk, compact basis; c [rows,
+    blocks * rank] and the codes as the full block-diagonal basis gives them through torch."""
+    from trtdsl.plugins.cuda import swiglu
+    from trtdsl.plugins.cuda.lowrank_ops import swiglu_fp8_lowrank
+    from trtdsl.quantization.numerics import expand_block_basis, lowrank_block_chunks
+    g = torch.Generator(device="cuda").manual_seed(inter + rows + rank + blocks)
+    x = (torch.randn(rows, 2 * inter, device="cuda", generator=g) * 2).to(dtype)
+    mean = (torch.randn(inter, device="cuda", generator=g) * 0.3).to(dtype)
+    v = swiglu(x)
+    scale = _scale_for(v - mean)
+    zero = torch.zeros(inter, rank, device="cuda", dtype=dtype)
+    codes, c = swiglu_fp8_lowrank(x, scale, mean, zero, blocks)
+    assert c.shape == (rows, blocks * rank) and not c.any()
+    assert torch.equal(codes.view(torch.uint8), quantize_fp8(v - mean, scale).view(torch.uint8))
+    compact = torch.cat([_basis(end - start, rank, dtype, g) for start, end in lowrank_block_chunks(inter, blocks)])
+    full = expand_block_basis(compact, blocks)
+    codes, c = swiglu_fp8_lowrank(x, scale, mean, compact.contiguous(), blocks)
+    c_ref, _ = _split(v, mean, full)
+    torch.testing.assert_close(c.float(), c_ref.float(), rtol=2 ** -7, atol=1e-3 * float(c_ref.abs().max()))
+    _near_codes(codes, _split(v, mean, full, c)[1], scale)
+
+
+@fp8
 def test_unbuilt_inputs_fall_back_and_bad_ones_are_plugin_errors() -> None:
     from trtdsl.plugins.cuda.lowrank_ops import rmsnorm_fp8_lowrank, swiglu_fp8_lowrank
     x = torch.randn(2, 64, device="cuda", dtype=torch.bfloat16)
@@ -121,6 +150,12 @@ def test_unbuilt_inputs_fall_back_and_bad_ones_are_plugin_errors() -> None:
                                                                            dtype=torch.bfloat16)) is None
     odd = torch.randn(1, 2 * 60, device="cuda", dtype=torch.bfloat16)  # 60 is not a whole number of vectors
     assert swiglu_fp8_lowrank(odd, s, mean[:60], torch.zeros(60, 4, device="cuda", dtype=torch.bfloat16)) is None
+    long = torch.randn(1, 2 * 14336, device="cuda", dtype=torch.bfloat16)  # 2 chunks of 896 vectors: over 512
+    assert swiglu_fp8_lowrank(long, s, long[0, :14336], torch.zeros(14336, 1, device="cuda", dtype=torch.bfloat16),
+                              2) is None
+    with pytest.raises(PluginError, match="8 blocks of whole 8-value vectors do not fit a width of 48"):
+        swiglu_fp8_lowrank(torch.randn(1, 96, device="cuda", dtype=torch.bfloat16), s, mean[:48],
+                           torch.zeros(48, 1, device="cuda", dtype=torch.bfloat16), 8)
     with pytest.raises(PluginError, match="must have 64 rows"):
         rmsnorm_fp8_lowrank(x, w, s, 1e-5, mean, torch.zeros(32, 4, device="cuda", dtype=torch.bfloat16))
     with pytest.raises(PluginError, match="even"):

@@ -7,6 +7,7 @@ the HF logits."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,69 @@ def test_fused_plugins_check_the_basis_and_the_branch(spiky_llama: tuple) -> Non
     wide = F.constant(torch.zeros(64, 2, dtype=torch.float16), "float16", network=qnet)
     with pytest.raises(DTypeError, match="must have the activation's dtype"):
         F.plugin(fp8_act_fuse.ADD_RMS_NORM_FP8, [*norm.inputs[:5], wide], **norm.attrs["fields"])
+
+
+@pytest.mark.parametrize("block_rank", [1, 2])
+def test_block_diagonal_swiglu_basis_is_each_chunks_own_directions_and_fuses_bit_for_bit(
+        spiky_llama: tuple, tmp_path: Path, block_rank: int) -> None:
+    """``fp8_lowrank_blocks``: down's input (the SwiGLU's output, 96 channels) gets 4 chunks of 24, each
+    with the leading directions of its own block of the HF inputs' covariance and zeros elsewhere; the
+    norms keep the global basis. The fusion gives the SwiGLU the compact basis and ``lowrank_blocks`` and
+    stays bit for bit the unfused network, also after an engine round trip."""
+    from trtdsl.backends.torch_executor import TorchExecutor
+    from trtdsl.engine import Engine
+    from trtdsl.passes import fp8_act_fuse, optimize
+    from trtdsl.passes.graph import consumers, output_ids
+    from trtdsl.quantization import clone_network
+    from trtdsl.quantization.numerics import compact_block_basis, lowrank_block_chunks
+    net, hf, chunks, stats = spiky_llama
+    qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2, fp8_center_inputs="norm+swiglu",
+                            fp8_lowrank_blocks=4, fp8_lowrank_block_rank=block_rank)
+    down = next(la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == FP8_GEMM
+                and la.name.startswith("layers.1.") and "down" in la.module_path)
+    basis = _value(down.inputs[0].producer.inputs[1].producer.inputs[0].producer.inputs[1])
+    assert basis.shape == (96, 4 * block_rank) and compact_block_basis(basis, 4) is not None
+    assert _value(_gate_up_split(qnet)[0].inputs[1]).shape == (64, 2)  # the norm's input: global
+    x = _hf_inputs(hf, chunks, hf.model.layers[1].mlp.down_proj)
+    for b, (start, end) in enumerate(lowrank_block_chunks(96, 4)):
+        assert (start, end) == (24 * b, 24 * b + 24)
+        u = basis[start:end, b * block_rank:(b + 1) * block_rank]
+        want = torch.linalg.eigh(torch.cov(x[:, start:end].T, correction=0)).eigenvectors[:, -block_rank:]
+        torch.testing.assert_close(u @ u.T, want @ want.T, rtol=0, atol=5e-3)
+    plain = clone_network(qnet)
+    optimize(plain, fuse_add_rms_norm=True, fuse_swiglu=True, fuse_fp8_activations=False)
+    assert optimize(qnet, fuse_add_rms_norm=True, fuse_swiglu=True)["fp8_activations"] == 8
+    swiglus = [la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == fp8_act_fuse.SWIGLU_FP8]
+    assert [la.attrs["fields"] for la in swiglus] == [{"lowrank_blocks": 4}] * 2
+    assert all(tuple(la.inputs[-1].shape) == (96, block_rank) and la.outputs[-1].shape[-1] == 4 * block_rank
+               for la in swiglus)
+    users, outs = consumers(qnet), output_ids(qnet)  # the full basis went with the split's layers
+    assert not [la.name for la in qnet.layers if la.kind is LayerKind.CONSTANT
+                and not any(users.get(id(t)) or id(t) in outs for t in la.outputs)]
+    feeds = list(prefill_feeds(net, chunks[:2], batch_size=2))
+    want = TorchExecutor(plain).run(feeds[0])
+    Engine(qnet).save(tmp_path / "e")
+    for candidate in (qnet, Engine.load(tmp_path / "e").network):
+        got = TorchExecutor(candidate).run(feeds[0])
+        assert all(torch.equal(got[name], want[name]) for name in want)
+
+
+def test_block_diagonal_basis_errors(spiky_llama: tuple) -> None:
+    net, _, _, stats = spiky_llama
+    with pytest.raises(ConfigError, match="blocks apply to the SwiGLU outputs' low-rank branch"):
+        QuantConfig(mode="fp8", fp8_lowrank_blocks=4)
+    with pytest.raises(ConfigError, match="blocks apply to the SwiGLU outputs' low-rank branch"):
+        QuantConfig(mode="fp8", fp8_lowrank=2, fp8_lowrank_blocks=4)  # "norm": the SwiGLU output is not centered
+    with pytest.raises(ConfigError, match="fp8_lowrank_block_rank 0 >= 1"):
+        QuantConfig(mode="fp8", fp8_lowrank=2, fp8_center_inputs="all", fp8_lowrank_blocks=4, fp8_lowrank_block_rank=0)
+    with pytest.raises(ConfigError, match="fp8_lowrank_blocks 8 x fp8_lowrank_block_rank 1 does not fit the input "
+                                          "width 96"):  # 8 chunks of 16 channels would leave two empty
+        quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2, fp8_center_inputs="norm+swiglu",
+                         fp8_lowrank_blocks=8)
+    given = dataclasses.replace(stats, lowrank_basis={})
+    g = torch.Generator().manual_seed(7)
+    for key, xtx in stats.xtx.items():  # dense orthonormal bases: not block-diagonal
+        given.lowrank_basis[key] = torch.linalg.qr(torch.randn(xtx.shape[0], 4, generator=g, dtype=torch.float64)).Q
+    with pytest.raises(ConfigError, match="is not block-diagonal in 4 chunks of 1"):
+        quantize_network(net, "fp8", calibration=given, fp8_lowrank=2, fp8_center_inputs="norm+swiglu",
+                         fp8_lowrank_blocks=4)

@@ -43,7 +43,11 @@ Low-rank split (``QuantConfig.fp8_lowrank``): when the centered value feeds ``c 
 takes ``basis`` and writes the codes of ``rest`` and, as its last output, ``c``; each GEMM's
 ``+ c @ lowrank_weight`` and bias adds become its inputs 5-7 (``bias``, ``c``, ``lowrank_weight``). A
 centered SwiGLU fuses only with its split. The references run the unfused layers' torch ops, so on the
-CPU the fused network is bit for bit the unfused one; the CUDA kernels sum ``c`` in their own order.
+CPU the fused network is bit for bit the unfused one; the CUDA kernels sum ``c`` in their own order. A
+SwiGLU's basis that is block-diagonal in ``numerics.lowrank_block_chunks``' layout
+(``QuantConfig.fp8_lowrank_blocks``) is passed compactly (``[k, r]``, each chunk's own columns) with the
+field ``lowrank_blocks``, and ``c`` is ``[..., blocks * r]``: the CUDA kernel then computes each chunk's
+entries in one thread block (no cluster); the reference expands the basis back, so its zeros add nothing.
 
 Left alone: dynamic (per-token) fp8 GEMMs, a value with any other consumer or that is a network
 output, GEMMs whose ``input_scale`` constants differ, and inputs that are not float.
@@ -63,7 +67,7 @@ from ..ir.network import Layer, LayerKind, Network, Tensor
 from ..plugins import attention
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization import kv_cache
-from ..quantization.numerics import quantize_fp8
+from ..quantization.numerics import compact_block_basis, expand_block_basis, quantize_fp8
 from ..quantization.plugins import FP8_GEMM
 from ..quantization.graph import constant_source
 from . import fused_plugins
@@ -147,6 +151,12 @@ def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
     _check(len(ins) != 3, SWIGLU_FP8, "a centered SwiGLU input needs its low-rank basis too (x, input_scale, "
            "mean, basis)", ins)
     branch = _check_mean(SWIGLU_FP8, ins, 2, width // 2)
+    blocks = fields.get("lowrank_blocks", 0)
+    _check(isinstance(blocks, int) and blocks >= 0 and (not blocks or branch), SWIGLU_FP8, f"lowrank_blocks "
+           f"{blocks!r} must be an int >= 0, and > 0 only with a low-rank basis", ins)
+    if blocks:  # the compact block-diagonal basis: c holds every block's r entries
+        (dtype, shape), = branch
+        branch = [(dtype, shape[:-1] + (blocks * shape[-1],))]
     return [(DType.fp8, tuple(x.shape[:-1]) + (width // 2,)), *branch]
 
 
@@ -206,8 +216,11 @@ def add_rms_norm_fp8_reference(ins: list, fields: dict, hints: dict | None = Non
 
 def swiglu_fp8_reference(ins: list, fields: dict, hints: dict | None = None) -> Any:
     """``trtdsl.swiglu``'s result (in x's dtype), then its e4m3 codes with ``input_scale`` (centered and
-    split, with ``c`` as a second output, when given a mean and a basis)."""
+    split, with ``c`` as a second output, when given a mean and a basis; field ``lowrank_blocks``: the
+    basis is the compact form of a block-diagonal one)."""
     x, scale, *extra = ins
+    if fields.get("lowrank_blocks"):  # exact zeros outside each chunk: the unfused matmuls' sums
+        extra = [extra[0], expand_block_basis(extra[1], fields["lowrank_blocks"])]
     out = _centered_codes(fused_plugins.swiglu_reference([x], {}, hints or {}), scale, extra)
     return out[0] if len(out) == 1 else out
 
@@ -311,6 +324,20 @@ def _vector_source(t: Tensor, width: Any, dtype: DType) -> Tensor | None:
     if not isinstance(value, torch.Tensor) or value.numel() != width or value.shape[-1] != width:
         return None
     return src.outputs[0]
+
+
+def _block_basis(net: Network, basis: Tensor) -> tuple[int, list[Tensor]]:
+    """A SwiGLU split's basis input: ``(blocks, [compact constant])`` when the basis is block-diagonal in
+    ``lowrank_block_chunks``' layout (``QuantConfig.fp8_lowrank_blocks``; the most blocks that fit), so
+    the CUDA kernel splits the row over independent thread blocks; else ``(0, [basis])``."""
+    value = _constant_value(basis)
+    width = basis.shape[-1]
+    for blocks in range(width, 1, -1) if value is not None and isinstance(width, int) else ():
+        compact = compact_block_basis(value, blocks) if width % blocks == 0 else None
+        if compact is not None:
+            with net.scope():
+                return blocks, [F.constant(compact, basis.dtype, name=f"{basis.name}.blocks{blocks}")]
+    return 0, [basis]
 
 
 def _as_vector(net: Network, source: Tensor, width: int) -> Tensor:
@@ -457,8 +484,11 @@ def fuse_fp8_activations(net: Network) -> int:
             continue
         fields = _fields_of(layer, plugin)
         width = target.shape[-1]
-        layer.inputs = [*layer.inputs, scale] + ([_as_vector(net, mean, width)] if centered else []) + \
-            ([split.basis] if split else [])
+        basis = [] if split is None else [split.basis]
+        if split is not None and plugin == SWIGLU_FP8:
+            blocks, basis = _block_basis(net, split.basis)
+            fields = {"lowrank_blocks": blocks} if blocks else fields
+        layer.inputs = [*layer.inputs, scale] + ([_as_vector(net, mean, width)] if centered else []) + basis
         layer.kind = LayerKind.PLUGIN
         layer.attrs = {"name": plugin, "version": "1", "fields": fields}
         if centered:  # the producer writes the GEMMs' input; the subtraction (and the split's layers) go

@@ -66,6 +66,15 @@ class QuantConfig:
             (ranks 2, 4, 8; sm_90), elsewhere a few small layers per input. SmolLM2 with GPTQ,
             ``fp8_center_inputs="norm+swiglu"`` and ``r = 4``: +0.81 to +0.91 % perplexity
             (three draws) against +1.41 % for the default (docs/quantization.md).
+        fp8_lowrank_blocks: with ``fp8_lowrank``, the SwiGLU outputs' branch (down's input; needs
+            ``fp8_center_inputs`` ``"norm+swiglu"`` or ``"all"``) uses a block-diagonal basis instead: the
+            channels in this many contiguous chunks (``numerics.lowrank_block_chunks``), each with the
+            ``fp8_lowrank_block_rank`` leading eigenvectors of its own covariance block, ``blocks x
+            block_rank`` columns in all. Each chunk's coefficients are then sums over that chunk alone,
+            so the CUDA SwiGLU computes them in independent thread blocks instead of a thread-block
+            cluster (faster at decode). 0 = the global basis of the other inputs.
+        fp8_lowrank_block_rank: leading eigenvectors per chunk of ``fp8_lowrank_blocks`` (1, 2, 4 or 8
+            run the CUDA kernel; blocks x block_rank <= 8 keeps the GEMV epilogue's fast path).
         kv_cache_headroom: the K/V scales are ``headroom * max|calibrated| / qmax``: > 1 leaves room
             for values larger than calibration saw (fewer saturate), < 1 spends int8 codes on the bulk
             of the values (more saturate).
@@ -148,6 +157,8 @@ class QuantConfig:
     fp8_act_group_size: int = 0
     fp8_center_inputs: str | None = None
     fp8_lowrank: int = 0
+    fp8_lowrank_blocks: int = 0
+    fp8_lowrank_block_rank: int = 1
     kv_cache_scales: str = "head"
     kv_cache_headroom: float = 1.0
     kv_cache_rotation: str = "none"
@@ -241,6 +252,12 @@ class QuantConfig:
         if self.fp8_lowrank < 0 or (self.fp8_lowrank and self.center_inputs == "none"):
             problems.append(f"fp8_lowrank {self.fp8_lowrank} must be >= 0 and applies to centered fp8 inputs "
                             f"(mode 'fp8', static scales, fp8_center_inputs other than 'none')")
+        if self.fp8_lowrank_blocks < 0 or self.fp8_lowrank_block_rank < 1 or (self.fp8_lowrank_blocks and not (
+                self.fp8_lowrank and self.center_inputs in ("norm+swiglu", "all"))):
+            problems.append(f"fp8_lowrank_blocks {self.fp8_lowrank_blocks} must be >= 0 and "
+                            f"fp8_lowrank_block_rank {self.fp8_lowrank_block_rank} >= 1; blocks apply to the "
+                            f"SwiGLU outputs' low-rank branch (fp8_lowrank > 0 with fp8_center_inputs "
+                            f"'norm+swiglu' or 'all')")
         if self.awq_all_rows and self.mode != "int4_awq":
             problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
         if not 0.0 <= self.float_fraction < 1.0 or (self.float_fraction and self.mode is None):

@@ -24,7 +24,8 @@ __all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_g
            "expand_group_scales", "quantize_weight", "dequantize_weight", "fake_quantize_weight",
            "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
            "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8",
-           "quantize_per_token_group_fp8", "tie_channels", "gqa_tie", "round_to_grid"]
+           "quantize_per_token_group_fp8", "tie_channels", "gqa_tie", "round_to_grid",
+           "lowrank_block_chunks", "compact_block_basis", "expand_block_basis"]
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 INT8_MAX = 127
@@ -309,3 +310,43 @@ def smoothquant_scales(x_amax: torch.Tensor, weights: list[torch.Tensor],
     w_amax = torch.stack([wi.float().abs().amax(dim=0) for wi in weights]).amax(dim=0)
     s = x_amax.float().clamp_min(1e-5).pow(alpha) / w_amax.clamp_min(1e-5).pow(1.0 - alpha)
     return s.clamp(1e-4, 1e4)
+
+
+def lowrank_block_chunks(k: int, blocks: int) -> list[tuple[int, int]]:
+    """``[start, end)`` channel ranges of a block-diagonal low-rank basis (``QuantConfig.fp8_lowrank_blocks``)
+    over ``k`` channels: ``blocks`` contiguous chunks of ``ceil(k / 8 / blocks)`` 8-channel vectors, the
+    last one shorter, as the CUDA SwiGLU split gives one thread block each (one vector per thread).
+    Fewer than ``blocks`` ranges when the width leaves later chunks empty.
+
+    >>> lowrank_block_chunks(1536, 8)[:2], len(lowrank_block_chunks(20, 8))
+    ([(0, 192), (192, 384)], 3)
+    """
+    length = -(-k // (8 * blocks)) * 8
+    return [(start, min(start + length, k)) for start in range(0, k, length)]
+
+
+def compact_block_basis(basis: torch.Tensor, blocks: int) -> torch.Tensor | None:
+    """``[k, r]``: each chunk's own ``r`` columns of a block-diagonal ``basis [k, blocks * r]`` in its
+    rows (chunk b's columns are ``b * r .. b * r + r - 1``); None when ``basis`` is not block-diagonal in
+    that layout (a value outside its chunk's columns is not zero)."""
+    k, width = basis.shape
+    chunks = lowrank_block_chunks(k, blocks)
+    if width % blocks or len(chunks) != blocks:
+        return None
+    r = width // blocks
+    compact = torch.empty(k, r, dtype=basis.dtype, device=basis.device)
+    for b, (start, end) in enumerate(chunks):
+        rows = basis[start:end]
+        if rows[:, : b * r].any() or rows[:, (b + 1) * r:].any():
+            return None
+        compact[start:end] = rows[:, b * r: (b + 1) * r]
+    return compact
+
+
+def expand_block_basis(compact: torch.Tensor, blocks: int) -> torch.Tensor:
+    """The block-diagonal ``[k, blocks * r]`` basis of :func:`compact_block_basis`'s ``compact [k, r]``."""
+    k, r = compact.shape
+    basis = torch.zeros(k, blocks * r, dtype=compact.dtype, device=compact.device)
+    for b, (start, end) in enumerate(lowrank_block_chunks(k, blocks)):
+        basis[start:end, b * r: (b + 1) * r] = compact[start:end]
+    return basis

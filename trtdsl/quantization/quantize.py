@@ -128,7 +128,8 @@ def _group_config(cfg: QuantConfig, group: list[GemmSite]) -> QuantConfig:
     mode, size = first(cfg.mode_overrides), first(cfg.group_size_overrides)
     if mode is not None:  # a weight-only recipe: the main mode's activation options do not apply
         cfg = replace(cfg, mode=mode, zero_point=None, fp8_dynamic=False, fp8_act_group_size=0, fp8_center_inputs=None,
-                      fp8_lowrank=0, awq_all_rows=False, group_size_overrides=(), mode_overrides=())
+                      fp8_lowrank=0, fp8_lowrank_blocks=0, awq_all_rows=False, group_size_overrides=(),
+                      mode_overrides=())
     return cfg if size is None else replace(cfg, group_size=size)
 
 
@@ -333,7 +334,7 @@ def _quantize_fp8(net: Network, group: list[GemmSite], cfg: QuantConfig,
         if mean is None and cfg.center_inputs != "none":
             correction = _channel_mean(stats, x)
         elif mean is not None and cfg.fp8_lowrank:
-            x, branch = _lowrank_split(net, group, x, mean, cfg.fp8_lowrank, stats)
+            x, branch = _lowrank_split(net, group, x, mean, cfg, stats)
         consts.append(("input_scale", (x_amax.float().clamp_min(1e-8) / nq.FP8_MAX).reshape(1), DType.float32))
     h = _hessian(cfg, stats, group, mean=mean, basis=None if branch is None else branch[1])
     for site in group:
@@ -381,19 +382,25 @@ def _fp8_input(net: Network, group: list[GemmSite], cfg: QuantConfig,
     return centered_x, mean.double(), stats.centered_amax(x.name, mean.double())
 
 
-def _lowrank_split(net: Network, group: list[GemmSite], centered: Tensor, mean: torch.Tensor, rank: int,
+def _lowrank_split(net: Network, group: list[GemmSite], centered: Tensor, mean: torch.Tensor, cfg: QuantConfig,
                    stats: CalibrationStats) -> tuple[Tensor, tuple[Tensor, torch.Tensor]]:
     """``fp8_lowrank``: the leading ``rank`` eigenvectors ``U [k, r]`` of the centered input's calibrated
-    covariance, and the layers ``c = centered @ U`` and ``rest = centered - c @ U^T`` before the group's
-    first GEMM. Returns ``(rest, (c, U))``: the GEMMs quantize ``rest`` and add ``c (W U)^T``.
+    covariance (a SwiGLU output's with ``fp8_lowrank_blocks``: each chunk's own, block-diagonal), and
+    the layers ``c = centered @ U`` and ``rest = centered - c @ U^T`` before the group's first GEMM.
+    Returns ``(rest, (c, U))``: the GEMMs quantize ``rest`` and add ``c (W U)^T``.
 
     The static scale stays the centered range's: e4m3's error is relative to each value, so a scale
     larger than ``rest`` needs only costs precision for values below its normal range."""
-    k = centered.shape[-1]
+    k, rank = centered.shape[-1], cfg.fp8_lowrank
     if not isinstance(k, int) or not 0 < rank < k:
         raise ConfigError(f"quantize_network: fp8_lowrank {rank} must be below the input width {k} of "
                           f"{group[0].describe()}")
-    basis = _lowrank_basis(stats, group, mean, rank).to(centered.dtype.torch)
+    producer = group[0].x.producer
+    if cfg.fp8_lowrank_blocks and producer is not None and swiglu_match(producer, consumers(net)) is not None:
+        basis = _block_basis(stats, group, mean, cfg.fp8_lowrank_blocks, cfg.fp8_lowrank_block_rank)
+    else:
+        basis = _lowrank_basis(stats, group, mean, rank)
+    basis = basis.to(centered.dtype.torch)
     first = group[0].layer
     out: dict[str, Tensor] = {}
 
@@ -447,6 +454,33 @@ def _lowrank_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.T
         return basis
     cov = _centered_second_moment(stats, group, "fp8_lowrank", mean)
     return torch.linalg.eigh(cov).eigenvectors[:, -rank:].flip(1)  # eigh sorts ascending
+
+
+def _block_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.Tensor, blocks: int,
+                 rank: int) -> torch.Tensor:
+    """``fp8_lowrank_blocks``: ``[k, blocks * rank]`` (float64), block-diagonal in
+    ``nq.lowrank_block_chunks``' layout, chunk b's columns ``b * rank ..`` the ``rank`` leading
+    eigenvectors of its own block of the centered covariance; or the first ``blocks * rank`` columns of
+    the statistics' ``lowrank_basis`` when given, which must be orthonormal and block-diagonal so."""
+    name, k = group[0].x.name, mean.shape[0]
+    chunks = nq.lowrank_block_chunks(k, blocks)
+    if len(chunks) != blocks or any(end - start <= rank for start, end in chunks):
+        raise ConfigError(f"quantize_network: fp8_lowrank_blocks {blocks} x fp8_lowrank_block_rank {rank} does "
+                          f"not fit the input width {k} of {group[0].describe()} (chunks of whole 8-channel "
+                          f"vectors, each wider than its rank)")
+    given = getattr(stats, "lowrank_basis", {}).get(name)
+    if given is not None:
+        basis = _lowrank_basis(stats, group, mean, blocks * rank)  # shape and orthonormality checks
+        if nq.compact_block_basis(basis, blocks) is None:
+            raise ConfigError(f"quantize_network: the statistics' lowrank_basis for {name!r} is not "
+                              f"block-diagonal in {blocks} chunks of {rank} (fp8_lowrank_blocks)")
+        return basis
+    cov = _centered_second_moment(stats, group, "fp8_lowrank", mean)
+    basis = torch.zeros(k, blocks * rank, dtype=torch.float64)
+    for b, (start, end) in enumerate(chunks):  # eigh sorts ascending: the leading ones last
+        vectors = torch.linalg.eigh(cov[start:end, start:end]).eigenvectors
+        basis[start:end, b * rank:(b + 1) * rank] = vectors[:, -rank:].flip(1)
+    return basis
 
 
 def _quantize_sq(net: Network, group: list[GemmSite], cfg: QuantConfig,

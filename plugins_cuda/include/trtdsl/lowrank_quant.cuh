@@ -13,7 +13,9 @@
 // plain kernel. The RMSNorm keeps a whole row in one block (rmsnorm.cuh's thread rule, up to 512
 // vectors); the SwiGLU splits a row over a thread-block cluster (sm_90) of kLowRankSwigluSplit blocks,
 // which add their shares of c through distributed shared memory in block order (every block gets the
-// same c), so that no SM reads more than an eighth of a 14336-wide row and its basis. The first
+// same c), so that no SM reads more than an eighth of a 14336-wide row and its basis. A block-diagonal
+// basis (QuantConfig.fp8_lowrank_blocks: each chunk of the row its own columns) needs no cluster: each
+// block's share of c is its chunk's entries (swiglu_lowrank_blocks_fp8_kernel). The first
 // versions (a cluster per norm row too, one element per thread, the basis read twice) took 5.5 and
 // 7.9 us at decode against 2.8 and 1.9 without the split (H100, decode_profile_fp8_rowpass.json).
 //
@@ -196,6 +198,17 @@ __global__ void __launch_bounds__(kLowRankMaxVecs) rmsnorm_lowrank_fp8_kernel(co
   if (mine) lowrank_store<T, VEC, R>(d, lv, c, scale, out + row * out_stride + threadIdx.x * VEC);
 }
 
+// swiglu.cuh's values of vector `vec` of a row (gate then up), rounded to T as the plain kernel stores them.
+template <typename T, int VEC>
+__device__ __forceinline__ void swiglu_vec(const T* gate, int64_t inter, int64_t vec, float (&v)[VEC]) {
+  const Vec<T, VEC> g = load_vec<T, VEC>(gate + vec * VEC), u = load_vec<T, VEC>(gate + inter + vec * VEC);
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float gf = to_float(g.v[k]);
+    v[k] = to_float<T>(from_float<T>(gf / (1.f + __expf(-gf)) * to_float(u.v[k])));
+  }
+}
+
 // SwiGLU (swiglu.cuh's arithmetic) followed by the split; in [rows, 2 * inter], gate then up; grid
 // (rows, kLowRankSwigluSplit) in clusters along y, block y taking `per` consecutive vectors of the row.
 template <typename T, int R>
@@ -218,14 +231,8 @@ __global__ void __launch_bounds__(kLowRankMaxVecs) swiglu_lowrank_fp8_kernel(con
 #pragma unroll
   for (int j = 0; j < R; ++j) part[j] = 0.f;
   if (mine) {
-    const T* gate = in + row * in_stride;
-    const Vec<T, VEC> g = load_vec<T, VEC>(gate + vec * VEC), u = load_vec<T, VEC>(gate + inter + vec * VEC);
     float v[VEC];
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const float gf = to_float(g.v[k]);
-      v[k] = to_float<T>(from_float<T>(gf / (1.f + __expf(-gf)) * to_float(u.v[k])));
-    }
+    swiglu_vec<T, VEC>(in + row * in_stride, inter, vec, v);
     lowrank_center<T, VEC, R>(v, lv, d, part);
   }
   float c[R];
@@ -235,6 +242,40 @@ __global__ void __launch_bounds__(kLowRankMaxVecs) swiglu_lowrank_fp8_kernel(con
 #else
   __trap();  // clusters need sm_90; the launcher refuses older devices
 #endif
+}
+
+// The same with a block-diagonal basis (QuantConfig.fp8_lowrank_blocks): block y of grid (rows, blocks)
+// takes vectors [y * per, (y + 1) * per) of the row, whose channels are chunk y of the basis; basis is
+// the compact [inter, RC] (chunk y's own RC columns in its rows), so c's entries y * RC .. y * RC + RC - 1
+// are sums over this block's values alone: no cluster, no distributed shared memory.
+template <typename T, int RC>
+__global__ void __launch_bounds__(kLowRankMaxVecs)
+    swiglu_lowrank_blocks_fp8_kernel(const T* __restrict__ in, LowRankFp8Arg<T> a, Fp8* out, int64_t inter,
+                                     int64_t in_stride, int64_t out_stride, int64_t per) {
+  constexpr int VEC = 16 / sizeof(T);
+  __shared__ float scratch[32 * RC];
+  const int64_t nvec = inter / VEC, vec = blockIdx.y * per + threadIdx.x;
+  const bool mine = threadIdx.x < per && vec < nvec;
+  LowRankVec<T, VEC, RC> lv;
+  if (mine) lv.load(a, vec);
+  const float scale = __ldg(a.scale);
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.x;
+  float d[VEC], part[RC];
+#pragma unroll
+  for (int j = 0; j < RC; ++j) part[j] = 0.f;
+  if (mine) {
+    float v[VEC];
+    swiglu_vec<T, VEC>(in + row * in_stride, inter, vec, v);
+    lowrank_center<T, VEC, RC>(v, lv, d, part);
+  }
+  block_sum_each<RC>(part, scratch);
+  LowRankFp8Arg<T> chunk = a;  // this block's RC entries of the row's c
+  chunk.c_out += (row * gridDim.y + blockIdx.y) * RC;
+  float c[RC];
+  lowrank_finish_c<T, RC>(chunk, part, true, 0, c);
+  if (mine) lowrank_store<T, VEC, RC>(d, lv, c, scale, out + row * out_stride + vec * VEC);
 }
 
 inline bool cluster_launch_supported() {
@@ -279,21 +320,28 @@ inline int launch_rmsnorm_lowrank_fp8(const T* x, const T* res, const T* w, LowR
 #undef TRTDSL_RMS_LR
 }
 
+// blocks == 0: basis [inter, rank] (the cluster kernel); blocks > 0: basis is the compact block-diagonal
+// [inter, rank] of swiglu_lowrank_blocks_fp8_kernel, chunks of ceil(inter / 8 / blocks) vectors, c [rows,
+// blocks * rank].
 template <typename T>
 inline int launch_swiglu_lowrank_fp8(const T* in, LowRankFp8Arg<T> a, int rank, Fp8* out, int64_t rows, int64_t inter,
-                                     int64_t in_stride, int64_t out_stride, cudaStream_t stream) {
+                                     int64_t in_stride, int64_t out_stride, int blocks, cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
   if (rows == 0) return kOk;
-  if (inter > kLowRankMaxRow || rows > 0x7fffffff) return kErrShape;
-  const int64_t per = (inter / V + kLowRankSwigluSplit - 1) / kLowRankSwigluSplit;
+  if (inter > kLowRankMaxRow || rows > 0x7fffffff || blocks < 0 || blocks > 65535) return kErrShape;
+  const int64_t split = blocks ? blocks : kLowRankSwigluSplit, per = (inter / V + split - 1) / split;
   if (inter % V || in_stride % V || out_stride % V || !aligned16(in) || !aligned16(a.mean) || !aligned16(a.basis) ||
-      !aligned_to(out, V) || per > kLowRankMaxVecs || !cluster_launch_supported())
+      !aligned_to(out, V) || per > kLowRankMaxVecs || (!blocks && !cluster_launch_supported()))
     return kErrUnsupported;
-#define TRTDSL_SWIGLU_LR(R)                                                                                     \
-  return launch_pdl_cluster(swiglu_lowrank_fp8_kernel<T, R>,                                                    \
-                            dim3(static_cast<unsigned>(rows), kLowRankSwigluSplit), dim3(lowrank_threads(per)), \
-                            dim3(1, kLowRankSwigluSplit, 1), 0, stream, in, a, out, inter, in_stride, out_stride)
+  if (blocks && (split - 1) * per >= inter / V) return kErrShape;  // every chunk holds channels
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(split)), block(lowrank_threads(per));
+#define TRTDSL_SWIGLU_LR(R)                                                                                   \
+  return blocks ? launch_pdl(swiglu_lowrank_blocks_fp8_kernel<T, R>, grid, block, 0, stream, in, a, out, inter, \
+                             in_stride, out_stride, per)                                                      \
+                : launch_pdl_cluster(swiglu_lowrank_fp8_kernel<T, R>, grid, block, dim3(1, kLowRankSwigluSplit, 1), \
+                                     0, stream, in, a, out, inter, in_stride, out_stride)
   switch (rank) {
+    case 1: TRTDSL_SWIGLU_LR(1);
     case 2: TRTDSL_SWIGLU_LR(2);
     case 4: TRTDSL_SWIGLU_LR(4);
     case 8: TRTDSL_SWIGLU_LR(8);

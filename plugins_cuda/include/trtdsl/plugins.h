@@ -231,7 +231,10 @@ int trtdsl_swiglu_fp8(const void* in, const float* input_scale, void* out, int64
  * out = codes of (d - c basis^T) / input_scale, each step rounded to dtype as the separate layers round
  * (c's sum in the kernel's order). fp16 / bf16; rank 2, 4 or 8; k a multiple of 8 with 16-byte aligned
  * rows, mean and basis; at most 4096 values per RMSNorm row, 32768 per SwiGLU row (which needs sm_90):
- * else kErrUnsupported; k <= 49152. */
+ * else kErrUnsupported; k <= 49152. The SwiGLU's blocks > 0: a block-diagonal basis (QuantConfig.fp8_lowrank_blocks)
+ * given compactly, basis [inter, rank] holding chunk b's own `rank` columns in its rows, chunk b = vectors
+ * [b * per, (b + 1) * per) of 8 values, per = ceil(inter / 8 / blocks) <= 512, every chunk non-empty;
+ * c_out [rows, blocks * rank] (chunk b's entries at b * rank); rank 1 too; no cluster (sm_80+). */
 int trtdsl_rmsnorm_fp8_lowrank(const void* x, const void* residual, const void* weight, const float* input_scale,
                                const void* mean, const void* basis, int64_t rank, void* out, void* c_out,
                                void* residual_out, int64_t rows, int64_t hidden, int64_t x_stride,
@@ -239,7 +242,7 @@ int trtdsl_rmsnorm_fp8_lowrank(const void* x, const void* residual, const void* 
                                int dtype, cudaStream_t stream);
 int trtdsl_swiglu_fp8_lowrank(const void* in, const float* input_scale, const void* mean, const void* basis,
                               int64_t rank, void* out, void* c_out, int64_t rows, int64_t inter, int64_t in_stride,
-                              int64_t out_stride, int dtype, cudaStream_t stream);
+                              int64_t out_stride, int blocks, int dtype, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -174,7 +174,7 @@ def _swiglu_fp8_cuda(ins: list, fields: dict, hints: dict) -> Any:
     if x.dtype not in _HALF_TYPES:
         return swiglu_fp8_reference(ins, fields, hints)
     if extra:
-        out = swiglu_fp8_lowrank(x, scale, extra[0].reshape(-1), extra[1])
+        out = swiglu_fp8_lowrank(x, scale, extra[0].reshape(-1), extra[1], fields.get("lowrank_blocks", 0))
         return list(out) if out is not None else swiglu_fp8_reference(ins, fields, hints)
     return swiglu_fp8(x.contiguous(), scale)
 

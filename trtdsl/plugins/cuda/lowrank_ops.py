@@ -6,7 +6,9 @@ coefficients ``c = (v - mean) U`` and the codes of the rest ``(v - mean) - c U^T
 Each function returns None where the kernels are not built for the inputs (fp32, a rank other than 2, 4
 or 8, widths that are not a multiple of 8 or constants not 16-byte aligned, norm rows over 4096 values,
 SwiGLU rows over 32768, for the SwiGLU a GPU below sm_90: it splits a row over a thread-block cluster);
-the plugin implementations then run the reference."""
+the plugin implementations then run the reference. A block-diagonal SwiGLU basis
+(``QuantConfig.fp8_lowrank_blocks``, ranks 1, 2, 4 or 8 per chunk, chunks of at most 4096 values) needs
+no cluster: one thread block per chunk."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from functools import lru_cache
 import torch
 
 from trtdsl.errors import PluginError
+from trtdsl.quantization.numerics import lowrank_block_chunks
 
 from ._lib import call, register_signatures
 from .ops import (_DTYPE_CODES, _HALF_TYPES, _check, _check_norm_inputs, _check_static_scale, _check_swiglu_input,
@@ -27,9 +30,10 @@ _P, _I, _I64, _F = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
 register_signatures({  # plugins.h, "The low-rank split"
     "trtdsl_rmsnorm_fp8_lowrank": [_P, _P, _P, _P, _P, _P, _I64, _P, _P, _P, _I64, _I64, _I64, _I64, _I64, _I64,
                                    _F, _I, _P],
-    "trtdsl_swiglu_fp8_lowrank": [_P, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _P],
+    "trtdsl_swiglu_fp8_lowrank": [_P, _P, _P, _P, _I64, _P, _P, _I64, _I64, _I64, _I64, _I, _I, _P],
 })
 LOWRANK_KERNEL_RANKS = (2, 4, 8)
+BLOCK_KERNEL_RANKS = (1, 2, 4, 8)  # per chunk of a block-diagonal SwiGLU basis
 _VEC = 8  # 16-bit values per 16-byte vector: one per thread
 _MAX_VECS = 512  # kLowRankMaxVecs: vectors per block (the norm's row, an eighth of the SwiGLU's)
 _SWIGLU_SPLIT = 8  # kLowRankSwigluSplit
@@ -43,16 +47,16 @@ def _has_clusters(device_index: int) -> bool:
 
 
 def _check_branch(op: str, x: torch.Tensor, k: int, input_scale: torch.Tensor, mean: torch.Tensor,
-                  basis: torch.Tensor, max_width: int) -> bool:
+                  basis: torch.Tensor, max_width: int, ranks: tuple[int, ...] = LOWRANK_KERNEL_RANKS) -> bool:
     """Validate the branch's constants (PluginError); whether the kernel is built for them (16-bit
-    values in 16-byte vectors, rows of at most ``max_width`` values)."""
+    values in 16-byte vectors, rows of at most ``max_width`` values, a rank in ``ranks``)."""
     _check_static_scale(op, "input_scale", input_scale, x.device)
     _check(op, "mean", mean, x.device, (x.dtype,), ndim=1)
     _check(op, "basis", basis, x.device, (x.dtype,), ndim=2)
     if mean.shape[0] != k or basis.shape[0] != k:
         raise PluginError(f"{op}: mean {tuple(mean.shape)} and basis {tuple(basis.shape)} must have {k} rows, "
                           f"the input's width")
-    return (x.is_cuda and x.dtype in _HALF_TYPES and basis.shape[1] in LOWRANK_KERNEL_RANKS and k % _VEC == 0
+    return (x.is_cuda and x.dtype in _HALF_TYPES and basis.shape[1] in ranks and k % _VEC == 0
             and k <= max_width and basis.is_contiguous() and mean.is_contiguous()
             and mean.data_ptr() % 16 == 0 and basis.data_ptr() % 16 == 0)
 
@@ -83,13 +87,21 @@ def rmsnorm_fp8_lowrank(x: torch.Tensor, weight: torch.Tensor, input_scale: torc
     return (out, c) if total is None else (out, total, c)
 
 
-def swiglu_fp8_lowrank(x: torch.Tensor, input_scale: torch.Tensor, mean: torch.Tensor,
-                       basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def swiglu_fp8_lowrank(x: torch.Tensor, input_scale: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor,
+                       blocks: int = 0) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``(codes, c)`` of ``silu(gate) * up`` of ``x [..., 2 * inter]`` (gate then up), centered on
-    ``mean [inter]`` and split along ``basis [inter, r]``; None where the kernel is not built for them."""
+    ``mean [inter]`` and split along ``basis [inter, r]``; None where the kernel is not built for them.
+    ``blocks > 0``: ``basis`` is a block-diagonal one given compactly (``lowrank_block_chunks``: chunk b's
+    own r columns in its rows) and ``c`` is ``[..., blocks * r]``; one thread block per chunk, no cluster."""
     op = "swiglu_fp8_lowrank"
     inter = _check_swiglu_input(op, x)
-    if (not _check_branch(op, x, inter, input_scale, mean, basis, _SWIGLU_SPLIT * _MAX_VECS * _VEC)
+    width = (blocks or _SWIGLU_SPLIT) * _MAX_VECS * _VEC
+    if blocks:
+        if blocks < 0 or len(lowrank_block_chunks(inter, blocks)) != blocks:
+            raise PluginError(f"{op}: {blocks} blocks of whole 8-value vectors do not fit a width of {inter}")
+        if not _check_branch(op, x, inter, input_scale, mean, basis, width, BLOCK_KERNEL_RANKS):
+            return None
+    elif (not _check_branch(op, x, inter, input_scale, mean, basis, width)
             or not _has_clusters(x.device.index or 0)):
         return None
     x = x.contiguous()
@@ -97,9 +109,9 @@ def swiglu_fp8_lowrank(x: torch.Tensor, input_scale: torch.Tensor, mean: torch.T
         return None
     rows = x.numel() // max(2 * inter, 1)
     out = torch.empty(*x.shape[:-1], inter, dtype=_FP8, device=x.device)
-    c = torch.empty(*x.shape[:-1], basis.shape[1], dtype=x.dtype, device=x.device)
+    c = torch.empty(*x.shape[:-1], max(blocks, 1) * basis.shape[1], dtype=x.dtype, device=x.device)
     if rows:
         call("trtdsl_swiglu_fp8_lowrank", x.data_ptr(), input_scale.data_ptr(), mean.data_ptr(), basis.data_ptr(),
-             basis.shape[1], out.data_ptr(), c.data_ptr(), rows, inter, 2 * inter, inter, _DTYPE_CODES[x.dtype],
-             _stream(x))
+             basis.shape[1], out.data_ptr(), c.data_ptr(), rows, inter, 2 * inter, inter, blocks,
+             _DTYPE_CODES[x.dtype], _stream(x))
     return out, c
