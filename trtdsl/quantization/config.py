@@ -72,7 +72,9 @@ class QuantConfig:
             ``fp8_lowrank_block_rank`` leading eigenvectors of its own covariance block, ``blocks x
             block_rank`` columns in all. Each chunk's coefficients are then sums over that chunk alone,
             so the CUDA SwiGLU computes them in independent thread blocks instead of a thread-block
-            cluster (faster at decode). 0 = the global basis of the other inputs.
+            cluster (faster at decode). 0 = the global basis of the other inputs. SmolLM2 with GPTQ,
+            ``"norm+swiglu"``, ``fp8_lowrank=4`` and 4 blocks of rank 2: +0.77 to +0.98 % (three draws), 8B
+            decode 1.70-1.72x bf16 in GPU time against 1.68-1.69x with the global basis.
         fp8_lowrank_block_rank: leading eigenvectors per chunk of ``fp8_lowrank_blocks`` (1, 2, 4 or 8
             run the CUDA kernel; blocks x block_rank <= 8 keeps the GEMV epilogue's fast path).
         kv_cache_headroom: the K/V scales are ``headroom * max|calibrated| / qmax``: > 1 leaves room
