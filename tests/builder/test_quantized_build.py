@@ -128,3 +128,24 @@ def test_cli_dtype_quantization_conflicts(tiny_llama_dir, tmp_path, capsys):
     assert "must be a JSON object" in capsys.readouterr().err
     assert main([*args, "--dtype", "int4_awq", "--quant_options", '{"gptqq": true}']) == 2
     assert "gptqq" in capsys.readouterr().err
+
+
+def test_cli_build_fp8_with_block_diagonal_swiglu_branch(tiny_llama_dir, tmp_path, capsys):
+    """The accurate fp8 recipe from the command line: the engine's SwiGLUs carry the compact block-diagonal
+    basis (4 blocks of rank 2 over 128 channels) and the engine generates."""
+    from trtdsl.engine import Engine
+    from trtdsl.passes.fp8_act_fuse import SWIGLU_FP8
+    out = tmp_path / "fp8"
+    options = {"gptq": True, "fp8_center_inputs": "norm+swiglu", "fp8_lowrank": 4, "fp8_lowrank_blocks": 4,
+               "fp8_lowrank_block_rank": 2}
+    assert main(["build", "--checkpoint", str(tiny_llama_dir), "--model", "llama", "--dtype", "fp8",
+                 "--calibration_tokens", "256", "--max_seq_len", "64", "--max_batch_size", "2",
+                 "--quant_options", json.dumps(options), "--output", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["build_config"]["quant_options"] == options
+    swiglus = [la for la in Engine.load(out).network.layers
+               if la.kind is LayerKind.PLUGIN and la.attrs["name"] == SWIGLU_FP8]
+    assert len(swiglus) == 3 and all(la.attrs["fields"] == {"lowrank_blocks": 4} and
+                                     tuple(la.inputs[-1].shape) == (128, 2) for la in swiglus)
+    capsys.readouterr()
+    assert main(["run", str(out), "--input_ids", "1,17,42", "-n", "5", "-q"]) == 0
+    assert len(capsys.readouterr().out.split()) == 5
