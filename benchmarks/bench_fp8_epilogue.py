@@ -2,7 +2,8 @@
 bias / bias + low-rank term of rank 4 and 8 (``quant_ops.fp8_gemv(..., bias=, lowrank=)``, config 1).
 
 Weights are cold (copies rotating past the 50 MB L2), each variant a CUDA graph of 48 calls, the median
-of 7 replays, three rounds. ``TRTDSL_PDL=0`` times it without programmatic dependent launch.
+of 7 replays (``common.graph_time_ms``), three rounds. ``TRTDSL_PDL=0`` times it without programmatic
+dependent launch.
 
     python benchmarks/bench_fp8_epilogue.py          # -> benchmarks/results/fp8_gemv_epilogue_pdl1.json
 
@@ -20,32 +21,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import graph_time_ms  # noqa: E402
 from trtdsl.plugins.cuda.quant_ops import fp8_gemv  # noqa: E402
 from trtdsl.quantization.numerics import FP8_MAX, quantize_fp8  # noqa: E402
 
 SHAPES = [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096)]
-
-
-def time_graph(calls: list, reps: int = 7) -> float:
-    """Median us per call of a CUDA graph of ``calls`` (each a no-argument callable)."""
-    calls[0]()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for call in calls:
-            call()
-    g.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1000 / len(calls))
-    return sorted(times)[reps // 2]
 
 
 def main() -> None:
@@ -69,7 +51,7 @@ def main() -> None:
             for v, kw in variants.items():
                 calls = [lambda w=ws[i % copies], kw=kw: fp8_gemv(xq, w, s, wscale, torch.bfloat16, 1, **kw)
                          for i in range(48)]
-                out.setdefault(v, []).append(round(time_graph(calls), 2))
+                out.setdefault(v, []).append(round(graph_time_ms(calls, iters=7) * 1000, 2))
         res[name] = out
         print(name, out, flush=True)
     pdl = os.environ.get("TRTDSL_PDL", "1")

@@ -127,10 +127,7 @@ def test_fusion_folds_the_split_into_its_producers_bit_for_bit(spiky_llama: tupl
     SwiGLUs (outputs: the codes of the rest, then c) and ``c @ (W U)^T`` and the bias into each GEMM
     (inputs 5-7): the network is bit for bit the one without that fusion, also after an engine round
     trip, and no constant is left unread."""
-    from trtdsl.backends.torch_executor import TorchExecutor
-    from trtdsl.engine import Engine
     from trtdsl.passes import fp8_act_fuse, optimize
-    from trtdsl.passes.graph import consumers, output_ids
     from trtdsl.quantization import clone_network
     net, _, chunks, stats = spiky_llama
     qnet = quantize_network(net, "fp8", calibration=stats, fp8_lowrank=2, fp8_center_inputs="norm+swiglu")
@@ -143,6 +140,15 @@ def test_fusion_folds_the_split_into_its_producers_bit_for_bit(spiky_llama: tupl
     gemms = [la for la in qnet.layers if la.kind is LayerKind.PLUGIN and la.attrs["name"] == FP8_GEMM]
     assert sorted(len(g.inputs) for g in gemms) == [5, 5] + [7] * 6  # o_proj: the bias correction alone
     assert not [la for la in qnet.layers if la.kind is LayerKind.ELEMENTWISE and la.attrs.get("op") == "sub"]
+    _assert_fused_is_unfused(qnet, plain, net, chunks, tmp_path)
+
+
+def _assert_fused_is_unfused(qnet, plain, net, chunks: list, tmp_path: Path) -> None:
+    """No constant of the fused ``qnet`` is left unread, and it computes bit for bit what the unfused
+    ``plain`` does, also after an engine round trip."""
+    from trtdsl.backends.torch_executor import TorchExecutor
+    from trtdsl.engine import Engine
+    from trtdsl.passes.graph import consumers, output_ids
     users, outs = consumers(qnet), output_ids(qnet)
     assert not [la.name for la in qnet.layers if la.kind is LayerKind.CONSTANT
                 and not any(users.get(id(t)) or id(t) in outs for t in la.outputs)]
@@ -183,10 +189,7 @@ def test_block_diagonal_swiglu_basis_is_each_chunks_own_directions_and_fuses_bit
     with the leading directions of its own block of the HF inputs' covariance and zeros elsewhere; the
     norms keep the global basis. The fusion gives the SwiGLU the compact basis and ``lowrank_blocks`` and
     stays bit for bit the unfused network, also after an engine round trip."""
-    from trtdsl.backends.torch_executor import TorchExecutor
-    from trtdsl.engine import Engine
     from trtdsl.passes import fp8_act_fuse, optimize
-    from trtdsl.passes.graph import consumers, output_ids
     from trtdsl.quantization import clone_network
     from trtdsl.quantization.numerics import compact_block_basis, lowrank_block_chunks
     net, hf, chunks, stats = spiky_llama
@@ -210,15 +213,7 @@ def test_block_diagonal_swiglu_basis_is_each_chunks_own_directions_and_fuses_bit
     assert [la.attrs["fields"] for la in swiglus] == [{"lowrank_blocks": 4}] * 2
     assert all(tuple(la.inputs[-1].shape) == (96, block_rank) and la.outputs[-1].shape[-1] == 4 * block_rank
                for la in swiglus)
-    users, outs = consumers(qnet), output_ids(qnet)  # the full basis went with the split's layers
-    assert not [la.name for la in qnet.layers if la.kind is LayerKind.CONSTANT
-                and not any(users.get(id(t)) or id(t) in outs for t in la.outputs)]
-    feeds = list(prefill_feeds(net, chunks[:2], batch_size=2))
-    want = TorchExecutor(plain).run(feeds[0])
-    Engine(qnet).save(tmp_path / "e")
-    for candidate in (qnet, Engine.load(tmp_path / "e").network):
-        got = TorchExecutor(candidate).run(feeds[0])
-        assert all(torch.equal(got[name], want[name]) for name in want)
+    _assert_fused_is_unfused(qnet, plain, net, chunks, tmp_path)  # the full basis went with the split's layers
 
 
 def test_block_diagonal_basis_errors(spiky_llama: tuple) -> None:
