@@ -210,14 +210,14 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
     return mode, options
 
 
-def _random_basis(net: Any, site: Any, options: dict[str, Any]) -> torch.Tensor:
+def _random_basis(users: dict, site: Any, options: dict[str, Any]) -> torch.Tensor:
     """Random orthonormal columns for ``fp8_lowrank``'s branch at ``site``; block-diagonal ones
-    (``fp8_lowrank_blocks``) where a SwiGLU makes the input, as quantize then requires."""
+    (``fp8_lowrank_blocks``) where a SwiGLU makes the input, as quantize then requires. ``users``: the
+    network's ``passes.graph.consumers``."""
     from trtdsl.passes.fusion import swiglu_match
-    from trtdsl.passes.graph import consumers
     from trtdsl.quantization.numerics import expand_block_basis, lowrank_block_chunks
     k, blocks = site.x.shape[-1], options.get("fp8_lowrank_blocks", 0)
-    if not blocks or site.x.producer is None or swiglu_match(site.x.producer, consumers(net)) is None:
+    if not blocks or site.x.producer is None or swiglu_match(site.x.producer, users) is None:
         return torch.linalg.qr(torch.randn(k, options["fp8_lowrank"], dtype=torch.float64)).Q
     rank = options["fp8_lowrank_block_rank"]
     compact = torch.cat([torch.linalg.qr(torch.randn(end - start, rank, dtype=torch.float64)).Q
@@ -230,6 +230,7 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
     values, and calibrating an 8B model would run it on the CPU. (Accuracy is measured separately,
     on real weights and calibration text: benchmarks/quant_accuracy.py.) ``spec``: parse_quant_spec."""
     from trtdsl.ir.network import LayerKind
+    from trtdsl.passes.graph import consumers
     from trtdsl.plugins.attention import ATTENTION_PLUGIN as ATTENTION
     from trtdsl.quantization import quantize_network
     from trtdsl.quantization.calibration import CalibrationStats
@@ -237,6 +238,7 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
     mode, options = parse_quant_spec(spec)
     stats = CalibrationStats()
     if mode in ("fp8", "int8_sq", "int4_awq"):
+        users = consumers(net) if options.get("fp8_lowrank_blocks") else {}  # _random_basis's SwiGLU test
         for site in find_gemm_sites(net, options.get("exclude", ())):
             k, dev = site.x.shape[-1], site.weight.device  # AWQ's search multiplies samples by the weights
             stats.amax[site.x.name] = torch.ones(k, device=dev)
@@ -250,7 +252,7 @@ def quantize_for_speed(net: Any, spec: str) -> Any:
             # fp8_lowrank: random orthonormal columns, not the covariance's eigenvectors (an 8B model's
             # X^T X would be 53 GB; the kernels' speed does not depend on the basis)
             if options.get("fp8_lowrank"):
-                stats.lowrank_basis[site.x.name] = _random_basis(net, site, options)
+                stats.lowrank_basis[site.x.name] = _random_basis(users, site, options)
     if options.get("kv_cache_dtype"):  # K / V ranges of every attention layer (the cache's scales)
         for layer in net.layers:
             if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == ATTENTION:

@@ -326,7 +326,7 @@ def _vector_source(t: Tensor, width: Any, dtype: DType) -> Tensor | None:
     return src.outputs[0]
 
 
-def _block_basis(net: Network, basis: Tensor) -> tuple[int, list[Tensor]]:
+def _compact_block_basis(net: Network, basis: Tensor) -> tuple[int, list[Tensor]]:
     """A SwiGLU split's basis input: ``(blocks, [compact constant])`` when the basis is block-diagonal in
     ``lowrank_block_chunks``' layout (``QuantConfig.fp8_lowrank_blocks``; the most blocks that fit), so
     the CUDA kernel splits the row over independent thread blocks; else ``(0, [basis])``."""
@@ -486,7 +486,7 @@ def fuse_fp8_activations(net: Network) -> int:
         width = target.shape[-1]
         basis = [] if split is None else [split.basis]
         if split is not None and plugin == SWIGLU_FP8:
-            blocks, basis = _block_basis(net, split.basis)
+            blocks, basis = _compact_block_basis(net, split.basis)
             fields = {"lowrank_blocks": blocks} if blocks else fields
         layer.inputs = [*layer.inputs, scale] + ([_as_vector(net, mean, width)] if centered else []) + basis
         layer.kind = LayerKind.PLUGIN

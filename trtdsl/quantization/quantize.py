@@ -395,8 +395,7 @@ def _lowrank_split(net: Network, group: list[GemmSite], centered: Tensor, mean: 
     if not isinstance(k, int) or not 0 < rank < k:
         raise ConfigError(f"quantize_network: fp8_lowrank {rank} must be below the input width {k} of "
                           f"{group[0].describe()}")
-    producer = group[0].x.producer
-    if cfg.fp8_lowrank_blocks and producer is not None and swiglu_match(producer, consumers(net)) is not None:
+    if cfg.fp8_lowrank_blocks and _made_by_swiglu(group[0].x.producer, net):
         basis = _block_basis(stats, group, mean, cfg.fp8_lowrank_blocks, cfg.fp8_lowrank_block_rank)
     else:
         basis = _lowrank_basis(stats, group, mean, rank)
@@ -431,7 +430,12 @@ def _centered_input(which: str, producer: Layer | None, net: Network) -> bool:
         return which == "all"
     if producer.kind is LayerKind.NORMALIZATION:
         return True
-    return which == "norm+swiglu" and swiglu_match(producer, consumers(net)) is not None
+    return which == "norm+swiglu" and _made_by_swiglu(producer, net)
+
+
+def _made_by_swiglu(producer: Layer | None, net: Network) -> bool:
+    """Whether ``producer`` is the last layer of a SwiGLU (its output is down's input)."""
+    return producer is not None and swiglu_match(producer, consumers(net)) is not None
 
 
 def _lowrank_basis(stats: CalibrationStats, group: list[GemmSite], mean: torch.Tensor, rank: int) -> torch.Tensor:
