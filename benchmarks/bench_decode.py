@@ -91,9 +91,11 @@ class OurEngine:
         num_blocks = max_batch * self.blocks_per_seq
         net = model.build_network(max_batch_size=max_batch, max_num_tokens=max_tokens,
                                   max_seq_len=max_seq, tokens_per_block=tpb, max_num_blocks=num_blocks)
-        if quant:
-            net = quantize_for_speed(net, quant)
-        self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True, fuse_swiglu=True)
+        flags = quant.split(":") if quant else []
+        if quant:  # ":canonical": int4 weight-only GEMMs keep the canonical layout (passes.int4_tile_gemm off)
+            net = quantize_for_speed(net, ":".join(f for f in flags if f != "canonical"))
+        self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True, fuse_swiglu=True,
+                                   pack_int4="canonical" not in flags)
         self.layer_counts = net.layer_counts()
         self.executor = TorchExecutor(net, "cuda")
         kv_dtype = net.input_specs["kv_cache"].dtype.torch  # bf16, or the quantized cache's codes
@@ -184,7 +186,8 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
     None), ``fp8:center=norm`` = fp8 with the norms' outputs centered (``fp8_center_inputs``),
     ``fp8:center=norm+swiglu:lowrank=4`` = with the low-rank branch (``fp8_lowrank``; a random basis),
     ``...:blocks=8x1`` = the SwiGLU outputs' basis block-diagonal, 8 chunks of rank 1 (``fp8_lowrank_blocks``);
-    the group size defaults to 128."""
+    the group size defaults to 128. (``OurEngine`` also takes ``:canonical``: int4 GEMMs without the tile-16
+    repacking, for A/B runs.)"""
     mode, *flags = spec.split(":")
     options: dict[str, Any] = {"group_size": 128}
     for flag in flags:

@@ -77,6 +77,28 @@ extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const
                                     dtype, stream);
 }
 
+extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const float* sz, int has_zeros,
+                                              void* out, int64_t m, int64_t n, int64_t k, int group_size,
+                                              int num_groups, int swiglu, int config, int dtype,
+                                              cudaStream_t stream) {
+  if (!x || !qpacked || !sz || !out) return kErrNullPointer;
+  if (m < 1 || m > 8 || n < 1 || n > kMaxInt / 2 || k < 128 || k > kMaxInt || k % 128 ||
+      !resolve_group(k, group_size, num_groups) || (swiglu && n % 8))
+    return kErrShape;
+  if (group_size != 64 && group_size % 128) return kErrUnsupported;
+  if (config < 0 || config >= kWoPackedConfigs) return kErrUnsupported;
+  if (!aligned16(x) || !aligned16(qpacked) || reinterpret_cast<uintptr_t>(sz) % (has_zeros ? 16 : 8))
+    return kErrUnsupported;
+  const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
+#define TRTDSL_PACKED(T)                                                                                           \
+  return launch_wo_gemv_packed<T>(static_cast<const T*>(x), qpacked, sz, has_zeros != 0, static_cast<T*>(out), mi, \
+                                  ni, ki, group_size, num_groups, swiglu != 0, config, stream)
+  if (dtype == kFloat16) TRTDSL_PACKED(__half);
+  if (dtype == kBFloat16) TRTDSL_PACKED(__nv_bfloat16);
+#undef TRTDSL_PACKED
+  return kErrDtype;
+}
+
 extern "C" int trtdsl_weight_only_dequantize_zp(const void* qweight, const float* scales, const float* zeros,
                                                 void* out, int64_t n, int64_t k, int bits, int group_size,
                                                 int num_groups, int dtype, cudaStream_t stream) {

@@ -40,7 +40,9 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
            "quantize_per_token_int8", "fp8_gemv_supported", "int8_gemv", "int8_gemv_supported", "int8_gemm",
-           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "set_programmatic_launch", "programmatic_launch_enabled"]
+           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "WO_PACKED_CONFIGS", "PACKED_CONFIG",
+           "PACKED_GEMV_MAX_M", "packed_config", "weight_only_gemv_packed", "dequantize_packed", "int4_tile_gemm",
+           "set_programmatic_launch", "programmatic_launch_enabled"]
 
 # The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
 # m ~ 8 on H100 (docs/quant_kernels.md): at m = 8 the int4 GEMV still beat dequantize + cuBLAS
@@ -130,6 +132,8 @@ _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES: dict[str, list] = {
     "trtdsl_weight_only_gemv": [_P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_gemv_zp": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_gemv_packed": [_P, _P, _P, _I, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_dequantize_packed": [_P, _P, _I, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize": [_P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize_zp": [_P, _P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_quantize_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
@@ -269,6 +273,103 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     call("trtdsl_weight_only_gemv_zp", x2.data_ptr(), qweight.data_ptr(), scales.data_ptr(), _ptr(zeros),
          out.data_ptr(), m, n, k, bits, group_size, groups, config, _DTYPE_CODES[x2.dtype], _stream(x2))
     return out
+
+
+WO_PACKED_CONFIGS = (0, 1, 2, 3, 4, 5, 6)  # kWoPackedConfigs: launch shapes of the tile-16 GEMV (wo_gemv_packed.cuh)
+PACKED_GEMV_MAX_M = 8  # rows one tile-16 GEMV launch takes (the mma's 8 columns)
+# (m == 1, tc1_n_class(weight rows), k >= LONG_K, group 64) -> tile-16 GEMV launch shape, m <= 8. H100
+# (int4_packed_h100.json, 2026-12-06 21:09 UTC, us with zeros): m = 1, g128: o 5.35 (6), qkv 6.95 (1),
+# gate_up 25.2 (4, with SwiGLU fused 25.2), down 12.7 (6), LM head 100.3 (4); m = 1, g64: o 5.45 (1), qkv 7.51
+# (0), gate_up 27.2 (4), down 14.7 (1), LM head 108.3 (4); m = 4, g128: o 5.91 (2), qkv 7.08 (1), gate_up
+# 25.4 (4), down 15.4 (2); m > 1 with g64 was not measured: its m = 1 picks.
+PACKED_CONFIG: dict[tuple[bool, int, bool, bool], int] = {
+    (True, 0, False, False): 6, (True, 1, False, False): 1, (True, 2, False, False): 4,
+    (True, 0, True, False): 6, (True, 1, True, False): 2, (True, 2, True, False): 4,
+    (True, 0, False, True): 1, (True, 1, False, True): 0, (True, 2, False, True): 4,
+    (True, 0, True, True): 1, (True, 1, True, True): 1, (True, 2, True, True): 4,
+    (False, 0, False, False): 2, (False, 1, False, False): 1, (False, 2, False, False): 4,
+    (False, 0, True, False): 2, (False, 1, True, False): 2, (False, 2, True, False): 4,
+    (False, 0, False, True): 1, (False, 1, False, True): 0, (False, 2, False, True): 4,
+    (False, 0, True, True): 1, (False, 1, True, True): 1, (False, 2, True, True): 4,
+}
+
+
+def packed_config(m: int, rows: int, k: int, group_size: int) -> int:
+    """The ``PACKED_CONFIG`` launch shape for ``m`` activation rows against a pack of ``rows`` weight rows,
+    ``k`` inputs, groups of ``group_size``."""
+    return PACKED_CONFIG[(m == 1, tc1_n_class(rows), k >= LONG_K, group_size == 64)]
+
+
+def _check_pack(op: str, qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int,
+                device: torch.device) -> None:
+    _check(op, "qpacked", qpacked, device, (torch.int8,), ndim=3)
+    _check(op, "sz", sz, device, (torch.float32,), ndim=4)
+    tiles = -(-rows // 16)
+    if tuple(qpacked.shape) != (tiles, k // 128, 1024) or k % 128:
+        raise PluginError(f"{op}: qpacked must be [{tiles}, k / 128, 1024] for {rows} rows and k % 128 == 0; "
+                          f"got {tuple(qpacked.shape)} for k = {k}")
+    if sz.shape[0] != tiles or sz.shape[2] != 8 or sz.shape[3] not in (2, 4):
+        raise PluginError(f"{op}: sz must be [{tiles}, groups, 8, 2 | 4], got {tuple(sz.shape)}")
+
+
+def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, group_size: int,
+                            swiglu: bool = False, config: int | None = None) -> torch.Tensor:
+    """int4 decode GEMV over the tile-16 layout (:mod:`trtdsl.quantization.int4_tiles`): ``x2 [m <= 8, k]``
+    fp16/bf16 against ``n`` weight rows, or with ``swiglu`` the ``n`` outputs ``silu(gate) * up`` of a pack
+    made with ``swiglu=True`` (2 n rows). ``config``: launch shape 0..6 (``WO_PACKED_CONFIGS``), ``None``
+    = ``PACKED_CONFIG``."""
+    op = "weight_only_gemv_packed"
+    _check(op, "x", x2, dtypes=_HALF_TYPES, ndim=2)
+    m, k = x2.shape
+    rows = 2 * n if swiglu else n
+    _check_pack(op, qpacked, sz, rows, k, x2.device)
+    if not 1 <= m <= PACKED_GEMV_MAX_M:
+        raise PluginError(f"{op}: x must have 1..{PACKED_GEMV_MAX_M} rows, got {m}")
+    config = packed_config(m, rows, k, group_size) if config is None else config
+    if config not in WO_PACKED_CONFIGS:
+        raise PluginError(f"{op}: config must be one of {WO_PACKED_CONFIGS}, got {config}")
+    out = x2.new_empty(m, n)
+    call("trtdsl_weight_only_gemv_packed", x2.data_ptr(), qpacked.data_ptr(), sz.data_ptr(),
+         int(sz.shape[3] == 4), out.data_ptr(), m, n, k, group_size, sz.shape[1], int(swiglu), config,
+         _DTYPE_CODES[x2.dtype], _stream(x2))
+    return out
+
+
+def dequantize_packed(qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int, group_size: int,
+                      dtype: torch.dtype, swiglu: bool = False) -> torch.Tensor:
+    """A tile-16 pack as ``[rows, k]`` weights of ``dtype`` (fp16/bf16) in the canonical row order (a
+    ``swiglu`` pack back to gate rows then up rows): bitwise :func:`dequantize_weight` of the canonical
+    tensors."""
+    op = "dequantize_packed"
+    _check_pack(op, qpacked, sz, rows, k, qpacked.device)
+    if dtype not in _HALF_TYPES:
+        raise PluginError(f"{op}: dtype must be float16 or bfloat16, got {dtype}")
+    out = torch.empty(rows, k, dtype=dtype, device=qpacked.device)
+    call("trtdsl_weight_only_dequantize_packed", qpacked.data_ptr(), sz.data_ptr(), int(sz.shape[3] == 4),
+         out.data_ptr(), rows, k, group_size, sz.shape[1], int(swiglu), _DTYPE_CODES[dtype], _stream(qpacked))
+    return out
+
+
+def int4_tile_gemm(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, k: int, group_size: int,
+                   swiglu: bool = False) -> torch.Tensor:
+    """``trtdsl.int4_tile_gemm`` on CUDA, ``x [..., k]`` fp16/bf16: up to ``PACKED_GEMV_MAX_M`` rows one
+    tile-16 GEMV, up to twice that two (each streams the weights: cheaper than dequantizing them), more rows
+    :func:`dequantize_packed` then cuBLAS (then SwiGLU, with ``swiglu``)."""
+    from .ops import swiglu as swiglu_op
+    x2 = _as_2d("int4_tile_gemm", x, k)
+    x2 = x2 if x2.data_ptr() % 16 == 0 else x2.clone()  # the kernels' 16-byte activation loads
+    m = x2.shape[0]
+    if m == 0:
+        return x.new_empty(*x.shape[:-1], n)
+    if m <= 2 * PACKED_GEMV_MAX_M:
+        parts = [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size, swiglu)
+                 for i in range(0, m, PACKED_GEMV_MAX_M)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+    else:
+        w = dequantize_packed(qpacked, sz, 2 * n if swiglu else n, k, group_size, x2.dtype, swiglu)
+        out = F.linear(x2, w)
+        out = swiglu_op(out) if swiglu else out
+    return out.view(*x.shape[:-1], n)
 
 
 def weight_only_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,

@@ -1,5 +1,6 @@
 """CUDA implementations of the quantized GEMM plugins (``trtdsl.weight_only_gemm``, ``trtdsl.fp8_gemm``,
-``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`), every input format included: weight-only
+``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`; and ``trtdsl.int4_tile_gemm``,
+:mod:`trtdsl.passes.int4_tile_gemm`), every input format included: weight-only
 with or without zeros, FP8 with a static or a dynamic (per-token) activation scale.
 
 ``register_cuda_implementations()`` sets ``get_plugin(name).implementations["cuda"]`` for the three, each
@@ -60,12 +61,24 @@ def _int8_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str,
     return int8_gemm(x, w, w_scale)
 
 
+def _int4_tile_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    from ...passes.int4_tile_gemm import int4_tile_gemm_reference
+    from .quant_ops import int4_tile_gemm
+    x, qpacked, sz = ins
+    if x.dtype not in _HALF:
+        return int4_tile_gemm_reference(ins, fields, hints)  # fp32 activations: no kernel
+    return int4_tile_gemm(x, qpacked, sz, int(fields["out_features"]), int(fields["in_features"]),
+                          int(fields["group_size"]), bool(fields["swiglu"]))
+
+
 def register_cuda_implementations() -> None:
     """Attach the quantized GEMM kernels to their plugins (idempotent)."""
     from ...quantization.plugins import FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM
     get_plugin(WEIGHT_ONLY_GEMM).implementations["cuda"] = _weight_only_cuda
     get_plugin(FP8_GEMM).implementations["cuda"] = _fp8_cuda
     get_plugin(INT8_GEMM).implementations["cuda"] = _int8_cuda
+    from ...passes.int4_tile_gemm import INT4_TILE_GEMM
+    get_plugin(INT4_TILE_GEMM).implementations["cuda"] = _int4_tile_cuda
     # fp8 activation fusion (fused_quant_ops.py): quantizing norm / SwiGLU kernels, and fp8_gemm on codes
     from .fused_quant_ops import register_fused_quant_implementations
     register_fused_quant_implementations(_fp8_cuda)

@@ -1,0 +1,231 @@
+// int4 weight-only decode GEMV (1..8 activation rows) on tensor cores over a PRE-SHUFFLED layout, the
+// "tile-16" format of trtdsl/quantization/int4_tiles.py (whose docstring is the format's spec):
+//
+//   qp [tiles][k / 128][2][32] 16-byte vectors: vector (tile, kb, h, lane = 4 g + t) holds weight row
+//      16 tile + 8 h + g; its word w is that row's canonical word at byte 64 kb + 16 w + 4 t, i.e. the
+//      8 codes of k = 128 kb + 32 w + 8 t + 0..7 in the canonical nibble order.
+//   sz [tiles][groups][8] of float4 {s[r], s[r + 8], z[r], z[r + 8]} (float2 {s[r], s[r + 8]} without
+//      zeros), r = 16 tile + g.
+//
+// Why (wo_gemv_tc1.cuh reads the canonical [n, k / 2] rows; docs/quant_kernels.md measured its L1/TEX
+// pipe 67-72 % busy): there a warp's 16-byte weight load touches 8 rows (8 lines for 512 bytes), its
+// activation load 2 lines for 64 bytes, and each row's scale and zero one line per 4 bytes, ~40 L1
+// wavefronts per 128-wide k block. Here a weight load is 512 contiguous bytes (4 lines), an activation
+// load 64 contiguous bytes (lane t's word w is k = 32 w + 8 t, the uint4 after lane t - 1's), and the
+// scales and zeros of the 16 rows one 128-byte line: 13 wavefronts per k block.
+// The same k permutation puts mma pair w on k = 32 w .. 32 w + 31 only, so group 64 (two groups per k
+// block: pairs 0-1 and 2-3) keeps exact codes in the mma and fp32 scaling, like group 128 does.
+//
+// Arithmetic is wo_gemv_tc1.cuh's (exact biased codes x activations in the mma, fp32 acc += s * p +
+// (z - bias * s) * sum(x)). SWIGLU (the pack interleaved gate and up: tile rows 0..7 = gate rows 8 tile
+// .., rows 8..15 = up rows 8 tile ..): the block writes silu(gate) * up of its 8 outputs instead, each
+// factor first rounded to T, which is what the GEMV's T output followed by swiglu.cuh computes.
+// Included only by src/wo_gemv_packed.cu.
+#pragma once
+#include "trtdsl/wo_gemv_tc.cuh"
+
+namespace trtdsl {
+
+template <bool ZP> struct PackedSz;
+template <> struct PackedSz<true> {
+  using type = float4;
+  __device__ static float s(const float4& v, int h) { return h ? v.y : v.x; }
+  __device__ static float z(const float4& v, int h) { return h ? v.w : v.z; }
+};
+template <> struct PackedSz<false> {
+  using type = float2;
+  __device__ static float s(const float2& v, int h) { return h ? v.y : v.x; }
+  __device__ static float z(const float2&, int) { return 0.f; }
+};
+
+// KW warps split the k blocks (interleaved: warp w takes blocks w, w + KW, ..; else contiguous runs),
+// U k blocks per step, two steps of loads in registers. GPB: groups per k block (1: group % 128 == 0 or
+// per channel, bpg = k blocks per group; 2: group 64).
+template <typename T, int MT, int KW, int U, bool INTERLEAVE, int GPB, bool ZP, bool SWIGLU>
+__global__ void __launch_bounds__(KW * 32)
+    wo_gemv_packed_kernel(const T* __restrict__ x, const uint4* __restrict__ qp,
+                          const typename PackedSz<ZP>::type* __restrict__ sz, T* __restrict__ out, int m, int n,
+                          int k, int num_groups, int bpg) {
+  static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
+  static_assert(GPB == 1 || GPB == 2, "group % 128 == 0 (or per channel) or group 64");
+  using Tr = TcTraits<T>;
+  using SZ = PackedSz<ZP>;
+  using FV = typename SZ::type;
+  constexpr float kBias = std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f;
+  constexpr int kStride = INTERLEAVE ? KW : 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int kbs = k >> 7, steps = kbs / U;
+  const int per = (steps + KW - 1) / KW;
+  const int first = INTERLEAVE ? warp : warp * per;
+  const int end = INTERLEAVE ? steps : min(steps, first + per);
+  const uint4* wt = qp + static_cast<int64_t>(blockIdx.x) * kbs * 64 + lane;  // + kb * 64 (+ 32: rows g + 8)
+  const FV* st_sz = sz + static_cast<int64_t>(blockIdx.x) * num_groups * 8 + g;  // + group * 8
+
+  // PDL (pdl.cuh): the first two steps' weights to L2 before the wait, one 128-byte line per lane.
+  if (lane < 8) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int st = first + i * kStride;
+      if (st < end) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          pdl_prefetch_l2(qp + static_cast<int64_t>(blockIdx.x) * kbs * 64 + (st * U + u) * 64 + lane * 8);
+        }
+      }
+    }
+  }
+  pdl_wait();
+  pdl_launch_dependents();
+
+  uint4 wa[2][U], wb[2][U];
+  FV sv[2][U][GPB];
+  auto load = [&](int slot, int st) {
+    if (st < end) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int kb = st * U + u;
+        wa[slot][u] = ld_stream(wt + kb * 64);
+        wb[slot][u] = ld_stream(wt + kb * 64 + 32);
+#pragma unroll
+        for (int gi = 0; gi < GPB; ++gi) sv[slot][u][gi] = __ldg(st_sz + (GPB == 2 ? 2 * kb + gi : kb / bpg) * 8);
+      }
+    }
+  };
+  load(0, first);
+  load(1, first + kStride);
+
+  constexpr int kCols = MT == 1 ? 1 : 2;
+  float acc[2][kCols] = {};
+  // lane t's activations of a k block: uint4 (8 values) w at 16 kb + 4 w + t, of activation row g (m == 1: 0)
+  const uint4* xv = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(MT == 1 ? 0 : min(g, m - 1)) * k) + t;
+  for (int s0i = first; s0i < end; s0i += 2 * kStride) {
+#pragma unroll
+    for (int slot = 0; slot < 2; ++slot) {
+      const int st = s0i + slot * kStride;
+      if (st >= end) break;  // uniform across the warp
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int kb = st * U + u;
+        uint32_t xb[4][4];
+#pragma unroll
+        for (int w = 0; w < 4; ++w) act_pairs(__ldg(xv + kb * 16 + 4 * w), xb[w]);
+#pragma unroll
+        for (int gi = 0; gi < GPB; ++gi) {
+          float p[4] = {0.f, 0.f, 0.f, 0.f}, xs[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+          for (int w = gi * (4 / GPB); w < (gi + 1) * (4 / GPB); ++w) {
+            uint32_t a[2][4];
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              a[0][q] = biased_code_pair<T>(word_of(wa[slot][u], w), q);
+              a[1][q] = biased_code_pair<T>(word_of(wb[slot][u], w), q);
+            }
+            Tr::mma(p, a[0][0], a[1][0], a[0][1], a[1][1], xb[w][0], xb[w][1]);
+            Tr::mma(p, a[0][2], a[1][2], a[0][3], a[1][3], xb[w][2], xb[w][3]);
+            Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][0], xb[w][1]);
+            Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][2], xb[w][3]);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float s = SZ::s(sv[slot][u][gi], h), zc = SZ::z(sv[slot][u][gi], h) - kBias * s;
+#pragma unroll
+            for (int c = 0; c < kCols; ++c) {
+              acc[h][c] = fmaf(p[2 * h + c], s, acc[h][c]);
+              acc[h][c] = fmaf(xs[2 * h + c], zc, acc[h][c]);
+            }
+          }
+        }
+      }
+      load(slot, st + 2 * kStride);
+    }
+  }
+  __shared__ float red[KW][MT][16];
+#pragma unroll
+  for (int c = 0; c < kCols; ++c) {
+    const int col = 2 * t + c;
+    if (col < MT) {
+      red[warp][col][g] = acc[0][c];
+      red[warp][col][g + 8] = acc[1][c];
+    }
+  }
+  __syncthreads();
+  constexpr int kOuts = SWIGLU ? 8 : 16;  // outputs per tile and activation row
+  for (int idx = threadIdx.x; idx < kOuts * m; idx += KW * 32) {
+    const int r = idx % kOuts, col = idx / kOuts;
+    const int row = blockIdx.x * kOuts + r;
+    if (row < n) {
+      float sum = 0.f;
+#pragma unroll
+      for (int w = 0; w < KW; ++w) sum += red[w][col][r];
+      if constexpr (SWIGLU) {
+        float up = 0.f;
+#pragma unroll
+        for (int w = 0; w < KW; ++w) up += red[w][col][r + 8];
+        const float gf = to_float(from_float<T>(sum));
+        sum = gf / (1.f + __expf(-gf)) * to_float(from_float<T>(up));
+      }
+      out[static_cast<int64_t>(col) * n + row] = from_float<T>(sum);
+    }
+  }
+}
+
+// Launch shapes {KW warps, U k blocks per step, interleaved}, the one-row kernel's 16..19 (wo_gemv_tc1.cuh):
+// 0 = {8, 1, yes}, 1 = {8, 1, no}, 2 = {8, 2, no}, 3 = {4, 2, no}, 4 = {4, 1, no}, 5 = {16, 1, no},
+// 6 = {16, 1, yes} (kWoPackedConfigs). 16 warps: a 4096-wide k is 2 k blocks per warp, all issued at once.
+
+template <typename T, int KW, int U, bool IL, int GPB, bool ZP, bool SW>
+inline int launch_wo_packed_shape(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
+                                  int num_groups, int bpg, int tiles, cudaStream_t stream) {
+  using FV = typename PackedSz<ZP>::type;
+  if ((k >> 7) % U) return kErrUnsupported;  // whole steps
+  const auto* q = static_cast<const uint4*>(qp);
+  const auto* s = static_cast<const FV*>(sz);
+  if (m == 1)
+    return launch_pdl(wo_gemv_packed_kernel<T, 1, KW, U, IL, GPB, ZP, SW>, dim3(tiles), dim3(KW * 32), 0, stream, x,
+                      q, s, out, m, n, k, num_groups, bpg);
+  return launch_pdl(wo_gemv_packed_kernel<T, 8, KW, U, IL, GPB, ZP, SW>, dim3(tiles), dim3(KW * 32), 0, stream, x, q,
+                    s, out, m, n, k, num_groups, bpg);
+}
+
+template <typename T, int GPB, bool ZP, bool SW>
+inline int launch_wo_packed_cfg(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
+                                int num_groups, int bpg, int tiles, int config, cudaStream_t stream) {
+#define TRTDSL_PACKED(KW, U, IL) \
+  return launch_wo_packed_shape<T, KW, U, IL, GPB, ZP, SW>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, stream)
+  switch (config) {
+    case 0: TRTDSL_PACKED(8, 1, true);
+    case 1: TRTDSL_PACKED(8, 1, false);
+    case 2: TRTDSL_PACKED(8, 2, false);
+    case 3: TRTDSL_PACKED(4, 2, false);
+    case 4: TRTDSL_PACKED(4, 1, false);
+    case 5: TRTDSL_PACKED(16, 1, false);
+    case 6: TRTDSL_PACKED(16, 1, true);
+    default: return kErrUnsupported;
+  }
+#undef TRTDSL_PACKED
+}
+
+// n: output columns (SwiGLU: the intermediate size, half the packed rows); group: 64, a multiple of 128,
+// or k (per channel). The C launcher (quant_gemm.cu) has checked pointers, alignment and sizes.
+template <typename T>
+int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros, T* out, int m, int n, int k,
+                          int group, int num_groups, bool swiglu, int config, cudaStream_t stream) {
+  const int rows = swiglu ? 2 * n : n;
+  const int tiles = (rows + 15) / 16;
+  const int gpb = group == 64 ? 2 : 1;
+  const int bpg = group / 128;  // k blocks per group (gpb == 1)
+#define TRTDSL_PACKED_SW(GPB, ZP)                                                                                   \
+  return swiglu ? launch_wo_packed_cfg<T, GPB, ZP, true>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, config, \
+                                                         stream)                                                  \
+                : launch_wo_packed_cfg<T, GPB, ZP, false>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, config, \
+                                                          stream)
+  if (gpb == 2) {
+    if (zeros) TRTDSL_PACKED_SW(2, true);
+    TRTDSL_PACKED_SW(2, false);
+  }
+  if (zeros) TRTDSL_PACKED_SW(1, true);
+  TRTDSL_PACKED_SW(1, false);
+#undef TRTDSL_PACKED_SW
+}
+
+}  // namespace trtdsl
