@@ -131,3 +131,16 @@ def test_builder_int4_awq_llama_packs_and_keeps_its_logits(tmp_path):
     assert torch.equal(outs["packed"]["output_ids"], outs["plain"]["output_ids"])
     torch.testing.assert_close(outs["packed"]["generation_logits"], outs["plain"]["generation_logits"],
                                rtol=0, atol=0)
+
+
+def test_tensorrt_plan_of_a_packed_gemm():
+    """The TensorRT lowering's plan (no TensorRT needed): one plugin, swiglu as an int attribute."""
+    from trtdsl.backends.tensorrt.plugins import plan_plugin
+    net = quantize_network(_mlp(), "int4_wo", group_size=64, progress=False)
+    optimize(net, fuse_swiglu=True)
+    gate_up, down = [la for la in net.layers if la.attrs.get("name") == INT4_TILE_GEMM]
+    plan = plan_plugin(gate_up)
+    assert plan.signature.qdp_name == "int4_tile_gemm" and plan.signature.inputs == ("x", "qpacked", "sz")
+    assert plan.attrs == {"out_features": 256, "in_features": 256, "group_size": 64, "swiglu": 1}
+    assert plan_plugin(down).attrs["swiglu"] == 0
+

@@ -11,8 +11,8 @@ A TensorRT Python plugin has a fixed list of inputs: ``tensorrt.plugin.register`
 and reads every input from a ``TensorDesc`` annotation, so there are no optional inputs. trtdsl
 plugins whose input list varies with the quantization format therefore get one TensorRT plugin per
 input list (:class:`PluginSignature`), chosen by :func:`plan_plugin` from the IR layer's arity:
-``trtdsl.weight_only_gemm`` with or without ``zeros``, ``trtdsl.fp8_gemm`` with or without
-``input_scale``, ``trtdsl.attention_quant_kv`` with or without ``k_bias`` (the mean key of
+``trtdsl.weight_only_gemm`` with or without ``zeros`` (its tile-16 form ``trtdsl.int4_tile_gemm`` has
+one), ``trtdsl.fp8_gemm`` with or without ``input_scale``, ``trtdsl.attention_quant_kv`` with or without ``k_bias`` (the mean key of
 ``kv_cache_center_k``: a network constant like ``kv_scales``, so a constant input of the plugin layer).
 
 The K/V cache is written in place: the attention plugins declare an extra output *aliased* to the
@@ -50,6 +50,9 @@ _ATTENTION_FIELDS: tuple[tuple[str, type, Any], ...] = (
 _QUANT_KV_FIELDS = _ATTENTION_FIELDS + (("k_rotation", str, "none"),)
 _WEIGHT_ONLY_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("bits", int, None), ("group_size", int, None), ("in_features", int, None))
+# trtdsl.int4_tile_gemm (trtdsl/passes/int4_tile_gemm.py): swiglu as 0 / 1.
+_INT4_TILE_FIELDS: tuple[tuple[str, type, Any], ...] = (
+    ("out_features", int, None), ("in_features", int, None), ("group_size", int, None), ("swiglu", int, 0))
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,9 @@ PLUGIN_LOWERINGS: dict[str, PluginLowering] = {
         ()),
     "trtdsl.int8_gemm": PluginLowering(
         (PluginSignature("int8_gemm", ("x", "weight", "weight_scale")),), ()),
+    # the tile-16 int4 layout, with the SwiGLU after gate_up fused in (swiglu = 1)
+    "trtdsl.int4_tile_gemm": PluginLowering(
+        (PluginSignature("int4_tile_gemm", ("x", "qpacked", "sz")),), _INT4_TILE_FIELDS),
 }
 
 
@@ -341,6 +347,23 @@ def _register_weight_only_gemm_zeros() -> None:
         run_plugin("trtdsl.weight_only_gemm", [x, qweight, scales, zeros], fields, outputs, stream)
 
 
+def _register_int4_tile_gemm() -> None:
+    """int4 weight-only in the tile-16 layout; ``out_features`` outputs (the SwiGLU's with ``swiglu``)."""
+    import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
+
+    @trtp.register(f"{NAMESPACE}::int4_tile_gemm")
+    def describe(x: D, qpacked: D, sz: D, out_features: int, in_features: int, group_size: int, swiglu: int) -> D:
+        return trtp.from_shape_expr((*list(x.shape_expr)[:-1], out_features), dtype=x.dtype)
+
+    @trtp.impl(f"{NAMESPACE}::int4_tile_gemm")
+    def run(x: T, qpacked: T, sz: T, out_features: int, in_features: int, group_size: int, swiglu: int,
+            outputs: tuple[T], stream: int) -> None:
+        fields = dict(out_features=out_features, in_features=in_features, group_size=group_size,
+                      swiglu=bool(swiglu))
+        run_plugin("trtdsl.int4_tile_gemm", [x, qpacked, sz], fields, outputs, stream)
+
+
 def _register_fp8_gemm() -> None:
     """FP8 with a static (calibrated) per-tensor activation scale."""
     import tensorrt.plugin as trtp
@@ -389,7 +412,7 @@ REGISTRARS: dict[str, Callable[[], None]] = {
     "weight_only_gemm": _register_weight_only_gemm,
     "weight_only_gemm_zeros": _register_weight_only_gemm_zeros,
     "fp8_gemm": _register_fp8_gemm, "fp8_gemm_dynamic": _register_fp8_gemm_dynamic,
-    "int8_gemm": _register_int8_gemm,
+    "int8_gemm": _register_int8_gemm, "int4_tile_gemm": _register_int4_tile_gemm,
 }
 
 
