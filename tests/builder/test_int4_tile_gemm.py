@@ -144,3 +144,17 @@ def test_tensorrt_plan_of_a_packed_gemm():
     assert plan.attrs == {"out_features": 256, "in_features": 256, "group_size": 64, "swiglu": 1}
     assert plan_plugin(down).attrs["swiglu"] == 0
 
+
+
+def test_half_scales_quantize_onto_float16_values_and_pack_bit_for_bit():
+    quantized = quantize_network(_mlp(), "int4_wo", group_size=64, half_scales=True, progress=False)
+    scales = [la.attrs["value"] for la in quantized.layers
+              if la.kind is LayerKind.CONSTANT and la.outputs[0].name.endswith((".scales", ".zeros"))]
+    assert len(scales) == 4 and all(torch.equal(s.half().float(), s) for s in scales)
+    assert quantized.metadata["quantization"]["half_scales"] is True
+    canonical, packed = clone_network(quantized), clone_network(quantized)
+    optimize(canonical, fuse_swiglu=True, pack_int4=False)
+    optimize(packed, fuse_swiglu=True)
+    x = torch.randn(5, 256)
+    torch.testing.assert_close(TorchExecutor(packed).run({"x": x})["y"], TorchExecutor(canonical).run({"x": x})["y"],
+                               rtol=0, atol=0)

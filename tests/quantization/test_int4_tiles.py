@@ -97,3 +97,22 @@ def test_errors_name_the_problem():
     qp, sz = pack_int4_tiles(q, s, z, 64)
     with pytest.raises(ConfigError, match="n=40"):
         unpack_int4_tiles(qp, sz, 40)
+
+
+def test_half_scales_is_a_weight_only_option():
+    from trtdsl.quantization import QuantConfig
+    with pytest.raises(ConfigError, match="half_scales applies to the weight-only modes"):
+        QuantConfig(mode="fp8", half_scales=True)
+    assert QuantConfig(mode="int4_awq", half_scales=True).half_scales
+
+
+def test_half_grid_rounds_to_float16_values_and_names_overflow():
+    from trtdsl.quantization.numerics import half_grid
+    s = torch.tensor([[0.1, 1e-9, 0.0], [3.0, 1e-3, 7.0]])
+    z = torch.tensor([[-0.3, 0.0, 1.0], [2.5, -1e-4, 0.2]])
+    hs, hz = half_grid(s, z)
+    assert hs.dtype == torch.float32 and torch.equal(hs.half().float(), hs) and torch.equal(hz.half().float(), hz)
+    assert hs[0, 1].item() == 2.0 ** -24 and hs[0, 2].item() == 0.0  # tiny scales: the smallest subnormal
+    assert torch.equal(hz, z.half().float())
+    with pytest.raises(ConfigError, match="qkv has scales outside float16"):
+        half_grid(torch.tensor([[7e4]]), None, "qkv")

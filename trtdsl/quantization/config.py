@@ -130,6 +130,12 @@ class QuantConfig:
         awq_clip_two_sided: after AWQ's clip search (one shrink factor for both ends of a group's
             range), search the upper end's factor, then the lower end's, separately (asymmetric
             format only; 3x the clip search's time).
+        half_scales: weight-only modes: round every group's scale (and zero) to a float16 value at
+            the end of the weight's quantization (stored float32 as before, so every kernel and the
+            references run it unchanged), so that a decode GEMV may read them as float16 without
+            changing a value (a group-64 int4 row would read 36 bytes per 64 weights instead of 40).
+            The codes are kept (a rounded scale moves a weight by under 0.5 % of a quantization
+            step); a scale or zero beyond float16's range is an error.
         group_size_overrides: ``((glob, group_size), ...)``: weight-only GEMMs matching a glob (as
             ``exclude`` matches: layer name, module path or weight name; for GEMMs sharing an input,
             any of them) use that group size instead of ``group_size``, the first match winning
@@ -178,6 +184,7 @@ class QuantConfig:
     awq_tie_gqa: bool = True
     grid_refit: int = 0
     awq_clip_two_sided: bool = False
+    half_scales: bool = False
     group_size_overrides: tuple[tuple[str, int], ...] = ()
     float_fraction: float = 0.0
     sensitivity_steps: int = 4
@@ -239,6 +246,9 @@ class QuantConfig:
             problems.append(f"gptq_damp {self.gptq_damp} must lie in (0, 10]")
         if not self.gptq_static_groups and self.group_size == 0:
             problems.append("gptq_static_groups=False needs group_size > 0 (per-group scales)")
+        if self.half_scales and self.mode not in ("int8_wo", "int4_wo", "int4_awq") and not modes:
+            problems.append(f"half_scales applies to the weight-only modes (or mode_overrides), not mode "
+                            f"{self.mode!r}")
         if self.grid_refit < 0 or (self.grid_refit and self.mode not in ("int8_wo", "int4_wo", "int4_awq")):
             problems.append(f"grid_refit {self.grid_refit} must be >= 0 and applies to the weight-only "
                             f"modes, not mode {self.mode!r}")

@@ -25,7 +25,7 @@ __all__ = ["FP8_MAX", "INT8_MAX", "INT4_MAX", "pack_int4", "unpack_int4", "num_g
            "quantize_fp8", "awq_search_scales", "awq_search_clip", "smoothquant_scales",
            "quantize_per_token_int8", "quantize_weight_asym", "quantize_per_token_fp8",
            "quantize_per_token_group_fp8", "tie_channels", "gqa_tie", "round_to_grid",
-           "lowrank_block_chunks", "compact_block_basis", "expand_block_basis"]
+           "lowrank_block_chunks", "compact_block_basis", "expand_block_basis", "half_grid"]
 
 FP8_MAX = 448.0  # largest finite e4m3 value
 INT8_MAX = 127
@@ -350,3 +350,21 @@ def expand_block_basis(compact: torch.Tensor, blocks: int) -> torch.Tensor:
     for b, (start, end) in enumerate(lowrank_block_chunks(k, blocks)):
         basis[start:end, b * r: (b + 1) * r] = compact[start:end]
     return basis
+
+
+def half_grid(scales: torch.Tensor, zeros: torch.Tensor | None, what: str = "weight"
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``scales`` (and ``zeros``) rounded to float16 values, kept float32 (``QuantConfig.half_scales``).
+    A positive scale below float16's smallest subnormal (6e-8: a group whose whole range is about 1e-6)
+    becomes that subnormal; a value beyond 65504 is a :class:`ConfigError` naming ``what``.
+
+    >>> half_grid(torch.tensor([0.1, 1e-9]), None)[0].tolist() == [torch.tensor(0.1).half().item(), 2 ** -24]
+    True
+    """
+    for name, t in (("scales", scales), ("zeros", zeros)):
+        if t is not None and not torch.isfinite(t.to(torch.float16)).all():
+            raise ConfigError(f"half_scales: {what} has {name} outside float16's range "
+                              f"([{float(t.min()):.3g}, {float(t.max()):.3g}]); turn half_scales off")
+    tiny = torch.tensor(2.0 ** -24, dtype=torch.float32, device=scales.device)  # float16's smallest subnormal
+    s = torch.where((scales > 0) & (scales < tiny), tiny, scales).to(torch.float16).float()
+    return s, None if zeros is None else zeros.to(torch.float16).float()

@@ -200,6 +200,8 @@ def _weight_only(net: Network, site: GemmSite, x: Tensor, w: torch.Tensor, bits:
                                  grid=(sc, z))[0]
         codes, scales, zeros = gptq.refine_grid(w, hessian, codes, scales, zeros, group_size,
                                                 cfg.grid_refit, reround)
+    if cfg.half_scales:
+        scales, zeros = nq.half_grid(scales, zeros, site.describe())
     if zeros is not None:
         consts.append(("zeros", zeros, DType.float32))
     qweight = (nq.pack_int4(codes), DType.int4) if bits == 4 else (codes, DType.int8)
