@@ -48,7 +48,6 @@ __global__ void __launch_bounds__(KW * 32)
                           int k, int num_groups, int bpg) {
   static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
   static_assert(GPB == 1 || GPB == 2, "group % 128 == 0 (or per channel) or group 64");
-  using Tr = TcTraits<T>;
   using SZ = PackedSz<ZP>;
   using FV = typename SZ::type;
   constexpr float kBias = std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f;
@@ -113,18 +112,8 @@ __global__ void __launch_bounds__(KW * 32)
         for (int gi = 0; gi < GPB; ++gi) {
           float p[4] = {0.f, 0.f, 0.f, 0.f}, xs[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-          for (int w = gi * (4 / GPB); w < (gi + 1) * (4 / GPB); ++w) {
-            uint32_t a[2][4];
-#pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              a[0][q] = biased_code_pair<T>(word_of(wa[slot][u], w), q);
-              a[1][q] = biased_code_pair<T>(word_of(wb[slot][u], w), q);
-            }
-            Tr::mma(p, a[0][0], a[1][0], a[0][1], a[1][1], xb[w][0], xb[w][1]);
-            Tr::mma(p, a[0][2], a[1][2], a[0][3], a[1][3], xb[w][2], xb[w][3]);
-            Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][0], xb[w][1]);
-            Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][2], xb[w][3]);
-          }
+          for (int w = gi * (4 / GPB); w < (gi + 1) * (4 / GPB); ++w)
+            tc1_word_mma<T>(p, xs, word_of(wa[slot][u], w), word_of(wb[slot][u], w), xb[w]);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const float s = SZ::s(sv[slot][u][gi], h), zc = SZ::z(sv[slot][u][gi], h) - kBias * s;
@@ -140,14 +129,7 @@ __global__ void __launch_bounds__(KW * 32)
     }
   }
   __shared__ float red[KW][MT][16];
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) {
-    const int col = 2 * t + c;
-    if (col < MT) {
-      red[warp][col][g] = acc[0][c];
-      red[warp][col][g + 8] = acc[1][c];
-    }
-  }
+  tc1_stash<KW, MT, kCols>(red, acc, warp, g, t);
   __syncthreads();
   constexpr int kOuts = SWIGLU ? 8 : 16;  // outputs per tile and activation row
   for (int idx = threadIdx.x; idx < kOuts * m; idx += KW * 32) {

@@ -82,6 +82,40 @@ __device__ __forceinline__ void act_pairs(const uint4& v, uint32_t (&p)[4]) {
   p[3] = __byte_perm(v.y, v.w, 0x7632);
 }
 
+// The one-row kernels' step for one 32-bit word of weight rows g (wa) and g + 8 (wb) against that word's
+// 4 activation pairs xb (wo_gemv_tc1.cuh, wo_gemv_packed.cuh): p += biased codes x activations, xs +=
+// activations (an all-ones A), two mmas each.
+template <typename T>
+__device__ __forceinline__ void tc1_word_mma(float (&p)[4], float (&xs)[4], uint32_t wa, uint32_t wb,
+                                             const uint32_t (&xb)[4]) {
+  using Tr = TcTraits<T>;
+  uint32_t a[2][4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    a[0][q] = biased_code_pair<T>(wa, q);
+    a[1][q] = biased_code_pair<T>(wb, q);
+  }
+  Tr::mma(p, a[0][0], a[1][0], a[0][1], a[1][1], xb[0], xb[1]);
+  Tr::mma(p, a[0][2], a[1][2], a[0][3], a[1][3], xb[2], xb[3]);
+  Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[0], xb[1]);
+  Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[2], xb[3]);
+}
+
+// A warp's C fragments (lane (g, t): weight rows g / g + 8 of activation rows 2 t (+ 1 when COLS == 2))
+// into red[warp][activation row][weight row] for the block's reduction over its KW warps.
+template <int KW, int MT, int COLS>
+__device__ __forceinline__ void tc1_stash(float (&red)[KW][MT][16], const float (&acc)[2][COLS], int warp, int g,
+                                          int t) {
+#pragma unroll
+  for (int c = 0; c < COLS; ++c) {
+    const int col = 2 * t + c;
+    if (col < MT) {
+      red[warp][col][g] = acc[0][c];
+      red[warp][col][g + 8] = acc[1][c];
+    }
+  }
+}
+
 // Block: KW warps, NT tiles of 16 weight rows; NB activation tiles of 8 rows (m <= 8: 1, else 2).
 // Warp w takes U consecutive k blocks at a time (k blocks w*U.., then + KW*U), all U * NT * 2
 // weight vectors of a step issued before any math. Rows past n / m are clamped reads, never stored;

@@ -46,7 +46,6 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restric
                                                               const float* __restrict__ zeros, T* __restrict__ out,
                                                               int m, int n, int k, int num_groups) {
   static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
-  using Tr = TcTraits<T>;
   using FV = typename F32Vec<U>::type;
   constexpr float kBias = std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f;
   constexpr int kStride = INTERLEAVE ? KW : 1;  // distance between a warp's consecutive steps
@@ -118,18 +117,7 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restric
         for (int w = 0; w < 4; ++w) act_pairs(__ldg(xv + bb * 16 + w), xb[w]);
         float p[4] = {0.f, 0.f, 0.f, 0.f}, xs[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          uint32_t a[2][4];
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            a[0][q] = biased_code_pair<T>(word_of(wa[slot][u], w), q);
-            a[1][q] = biased_code_pair<T>(word_of(wb[slot][u], w), q);
-          }
-          Tr::mma(p, a[0][0], a[1][0], a[0][1], a[1][1], xb[w][0], xb[w][1]);
-          Tr::mma(p, a[0][2], a[1][2], a[0][3], a[1][3], xb[w][2], xb[w][3]);
-          Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][0], xb[w][1]);
-          Tr::mma(xs, Tr::kOne, Tr::kOne, Tr::kOne, Tr::kOne, xb[w][2], xb[w][3]);
-        }
+        for (int w = 0; w < 4; ++w) tc1_word_mma<T>(p, xs, word_of(wa[slot][u], w), word_of(wb[slot][u], w), xb[w]);
         // C fragment: [0], [1] = weight row g, activation rows 2t, 2t + 1; [2], [3] = row g + 8.
         const float sc[2] = {lane_of<U>(sa[slot], u), lane_of<U>(sb[slot], u)};
         const float zc[2] = {ZP ? lane_of<U>(za[slot], u) : 0.f, ZP ? lane_of<U>(zb[slot], u) : 0.f};
@@ -145,14 +133,7 @@ __global__ void __launch_bounds__(KW * 32) wo_gemv_tc1_kernel(const T* __restric
     }
   }
   __shared__ float red[KW][MT][16];
-#pragma unroll
-  for (int c = 0; c < kCols; ++c) {
-    const int col = 2 * t + c;
-    if (col < MT) {
-      red[warp][col][g] = acc[0][c];
-      red[warp][col][g + 8] = acc[1][c];
-    }
-  }
+  tc1_stash<KW, MT, kCols>(red, acc, warp, g, t);
   __syncthreads();
   for (int idx = threadIdx.x; idx < 16 * m; idx += KW * 32) {
     const int r = idx % 16, col = idx / 16;
