@@ -37,7 +37,7 @@ from ..ir.symbolic import dim_equal
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization.graph import constant_source
 from ..quantization.int4_tiles import TILE_ROWS, int4_tiles_supported, pack_int4_tiles, unpack_int4_tiles
-from ..quantization.plugins import WEIGHT_ONLY_GEMM, weight_only_gemm_reference
+from ..quantization.plugins import WEIGHT_ONLY_GEMM, check_plugin, weight_only_gemm_reference
 from . import fused_plugins
 from .dce import eliminate_dead_code
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
@@ -54,9 +54,7 @@ def _rows(fields: dict) -> int:
 
 
 def _check(cond: bool, problem: str, ins: list, kind: type = ShapeError) -> None:
-    if not cond:
-        got = ", ".join(f"{t.name!r}: {t.dtype.value}{tuple(t.shape)}" for t in ins)
-        raise kind(f"{INT4_TILE_GEMM}: {problem} (inputs: {got})")
+    check_plugin(cond, INT4_TILE_GEMM, problem, ins, kind)
 
 
 def _shape(ins: list, fields: dict) -> list:
