@@ -36,7 +36,7 @@ from ..ir.network import Layer, LayerKind, Network
 from ..ir.symbolic import dim_equal
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization.graph import constant_source
-from ..quantization.int4_tiles import TILE_ROWS, int4_tiles_supported, pack_int4_tiles, unpack_int4_tiles
+from ..quantization.int4_tiles import int4_tiles_supported, pack_int4_tiles, packed_shapes, unpack_int4_tiles
 from ..quantization.plugins import WEIGHT_ONLY_GEMM, check_plugin, weight_only_gemm_reference
 from . import fused_plugins
 from .dce import eliminate_dead_code
@@ -61,16 +61,15 @@ def _shape(ins: list, fields: dict) -> list:
     _check(len(ins) == 3, f"expects 3 inputs (x, qpacked, sz), got {len(ins)}", ins)
     x, qp, sz = ins
     k, group = int(fields["in_features"]), int(fields["group_size"])
-    tiles = -(-_rows(fields) // TILE_ROWS)
-    groups = 1 if group == 0 else k // group
+    q_shape, sz_shape = packed_shapes(_rows(fields), k, 1 if group == 0 else k // group)
     _check(x.dtype in _FLOAT, f"x must be float32/float16/bfloat16, got {x.dtype.value}", ins, DTypeError)
     _check(qp.dtype is DType.int8 and sz.dtype is DType.float32, "qpacked must be int8 bytes and sz float32",
            ins, DTypeError)
     _check(x.ndim >= 1 and dim_equal(x.shape[-1], k), f"x must be [..., {k}]", ins)
     _check(int4_tiles_supported(k, group), f"in_features {k} / group_size {group} are not a tile-16 shape", ins)
-    _check(tuple(qp.shape) == (tiles, k // 128, 1024), f"qpacked must be [{tiles}, {k // 128}, 1024]", ins)
-    _check(tuple(sz.shape[:3]) == (tiles, groups, 8) and sz.shape[3] in (2, 4),
-           f"sz must be [{tiles}, {groups}, 8, 2 | 4]", ins)
+    _check(tuple(qp.shape) == q_shape, f"qpacked must be {list(q_shape)}", ins)
+    _check(tuple(sz.shape[:3]) == sz_shape and sz.shape[3] in (2, 4),
+           f"sz must be [{sz_shape[0]}, {sz_shape[1]}, 8, 2 | 4]", ins)
     return [(x.dtype, tuple(x.shape[:-1]) + (int(fields["out_features"]),))]
 
 

@@ -34,7 +34,8 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["TILE_ROWS", "K_BLOCK", "pack_int4_tiles", "unpack_int4_tiles", "int4_tiles_supported"]
+__all__ = ["TILE_ROWS", "K_BLOCK", "pack_int4_tiles", "unpack_int4_tiles", "int4_tiles_supported", "num_tiles",
+           "packed_shapes"]
 
 TILE_ROWS = 16  # weight rows per tile: the mma's M
 K_BLOCK = 128  # inputs per k block: 32 lanes x 32 codes / 8 rows
@@ -46,6 +47,18 @@ def int4_tiles_supported(in_features: int, group_size: int) -> bool:
     if in_features <= 0 or in_features % K_BLOCK:
         return False
     return group_size in (0, 64) or (group_size % K_BLOCK == 0 and in_features % group_size == 0)
+
+
+def num_tiles(rows: int) -> int:
+    """Tiles of a pack of ``rows`` weight rows (the last one padded)."""
+    return -(-rows // TILE_ROWS)
+
+
+def packed_shapes(rows: int, k: int, groups: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Shapes of a pack of ``rows`` weight rows, ``k`` inputs and ``groups`` groups: ``qpacked``'s, and
+    ``sz``'s without its last dim (4 with zeros, 2 without)."""
+    tiles = num_tiles(rows)
+    return (tiles, k // K_BLOCK, 1024), (tiles, groups, 8)
 
 
 def _swiglu_rows(n: int) -> torch.Tensor:
@@ -78,7 +91,7 @@ def pack_int4_tiles(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
         order = _swiglu_rows(n).to(qweight.device)
         qweight, scales = qweight[order], scales[order]
         zeros = None if zeros is None else zeros[order]
-    tiles = -(-n // TILE_ROWS)
+    tiles = num_tiles(n)
     pad = tiles * TILE_ROWS - n
 
     def padded(t: torch.Tensor) -> torch.Tensor:

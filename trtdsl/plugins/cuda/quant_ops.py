@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from trtdsl.errors import PluginError
+from trtdsl.quantization.int4_tiles import packed_shapes
 
 from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
@@ -304,12 +305,12 @@ def _check_pack(op: str, qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: 
                 device: torch.device) -> None:
     _check(op, "qpacked", qpacked, device, (torch.int8,), ndim=3)
     _check(op, "sz", sz, device, (torch.float32,), ndim=4)
-    tiles = -(-rows // 16)
-    if tuple(qpacked.shape) != (tiles, k // 128, 1024) or k % 128:
-        raise PluginError(f"{op}: qpacked must be [{tiles}, k / 128, 1024] for {rows} rows and k % 128 == 0; "
+    q_shape, sz_shape = packed_shapes(rows, k, sz.shape[1])
+    if tuple(qpacked.shape) != q_shape or k % 128:
+        raise PluginError(f"{op}: qpacked must be [{q_shape[0]}, k / 128, 1024] for {rows} rows and k % 128 == 0; "
                           f"got {tuple(qpacked.shape)} for k = {k}")
-    if sz.shape[0] != tiles or sz.shape[2] != 8 or sz.shape[3] not in (2, 4):
-        raise PluginError(f"{op}: sz must be [{tiles}, groups, 8, 2 | 4], got {tuple(sz.shape)}")
+    if tuple(sz.shape[:3]) != sz_shape or sz.shape[3] not in (2, 4):
+        raise PluginError(f"{op}: sz must be [{q_shape[0]}, groups, 8, 2 | 4], got {tuple(sz.shape)}")
 
 
 def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, group_size: int,
