@@ -186,6 +186,7 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
     None), ``fp8:center=norm`` = fp8 with the norms' outputs centered (``fp8_center_inputs``),
     ``fp8:center=norm+swiglu:lowrank=4`` = with the low-rank branch (``fp8_lowrank``; a random basis),
     ``...:blocks=8x1`` = the SwiGLU outputs' basis block-diagonal, 8 chunks of rank 1 (``fp8_lowrank_blocks``);
+    ``int4_awq:g64:head:half`` = with float16-valued scales and zeros (``half_scales``);
     the group size defaults to 128. (``OurEngine`` also takes ``:canonical``: int4 GEMMs without the tile-16
     repacking, for A/B runs.)"""
     mode, *flags = spec.split(":")
@@ -207,9 +208,11 @@ def parse_quant_spec(spec: str) -> tuple[str, dict[str, Any]]:
             options["fp8_lowrank_blocks"], options["fp8_lowrank_block_rank"] = int(blocks), int(rank)
         elif re.fullmatch(r"g\d+", flag):
             options["group_size"] = int(flag[1:])
+        elif flag == "half":
+            options["half_scales"] = True
         else:
             raise SystemExit(f"quantization spec {spec!r}: unknown flag {flag!r} (use gN, head, head=MODE, kv=DTYPE, "
-                             f"center=norm|norm+swiglu|all, lowrank=R or blocks=SxR)")
+                             f"center=norm|norm+swiglu|all, lowrank=R, blocks=SxR or half)")
     return mode, options
 
 

@@ -77,8 +77,8 @@ extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const
                                     dtype, stream);
 }
 
-extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const float* sz, int has_zeros,
-                                              void* out, int64_t m, int64_t n, int64_t k, int group_size,
+extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const void* sz, int has_zeros,
+                                              int sz_half, void* out, int64_t m, int64_t n, int64_t k, int group_size,
                                               int num_groups, int swiglu, int config, int dtype,
                                               cudaStream_t stream) {
   if (!x || !qpacked || !sz || !out) return kErrNullPointer;
@@ -87,14 +87,20 @@ extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked
     return kErrShape;
   if (group_size != 64 && group_size % 128) return kErrUnsupported;
   if (config < 0 || config >= kWoPackedConfigs) return kErrUnsupported;
-  if (!aligned16(x) || !aligned16(qpacked) || reinterpret_cast<uintptr_t>(sz) % (has_zeros ? 16 : 8))
-    return kErrUnsupported;
+  const uintptr_t sz_align = (has_zeros ? 16 : 8) / (sz_half ? 2 : 1);  // one row pair's vector of a group
+  if (!aligned16(x) || !aligned16(qpacked) || reinterpret_cast<uintptr_t>(sz) % sz_align) return kErrUnsupported;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-#define TRTDSL_PACKED(T)                                                                                           \
-  return launch_wo_gemv_packed<T>(static_cast<const T*>(x), qpacked, sz, has_zeros != 0, static_cast<T*>(out), mi, \
-                                  ni, ki, group_size, num_groups, swiglu != 0, config, stream)
-  if (dtype == kFloat16) TRTDSL_PACKED(__half);
-  if (dtype == kBFloat16) TRTDSL_PACKED(__nv_bfloat16);
+#define TRTDSL_PACKED(T, S)                                                                                         \
+  return launch_wo_gemv_packed<T, S>(static_cast<const T*>(x), qpacked, sz, has_zeros != 0, static_cast<T*>(out), \
+                                     mi, ni, ki, group_size, num_groups, swiglu != 0, config, stream)
+  if (dtype == kFloat16) {
+    if (sz_half) TRTDSL_PACKED(__half, __half);
+    TRTDSL_PACKED(__half, float);
+  }
+  if (dtype == kBFloat16) {
+    if (sz_half) TRTDSL_PACKED(__nv_bfloat16, __half);
+    TRTDSL_PACKED(__nv_bfloat16, float);
+  }
 #undef TRTDSL_PACKED
   return kErrDtype;
 }

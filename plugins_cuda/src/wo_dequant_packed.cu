@@ -5,9 +5,9 @@
 
 using namespace trtdsl;
 
-extern "C" int trtdsl_weight_only_dequantize_packed(const void* qpacked, const float* sz, int has_zeros, void* out,
-                                                    int64_t rows, int64_t k, int group_size, int num_groups,
-                                                    int swiglu, int dtype, cudaStream_t stream) {
+extern "C" int trtdsl_weight_only_dequantize_packed(const void* qpacked, const void* sz, int has_zeros, int sz_half,
+                                                    void* out, int64_t rows, int64_t k, int group_size,
+                                                    int num_groups, int swiglu, int dtype, cudaStream_t stream) {
   if (!qpacked || !sz || !out) return kErrNullPointer;
   if (rows < 1 || rows > 0x7fffffff || k < 128 || k > 0x7fffffff || k % 128 || (swiglu && rows % 16))
     return kErrShape;
@@ -16,11 +16,13 @@ extern "C" int trtdsl_weight_only_dequantize_packed(const void* qpacked, const f
     return kErrShape;
   if (!aligned16(qpacked) || !aligned16(out)) return kErrUnsupported;
   const int r = static_cast<int>(rows), ki = static_cast<int>(k);
-  if (dtype == kFloat16)
-    return launch_wo_dequant_packed<__half>(qpacked, sz, has_zeros, static_cast<__half*>(out), r, ki, group_size,
-                                            num_groups, swiglu, stream);
-  if (dtype == kBFloat16)
-    return launch_wo_dequant_packed<__nv_bfloat16>(qpacked, sz, has_zeros, static_cast<__nv_bfloat16*>(out), r, ki,
-                                                   group_size, num_groups, swiglu, stream);
+#define TRTDSL_DQP(T)                                                                                            \
+  return sz_half ? launch_wo_dequant_packed<T, __half>(qpacked, sz, has_zeros, static_cast<T*>(out), r, ki,     \
+                                                       group_size, num_groups, swiglu, stream)                  \
+                 : launch_wo_dequant_packed<T, float>(qpacked, sz, has_zeros, static_cast<T*>(out), r, ki,      \
+                                                      group_size, num_groups, swiglu, stream)
+  if (dtype == kFloat16) TRTDSL_DQP(__half);
+  if (dtype == kBFloat16) TRTDSL_DQP(__nv_bfloat16);
+#undef TRTDSL_DQP
   return kErrDtype;
 }

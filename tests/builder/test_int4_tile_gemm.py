@@ -145,16 +145,21 @@ def test_tensorrt_plan_of_a_packed_gemm():
     assert plan_plugin(down).attrs["swiglu"] == 0
 
 
-
-def test_half_scales_quantize_onto_float16_values_and_pack_bit_for_bit():
+def test_half_scales_pack_float16_and_stay_bit_for_bit():
+    from trtdsl.quantization.int4_tiles import is_half_exact
     quantized = quantize_network(_mlp(), "int4_wo", group_size=64, half_scales=True, progress=False)
     scales = [la.attrs["value"] for la in quantized.layers
               if la.kind is LayerKind.CONSTANT and la.outputs[0].name.endswith((".scales", ".zeros"))]
-    assert len(scales) == 4 and all(torch.equal(s.half().float(), s) for s in scales)
-    assert quantized.metadata["quantization"]["half_scales"] is True
+    assert len(scales) == 4 and is_half_exact(*scales)
     canonical, packed = clone_network(quantized), clone_network(quantized)
     optimize(canonical, fuse_swiglu=True, pack_int4=False)
     optimize(packed, fuse_swiglu=True)
+    sz = [la.outputs[0] for la in packed.layers if la.kind is LayerKind.CONSTANT and "scales.tiles" in la.outputs[0].name]
+    assert len(sz) == 2 and all(t.dtype.value == "float16" for t in sz)
     x = torch.randn(5, 256)
     torch.testing.assert_close(TorchExecutor(packed).run({"x": x})["y"], TorchExecutor(canonical).run({"x": x})["y"],
                                rtol=0, atol=0)
+    plain = quantize_network(_mlp(), "int4_wo", group_size=64, progress=False)
+    optimize(plain, fuse_swiglu=True)
+    assert all(la.outputs[0].dtype.value == "float32" for la in plain.layers
+               if la.kind is LayerKind.CONSTANT and "scales.tiles" in la.outputs[0].name)

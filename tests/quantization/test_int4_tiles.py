@@ -99,6 +99,20 @@ def test_errors_name_the_problem():
         unpack_int4_tiles(qp, sz, 40)
 
 
+def test_half_pack_is_exact_for_half_valued_scales_and_refuses_others():
+    from trtdsl.quantization.numerics import half_grid
+    _, q, s, z = _canonical(32, 256, 64)
+    with pytest.raises(ConfigError, match="float16 values"):
+        pack_int4_tiles(q, s, z, 64, half=True)
+    hs, hz = half_grid(s, z)
+    qp, sz = pack_int4_tiles(q, hs, hz, 64, swiglu=True, half=True)
+    assert sz.dtype == torch.float16 and sz.shape == (2, 4, 8, 4)
+    assert sz[1, 2, 5].float().tolist() == [hs[8 + 5, 2].item(), hs[16 + 8 + 5, 2].item(),
+                                            hz[8 + 5, 2].item(), hz[16 + 8 + 5, 2].item()]
+    q2, s2, z2 = unpack_int4_tiles(qp, sz, 32, swiglu=True)
+    assert s2.dtype == torch.float32 and torch.equal(q2, q) and torch.equal(s2, hs) and torch.equal(z2, hz)
+
+
 def test_half_scales_is_a_weight_only_option():
     from trtdsl.quantization import QuantConfig
     with pytest.raises(ConfigError, match="half_scales applies to the weight-only modes"):

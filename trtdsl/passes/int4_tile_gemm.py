@@ -5,15 +5,16 @@ are constants (and whose shape the layout takes: ``in_features % 128 == 0``, gro
 or per channel) into one ``trtdsl.int4_tile_gemm`` layer reading the same weights repacked by
 :func:`trtdsl.quantization.int4_tiles.pack_int4_tiles` (a permutation: no value changes). When the GEMM's
 only reader is a ``trtdsl.swiglu`` (the MLP's gate_up), the pack interleaves gate and up rows and the
-layer writes the SwiGLU's output itself (field ``swiglu``).
+layer writes the SwiGLU's output itself (field ``swiglu``). Scales and zeros that are float16 values
+(``QuantConfig.half_scales``) are packed as float16.
 
 =============================  ===================================================  ====================
 plugin                         inputs                                               fields
 =============================  ===================================================  ====================
 ``trtdsl.int4_tile_gemm``      ``x [..., k]`` float, ``qpacked`` int8 (bytes)       ``out_features``,
-                               ``[tiles, k / 128, 1024]``, ``sz`` float32           ``in_features``,
-                               ``[tiles, groups, 8, 4]`` (zeros) or ``[.., 2]``     ``group_size``,
-                                                                                    ``swiglu``
+                               ``[tiles, k / 128, 1024]``, ``sz`` float32 or        ``in_features``,
+                               float16 ``[tiles, groups, 8, 4]`` (zeros) or         ``group_size``,
+                               ``[.., 2]``                                          ``swiglu``
 =============================  ===================================================  ====================
 
 Output ``x.shape[:-1] + (out_features,)`` in x's dtype. The reference unpacks to the canonical tensors
@@ -36,7 +37,8 @@ from ..ir.network import Layer, LayerKind, Network
 from ..ir.symbolic import dim_equal
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
 from ..quantization.graph import constant_source
-from ..quantization.int4_tiles import int4_tiles_supported, pack_int4_tiles, packed_shapes, unpack_int4_tiles
+from ..quantization.int4_tiles import (int4_tiles_supported, is_half_exact, pack_int4_tiles, packed_shapes,
+                                       unpack_int4_tiles)
 from ..quantization.plugins import WEIGHT_ONLY_GEMM, check_plugin, weight_only_gemm_reference
 from . import fused_plugins
 from .dce import eliminate_dead_code
@@ -63,8 +65,8 @@ def _shape(ins: list, fields: dict) -> list:
     k, group = int(fields["in_features"]), int(fields["group_size"])
     q_shape, sz_shape = packed_shapes(_rows(fields), k, 1 if group == 0 else k // group)
     _check(x.dtype in _FLOAT, f"x must be float32/float16/bfloat16, got {x.dtype.value}", ins, DTypeError)
-    _check(qp.dtype is DType.int8 and sz.dtype is DType.float32, "qpacked must be int8 bytes and sz float32",
-           ins, DTypeError)
+    _check(qp.dtype is DType.int8 and sz.dtype in (DType.float32, DType.float16),
+           "qpacked must be int8 bytes and sz float32 or float16", ins, DTypeError)
     _check(x.ndim >= 1 and dim_equal(x.shape[-1], k), f"x must be [..., {k}]", ins)
     _check(int4_tiles_supported(k, group), f"in_features {k} / group_size {group} are not a tile-16 shape", ins)
     _check(tuple(qp.shape) == q_shape, f"qpacked must be {list(q_shape)}", ins)
@@ -128,11 +130,12 @@ def _pack_one(net: Network, gemm: Layer, users: dict[int, list[Layer]], outs: se
     swiglu = _swiglu_reader(gemm, users, outs)
     qweight, scales = values[:2]
     zeros = values[2] if len(values) == 3 else None
-    qp, sz = pack_int4_tiles(qweight, scales, zeros, group, swiglu=swiglu is not None)
+    half = is_half_exact(scales, zeros)  # QuantConfig.half_scales: float16 scales, half their bytes
+    qp, sz = pack_int4_tiles(qweight, scales, zeros, group, swiglu=swiglu is not None, half=half)
     names = [t.name for t in gemm.inputs[1:3]]
     with net.scope():
         packed = [F.constant(qp, DType.int8, name=f"{names[0]}.tiles"),
-                  F.constant(sz, DType.float32, name=f"{names[1]}.tiles")]
+                  F.constant(sz, DType.float16 if half else DType.float32, name=f"{names[1]}.tiles")]
     n = qweight.shape[0]
     gemm.inputs = [gemm.inputs[0], *packed]
     gemm.attrs = {"name": INT4_TILE_GEMM, "version": "1",

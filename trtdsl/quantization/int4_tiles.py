@@ -12,7 +12,9 @@ rows), ``k`` inputs (``k % 128 == 0``) and ``G`` groups:
   ``16 tile + 8 h + g``, its 32-bit word ``w`` being that row's canonical word at byte
   ``64 kb + 16 w + 4 t`` (codes of ``k = 128 kb + 32 w + 8 t + 0..7``, nibble order unchanged).
 * ``sz`` float32 ``[tiles, G, 8, 4]`` = ``(s[r], s[r + 8], z[r], z[r + 8])`` with ``r = 16 tile + g``
-  (zeros present) or ``[tiles, G, 8, 2]`` = ``(s[r], s[r + 8])`` (symmetric).
+  (zeros present) or ``[tiles, G, 8, 2]`` = ``(s[r], s[r + 8])`` (symmetric); float16 with ``half=True``,
+  for scales and zeros that are float16 values already (``QuantConfig.half_scales``: the conversion is
+  exact, so the round trip still is).
 * ``swiglu=True`` interleaves a ``[2 I, k]`` gate/up weight (gate rows first) before tiling: tile ``j``
   holds gate rows ``8 j .. 8 j + 7`` then up rows ``8 j .. 8 j + 7``, so a block of the GEMV owns both
   factors of 8 SwiGLU outputs (``I % 8 == 0``).
@@ -35,7 +37,8 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["TILE_ROWS", "K_BLOCK", "pack_int4_tiles", "unpack_int4_tiles", "int4_tiles_supported", "num_tiles",
-           "packed_shapes"]
+           "packed_shapes",
+           "is_half_exact"]
 
 TILE_ROWS = 16  # weight rows per tile: the mma's M
 K_BLOCK = 128  # inputs per k block: 32 lanes x 32 codes / 8 rows
@@ -61,6 +64,11 @@ def packed_shapes(rows: int, k: int, groups: int) -> tuple[tuple[int, int, int],
     return (tiles, k // K_BLOCK, 1024), (tiles, groups, 8)
 
 
+def is_half_exact(*tensors: torch.Tensor | None) -> bool:
+    """Whether every given float32 tensor holds float16 values only (a lossless float16 copy)."""
+    return all(t is None or torch.equal(t.to(torch.float16).float(), t) for t in tensors)
+
+
 def _swiglu_rows(n: int) -> torch.Tensor:
     """Row order interleaving gate (rows ``< n / 2``) and up rows in blocks of 8."""
     inter = n // 2
@@ -69,9 +77,10 @@ def _swiglu_rows(n: int) -> torch.Tensor:
 
 
 def pack_int4_tiles(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
-                    swiglu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    swiglu: bool = False, half: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical int4 ``qweight`` (int8 ``[n, k / 2]``), ``scales`` / ``zeros`` (float32 ``[n, G]``) ->
-    ``(qpacked, sz)`` of the tile-16 layout (module docstring). Runs on the tensors' device."""
+    ``(qpacked, sz)`` of the tile-16 layout (module docstring); ``half``: ``sz`` in float16, for scales and
+    zeros that are float16 values (else a :class:`ConfigError`). Runs on the tensors' device."""
     if qweight.dim() != 2 or qweight.dtype != torch.int8:
         raise ConfigError(f"pack_int4_tiles: qweight must be int8 [n, k / 2], got {qweight.dtype} "
                           f"{tuple(qweight.shape)}")
@@ -85,6 +94,9 @@ def pack_int4_tiles(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
                               or groups != (1 if group_size == 0 else k // group_size)):
             raise ConfigError(f"pack_int4_tiles: {name} must be float32 [{n}, {k // group_size if group_size else 1}]"
                               f", got {t.dtype} {tuple(t.shape)}")
+    if half and not is_half_exact(scales, zeros):
+        raise ConfigError("pack_int4_tiles: half=True needs scales and zeros that are float16 values "
+                          "(QuantConfig.half_scales); these would be rounded")
     if swiglu:
         if n % 16:
             raise ConfigError(f"pack_int4_tiles: swiglu needs a [2 I, k] gate/up weight with I % 8 == 0, got n={n}")
@@ -102,12 +114,13 @@ def pack_int4_tiles(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Te
     qpacked = words.permute(0, 3, 1, 2, 5, 4).contiguous().view(torch.int8).view(tiles, kb, 1024)
     parts = [padded(scales)] + ([] if zeros is None else [padded(zeros)])
     sz = torch.cat([p.view(tiles, 2, 8, groups).permute(0, 3, 2, 1) for p in parts], dim=-1).contiguous()
-    return qpacked, sz
+    return qpacked, sz.to(torch.float16) if half else sz
 
 
 def unpack_int4_tiles(qpacked: torch.Tensor, sz: torch.Tensor, n: int,
                       swiglu: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Inverse of :func:`pack_int4_tiles`: ``(qweight [n, k / 2], scales [n, G], zeros [n, G] or None)``."""
+    """Inverse of :func:`pack_int4_tiles`: ``(qweight [n, k / 2], scales [n, G], zeros [n, G] or None)``,
+    scales and zeros float32 (exact from a float16 ``sz`` too)."""
     if qpacked.dim() != 3 or qpacked.shape[2] != 1024 or sz.dim() != 4 or sz.shape[3] not in (2, 4):
         raise ConfigError(f"unpack_int4_tiles: expected qpacked [tiles, k / 128, 1024] and sz [tiles, G, 8, 2|4], "
                           f"got {tuple(qpacked.shape)} and {tuple(sz.shape)}")
@@ -121,8 +134,8 @@ def unpack_int4_tiles(qpacked: torch.Tensor, sz: torch.Tensor, n: int,
     def rows(part: torch.Tensor) -> torch.Tensor:  # [T, G, 8, 2] -> [n, G]
         return part.permute(0, 3, 2, 1).reshape(tiles * TILE_ROWS, groups)[:n]
 
-    scales = rows(sz[..., 0:2])
-    zeros = rows(sz[..., 2:4]) if sz.shape[3] == 4 else None
+    scales = rows(sz[..., 0:2].float())
+    zeros = rows(sz[..., 2:4].float()) if sz.shape[3] == 4 else None
     if swiglu:
         inverse = torch.argsort(_swiglu_rows(n).to(qweight.device))
         qweight, scales = qweight[inverse], scales[inverse]

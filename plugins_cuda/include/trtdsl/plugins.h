@@ -131,18 +131,19 @@ int trtdsl_weight_only_dequantize_zp(const void* qweight, const float* scales, c
 
 /* int4 weight-only decode GEMV over the pre-shuffled tile-16 layout (trtdsl/quantization/int4_tiles.py:
  * qpacked [ceil(rows / 16)][k / 128][2][32] 16-byte vectors, sz [tiles][num_groups][8] float4 {s, s', z, z'}
- * with zeros or float2 {s, s'} without; rows = n, or 2 n with swiglu). out [m, n] = x . W^T, or with
- * swiglu (gate and up rows interleaved by the pack) silu(gate) * up, each rounded to dtype first.
- * 1 <= m <= 8, k % 128 == 0, group_size 64, a multiple of 128 or 0 (per channel); x / qpacked 16-byte
- * aligned, sz 16 (zeros) / 8; config 0..6 (wo_gemv_packed.cuh); dtype fp16 / bf16. */
-int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const float* sz, int has_zeros, void* out,
-                                   int64_t m, int64_t n, int64_t k, int group_size, int num_groups, int swiglu,
-                                   int config, int dtype, cudaStream_t stream);
+ * with zeros or float2 {s, s'} without, float16 instead of float32 when sz_half; rows = n, or 2 n with
+ * swiglu). out [m, n] = x . W^T, or with swiglu (gate and up rows interleaved by the pack) silu(gate) * up,
+ * each rounded to dtype first. 1 <= m <= 8, k % 128 == 0, group_size 64, a multiple of 128 or 0 (per
+ * channel); x / qpacked 16-byte aligned, sz to its vector (16 / 8 bytes, half that when sz_half);
+ * config 0..6 (wo_gemv_packed.cuh); dtype fp16 / bf16. */
+int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const void* sz, int has_zeros, int sz_half,
+                                   void* out, int64_t m, int64_t n, int64_t k, int group_size, int num_groups,
+                                   int swiglu, int config, int dtype, cudaStream_t stream);
 
 /* Dequantize a tile-16 pack into out [rows, k] (fp16 / bf16, canonical row order; swiglu packs back to
  * [gate rows | up rows]): bitwise trtdsl_weight_only_dequantize_zp of the canonical tensors. */
-int trtdsl_weight_only_dequantize_packed(const void* qpacked, const float* sz, int has_zeros, void* out, int64_t rows,
-                                         int64_t k, int group_size, int num_groups, int swiglu, int dtype,
+int trtdsl_weight_only_dequantize_packed(const void* qpacked, const void* sz, int has_zeros, int sz_half, void* out,
+                                         int64_t rows, int64_t k, int group_size, int num_groups, int swiglu, int dtype,
                                          cudaStream_t stream);
 
 /* Dynamic per-row e4m3 codes of x (scale max|x_row| / 448) into out [out_rows, k] (padding rows zero)

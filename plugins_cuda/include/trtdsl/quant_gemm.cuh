@@ -163,10 +163,11 @@ int launch_wo_gemv_tc1(const T* x, const void* qw, const float* scales, const fl
                        int k, int group, int num_groups, int config, cudaStream_t stream);
 
 // int4 decode GEMV over the pre-shuffled tile-16 layout (wo_gemv_packed.cuh, instantiated in
-// src/wo_gemv_packed_{bf16,f16}.cu): 1..8 rows, k % 128 == 0, group 64, a multiple of 128 or per channel;
+// src/wo_gemv_packed_{bf16,f16}{,_h}.cu: float / __half scales S): 1..8 rows, k % 128 == 0, group 64, a
+// multiple of 128 or per channel;
 // swiglu: out [m, n] = silu(gate) * up of a pack whose tiles interleave gate and up rows (2 n rows).
 // config 0..kWoPackedConfigs - 1 (wo_gemv_packed.cuh); kErrUnsupported when k / 128 is not a whole number of steps.
-template <typename T>
+template <typename T, typename S>
 int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros, T* out, int m, int n, int k,
                           int group, int num_groups, bool swiglu, int config, cudaStream_t stream);
 constexpr int kWoPackedConfigs = 7;  // launch shapes 0..6 (wo_gemv_packed.cuh)

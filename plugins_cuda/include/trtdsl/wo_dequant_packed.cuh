@@ -9,8 +9,8 @@
 
 namespace trtdsl {
 
-template <typename T, bool ZP>
-__global__ void wo_dequant_packed_kernel(const uint4* __restrict__ qp, const float* __restrict__ sz,
+template <typename T, bool ZP, typename S>
+__global__ void wo_dequant_packed_kernel(const uint4* __restrict__ qp, const S* __restrict__ sz,
                                          T* __restrict__ out, int rows, int k, int group, int num_groups,
                                          bool swiglu) {
   const int kbs = k >> 7;
@@ -28,33 +28,33 @@ __global__ void wo_dequant_packed_kernel(const uint4* __restrict__ qp, const flo
   for (int w = 0; w < 4; ++w) {
     const int k0 = 128 * kb + 32 * w + 8 * t;
     const int grp = group ? k0 / group : 0;
-    const float* p = sz + ((static_cast<int64_t>(tile) * num_groups + grp) * 8 + g) * kSz;
-    const float s = p[h];
+    const S* p = sz + ((static_cast<int64_t>(tile) * num_groups + grp) * 8 + g) * kSz;
+    const float s = to_float(p[h]);
     float code[8];
     dequant8<4>(v, w, code);  // word w's 8 codes in k order
     Vec<T, 8> o;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       float val = __fmul_rn(code[j], s);
-      if constexpr (ZP) val = __fadd_rn(val, p[2 + h]);
+      if constexpr (ZP) val = __fadd_rn(val, to_float(p[2 + h]));
       o.v[j] = from_float<T>(val);
     }
     store_vec<T, 8>(out + static_cast<int64_t>(row) * k + k0, o);
   }
 }
 
-template <typename T>
-int launch_wo_dequant_packed(const void* qp, const float* sz, bool zeros, T* out, int rows, int k, int group,
+template <typename T, typename S>
+int launch_wo_dequant_packed(const void* qp, const void* sz, bool zeros, T* out, int rows, int k, int group,
                              int num_groups, bool swiglu, cudaStream_t stream) {
   const int64_t vecs = static_cast<int64_t>((rows + 15) / 16) * (k >> 7) * 64;
   const int threads = 256;
   const auto blocks = static_cast<unsigned>((vecs + threads - 1) / threads);
+  const auto* q = static_cast<const uint4*>(qp);
+  const auto* s = static_cast<const S*>(sz);
   if (zeros)
-    wo_dequant_packed_kernel<T, true><<<blocks, threads, 0, stream>>>(static_cast<const uint4*>(qp), sz, out, rows, k,
-                                                                      group, num_groups, swiglu);
+    wo_dequant_packed_kernel<T, true, S><<<blocks, threads, 0, stream>>>(q, s, out, rows, k, group, num_groups, swiglu);
   else
-    wo_dequant_packed_kernel<T, false><<<blocks, threads, 0, stream>>>(static_cast<const uint4*>(qp), sz, out, rows,
-                                                                       k, group, num_groups, swiglu);
+    wo_dequant_packed_kernel<T, false, S><<<blocks, threads, 0, stream>>>(q, s, out, rows, k, group, num_groups, swiglu);
   return launch_status();
 }
 

@@ -5,7 +5,7 @@
 //      16 tile + 8 h + g; its word w is that row's canonical word at byte 64 kb + 16 w + 4 t, i.e. the
 //      8 codes of k = 128 kb + 32 w + 8 t + 0..7 in the canonical nibble order.
 //   sz [tiles][groups][8] of float4 {s[r], s[r + 8], z[r], z[r + 8]} (float2 {s[r], s[r + 8]} without
-//      zeros), r = 16 tile + g.
+//      zeros), r = 16 tile + g; or the same as float16 (QuantConfig.half_scales).
 //
 // Why (wo_gemv_tc1.cuh reads the canonical [n, k / 2] rows; docs/quant_kernels.md measured its L1/TEX
 // pipe 67-72 % busy): there a warp's 16-byte weight load touches 8 rows (8 lines for 512 bytes), its
@@ -20,35 +20,50 @@
 // (z - bias * s) * sum(x)). SWIGLU (the pack interleaved gate and up: tile rows 0..7 = gate rows 8 tile
 // .., rows 8..15 = up rows 8 tile ..): the block writes silu(gate) * up of its 8 outputs instead, each
 // factor first rounded to T, which is what the GEMV's T output followed by swiglu.cuh computes.
-// Included only by src/wo_gemv_packed.cu.
+// Included only by src/wo_gemv_packed_{bf16,f16}{,_h}.cu.
 #pragma once
 #include "trtdsl/wo_gemv_tc.cuh"
 
 namespace trtdsl {
 
-template <bool ZP> struct PackedSz;
-template <> struct PackedSz<true> {
-  using type = float4;
+// A row pair's scales (and zeros) of one group: S = float, or __half (QuantConfig.half_scales: 8 bytes a
+// group instead of 16 with zeros).
+template <bool ZP, typename S> struct PackedSz;
+template <> struct PackedSz<true, float> {
+  using type = float4;  // {s[r], s[r + 8], z[r], z[r + 8]}
   __device__ static float s(const float4& v, int h) { return h ? v.y : v.x; }
   __device__ static float z(const float4& v, int h) { return h ? v.w : v.z; }
 };
-template <> struct PackedSz<false> {
-  using type = float2;
+template <> struct PackedSz<false, float> {
+  using type = float2;  // {s[r], s[r + 8]}
   __device__ static float s(const float2& v, int h) { return h ? v.y : v.x; }
   __device__ static float z(const float2&, int) { return 0.f; }
+};
+template <> struct PackedSz<true, __half> {
+  using type = uint2;  // half2 (s[r], s[r + 8]), half2 (z[r], z[r + 8])
+  __device__ static float s(const uint2& v, int h) { return half_of(v.x, h); }
+  __device__ static float z(const uint2& v, int h) { return half_of(v.y, h); }
+  __device__ static float half_of(uint32_t w, int h) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(h ? w >> 16 : w & 0xFFFF)));
+  }
+};
+template <> struct PackedSz<false, __half> {
+  using type = uint32_t;  // half2 (s[r], s[r + 8])
+  __device__ static float s(uint32_t v, int h) { return PackedSz<true, __half>::half_of(v, h); }
+  __device__ static float z(uint32_t, int) { return 0.f; }
 };
 
 // KW warps split the k blocks (interleaved: warp w takes blocks w, w + KW, ..; else contiguous runs),
 // U k blocks per step, two steps of loads in registers. GPB: groups per k block (1: group % 128 == 0 or
-// per channel, bpg = k blocks per group; 2: group 64).
-template <typename T, int MT, int KW, int U, bool INTERLEAVE, int GPB, bool ZP, bool SWIGLU>
+// per channel, bpg = k blocks per group; 2: group 64); S: the scales' type (PackedSz).
+template <typename T, int MT, int KW, int U, bool INTERLEAVE, int GPB, bool ZP, bool SWIGLU, typename S>
 __global__ void __launch_bounds__(KW * 32)
     wo_gemv_packed_kernel(const T* __restrict__ x, const uint4* __restrict__ qp,
-                          const typename PackedSz<ZP>::type* __restrict__ sz, T* __restrict__ out, int m, int n,
+                          const typename PackedSz<ZP, S>::type* __restrict__ sz, T* __restrict__ out, int m, int n,
                           int k, int num_groups, int bpg) {
   static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
   static_assert(GPB == 1 || GPB == 2, "group % 128 == 0 (or per channel) or group 64");
-  using SZ = PackedSz<ZP>;
+  using SZ = PackedSz<ZP, S>;
   using FV = typename SZ::type;
   constexpr float kBias = std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f;
   constexpr int kStride = INTERLEAVE ? KW : 1;
@@ -155,25 +170,26 @@ __global__ void __launch_bounds__(KW * 32)
 // 0 = {8, 1, yes}, 1 = {8, 1, no}, 2 = {8, 2, no}, 3 = {4, 2, no}, 4 = {4, 1, no}, 5 = {16, 1, no},
 // 6 = {16, 1, yes} (kWoPackedConfigs). 16 warps: a 4096-wide k is 2 k blocks per warp, all issued at once.
 
-template <typename T, int KW, int U, bool IL, int GPB, bool ZP, bool SW>
+template <typename T, int KW, int U, bool IL, int GPB, bool ZP, bool SW, typename S>
 inline int launch_wo_packed_shape(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
                                   int num_groups, int bpg, int tiles, cudaStream_t stream) {
-  using FV = typename PackedSz<ZP>::type;
+  using FV = typename PackedSz<ZP, S>::type;
   if ((k >> 7) % U) return kErrUnsupported;  // whole steps
   const auto* q = static_cast<const uint4*>(qp);
   const auto* s = static_cast<const FV*>(sz);
   if (m == 1)
-    return launch_pdl(wo_gemv_packed_kernel<T, 1, KW, U, IL, GPB, ZP, SW>, dim3(tiles), dim3(KW * 32), 0, stream, x,
+    return launch_pdl(wo_gemv_packed_kernel<T, 1, KW, U, IL, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0, stream, x,
                       q, s, out, m, n, k, num_groups, bpg);
-  return launch_pdl(wo_gemv_packed_kernel<T, 8, KW, U, IL, GPB, ZP, SW>, dim3(tiles), dim3(KW * 32), 0, stream, x, q,
+  return launch_pdl(wo_gemv_packed_kernel<T, 8, KW, U, IL, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0, stream, x, q,
                     s, out, m, n, k, num_groups, bpg);
 }
 
-template <typename T, int GPB, bool ZP, bool SW>
+template <typename T, int GPB, bool ZP, bool SW, typename S>
 inline int launch_wo_packed_cfg(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
                                 int num_groups, int bpg, int tiles, int config, cudaStream_t stream) {
 #define TRTDSL_PACKED(KW, U, IL) \
-  return launch_wo_packed_shape<T, KW, U, IL, GPB, ZP, SW>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, stream)
+  return launch_wo_packed_shape<T, KW, U, IL, GPB, ZP, SW, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, \
+                                                              stream)
   switch (config) {
     case 0: TRTDSL_PACKED(8, 1, true);
     case 1: TRTDSL_PACKED(8, 1, false);
@@ -188,8 +204,9 @@ inline int launch_wo_packed_cfg(const T* x, const void* qp, const void* sz, T* o
 }
 
 // n: output columns (SwiGLU: the intermediate size, half the packed rows); group: 64, a multiple of 128,
-// or k (per channel). The C launcher (quant_gemm.cu) has checked pointers, alignment and sizes.
-template <typename T>
+// or k (per channel); S: float or __half scales. The C launcher (quant_gemm.cu) has checked pointers,
+// alignment and sizes.
+template <typename T, typename S>
 int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros, T* out, int m, int n, int k,
                           int group, int num_groups, bool swiglu, int config, cudaStream_t stream) {
   const int rows = swiglu ? 2 * n : n;
@@ -197,10 +214,10 @@ int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros
   const int gpb = group == 64 ? 2 : 1;
   const int bpg = group / 128;  // k blocks per group (gpb == 1)
 #define TRTDSL_PACKED_SW(GPB, ZP)                                                                                   \
-  return swiglu ? launch_wo_packed_cfg<T, GPB, ZP, true>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, config, \
-                                                         stream)                                                  \
-                : launch_wo_packed_cfg<T, GPB, ZP, false>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, config, \
-                                                          stream)
+  return swiglu ? launch_wo_packed_cfg<T, GPB, ZP, true, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles,     \
+                                                            config, stream)                                       \
+                : launch_wo_packed_cfg<T, GPB, ZP, false, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles,    \
+                                                             config, stream)
   if (gpb == 2) {
     if (zeros) TRTDSL_PACKED_SW(2, true);
     TRTDSL_PACKED_SW(2, false);

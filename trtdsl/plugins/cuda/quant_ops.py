@@ -133,8 +133,8 @@ _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES: dict[str, list] = {
     "trtdsl_weight_only_gemv": [_P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_gemv_zp": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
-    "trtdsl_weight_only_gemv_packed": [_P, _P, _P, _I, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
-    "trtdsl_weight_only_dequantize_packed": [_P, _P, _I, _P, _I64, _I64, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_gemv_packed": [_P, _P, _P, _I, _I, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_dequantize_packed": [_P, _P, _I, _I, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize": [_P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize_zp": [_P, _P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_quantize_fp8": [_P, _P, _P, _I64, _I64, _I64, _I, _P],
@@ -304,7 +304,7 @@ def packed_config(m: int, rows: int, k: int, group_size: int) -> int:
 def _check_pack(op: str, qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int,
                 device: torch.device) -> None:
     _check(op, "qpacked", qpacked, device, (torch.int8,), ndim=3)
-    _check(op, "sz", sz, device, (torch.float32,), ndim=4)
+    _check(op, "sz", sz, device, (torch.float32, torch.float16), ndim=4)
     q_shape, sz_shape = packed_shapes(rows, k, sz.shape[1])
     if tuple(qpacked.shape) != q_shape or k % 128:
         raise PluginError(f"{op}: qpacked must be [{q_shape[0]}, k / 128, 1024] for {rows} rows and k % 128 == 0; "
@@ -317,7 +317,7 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
                             swiglu: bool = False, config: int | None = None) -> torch.Tensor:
     """int4 decode GEMV over the tile-16 layout (:mod:`trtdsl.quantization.int4_tiles`): ``x2 [m <= 8, k]``
     fp16/bf16 against ``n`` weight rows, or with ``swiglu`` the ``n`` outputs ``silu(gate) * up`` of a pack
-    made with ``swiglu=True`` (2 n rows). ``config``: launch shape 0..6 (``WO_PACKED_CONFIGS``), ``None``
+    made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..6 (``WO_PACKED_CONFIGS``), ``None``
     = ``PACKED_CONFIG``."""
     op = "weight_only_gemv_packed"
     _check(op, "x", x2, dtypes=_HALF_TYPES, ndim=2)
@@ -331,8 +331,8 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
         raise PluginError(f"{op}: config must be one of {WO_PACKED_CONFIGS}, got {config}")
     out = x2.new_empty(m, n)
     call("trtdsl_weight_only_gemv_packed", x2.data_ptr(), qpacked.data_ptr(), sz.data_ptr(),
-         int(sz.shape[3] == 4), out.data_ptr(), m, n, k, group_size, sz.shape[1], int(swiglu), config,
-         _DTYPE_CODES[x2.dtype], _stream(x2))
+         int(sz.shape[3] == 4), int(sz.dtype == torch.float16), out.data_ptr(), m, n, k, group_size, sz.shape[1],
+         int(swiglu), config, _DTYPE_CODES[x2.dtype], _stream(x2))
     return out
 
 
@@ -347,7 +347,8 @@ def dequantize_packed(qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int
         raise PluginError(f"{op}: dtype must be float16 or bfloat16, got {dtype}")
     out = torch.empty(rows, k, dtype=dtype, device=qpacked.device)
     call("trtdsl_weight_only_dequantize_packed", qpacked.data_ptr(), sz.data_ptr(), int(sz.shape[3] == 4),
-         out.data_ptr(), rows, k, group_size, sz.shape[1], int(swiglu), _DTYPE_CODES[dtype], _stream(qpacked))
+         int(sz.dtype == torch.float16), out.data_ptr(), rows, k, group_size, sz.shape[1], int(swiglu),
+         _DTYPE_CODES[dtype], _stream(qpacked))
     return out
 
 
