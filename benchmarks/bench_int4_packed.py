@@ -109,10 +109,9 @@ def main() -> None:
                                                                   quick)})
     for name, k, n in [] if quick else SHAPES[:4]:
         results.append({"shape": name, **bench_shape(name, k, n, 128, 4, False)})
-    write_result(f"int4_packed{'_quick' if quick else ''}_{device_slug()}", {"copy_bandwidth_gbps": copy_bandwidth_gbps(),
-                                                  "protocol": "cold weights, CUDA graph of 48 calls, median of 7 "
-                                                              "replays, best of 2 rounds; bf16 activations",
-                                                  "results": results})
+    protocol = "cold weights, CUDA graph of 48 calls, median of 7 replays, best of 2 rounds; bf16 activations"
+    write_result(f"int4_packed{'_quick' if quick else ''}_{device_slug()}",
+                 {"copy_bandwidth_gbps": copy_bandwidth_gbps(), "protocol": protocol, "results": results})
 
 
 if __name__ == "__main__":

@@ -154,7 +154,8 @@ def test_half_scales_pack_float16_and_stay_bit_for_bit():
     canonical, packed = clone_network(quantized), clone_network(quantized)
     optimize(canonical, fuse_swiglu=True, pack_int4=False)
     optimize(packed, fuse_swiglu=True)
-    sz = [la.outputs[0] for la in packed.layers if la.kind is LayerKind.CONSTANT and "scales.tiles" in la.outputs[0].name]
+    sz = [la.outputs[0] for la in packed.layers
+          if la.kind is LayerKind.CONSTANT and "scales.tiles" in la.outputs[0].name]
     assert len(sz) == 2 and all(t.dtype.value == "float16" for t in sz)
     x = torch.randn(5, 256)
     torch.testing.assert_close(TorchExecutor(packed).run({"x": x})["y"], TorchExecutor(canonical).run({"x": x})["y"],

@@ -37,8 +37,7 @@ import torch
 from ..errors import ConfigError
 
 __all__ = ["TILE_ROWS", "K_BLOCK", "pack_int4_tiles", "unpack_int4_tiles", "int4_tiles_supported", "num_tiles",
-           "packed_shapes",
-           "is_half_exact"]
+           "packed_shapes", "is_half_exact"]
 
 TILE_ROWS = 16  # weight rows per tile: the mma's M
 K_BLOCK = 128  # inputs per k block: 32 lanes x 32 codes / 8 rows

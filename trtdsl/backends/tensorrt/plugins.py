@@ -12,8 +12,9 @@ and reads every input from a ``TensorDesc`` annotation, so there are no optional
 plugins whose input list varies with the quantization format therefore get one TensorRT plugin per
 input list (:class:`PluginSignature`), chosen by :func:`plan_plugin` from the IR layer's arity:
 ``trtdsl.weight_only_gemm`` with or without ``zeros`` (its tile-16 form ``trtdsl.int4_tile_gemm`` has
-one), ``trtdsl.fp8_gemm`` with or without ``input_scale``, ``trtdsl.attention_quant_kv`` with or without ``k_bias`` (the mean key of
-``kv_cache_center_k``: a network constant like ``kv_scales``, so a constant input of the plugin layer).
+one), ``trtdsl.fp8_gemm`` with or without ``input_scale``, ``trtdsl.attention_quant_kv`` with or without
+``k_bias`` (the mean key of ``kv_cache_center_k``: a network constant like ``kv_scales``, so a constant
+input of the plugin layer).
 
 The K/V cache is written in place: the attention plugins declare an extra output *aliased* to the
 ``kv_cache`` input (``TensorDesc.aliased()``), TensorRT's way of saying "this input is modified".

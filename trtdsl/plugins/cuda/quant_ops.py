@@ -317,8 +317,8 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
                             swiglu: bool = False, config: int | None = None) -> torch.Tensor:
     """int4 decode GEMV over the tile-16 layout (:mod:`trtdsl.quantization.int4_tiles`): ``x2 [m <= 8, k]``
     fp16/bf16 against ``n`` weight rows, or with ``swiglu`` the ``n`` outputs ``silu(gate) * up`` of a pack
-    made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..6 (``WO_PACKED_CONFIGS``), ``None``
-    = ``PACKED_CONFIG``."""
+    made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..6
+    (``WO_PACKED_CONFIGS``), ``None`` = ``PACKED_CONFIG``."""
     op = "weight_only_gemv_packed"
     _check(op, "x", x2, dtypes=_HALF_TYPES, ndim=2)
     m, k = x2.shape
