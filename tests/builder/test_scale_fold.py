@@ -156,3 +156,33 @@ def test_o_proj_scale_folds_into_v_rows_only_when_tied_per_kv_group(tiny_llama_n
     assert len(_o_proj_multiplies(qnet)) == (0 if tied else 2)
     got = TorchExecutor(qnet).run({k: v.clone() for k, v in feeds[0].items()})["logits"]
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def _weight_only_tables(net: Network) -> list[torch.Tensor]:
+    """Scales and zeros of every weight-only GEMM (the constants behind its inputs 2 and 3)."""
+    from trtdsl.quantization.graph import constant_source
+    tables = []
+    for layer in net.layers:
+        if layer.kind is LayerKind.PLUGIN and layer.attrs.get("name") == "trtdsl.weight_only_gemm":
+            tables += [constant_source(t).attrs["value"] for t in layer.inputs[2:4]]
+    return tables
+
+
+@pytest.mark.parametrize("half", [True, False])
+def test_half_scale_tables_stay_half_after_the_fold(tiny_llama_net: Network, half: bool) -> None:
+    from trtdsl.quantization.int4_tiles import is_half_exact
+    feeds = _llama_feeds(tiny_llama_net)
+    qnet = quantize_network(tiny_llama_net, "int4_awq", calibration_feeds=feeds, progress=False, group_size=32,
+                            half_scales=half)
+    assert is_half_exact(*_weight_only_tables(qnet)) == half, "precondition: the quantizer's tables"
+    want = TorchExecutor(qnet).run({k: v.clone() for k, v in feeds[1].items()})["logits"]
+    assert fold_channel_scales(qnet) == 4  # down_proj and o_proj of both layers
+    # A float16 table stays one (the tile-16 packing stores it in float16); a float32 table is
+    # scaled exactly, so its products are not float16 values.
+    assert is_half_exact(*_weight_only_tables(qnet)) == half
+    got = TorchExecutor(qnet).run({k: v.clone() for k, v in feeds[1].items()})["logits"]
+    # Rounding a folded scale to float16 moves it by <= 2^-11 of itself.
+    rtol = 2e-3 if half else 1e-4
+    assert torch.allclose(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    if half:
+        assert not torch.allclose(got, want, rtol=1e-6, atol=0.0), "the folded scales were rounded"

@@ -21,6 +21,11 @@ place: rounding ``W / c`` row-wise gives the codes of ``W`` with scales divided 
 
 Only exact rewrites are made: the constant must be a per-last-dim vector read by nothing else, the
 GEMM's scale constants must be private to it, and every intermediate tensor must have no other reader.
+One rounding is added on purpose: a weight-only GEMM whose scales and zeros all hold float16 values
+(``QuantConfig.half_scales``) keeps float16 values after the fold, so the int4 tile-16 packing can
+still store that table in float16 (:mod:`.int4_tile_gemm`; half the scale bytes the decode GEMV
+streams). That moves a folded scale by at most 2^-11 of itself, against int4's quantization step of
+1/15 of a group's range.
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from .graph import consumers, output_ids, sync_bookkeeping
 __all__ = ["fold_channel_scales"]
 
 ATTENTION = "trtdsl.attention"
+WEIGHT_ONLY = "trtdsl.weight_only_gemm"
 #: quantized GEMM plugin -> input positions of its per-output-channel dequantization factors.
-_SCALED_INPUTS = {"trtdsl.weight_only_gemm": (2, 3), "trtdsl.fp8_gemm": (2,), "trtdsl.int8_gemm": (2,)}
+_SCALED_INPUTS = {WEIGHT_ONLY: (2, 3), "trtdsl.fp8_gemm": (2,), "trtdsl.int8_gemm": (2,)}
 
 
 def fold_channel_scales(net: Network) -> int:
@@ -123,13 +129,26 @@ def _scale_gemm_rows(gemm_out: Tensor, factor: torch.Tensor, users: dict[int, li
     sources = [_private_constant(gemm.inputs[p], users) for p in positions]
     if any(src is None or src.attrs["value"].shape[0] != width for src in sources):
         return False  # per-tensor fp8 scale, or a scale constant shared with another layer
-    for src in sources:
+    from ..quantization.int4_tiles import is_half_exact  # not at import: the package loads its plugins
+
+    values = [src.attrs["value"] for src in sources if src is not None]
+    # A new tensor, never in place: clones of a network share constant values.
+    scaled = [v.float() * factor.reshape((width,) + (1,) * (v.ndim - 1)) for v in values]
+    if gemm.attrs["name"] == WEIGHT_ONLY and is_half_exact(*values):
+        scaled = _half_if_representable(scaled)  # a half table stays one (module docstring)
+    for src, value, new in zip(sources, values, scaled):
         assert src is not None
-        value = src.attrs["value"]
-        shape = (width,) + (1,) * (value.ndim - 1)
-        # A new tensor, never in place: clones of a network share constant values.
-        src.attrs["value"] = (value.float() * factor.reshape(shape)).to(value.dtype)
+        src.attrs["value"] = new.to(value.dtype)
     return True
+
+
+def _half_if_representable(tables: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``tables`` rounded to float16 values, or unchanged when one would overflow float16 or a
+    nonzero value would flush to zero (a whole group's weights lost)."""
+    rounded = [t.to(torch.float16).float() for t in tables]
+    if all(bool(torch.isfinite(r).all()) and not bool(((r == 0) & (t != 0)).any()) for r, t in zip(rounded, tables)):
+        return rounded
+    return tables
 
 
 def _private_constant(t: Tensor, users: dict[int, list[Layer]]) -> Layer | None:
