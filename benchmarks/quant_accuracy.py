@@ -13,6 +13,10 @@ Calibration: 64 x 256 tokens (with GPTQ's ``X^T X`` of every GEMM input when a c
 ``--stats-cache PATH`` keeps the statistics between runs); evaluation: 32 x 512 tokens.
 ``--quick`` calibrates on 4 x 256 tokens and evaluates 4 windows (a few minutes) and writes
 ``quant_accuracy_quick.json``; ``--case LABEL:MODE:KV:OPTIONS_JSON`` adds an ad-hoc configuration.
+Each quantized network is evaluated after the channel-scale fold the engine builder runs
+(``passes.fold_channel_scales``: AWQ's / SmoothQuant's multiply before o_proj / down_proj moved into
+the producing GEMM's scales, which keeps float16 tables float16 by one more rounding);
+``--no-fold-scales`` evaluates the quantizer's network as it comes (the rows before 2026-12-07).
 ``--quick`` numbers are NOT comparable with full ones: both the calibration tokens and the evaluation
 windows differ, and the modes with calibrated activation / K/V scales are chaotic in them (below).
 
@@ -46,6 +50,7 @@ from common import write_result  # noqa: E402
 
 from trtdsl.models import from_hugging_face  # noqa: E402
 from trtdsl.models.eval import token_logprobs  # noqa: E402
+from trtdsl.passes import fold_channel_scales  # noqa: E402
 from trtdsl.quantization import (builtin_text, calibrate, prefill_feeds,  # noqa: E402
                                  quantize_network, token_chunks)
 
@@ -147,6 +152,8 @@ def main() -> None:
     ap.add_argument("--jitter", type=float, default=0.0,
                     help="scale every calibrated range (GEMM inputs, K/V) by 1 + JITTER: measures how much "
                          "the result moves when the rounding pattern is re-drawn (e.g. 1e-6)")
+    ap.add_argument("--no-fold-scales", dest="fold_scales", action="store_false",
+                    help="evaluate without the builder's channel-scale fold (passes.fold_channel_scales)")
     ap.add_argument("--name", help="result file name (default quant_accuracy, or quant_accuracy_quick for "
                                     "--quick / --only / --case runs)")
     ap.add_argument("--stats-cache", type=Path, metavar="PATH",
@@ -188,12 +195,13 @@ def main() -> None:
         t = time.time()
         qnet = quantize_network(net, mode, kv_cache_dtype=kv, calibration=stats, calibration_feeds=feeds,
                                 **options)
+        folded = fold_channel_scales(qnet) if args.fold_scales else None
         quant_s = time.time() - t
         ppl = math.exp(nll(qnet, windows))
         delta = 100.0 * (ppl / rows[0]["perplexity"] - 1.0)
         rows.append({"label": label, "mode": mode, "kv_cache_dtype": kv, "options": options,
                      "perplexity": ppl, "delta_pct": delta, "limit_pct": limit,
-                     "passes": None if limit is None else delta <= limit,
+                     "passes": None if limit is None else delta <= limit, "scale_folds": folded,
                      "weight_bytes": constant_bytes(qnet),
                      "quantize_s": round(quant_s, 1), "eval_s": round(time.time() - t - quant_s, 1)})
         if qnet.metadata["quantization"].get("float_gemms"):  # float_fraction's choice, by sensitivity
