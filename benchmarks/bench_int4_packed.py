@@ -10,6 +10,7 @@ canonical kernel's (same codes, another fp32 summation order) before timing.
 
     python benchmarks/bench_int4_packed.py      # -> benchmarks/results/int4_packed_<device>.json
     python benchmarks/bench_int4_packed.py --quick   # m = 1, the tables' configs: int4_packed_quick_<device>.json
+    python benchmarks/bench_int4_packed.py --half    # m = 1, float16 tables in every config: int4_packed_half_<device>.json
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _time(calls: list) -> float:
     return min(round(graph_time_ms(calls, iters=7) * 1000, 2) for _ in range(2))
 
 
-def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, quick: bool = False) -> dict:
+def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, quick: bool = False,
+                half: bool = False) -> dict:
     nbytes = n * k // 2 + 2 * n * (k // group) * 4
     copies = max(2, int(200e6 // nbytes) + 1)
     ws = [_weights(n, k, group, swiglu) for _ in range(copies)]
@@ -68,9 +70,10 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
     res: dict = {"k": k, "n": n, "group": group, "m": m, "swiglu": swiglu, "table_config": table,
                  "bytes": nbytes, "us": {}, "max_rel_err": {}}
     variants = {f"canonical_{table}": (canonical, table)}
-    if quick:  # the tables' configs only
+    if quick or half:  # the table's config with both scale tables (and every config with float16 tables)
         mine = packed_config(m, n, k, group)
         variants.update({f"packed_{mine}": (packed, mine), f"half_{mine}": (packed_half, mine)})
+        variants.update({f"half_{c}": (packed_half, c) for c in WO_PACKED_CONFIGS if half})
     else:
         if group == 128 and m <= 8:
             variants.update({f"canonical_{c}": (canonical, c) for c in WO_TC1_CONFIGS})
@@ -101,16 +104,18 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
 def main() -> None:
     torch.manual_seed(0)
     quick = "--quick" in sys.argv  # the tables' configs only, m = 1
+    half = "--half" in sys.argv  # m = 1, every config with float16 tables (their PACKED_CONFIG tuning)
     results = []
     for group in (128, 64):
         for name, k, n in SHAPES:
-            results.append({"shape": name, **bench_shape(name, k, n, group, 1, False, quick)})
+            results.append({"shape": name, **bench_shape(name, k, n, group, 1, False, quick, half)})
         results.append({"shape": "gate_up+swiglu", **bench_shape("gate_up+swiglu", 4096, 28672, group, 1, True,
-                                                                  quick)})
-    for name, k, n in [] if quick else SHAPES[:4]:
+                                                                  quick, half)})
+    for name, k, n in [] if quick or half else SHAPES[:4]:
         results.append({"shape": name, **bench_shape(name, k, n, 128, 4, False)})
     protocol = "cold weights, CUDA graph of 48 calls, median of 7 replays, best of 2 rounds; bf16 activations"
-    write_result(f"int4_packed{'_quick' if quick else ''}_{device_slug()}",
+    suffix = "_quick" if quick else "_half" if half else ""
+    write_result(f"int4_packed{suffix}_{device_slug()}",
                  {"copy_bandwidth_gbps": copy_bandwidth_gbps(), "protocol": protocol, "results": results})
 
 
