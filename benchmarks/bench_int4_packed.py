@@ -10,7 +10,7 @@ canonical kernel's (same codes, another fp32 summation order) before timing.
 
     python benchmarks/bench_int4_packed.py      # -> benchmarks/results/int4_packed_<device>.json
     python benchmarks/bench_int4_packed.py --quick   # m = 1, the tables' configs: int4_packed_quick_<device>.json
-    python benchmarks/bench_int4_packed.py --half    # m = 1, float16 tables in every config: int4_packed_half_<device>.json
+    python benchmarks/bench_int4_packed.py --half   # m = 1, float16 tables, all configs: int4_packed_half_<device>.json
 """
 
 from __future__ import annotations

@@ -124,6 +124,7 @@ def by_name(steps: list[list[tuple[str, float, float]]]) -> list[dict[str, Any]]
 
 WoConfigs = tuple[int | None, int | None, int | None]  # m = 1 int4 configs: narrow n, wide n, long k
 Fp8Configs = tuple[int | None, int | None]  # m = 1 fp8 configs: narrow n, wide n
+PackedConfigs = tuple[int | None, int | None, int | None, int | None]  # m = 1 tile-16 g64: o, qkv, wide n, long k
 # (quant_ops table, key, config; None = the table's own) or (quant_ops, attribute name, value)
 Setting = tuple[Any, Any, int | None]
 
@@ -133,12 +134,13 @@ GEMV_MAX_M_ATTRS = {"fp8": "FP8_GEMV_MAX_M", "int8_sq": "INT8_GEMV_MAX_M"}
 
 
 def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
-                    gemv_max_m: dict[str, int] | None = None,
-                    fused_splits: list[int] | None = None) -> list[tuple[str, bool, list[Setting]]]:
+                    gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None,
+                    packed_configs: list[PackedConfigs] | None = None) -> list[tuple[str, bool, list[Setting]]]:
     """(name, PDL on, settings) per timed variant: PDL off / on with the tables as they are, then (PDL on)
-    each requested m = 1 config set of the mode's GEMV kind, the mode with another GEMV row limit
-    (``gemv_max_m``: mode prefix -> rows, see GEMV_MAX_M_ATTRS), and the fused decode attention with a
-    fixed cluster size (``fused_splits``; ops.FUSED_DECODE_SPLITS)."""
+    each requested m = 1 config set of the mode's GEMV kind (int4 g64: of the tile-16 GEMV,
+    ``packed_configs``), the mode with another GEMV row limit (``gemv_max_m``: mode prefix -> rows, see
+    GEMV_MAX_M_ATTRS), and the fused decode attention with a fixed cluster size (``fused_splits``;
+    ops.FUSED_DECODE_SPLITS)."""
     from trtdsl.plugins.cuda import ops, quant_ops
     variants: list[tuple[str, bool, list[Setting]]] = [("pdl_off", False, []), ("pdl_on", True, [])]
 
@@ -155,6 +157,11 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
         variants += [("pdl_on_fp8cfg" + tag(cfgs), True, [(quant_ops.FP8_GEMV_CONFIG, (1, wide), cfg)
                                                           for wide, cfg in zip((False, True), cfgs)])
                      for cfgs in fp8_configs]
+    if mode.startswith("int4") and ":g64" in mode:  # PACKED_CONFIG's m = 1 group-64 keys (quant_ops.packed_config)
+        keys = ((True, 0, False, True), (True, 1, False, True), (True, 2, False, True), (True, 0, True, True))
+        variants += [("pdl_on_packed" + tag(cfgs), True, [(quant_ops.PACKED_CONFIG, key, cfg)
+                                                          for key, cfg in zip(keys, cfgs)])
+                     for cfgs in packed_configs or []]
     for prefix, rows in (gemv_max_m or {}).items():
         if mode.startswith(prefix):
             variants.append((f"pdl_on_{prefix}_gemv_max_m{rows}", True, [(quant_ops, GEMV_MAX_M_ATTRS[prefix], rows)]))
@@ -164,7 +171,8 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
 
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
                  wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
-                 gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None) -> dict[str, Any]:
+                 gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None,
+                 packed_configs: list[PackedConfigs] | None = None) -> dict[str, Any]:
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
     t0 = time.perf_counter()
@@ -176,7 +184,7 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m, fused_splits)
+    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m, fused_splits, packed_configs)
     defaults = {(id(table), key): _get_entry(table, key) for _, _, settings in variants for table, key, _ in settings}
     for key, pdl, settings in variants:
         set_programmatic_launch(pdl)
@@ -277,6 +285,10 @@ def main() -> None:
     ap.add_argument("--fused-splits", default="",
                     help="also time the fused decode attention with these fixed cluster sizes (PDL on; "
                          "ops.FUSED_DECODE_SPLITS), e.g. 1,4 (1 = one block per sequence and kv head)")
+    ap.add_argument("--packed-configs", default="",
+                    help="int4 g64: also time these m = 1 tile-16 GEMV configs (PDL on; quant_ops.PACKED_CONFIG): "
+                         "O/Q/W/L for o (n <= 4096), qkv, wide n (gate_up, LM head), long k (down); empty parts "
+                         "keep the table's, e.g. 6/0/4/6")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -292,7 +304,8 @@ def main() -> None:
                                                parse_configs(args.wo_configs, 3, "--wo-configs"),
                                                parse_configs(args.fp8_configs, 2, "--fp8-configs"),
                                                parse_gemv_max_m(args.gemv_max_m),
-                                               [int(n) for n in args.fused_splits.split(",") if n])
+                                               [int(n) for n in args.fused_splits.split(",") if n],
+                                               parse_configs(args.packed_configs, 4, "--packed-configs"))
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios = {}
     bf = results["modes"].get("bf16")
