@@ -10,7 +10,7 @@ canonical kernel's (same codes, another fp32 summation order) before timing.
 
     python benchmarks/bench_int4_packed.py      # -> benchmarks/results/int4_packed_<device>.json
     python benchmarks/bench_int4_packed.py --quick   # m = 1, the tables' configs: int4_packed_quick_<device>.json
-    python benchmarks/bench_int4_packed.py --half   # m = 1, float16 tables, all configs: int4_packed_half_<device>.json
+    python benchmarks/bench_int4_packed.py --half   # m = 1, g64, float16 tables, all configs: int4_packed_half_*.json
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
 def main() -> None:
     torch.manual_seed(0)
     quick = "--quick" in sys.argv  # the tables' configs only, m = 1
-    half = "--half" in sys.argv  # m = 1, every config with float16 tables (their PACKED_CONFIG tuning)
+    half = "--half" in sys.argv  # m = 1, group 64 (int4_awq's), every config with float16 tables: PACKED_CONFIG
     results = []
-    for group in (128, 64):
+    for group in (64,) if half else (128, 64):
         for name, k, n in SHAPES:
             results.append({"shape": name, **bench_shape(name, k, n, group, 1, False, quick, half)})
         results.append({"shape": "gate_up+swiglu", **bench_shape("gate_up+swiglu", 4096, 28672, group, 1, True,
