@@ -115,8 +115,23 @@ def main() -> None:
         results.append({"shape": name, **bench_shape(name, k, n, 128, 4, False)})
     protocol = "cold weights, CUDA graph of 48 calls, median of 7 replays, best of 2 rounds; bf16 activations"
     suffix = "_quick" if quick else "_half" if half else ""
-    write_result(f"int4_packed{suffix}_{device_slug()}",
-                 {"copy_bandwidth_gbps": copy_bandwidth_gbps(), "protocol": protocol, "results": results})
+    extra = {"packed_configs": half_spec(results)} if half else {}
+    write_result(f"int4_packed{suffix}_{device_slug()}", {"copy_bandwidth_gbps": copy_bandwidth_gbps(),
+                                                          "protocol": protocol, "results": results, **extra})
+
+
+def half_spec(results: list[dict]) -> str:
+    """The fastest float16-table config of o, qkv, gate_up + SwiGLU and down at m = 1, group 64, as
+    profile_decode's ``--packed-configs`` O/Q/W/L (PACKED_CONFIG's keys of those shapes)."""
+    by_shape = {r["shape"]: r for r in results if r["m"] == 1 and r["group"] == 64}
+    picks = []
+    for shape in ("o", "qkv", "gate_up+swiglu", "down"):
+        timed = [(t, int(v.split("_")[1])) for v, t in by_shape[shape]["us"].items()
+                 if v.startswith("half_") and isinstance(t, float)]
+        picks.append(str(min(timed)[1]))
+    spec = "/".join(picks)
+    print("--packed-configs", spec, flush=True)
+    return spec
 
 
 if __name__ == "__main__":
