@@ -73,7 +73,8 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
     if quick or half:  # the table's config with both scale tables (and every config with float16 tables)
         mine = packed_config(m, n, k, group)
         variants.update({f"packed_{mine}": (packed, mine), f"half_{mine}": (packed_half, mine)})
-        variants.update({f"half_{c}": (packed_half, c) for c in WO_PACKED_CONFIGS if half})
+        if half:
+            variants.update({f"half_{c}": (packed_half, c) for c in WO_PACKED_CONFIGS})
     else:
         if group == 128 and m <= 8:
             variants.update({f"canonical_{c}": (canonical, c) for c in WO_TC1_CONFIGS})

@@ -92,12 +92,12 @@ def _check_inputs(plugin: str, ins: list, count: int, floats: int) -> None:
     check_plugin(len(ins) == count, plugin, f"expects {count} inputs, got {len(ins)}", ins)
     dtypes = {t.dtype for t in ins[:floats]}
     check_plugin(len(dtypes) == 1 and ins[0].dtype in _FLOAT, plugin, "activations (and the norm weight) must "
-           "share one float dtype (float32/float16/bfloat16)", ins, DTypeError)
+                 "share one float dtype (float32/float16/bfloat16)", ins, DTypeError)
     scale = ins[-1]
     check_plugin(scale.dtype is DType.float32, plugin, f"input_scale {scale.name!r} must be float32, got "
-           f"{scale.dtype.value}", ins, DTypeError)
+                 f"{scale.dtype.value}", ins, DTypeError)
     check_plugin(tuple(scale.shape) == (1,), plugin, f"input_scale {scale.name!r} must be [1] (a static "
-           f"per-tensor scale), got {tuple(scale.shape)}", ins)
+                 f"per-tensor scale), got {tuple(scale.shape)}", ins)
 
 
 def _check_mean(plugin: str, ins: list, count: int, width: Any) -> list:
@@ -105,22 +105,22 @@ def _check_mean(plugin: str, ins: list, count: int, width: Any) -> list:
     and, after the mean, the low-rank branch's ``basis [width, r]`` (``QuantConfig.fp8_lowrank``).
     Returns the extra output's ``[(dtype, shape)]``: the branch's ``c [..., r]``, or nothing."""
     check_plugin(len(ins) in (count, count + 1, count + 2), plugin, f"expects {count} inputs (or {count + 1} with "
-           f"a mean, {count + 2} with a mean and a low-rank basis), got {len(ins)}", ins)
+                 f"a mean, {count + 2} with a mean and a low-rank basis), got {len(ins)}", ins)
     _check_inputs(plugin, ins[:count], count, count - 1)
     if len(ins) == count:
         return []
     mean = ins[count]
     check_plugin(mean.dtype is ins[0].dtype, plugin, f"mean {mean.name!r} must have the activation's dtype "
-           f"{ins[0].dtype.value}, got {mean.dtype.value}", ins, DTypeError)
+                 f"{ins[0].dtype.value}, got {mean.dtype.value}", ins, DTypeError)
     check_plugin(tuple(mean.shape) == (width,), plugin, f"mean {mean.name!r} must be [{width}], got "
-           f"{tuple(mean.shape)}", ins)
+                 f"{tuple(mean.shape)}", ins)
     if len(ins) == count + 1:
         return []
     basis = ins[-1]
     check_plugin(basis.dtype is ins[0].dtype, plugin, f"basis {basis.name!r} must have the activation's dtype "
-           f"{ins[0].dtype.value}, got {basis.dtype.value}", ins, DTypeError)
+                 f"{ins[0].dtype.value}, got {basis.dtype.value}", ins, DTypeError)
     check_plugin(len(basis.shape) == 2 and basis.shape[0] == width and isinstance(basis.shape[1], int), plugin,
-           f"basis {basis.name!r} must be [{width}, r], got {tuple(basis.shape)}", ins)
+                 f"basis {basis.name!r} must be [{width}, r], got {tuple(basis.shape)}", ins)
     return [(ins[0].dtype, tuple(ins[0].shape[:-1]) + (basis.shape[1],))]
 
 
@@ -140,14 +140,14 @@ def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
     x = ins[0] if ins else None
     width = x.shape[-1] if x is not None and x.shape else None
     check_plugin(isinstance(width, int) and width % 2 == 0, SWIGLU_FP8, "x's last dim must be a static even "
-           "size ([gate | up])", ins)
+                 "size ([gate | up])", ins)
     assert x is not None and isinstance(width, int)
     check_plugin(len(ins) != 3, SWIGLU_FP8, "a centered SwiGLU input needs its low-rank basis too (x, input_scale, "
-           "mean, basis)", ins)
+                 "mean, basis)", ins)
     branch = _check_mean(SWIGLU_FP8, ins, 2, width // 2)
     blocks = fields.get("lowrank_blocks", 0)
     check_plugin(isinstance(blocks, int) and blocks >= 0 and (not blocks or branch), SWIGLU_FP8, f"lowrank_blocks "
-           f"{blocks!r} must be an int >= 0, and > 0 only with a low-rank basis", ins)
+                 f"{blocks!r} must be an int >= 0, and > 0 only with a low-rank basis", ins)
     if blocks:  # the compact block-diagonal basis: c holds every block's r entries
         (dtype, shape), = branch
         branch = [(dtype, shape[:-1] + (blocks * shape[-1],))]
@@ -156,7 +156,7 @@ def _swiglu_fp8_shape(ins: list, fields: dict) -> list:
 
 def _attention_fp8_shape(ins: list, fields: dict) -> list:
     check_plugin(len(ins) == len(attention.INPUT_NAMES) + 1, ATTENTION_FP8, f"expects the attention's "
-           f"{len(attention.INPUT_NAMES)} inputs and input_scale, got {len(ins)}", ins)
+                 f"{len(attention.INPUT_NAMES)} inputs and input_scale, got {len(ins)}", ins)
     ((_, shape),) = attention.shape_rule(ins[:-1], fields)
     _check_inputs(ATTENTION_FP8, [ins[0], ins[-1]], 2, 1)  # qkv float, input_scale float32 [1]
     return [(DType.fp8, shape)]
@@ -164,7 +164,7 @@ def _attention_fp8_shape(ins: list, fields: dict) -> list:
 
 def _attention_quant_kv_fp8_shape(ins: list, fields: dict) -> list:
     check_plugin(len(ins) in (10, 11), ATTENTION_QUANT_KV_FP8, f"expects {kv_cache.ATTENTION_QUANT_KV}'s 9 or 10 "
-           f"inputs and input_scale, got {len(ins)}", ins)
+                 f"inputs and input_scale, got {len(ins)}", ins)
     ((_, shape),) = kv_cache.shape_rule(ins[:-1], fields)
     _check_inputs(ATTENTION_QUANT_KV_FP8, [ins[0], ins[-1]], 2, 1)  # qkv float, input_scale float32 [1]
     return [(DType.fp8, shape)]

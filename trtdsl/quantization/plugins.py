@@ -61,20 +61,19 @@ def check_plugin(cond: bool, plugin: str, problem: str, ins: list, kind: type = 
         raise kind(f"{plugin}: {problem}\n  inputs: {_describe(ins)}")
 
 
-
 def _check_common(plugin: str, ins: list, n_inputs: int | tuple[int, ...], w_dtype: DType,
                   k_stored: Any) -> tuple:
     counts = n_inputs if isinstance(n_inputs, tuple) else (n_inputs,)
     check_plugin(len(ins) in counts, plugin, f"expects {' or '.join(map(str, counts))} inputs, got {len(ins)}",
-           ins)
+                 ins)
     x, w = ins[0], ins[1]
     check_plugin(x.dtype in _ACT_DTYPES, plugin, f"activation must be float32/float16/bfloat16, got "
-           f"{x.dtype.value}", ins, DTypeError)
+                 f"{x.dtype.value}", ins, DTypeError)
     check_plugin(w.dtype is w_dtype, plugin, f"weight must be {w_dtype.value}, got {w.dtype.value}", ins,
-           DTypeError)
+                 DTypeError)
     check_plugin(w.ndim == 2 and x.ndim >= 1, plugin, "weight must be 2-D and x at least 1-D", ins)
     check_plugin(dim_equal(w.shape[1], k_stored), plugin, f"weight has {w.shape[1]} stored input columns, "
-           f"expected {k_stored}", ins)
+                 f"expected {k_stored}", ins)
     for t in ins[2:]:
         check_plugin(t.dtype is DType.float32, plugin, f"scale {t.name!r} must be float32", ins, DTypeError)
     return x, w
@@ -84,12 +83,12 @@ def _weight_only_shape(ins: list, fields: dict) -> list:
     bits, k, group = fields["bits"], fields["in_features"], fields["group_size"]
     check_plugin(bits in (4, 8), WEIGHT_ONLY_GEMM, f"bits must be 4 or 8, got {bits}", ins)
     check_plugin(dim_equal(ins[0].shape[-1], k), WEIGHT_ONLY_GEMM,
-           f"x has {ins[0].shape[-1]} features, the weight {k}", ins)
+                 f"x has {ins[0].shape[-1]} features, the weight {k}", ins)
     x, w = _check_common(WEIGHT_ONLY_GEMM, ins, (3, 4), DType.int4 if bits == 4 else DType.int8,
                          k // 2 if bits == 4 else k)
     for t in ins[2:]:  # scales and, for the asymmetric format, zeros
         check_plugin(tuple(t.shape) == (w.shape[0], num_groups(k, group)), WEIGHT_ONLY_GEMM,
-               f"{t.name!r} must be [{w.shape[0]}, {num_groups(k, group)}] (scales / zeros)", ins)
+                     f"{t.name!r} must be [{w.shape[0]}, {num_groups(k, group)}] (scales / zeros)", ins)
     return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 
 
@@ -106,15 +105,15 @@ def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
     """``x`` already holds e4m3 codes of ``x / input_scale`` (a quantizing norm / SwiGLU made them,
     ``trtdsl/passes/fp8_act_fuse.py``): the static input list only, output dtype from ``out_dtype``."""
     check_plugin(len(ins) in (4, 5, 7), FP8_GEMM, f"an fp8 x (already quantized) needs the static input list (x, "
-           f"weight, weight_scale, input_scale; optionally bias, or bias, c and lowrank_weight): its input_scale "
-           f"says what the codes mean; got {len(ins)} inputs", ins)
+                 f"weight, weight_scale, input_scale; optionally bias, or bias, c and lowrank_weight): its input_scale "
+                 f"says what the codes mean; got {len(ins)} inputs", ins)
     out_dtype = fields.get("out_dtype")
     check_plugin(out_dtype in _ACT_DTYPES, FP8_GEMM, f"an fp8 x needs the field out_dtype (float32/float16/bfloat16), "
-           f"got {out_dtype!r}", ins, DTypeError)
+                 f"got {out_dtype!r}", ins, DTypeError)
     w = ins[1]
     check_plugin(w.dtype is DType.fp8, FP8_GEMM, f"weight must be fp8, got {w.dtype.value}", ins, DTypeError)
     check_plugin(w.ndim == 2 and ins[0].ndim >= 1 and dim_equal(w.shape[1], ins[0].shape[-1]), FP8_GEMM,
-           f"weight must be 2-D [n, {ins[0].shape[-1]}]", ins)
+                 f"weight must be 2-D [n, {ins[0].shape[-1]}]", ins)
     for t in ins[2:4]:
         check_plugin(t.dtype is DType.float32, FP8_GEMM, f"scale {t.name!r} must be float32", ins, DTypeError)
     check_plugin(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
@@ -122,16 +121,16 @@ def _fp8_prequantized_shape(ins: list, fields: dict) -> list:
     if len(ins) >= 5:
         bias = ins[4]
         check_plugin(bias.dtype is out_dtype and tuple(bias.shape) == (w.shape[0],), FP8_GEMM,
-               f"bias {bias.name!r} must be [{w.shape[0]}] in the output dtype {out_dtype.value}, got "
-               f"{bias.dtype.value}{tuple(bias.shape)}", ins, DTypeError)
+                     f"bias {bias.name!r} must be [{w.shape[0]}] in the output dtype {out_dtype.value}, got "
+                     f"{bias.dtype.value}{tuple(bias.shape)}", ins, DTypeError)
     if len(ins) == 7:
         c, lw = ins[5], ins[6]
         check_plugin(c.dtype is out_dtype and lw.dtype is out_dtype, FP8_GEMM, f"c {c.name!r} and lowrank_weight "
-               f"{lw.name!r} must be in the output dtype {out_dtype.value}", ins, DTypeError)
+                     f"{lw.name!r} must be in the output dtype {out_dtype.value}", ins, DTypeError)
         check_plugin(c.ndim == ins[0].ndim and tuple(c.shape[:-1]) == tuple(ins[0].shape[:-1]) and lw.ndim == 2
-               and dim_equal(lw.shape[0], c.shape[-1]) and dim_equal(lw.shape[1], w.shape[0]), FP8_GEMM,
-               f"c must be [..., r] over x's rows and lowrank_weight [r, {w.shape[0]}], got "
-               f"{tuple(c.shape)} and {tuple(lw.shape)}", ins)
+                     and dim_equal(lw.shape[0], c.shape[-1]) and dim_equal(lw.shape[1], w.shape[0]), FP8_GEMM,
+                     f"c must be [..., r] over x's rows and lowrank_weight [r, {w.shape[0]}], got "
+                     f"{tuple(c.shape)} and {tuple(lw.shape)}", ins)
     return [(out_dtype, tuple(ins[0].shape[:-1]) + (w.shape[0],))]
 
 
@@ -139,19 +138,19 @@ def _fp8_shape(ins: list, fields: dict) -> list:
     if ins and ins[0].dtype is DType.fp8:
         return _fp8_prequantized_shape(ins, fields)
     check_plugin(fields.get("out_dtype") in (None, ins[0].dtype), FP8_GEMM, f"out_dtype {fields.get('out_dtype')!r} "
-           f"differs from x's dtype: only an fp8 (already quantized) x takes another output dtype", ins,
-           DTypeError)
+                 f"differs from x's dtype: only an fp8 (already quantized) x takes another output dtype", ins,
+                 DTypeError)
     x, w = _check_common(FP8_GEMM, ins, (3, 4), DType.fp8, ins[0].shape[-1])
     check_plugin(tuple(ins[2].shape) in ((w.shape[0],), (1,)), FP8_GEMM, "weight_scale must be [n] or [1]", ins)
     check_plugin(len(ins) == 3 or tuple(ins[3].shape) == (1,), FP8_GEMM, "input_scale must be [1]", ins)
     group = fields.get("act_group_size", 0)
     check_plugin(isinstance(group, int) and group >= 0, FP8_GEMM,
-           f"act_group_size must be an int >= 0 (0 = one scale per token), got {group!r}", ins, PluginError)
+                 f"act_group_size must be an int >= 0 (0 = one scale per token), got {group!r}", ins, PluginError)
     if group:
         check_plugin(len(ins) == 3, FP8_GEMM, f"act_group_size {group} needs dynamic activation scales (no "
-               f"input_scale input)", ins)
+                     f"input_scale input)", ins)
         check_plugin(isinstance(w.shape[1], int) and w.shape[1] % group == 0, FP8_GEMM,
-               f"act_group_size {group} must divide in_features {w.shape[1]}", ins)
+                     f"act_group_size {group} must divide in_features {w.shape[1]}", ins)
     return [(x.dtype, tuple(x.shape[:-1]) + (w.shape[0],))]
 
 
