@@ -23,7 +23,7 @@ from trtdsl.plugins import registered_plugins
 
 # Modules that register plugins when imported (the plugin registry has no global discovery).
 PLUGIN_MODULES = ["trtdsl.plugins.attention", "trtdsl.quantization.plugins", "trtdsl.quantization.kv_cache",
-                  "trtdsl.passes.fused_plugins"]
+                  "trtdsl.passes.fused_plugins", "trtdsl.passes.fp8_act_fuse", "trtdsl.passes.int4_tile_gemm"]
 # A real module, not a namespace package some directory called "tensorrt" on sys.path could form.
 _SPEC = importlib.util.find_spec("tensorrt")
 HAS_TENSORRT = _SPEC is not None and _SPEC.origin is not None

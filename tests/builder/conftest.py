@@ -18,3 +18,16 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny_llama_builder")
     LlamaForCausalLM(cfg).eval().save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def int4_llama_dir(tmp_path_factory) -> Path:
+    """Hidden size 128: the smallest whose GEMMs the int4 tile-16 layout takes (k % 128 == 0)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      tie_word_embeddings=False)
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("int4_llama")
+    LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    return path

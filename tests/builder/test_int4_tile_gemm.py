@@ -104,14 +104,8 @@ def test_bad_pack_shapes_are_named():
         spec.shape_rule(gemm.inputs, dict(gemm.attrs["fields"], out_features=200))
 
 
-def test_builder_int4_awq_llama_packs_and_keeps_its_logits(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=False)
-    torch.manual_seed(5)
-    LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path / "ckpt")
-    model = load_model(tmp_path / "ckpt", "float32")
+def test_builder_int4_awq_llama_packs_and_keeps_its_logits(tmp_path, int4_llama_dir):
+    model = load_model(int4_llama_dir, "float32")
     common = dict(max_batch_size=1, max_seq_len=64, quantization="int4_awq", quant_group_size=64,
                   calibration_tokens=128)
     engines = {"packed": Builder(BuildConfig(**common)).build(model),

@@ -58,9 +58,10 @@ def registered_plugins() -> dict[str, PluginSpec]:
 
 
 # Modules whose import registers plugins. The registry has no discovery step, so a new module that
-# registers plugins is added here (and to the TensorRT coverage test).
+# registers plugins is added here (and to the TensorRT coverage test). The passes' modules too: an engine
+# file holds the plugins its build's passes made, and a fresh process must know them to run it.
 PLUGIN_MODULES = ("trtdsl.plugins.attention", "trtdsl.passes.fused_plugins", "trtdsl.quantization.plugins",
-                  "trtdsl.quantization.kv_cache")
+                  "trtdsl.quantization.kv_cache", "trtdsl.passes.fp8_act_fuse", "trtdsl.passes.int4_tile_gemm")
 
 
 def _load_builtin_plugins() -> None:
