@@ -58,8 +58,9 @@ def registered_plugins() -> dict[str, PluginSpec]:
 
 
 # Modules whose import registers plugins. The registry has no discovery step, so a new module that
-# registers plugins is added here (and to the TensorRT coverage test). The passes' modules too: an engine
-# file holds the plugins its build's passes made, and a fresh process must know them to run it.
+# registers plugins is added here (the TensorRT coverage test then asks for its lowering). The passes'
+# modules too: an engine file holds the plugins its build's passes made, and a fresh process must know
+# them to run it.
 PLUGIN_MODULES = ("trtdsl.plugins.attention", "trtdsl.passes.fused_plugins", "trtdsl.quantization.plugins",
                   "trtdsl.quantization.kv_cache", "trtdsl.passes.fp8_act_fuse", "trtdsl.passes.int4_tile_gemm")
 
