@@ -348,9 +348,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def _format_accuracy(r: dict) -> str:
+    from .quantization.config import WEIGHT_ONLY_MODES
     q = r["quantization"] or {}
     what = ", ".join(f"{k} {q[k]}" for k in ("mode", "group_size", "kv_cache_dtype") if q.get(k) is not None
-                     and (k != "group_size" or q.get("mode") in ("int8_wo", "int4_wo", "int4_awq")))
+                     and (k != "group_size" or q.get("mode") in WEIGHT_ONLY_MODES))
     target = "no target" if r["target_pct"] is None else f"target <= {r['target_pct']:+.2f} %"
     return "\n".join([
         f"accuracy of engine {r['engine']} ({r['dtype']}{', ' + what if what else ''}) vs transformers "

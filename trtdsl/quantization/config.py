@@ -7,12 +7,14 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["QuantConfig", "MODES", "CALIBRATED_MODES", "OVERRIDE_MODES"]
+__all__ = ["QuantConfig", "MODES", "CALIBRATED_MODES", "WEIGHT_ONLY_MODES", "OVERRIDE_MODES"]
 
 #: Weight/activation modes. ``None`` leaves the GEMMs alone (e.g. only a quantized K/V cache).
 MODES = ("fp8", "int8_wo", "int4_wo", "int4_awq", "int8_sq")
 #: Modes whose scales come from calibration activations.
 CALIBRATED_MODES = ("fp8", "int4_awq", "int8_sq")
+#: Modes that quantize weights only (group sizes, zero points and float16 scale tables apply to these).
+WEIGHT_ONLY_MODES = ("int8_wo", "int4_wo", "int4_awq")
 _GROUP_SIZES = (0, 32, 64, 128, 256)
 #: Modes a ``mode_overrides`` entry may give a GEMM: weight-only ones that need no activation statistics
 #: of their own (GPTQ's Hessians, when the recipe asks for them, are collected for every GEMM input).
@@ -191,7 +193,15 @@ class QuantConfig:
     mode_overrides: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
-        problems = []
+        modes, problems = self._normalize_overrides()
+        problems += self._range_problems() + self._kv_cache_problems()
+        problems += self._weight_only_problems(modes) + self._fp8_problems()
+        if problems:
+            raise ConfigError("QuantConfig: " + "; ".join(problems))
+
+    def _normalize_overrides(self) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+        """Overrides as hashable tuples (JSON gives lists), and the problems with them."""
+        problems: list[str] = []
         try:  # JSON gives lists: a hashable tuple of (glob, size) pairs
             overrides = tuple((str(p), int(g)) for p, g in self.group_size_overrides)
             object.__setattr__(self, "group_size_overrides", overrides)
@@ -209,28 +219,19 @@ class QuantConfig:
             problems.append(f"mode_overrides {[list(p) for p in modes]}: modes must be in {list(OVERRIDE_MODES)} "
                             "and the recipe needs a mode of its own")
         bad = [g for _, g in overrides if g not in _GROUP_SIZES]
-        if bad or (overrides and self.mode not in ("int8_wo", "int4_wo", "int4_awq") and not modes):
+        if bad or (overrides and self.mode not in WEIGHT_ONLY_MODES and not modes):
             problems.append(f"group_size_overrides {list(overrides)}: group sizes must be in {list(_GROUP_SIZES)} "
                             f"and the mode weight-only (or given by mode_overrides), not {self.mode!r}")
+        return modes, problems
+
+    def _range_problems(self) -> list[str]:
+        """The mode, group size and the numeric settings' ranges."""
+        problems: list[str] = []
         if self.mode is not None and self.mode not in MODES:
             problems.append(f"mode {self.mode!r} is unknown; expected one of {list(MODES)} or None")
         if self.group_size not in _GROUP_SIZES:
             problems.append(f"group_size {self.group_size} is unsupported; expected one of "
                             f"{list(_GROUP_SIZES)} (0 = per channel)")
-        if self.kv_cache_dtype not in (None, "fp8", "int8"):
-            problems.append(f"kv_cache_dtype {self.kv_cache_dtype!r}; expected 'fp8', 'int8' or None")
-        if self.kv_cache_scales not in ("head", "tensor"):
-            problems.append(f"kv_cache_scales {self.kv_cache_scales!r}; expected 'head' or 'tensor'")
-        if self.kv_cache_rotation not in ("none", "hadamard"):
-            problems.append(f"kv_cache_rotation {self.kv_cache_rotation!r}; expected 'none' or 'hadamard'")
-        if self.kv_cache_center_k and self.kv_cache_dtype is None:
-            problems.append("kv_cache_center_k applies to a quantized K/V cache: set kv_cache_dtype")
-        if self.kv_cache_rotation != "none" and self.kv_cache_dtype is None:
-            problems.append("kv_cache_rotation applies to a quantized K/V cache: set kv_cache_dtype")
-        if self.zero_point and self.mode not in ("int8_wo", "int4_wo", "int4_awq"):
-            problems.append(f"zero_point applies to the weight-only modes, not mode {self.mode!r}")
-        if not 0.0 < self.kv_cache_headroom <= 100.0:
-            problems.append(f"kv_cache_headroom {self.kv_cache_headroom} must lie in (0, 100]")
         if not 0.0 <= self.smoothquant_alpha <= 1.0:
             problems.append(f"smoothquant_alpha {self.smoothquant_alpha} must lie in [0, 1]")
         if self.awq_grid < 1:
@@ -246,12 +247,47 @@ class QuantConfig:
             problems.append(f"gptq_damp {self.gptq_damp} must lie in (0, 10]")
         if not self.gptq_static_groups and self.group_size == 0:
             problems.append("gptq_static_groups=False needs group_size > 0 (per-group scales)")
-        if self.half_scales and self.mode not in ("int8_wo", "int4_wo", "int4_awq") and not modes:
+        if self.awq_all_rows and self.mode != "int4_awq":
+            problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
+        if not 0.0 <= self.float_fraction < 1.0 or (self.float_fraction and self.mode is None):
+            problems.append(f"float_fraction {self.float_fraction} must lie in [0, 1) and needs a GEMM mode")
+        if self.sensitivity_steps < 1:
+            problems.append(f"sensitivity_steps {self.sensitivity_steps} must be >= 1")
+        if isinstance(self.exclude, str):
+            problems.append("exclude must be a tuple of glob patterns, not a string")
+        return problems
+
+    def _kv_cache_problems(self) -> list[str]:
+        problems: list[str] = []
+        if self.kv_cache_dtype not in (None, "fp8", "int8"):
+            problems.append(f"kv_cache_dtype {self.kv_cache_dtype!r}; expected 'fp8', 'int8' or None")
+        if self.kv_cache_scales not in ("head", "tensor"):
+            problems.append(f"kv_cache_scales {self.kv_cache_scales!r}; expected 'head' or 'tensor'")
+        if self.kv_cache_rotation not in ("none", "hadamard"):
+            problems.append(f"kv_cache_rotation {self.kv_cache_rotation!r}; expected 'none' or 'hadamard'")
+        if self.kv_cache_center_k and self.kv_cache_dtype is None:
+            problems.append("kv_cache_center_k applies to a quantized K/V cache: set kv_cache_dtype")
+        if self.kv_cache_rotation != "none" and self.kv_cache_dtype is None:
+            problems.append("kv_cache_rotation applies to a quantized K/V cache: set kv_cache_dtype")
+        if not 0.0 < self.kv_cache_headroom <= 100.0:
+            problems.append(f"kv_cache_headroom {self.kv_cache_headroom} must lie in (0, 100]")
+        return problems
+
+    def _weight_only_problems(self, modes: tuple[tuple[str, str], ...]) -> list[str]:
+        """Settings that apply to the weight-only modes (or to GEMMs given one by mode_overrides)."""
+        problems: list[str] = []
+        if self.zero_point and self.mode not in WEIGHT_ONLY_MODES:
+            problems.append(f"zero_point applies to the weight-only modes, not mode {self.mode!r}")
+        if self.half_scales and self.mode not in WEIGHT_ONLY_MODES and not modes:
             problems.append(f"half_scales applies to the weight-only modes (or mode_overrides), not mode "
                             f"{self.mode!r}")
-        if self.grid_refit < 0 or (self.grid_refit and self.mode not in ("int8_wo", "int4_wo", "int4_awq")):
+        if self.grid_refit < 0 or (self.grid_refit and self.mode not in WEIGHT_ONLY_MODES):
             problems.append(f"grid_refit {self.grid_refit} must be >= 0 and applies to the weight-only "
                             f"modes, not mode {self.mode!r}")
+        return problems
+
+    def _fp8_problems(self) -> list[str]:
+        problems: list[str] = []
         if self.fp8_act_group_size < 0 or (self.fp8_act_group_size and not (self.mode == "fp8" and self.fp8_dynamic)):
             problems.append(f"fp8_act_group_size {self.fp8_act_group_size} must be >= 0 and needs mode 'fp8' "
                             f"with fp8_dynamic=True (static scales are per tensor)")
@@ -270,16 +306,7 @@ class QuantConfig:
                             f"fp8_lowrank_block_rank {self.fp8_lowrank_block_rank} >= 1; blocks apply to the "
                             f"SwiGLU outputs' low-rank branch (fp8_lowrank > 0 with fp8_center_inputs "
                             f"'norm+swiglu' or 'all')")
-        if self.awq_all_rows and self.mode != "int4_awq":
-            problems.append(f"awq_all_rows applies to mode 'int4_awq', not {self.mode!r}")
-        if not 0.0 <= self.float_fraction < 1.0 or (self.float_fraction and self.mode is None):
-            problems.append(f"float_fraction {self.float_fraction} must lie in [0, 1) and needs a GEMM mode")
-        if self.sensitivity_steps < 1:
-            problems.append(f"sensitivity_steps {self.sensitivity_steps} must be >= 1")
-        if isinstance(self.exclude, str):
-            problems.append("exclude must be a tuple of glob patterns, not a string")
-        if problems:
-            raise ConfigError("QuantConfig: " + "; ".join(problems))
+        return problems
 
     @property
     def calibrates_activations(self) -> bool:
