@@ -108,7 +108,8 @@ def test_builder_int4_awq_llama_packs_and_keeps_its_logits(tmp_path, int4_llama_
     model = load_model(int4_llama_dir, "float32")
     common = dict(max_batch_size=1, max_seq_len=64, quantization="int4_awq", quant_group_size=64,
                   calibration_tokens=128)
-    engines = {"packed": Builder(BuildConfig(**common)).build(model),
+    # the deferred norms (tests/builder/test_deferred_norm.py) change roundings: off for a bit-exact check
+    engines = {"packed": Builder(BuildConfig(**common, defer_norms="off")).build(model),
                "plain": Builder(BuildConfig(**common, fuse_swiglu="off")).build(model)}
     packed, plain = _plugins(engines["packed"].network), _plugins(engines["plain"].network)
     assert packed.count(INT4_TILE_GEMM) == 2 * 4  # qkv, o, gate_up (+ SwiGLU), down per layer
