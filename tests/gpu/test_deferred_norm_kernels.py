@@ -152,7 +152,7 @@ def test_llama_int4_awq_with_and_without_the_pass(tmp_path):
         assert (names.count("trtdsl.int4_tile_gemm_add_norm") == 3) == (defer == "auto")
         engine.save(tmp_path / name)
         runner = ModelRunner.from_dir(tmp_path / name, device="cuda")
-        outs[name] = runner.generate([[1, 7, 42, 3], [5, 9]], max_new_tokens=8, end_id=-1, top_k=1,
+        outs[name] = runner.generate([[1, 7, 42, 3], [5, 9, 11, 2]], max_new_tokens=8, end_id=-1, top_k=1,
                                      output_generation_logits=True)
         runner.close()
     ids_a, ids_b = outs["deferred"]["output_ids"], outs["kernels"]["output_ids"]
