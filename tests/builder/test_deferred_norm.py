@@ -178,16 +178,10 @@ def test_shape_rules_name_bad_inputs():
         normed.shape_rule(consumer.inputs[:3] + [deferred.inputs["a"]], consumer.attrs["fields"])
 
 
-def test_builder_int4_awq_llama_keeps_its_tokens(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
+def test_builder_int4_awq_llama_keeps_its_tokens(tmp_path, int4_llama_dir):
     from trtdsl.builder import BuildConfig, Builder, load_model
     from trtdsl.runtime.model_runner import ModelRunner
-    cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      tie_word_embeddings=False)
-    torch.manual_seed(5)
-    LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path / "ckpt")
-    model = load_model(tmp_path / "ckpt", "float32")
+    model = load_model(int4_llama_dir, "float32")
     common = dict(max_batch_size=1, max_seq_len=64, quantization="int4_awq", quant_group_size=64,
                   calibration_tokens=128)
     outs = {}
