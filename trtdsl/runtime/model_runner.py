@@ -32,8 +32,7 @@ def _load_plugins() -> None:
     """Register every plugin an engine may contain before its network is run."""
     import importlib
     from ..passes import fused_plugins  # noqa: F401
-    # The int4 tile GEMMs and their deferred norms are made by passes (not in the registry's builtin list).
-    for name in ("trtdsl.plugins.attention", "trtdsl.passes.int4_tile_gemm", "trtdsl.passes.deferred_norm"):
+    for name in ("trtdsl.plugins.attention",):
         try:
             importlib.import_module(name)
         except ImportError:
