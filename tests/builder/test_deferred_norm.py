@@ -145,10 +145,11 @@ def test_patterns_it_cannot_take_stay():
     net.mark_output(next(t for la in net.layers for t in la.outputs if la.kind is LayerKind.NORMALIZATION), "n")
     _, deferred, stats = _pair(net)  # the normed value is a network output
     assert stats["deferred_norms"] == 0
-    _, canonical, _ = (lambda q: (None, q, optimize(q, fuse_add_rms_norm=True, fuse_swiglu=True,
-                                                    pack_int4=False)))(
-        quantize_network(_block(), "int4_wo", group_size=64, progress=False))
+    canonical = quantize_network(_block(), "int4_wo", group_size=64, progress=False)
+    optimize(canonical, fuse_add_rms_norm=True, fuse_swiglu=True, pack_int4=False)
     assert ADD_NORM not in _plugins(canonical)  # no tile GEMMs, nothing to defer into
+    _, half, stats = _pair(_block("float16"))  # h * gamma could overflow float16
+    assert stats["deferred_norms"] == 0 and stats["int4_tiles"] == 4
 
 
 def test_engine_round_trip_keeps_the_pair(tmp_path):

@@ -31,7 +31,9 @@ scale * gamma`` to T once, here ``h * gamma`` is rounded and the scale multiplie
 Why (docs/quant_kernels.md "Deferred norm"): at batch 1 the two norm kernels of an 8B layer cost about 4
 us of its ~69 (launch, a dependent load of the whole row, a block-wide sum); the producer's epilogue
 already holds its outputs and the consumer's blocks only need one float per producer tile.
-Runs where the int4 tile packing does (the torch backend).
+Runs where the int4 tile packing does (the torch backend), on float32 / bfloat16 activations: with
+float16 ones ``h * gamma`` could overflow where the normalized value does not (residual streams of a few
+thousand exist), so those keep the norm kernel.
 """
 
 from __future__ import annotations
@@ -176,6 +178,8 @@ def _match(norm: Layer, users: dict[int, list[Layer]], outs: set[int]) -> tuple[
                               and int(r.attrs["fields"]["in_features"]) == n for r in readers):
         return None
     if not _is_row(gamma, n) or gamma.dtype is not branch.dtype or residual.dtype is not branch.dtype:
+        return None
+    if branch.dtype is DType.float16:  # h * gamma may pass float16's 65504 where the normalized value would not
         return None
     return producer, residual, readers
 
