@@ -68,6 +68,63 @@ __device__ __forceinline__ float norm_scale(const float (&ssq_red)[KW][MT], int 
   return rsqrtf(total / static_cast<float>(k) + eps);
 }
 
+// Consumer tile sums kept per thread from the prologue to the epilogue (the rest, if any, loaded there).
+template <int MT> constexpr int kSsqSlots = MT == 1 ? 2 : 1;
+
+template <int KW, typename T, int MT>
+__device__ __forceinline__ void ssq_load_share(const PackedNorm<T>& norm, int m, float (&part)[MT][kSsqSlots<MT>]) {
+#pragma unroll
+  for (int c = 0; c < MT; ++c) {
+#pragma unroll
+    for (int i = 0; i < kSsqSlots<MT>; ++i) {
+      const int j = threadIdx.x + i * KW * 32;
+      if (c < m && j < norm.ssq_tiles) part[c][i] = __ldg(norm.ssq_in + c * norm.ssq_tiles + j);
+    }
+  }
+}
+
+// Each warp's sum of the tile sums of every activation row into ssq_red[warp][row] (all lanes call it).
+template <int KW, typename T, int MT>
+__device__ __forceinline__ void ssq_warp_sums(const PackedNorm<T>& norm, int m, const float (&part)[MT][kSsqSlots<MT>],
+                                              float (&ssq_red)[KW][MT]) {
+#pragma unroll
+  for (int c = 0; c < MT; ++c) {
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < kSsqSlots<MT>; ++i) v += part[c][i];
+    for (int j = threadIdx.x + kSsqSlots<MT> * KW * 32; c < m && j < norm.ssq_tiles; j += KW * 32)
+      v += __ldg(norm.ssq_in + c * norm.ssq_tiles + j);
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) ssq_red[threadIdx.x >> 5][c] = v;
+  }
+}
+
+// The producer's epilogue, one output per thread (16 * MT <= KW * 32): the residual added with the fused
+// add_rms_norm's roundings (the GEMV output in T, the sum in T), the sum and sum * gamma stored, and each
+// (row, tile)'s sum of squares of the stored sums reduced over its 16 lanes. All threads call it.
+template <int KW, typename T, int MT>
+__device__ __forceinline__ void producer_epilogue(const PackedNorm<T>& norm, const float (&red)[KW][MT][16],
+                                                  const float (&ssq_red)[KW][MT], float res_v, float gamma_v,
+                                                  T* __restrict__ out, int m, int n, int k) {
+  const int r = threadIdx.x & 15, col = threadIdx.x >> 4;
+  const int row = blockIdx.x * 16 + r;
+  float sq = 0.f;
+  if (col < m && row < n) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < KW; ++w) sum += red[w][col][r];
+    if (norm.ssq_in) sum *= norm_scale<KW>(ssq_red, col, k, norm.eps);
+    const T total = from_float<T>(to_float(from_float<T>(sum)) + res_v);
+    const float tf = to_float(total);
+    out[static_cast<int64_t>(col) * n + row] = total;
+    norm.scaled[static_cast<int64_t>(col) * n + row] = from_float<T>(tf * gamma_v);
+    sq = tf * tf;
+  }
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);  // the 16 lanes of one (col, tile)
+  if (r == 0 && col < m) norm.ssq_out[static_cast<int64_t>(col) * gridDim.x + blockIdx.x] = sq;
+}
+
 // KW warps split the k blocks (interleaved: warp w takes blocks w, w + KW, ..; else contiguous runs),
 // U k blocks per step, two steps of loads in registers. GPB: groups per k block (1: group % 128 == 0 or
 // per channel, bpg = k blocks per group; 2: group 64); S: the scales' type (PackedSz).
@@ -125,18 +182,8 @@ __global__ void __launch_bounds__(KW * 32)
   load(1, first + kStride);
   // Deferred norm, issued behind the weight loads so the latencies overlap; summed in the epilogue.
   // Consumer: this thread's share of the producer's tile sums (the rest, if any, in the epilogue).
-  constexpr int kSsqSlots = MT == 1 ? 2 : 1;
-  float ssq_part[MT][kSsqSlots] = {};
-  if (norm.ssq_in) {
-#pragma unroll
-    for (int c = 0; c < MT; ++c) {
-#pragma unroll
-      for (int i = 0; i < kSsqSlots; ++i) {
-        const int j = threadIdx.x + i * KW * 32;
-        if (c < m && j < norm.ssq_tiles) ssq_part[c][i] = __ldg(norm.ssq_in + c * norm.ssq_tiles + j);
-      }
-    }
-  }
+  float ssq_part[MT][kSsqSlots<MT>] = {};
+  if (norm.ssq_in) ssq_load_share<KW>(norm, m, ssq_part);
   // Producer: the residual and gamma of the one output this thread writes (see the epilogue).
   float res_v = 0.f, gamma_v = 0.f;
   if (norm.residual) {
@@ -185,39 +232,11 @@ __global__ void __launch_bounds__(KW * 32)
   __shared__ float red[KW][MT][16];
   __shared__ float ssq_red[KW][MT];
   tc1_stash<KW, MT, kCols>(red, acc, warp, g, t);
-  if (norm.ssq_in) {  // uniform: every lane takes part in the warp sums
-#pragma unroll
-    for (int c = 0; c < MT; ++c) {
-      float v = 0.f;
-#pragma unroll
-      for (int i = 0; i < kSsqSlots; ++i) v += ssq_part[c][i];
-      for (int j = threadIdx.x + kSsqSlots * KW * 32; c < m && j < norm.ssq_tiles; j += KW * 32)
-        v += __ldg(norm.ssq_in + c * norm.ssq_tiles + j);
-      v = warp_sum(v);
-      if (lane == 0) ssq_red[warp][c] = v;
-    }
-  }
+  if (norm.ssq_in) ssq_warp_sums<KW>(norm, m, ssq_part, ssq_red);  // uniform: every lane takes part
   __syncthreads();
   constexpr int kOuts = SWIGLU ? 8 : 16;  // outputs per tile and activation row
-  if (norm.residual) {  // uniform; no SwiGLU (the launcher checks): one output per thread
-    const int r = threadIdx.x & 15, col = threadIdx.x >> 4;
-    const int row = blockIdx.x * 16 + r;
-    float sq = 0.f;
-    if (col < m && row < n) {
-      float sum = 0.f;
-#pragma unroll
-      for (int w = 0; w < KW; ++w) sum += red[w][col][r];
-      if (norm.ssq_in) sum *= norm_scale<KW>(ssq_red, col, k, norm.eps);
-      // The fused add_rms_norm's rounding: the GEMV output in T, the sum in T, squares of that.
-      const T total = from_float<T>(to_float(from_float<T>(sum)) + res_v);
-      const float tf = to_float(total);
-      out[static_cast<int64_t>(col) * n + row] = total;
-      norm.scaled[static_cast<int64_t>(col) * n + row] = from_float<T>(tf * gamma_v);
-      sq = tf * tf;
-    }
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);  // the 16 lanes of one (col, tile)
-    if (r == 0 && col < m) norm.ssq_out[static_cast<int64_t>(col) * gridDim.x + blockIdx.x] = sq;
+  if (norm.residual) {  // uniform; no SwiGLU (the launcher checks)
+    producer_epilogue<KW>(norm, red, ssq_red, res_v, gamma_v, out, m, n, k);
     return;
   }
   for (int idx = threadIdx.x; idx < kOuts * m; idx += KW * 32) {
