@@ -159,8 +159,6 @@ def _plain_tile_gemm(layer: Layer | None) -> bool:
 
 def _match(norm: Layer, users: dict[int, list[Layer]], outs: set[int]) -> tuple[Layer, Tensor, list[Layer]] | None:
     """(producer GEMM, residual, consumer GEMMs) when ``norm`` (an add_rms_norm) can be deferred."""
-    if norm.kind is not LayerKind.PLUGIN or norm.attrs.get("name") != fused_plugins.ADD_RMS_NORM:
-        return None
     a, b, gamma = norm.inputs
     normed, total = norm.outputs
     if tuple(norm.attrs["fields"]["axes"]) != (total.ndim - 1,) or id(normed) in outs:
@@ -174,7 +172,8 @@ def _match(norm: Layer, users: dict[int, list[Layer]], outs: set[int]) -> tuple[
         return None
     readers = users.get(id(normed), [])
     n = int(producer.attrs["fields"]["out_features"])
-    if not readers or not all(_plain_tile_gemm(r) and r.inputs[0] is normed and all(t is not normed for t in r.inputs[1:])
+    if not readers or not all(_plain_tile_gemm(r) and r.inputs[0] is normed
+                              and all(t is not normed for t in r.inputs[1:])
                               and int(r.attrs["fields"]["in_features"]) == n for r in readers):
         return None
     if not _is_row(gamma, n) or gamma.dtype is not branch.dtype or residual.dtype is not branch.dtype:
@@ -205,13 +204,17 @@ def _rewrite(net: Network, norm: Layer, producer: Layer, residual: Tensor, reade
 def defer_rms_norms(net: Network) -> int:
     """Rewrite every deferrable ``trtdsl.add_rms_norm`` (module docstring) in place; returns how many."""
     deferred = 0
-    for norm in list(net.layers):
-        users = consumers(net)  # each rewrite changes readers: recompute (a few dozen norms per network)
-        match = _match(norm, users, output_ids(net))
+    outs = output_ids(net)
+    users = consumers(net)
+    norms = [la for la in net.layers
+             if la.kind is LayerKind.PLUGIN and la.attrs.get("name") == fused_plugins.ADD_RMS_NORM]
+    for norm in norms:
+        match = _match(norm, users, outs)
         if match is None:
             continue
         _rewrite(net, norm, *match)
         deferred += 1
+        users = consumers(net)  # the rewrite moved readers (residual, gamma, the normed value)
     if deferred:
         toposort(net)  # a producer now reads the residual and gamma, which may come after it
         sync_bookkeeping(net)
