@@ -179,9 +179,8 @@ def test_shape_rules_name_bad_inputs():
         normed.shape_rule(consumer.inputs[:3] + [deferred.inputs["a"]], consumer.attrs["fields"])
 
 
-def test_builder_int4_awq_llama_keeps_its_tokens(tmp_path, int4_llama_dir):
+def test_builder_int4_awq_llama_keeps_its_tokens(int4_llama_dir, generate_from_saved):
     from trtdsl.builder import BuildConfig, Builder, load_model
-    from trtdsl.runtime.model_runner import ModelRunner
     model = load_model(int4_llama_dir, "float32")
     common = dict(max_batch_size=1, max_seq_len=64, quantization="int4_awq", quant_group_size=64,
                   calibration_tokens=128)
@@ -190,11 +189,7 @@ def test_builder_int4_awq_llama_keeps_its_tokens(tmp_path, int4_llama_dir):
         engine = Builder(BuildConfig(**common, defer_norms=name)).build(model)
         # per layer: the norm before qkv (not the first layer's) and the one before gate_up
         assert _plugins(engine.network).count(ADD_NORM) == (3 if name == "auto" else 0)
-        engine.save(tmp_path / name)
-        runner = ModelRunner.from_dir(tmp_path / name)
-        outs[name] = runner.generate([[1, 7, 42, 3]], max_new_tokens=6, end_id=-1, top_k=1,
-                                     output_generation_logits=True)
-        runner.close()
+        outs[name] = generate_from_saved(engine, name, [[1, 7, 42, 3]], 6)
     assert torch.equal(outs["auto"]["output_ids"], outs["off"]["output_ids"])
     torch.testing.assert_close(outs["auto"]["generation_logits"], outs["off"]["generation_logits"],
                                rtol=1e-4, atol=1e-5)
