@@ -92,10 +92,12 @@ class OurEngine:
         net = model.build_network(max_batch_size=max_batch, max_num_tokens=max_tokens,
                                   max_seq_len=max_seq, tokens_per_block=tpb, max_num_blocks=num_blocks)
         flags = quant.split(":") if quant else []
-        if quant:  # ":canonical": int4 weight-only GEMMs keep the canonical layout (passes.int4_tile_gemm off)
-            net = quantize_for_speed(net, ":".join(f for f in flags if f != "canonical"))
+        # ":canonical": int4 weight-only GEMMs keep the canonical layout (passes.int4_tile_gemm off);
+        # ":nodefer": the add + RMSNorm kernels stay between the tile GEMMs (passes.deferred_norm off)
+        if quant:
+            net = quantize_for_speed(net, ":".join(f for f in flags if f not in ("canonical", "nodefer")))
         self.pass_stats = optimize(net, fold=True, fuse_add_rms_norm=True, fuse_swiglu=True,
-                                   pack_int4="canonical" not in flags)
+                                   pack_int4="canonical" not in flags, defer_norms="nodefer" not in flags)
         self.layer_counts = net.layer_counts()
         self.executor = TorchExecutor(net, "cuda")
         kv_dtype = net.input_specs["kv_cache"].dtype.torch  # bf16, or the quantized cache's codes

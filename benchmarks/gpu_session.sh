@@ -4,7 +4,7 @@
 # back). Usage (from the repository root on the device machine):
 #   bash benchmarks/gpu_session.sh setup tests           # part 1 of SmolLM2 + GPU tests
 #   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
-#   stages: setup tests decode quantgemm profile attention kvquant serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
+#   stages: setup tests decode quantgemm profile attention kvquant deferred serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
 # The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
 # Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
@@ -86,6 +86,13 @@ kvquant() {  # decode attention over fp8 / int8 K/V caches against bf16; KVQ_ARG
 serving() {
   [ -f benchmarks/bench_serving.py ] || return 0
   timeout ${SERVING_TIMEOUT:-240} python3 benchmarks/bench_serving.py ${SERVING_ARGS:-} 2>&1 | tee "$OUT/serving.log" | tail -20
+}
+
+deferred() {  # the deferred norm (passes/deferred_norm.py): its GPU tests, then the 8B step with and without it
+  TESTS_PATHS=tests/gpu/test_deferred_norm_kernels.py TESTS_TIMEOUT=${DEFER_TESTS_TIMEOUT:-100} TESTS_ARGS=-x tests
+  timeout ${PROFILE_TIMEOUT:-230} python3 benchmarks/profile_decode.py --batches 1 --name decode_profile_int4_defer \
+    --modes bf16,int4_awq:g64:head:half,int4_awq:g64:head:half:nodefer 2>&1 | tee "$OUT/profile.log" \
+    | grep -v Warning | tail -30
 }
 
 results() {  # bring back the result files this run wrote (few files may come back from a call)

@@ -73,6 +73,9 @@ class BuildConfig:
             (auto: where the backend has a kernel for ``trtdsl.add_rms_norm``: the torch backend).
         fuse_swiglu: ``"auto"`` | ``"on"`` | ``"off"``: SwiGLU fusion into ``trtdsl.swiglu``
             (auto: the torch backend, which has a CUDA kernel for it).
+        defer_norms: ``"auto"`` | ``"on"`` | ``"off"``: the add + RMSNorm between two int4 tile GEMMs
+            moved into their epilogues (``trtdsl.passes.deferred_norm``; auto: wherever the int4 tile
+            packing runs, i.e. with the SwiGLU fusion).
         fold_constants: evaluate constant sub-graphs at build time.
         max_fold_elements: largest folded result that may grow the engine (see ``passes.fold``).
         debug_outputs: tensor names or glob patterns of tensors / module paths
@@ -103,6 +106,7 @@ class BuildConfig:
     fuse_elementwise: str = "auto"
     fuse_add_rms_norm: str = "auto"
     fuse_swiglu: str = "auto"
+    defer_norms: str = "auto"
     fold_constants: bool = True
     max_fold_elements: int = 1 << 16
     debug_outputs: tuple[str, ...] = ()
@@ -129,7 +133,7 @@ class BuildConfig:
             problems.append(f"backend {self.backend!r}: expected one of {BACKENDS}")
         if self.attention_backend not in ("plugin", "composite"):
             problems.append(f"attention_backend {self.attention_backend!r}: expected 'plugin' or 'composite'")
-        for name in ("fuse_elementwise", "fuse_add_rms_norm", "fuse_swiglu"):
+        for name in ("fuse_elementwise", "fuse_add_rms_norm", "fuse_swiglu", "defer_norms"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 problems.append(f"{name} {getattr(self, name)!r}: expected 'auto', 'on' or 'off'")
         if self.quantization is not None and self.quantization not in QUANTIZATION_MODES:
@@ -249,7 +253,8 @@ class Builder:
             fuse_elementwise=_fusion_enabled(cfg.fuse_elementwise, "pointwise", cfg.backend),
             fuse_add_rms_norm=_fusion_enabled(cfg.fuse_add_rms_norm, "add_rms_norm", cfg.backend,
                                               ADD_RMS_NORM),
-            fuse_swiglu=_fusion_enabled(cfg.fuse_swiglu, "swiglu", cfg.backend, SWIGLU))
+            fuse_swiglu=_fusion_enabled(cfg.fuse_swiglu, "swiglu", cfg.backend, SWIGLU),
+            defer_norms=None if cfg.defer_norms == "auto" else cfg.defer_norms == "on")
         bar.update(1)
         bar.close()
         return Engine(net, cfg.to_dict(), model_type, model_config)

@@ -66,6 +66,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(*_opt("fuse_elementwise"), default="auto", choices=["auto", "on", "off"])
     p.add_argument(*_opt("fuse_add_rms_norm"), default="auto", choices=["auto", "on", "off"])
     p.add_argument(*_opt("fuse_swiglu"), default="auto", choices=["auto", "on", "off"])
+    p.add_argument(*_opt("defer_norms"), default="auto", choices=["auto", "on", "off"])
     p.add_argument(*_opt("no_fold_constants"), action="store_true")
 
 
@@ -106,7 +107,7 @@ def build_config_from_args(args: argparse.Namespace) -> Any:
                        kv_cache_dtype=args.kv_cache_dtype, tokens_per_block=args.tokens_per_block,
                        backend=args.backend, attention_backend=args.attention_backend,
                        fuse_elementwise=args.fuse_elementwise, fuse_add_rms_norm=args.fuse_add_rms_norm,
-                       fuse_swiglu=args.fuse_swiglu,
+                       fuse_swiglu=args.fuse_swiglu, defer_norms=args.defer_norms,
                        fold_constants=not args.no_fold_constants, debug_outputs=tuple(args.debug_outputs),
                        context_logits=args.context_logits, quantization=quantization,
                        quant_group_size=args.group_size, quant_options=_quant_options(args.quant_options),

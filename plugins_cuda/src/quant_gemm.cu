@@ -77,10 +77,12 @@ extern "C" int trtdsl_weight_only_gemv(const void* x, const void* qweight, const
                                     dtype, stream);
 }
 
-extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const void* sz, int has_zeros,
-                                              int sz_half, void* out, int64_t m, int64_t n, int64_t k, int group_size,
-                                              int num_groups, int swiglu, int config, int dtype,
-                                              cudaStream_t stream) {
+extern "C" int trtdsl_weight_only_gemv_packed_norm(const void* x, const void* qpacked, const void* sz, int has_zeros,
+                                                   int sz_half, void* out, int64_t m, int64_t n, int64_t k,
+                                                   int group_size, int num_groups, int swiglu, int config, int dtype,
+                                                   const void* residual, const void* gamma, void* scaled,
+                                                   float* ssq_out, const float* ssq_in, int64_t ssq_tiles, float eps,
+                                                   cudaStream_t stream) {
   if (!x || !qpacked || !sz || !out) return kErrNullPointer;
   if (m < 1 || m > 8 || n < 1 || n > kMaxInt / 2 || k < 128 || k > kMaxInt || k % 128 ||
       !resolve_group(k, group_size, num_groups) || (swiglu && n % 8))
@@ -89,10 +91,24 @@ extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked
   if (config < 0 || config >= kWoPackedConfigs) return kErrUnsupported;
   const uintptr_t sz_align = (has_zeros ? 16 : 8) / (sz_half ? 2 : 1);  // one row pair's vector of a group
   if (!aligned16(x) || !aligned16(qpacked) || reinterpret_cast<uintptr_t>(sz) % sz_align) return kErrUnsupported;
+  const bool producer = residual || gamma || scaled || ssq_out;
+  if (producer && (!residual || !gamma || !scaled || !ssq_out)) return kErrNullPointer;  // all four or none
+  if (producer && swiglu) return kErrUnsupported;  // the SwiGLU's outputs are not a residual stream
+  if (ssq_in && (ssq_tiles * 16 != k || !(eps >= 0.f))) return kErrShape;
   const int mi = static_cast<int>(m), ni = static_cast<int>(n), ki = static_cast<int>(k);
-#define TRTDSL_PACKED(T, S)                                                                                         \
-  return launch_wo_gemv_packed<T, S>(static_cast<const T*>(x), qpacked, sz, has_zeros != 0, static_cast<T*>(out), \
-                                     mi, ni, ki, group_size, num_groups, swiglu != 0, config, stream)
+#define TRTDSL_PACKED(T, S)                                                                                        \
+  {                                                                                                                \
+    PackedNorm<T> norm;                                                                                            \
+    norm.residual = static_cast<const T*>(residual);                                                               \
+    norm.gamma = static_cast<const T*>(gamma);                                                                     \
+    norm.scaled = static_cast<T*>(scaled);                                                                         \
+    norm.ssq_out = ssq_out;                                                                                        \
+    norm.ssq_in = ssq_in;                                                                                          \
+    norm.ssq_tiles = static_cast<int>(ssq_in ? ssq_tiles : 0);                                                     \
+    norm.eps = eps;                                                                                                \
+    return launch_wo_gemv_packed<T, S>(static_cast<const T*>(x), qpacked, sz, has_zeros != 0, static_cast<T*>(out), \
+                                       mi, ni, ki, group_size, num_groups, swiglu != 0, config, norm, stream);      \
+  }
   if (dtype == kFloat16) {
     if (sz_half) TRTDSL_PACKED(__half, __half);
     TRTDSL_PACKED(__half, float);
@@ -103,6 +119,15 @@ extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked
   }
 #undef TRTDSL_PACKED
   return kErrDtype;
+}
+
+extern "C" int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const void* sz, int has_zeros,
+                                              int sz_half, void* out, int64_t m, int64_t n, int64_t k, int group_size,
+                                              int num_groups, int swiglu, int config, int dtype,
+                                              cudaStream_t stream) {
+  return trtdsl_weight_only_gemv_packed_norm(x, qpacked, sz, has_zeros, sz_half, out, m, n, k, group_size, num_groups,
+                                             swiglu, config, dtype, nullptr, nullptr, nullptr, nullptr, nullptr, 0,
+                                             0.f, stream);
 }
 
 extern "C" int trtdsl_weight_only_dequantize_zp(const void* qweight, const float* scales, const float* zeros,

@@ -5,6 +5,7 @@
 namespace trtdsl {
 
 template int launch_wo_gemv_packed<__nv_bfloat16, __half>(const __nv_bfloat16*, const void*, const void*, bool, __nv_bfloat16*, int,
-    int, int, int, int, bool, int, cudaStream_t);
+    int, int, int, int, bool, int,
+    const PackedNorm<__nv_bfloat16>&, cudaStream_t);
 
 }  // namespace trtdsl

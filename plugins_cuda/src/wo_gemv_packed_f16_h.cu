@@ -5,6 +5,7 @@
 namespace trtdsl {
 
 template int launch_wo_gemv_packed<__half, __half>(const __half*, const void*, const void*, bool, __half*, int,
-    int, int, int, int, bool, int, cudaStream_t);
+    int, int, int, int, bool, int,
+    const PackedNorm<__half>&, cudaStream_t);
 
 }  // namespace trtdsl

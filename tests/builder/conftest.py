@@ -31,3 +31,21 @@ def int4_llama_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("int4_llama")
     LlamaForCausalLM(cfg).eval().save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def generate_from_saved(tmp_path):
+    """``generate_from_saved(engine, name, prompts, max_new_tokens, **kw)``: save the engine under
+    tmp_path/name, load it back as a ModelRunner (the path users take) and return greedy
+    ``generate`` output with generation logits."""
+    from trtdsl.runtime.model_runner import ModelRunner
+
+    def generate(engine, name: str, prompts: list[list[int]], max_new_tokens: int, **kwargs) -> dict:
+        engine.save(tmp_path / name)
+        runner = ModelRunner.from_dir(tmp_path / name, **kwargs)
+        try:
+            return runner.generate(prompts, max_new_tokens=max_new_tokens, end_id=-1, top_k=1,
+                                   output_generation_logits=True)
+        finally:
+            runner.close()
+    return generate

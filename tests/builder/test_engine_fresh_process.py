@@ -25,8 +25,8 @@ def _fresh(code: str) -> str:
 
 
 def test_a_fresh_registry_knows_the_plugins_passes_make():
-    from trtdsl.passes import fp8_act_fuse, fused_plugins, int4_tile_gemm
-    made = {int4_tile_gemm.INT4_TILE_GEMM, fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8,
+    from trtdsl.passes import deferred_norm, fp8_act_fuse, fused_plugins, int4_tile_gemm
+    made = {int4_tile_gemm.INT4_TILE_GEMM, deferred_norm.ADD_NORM, deferred_norm.NORMED, fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8,
             fp8_act_fuse.SWIGLU_FP8, fp8_act_fuse.ATTENTION_FP8, fp8_act_fuse.ATTENTION_QUANT_KV_FP8,
             fused_plugins.ADD_RMS_NORM, fused_plugins.SWIGLU, fused_plugins.POINTWISE}
     known = json.loads(_fresh("import json; from trtdsl.plugins.registry import registered_plugins; "
@@ -40,7 +40,7 @@ def test_quantized_engine_generates_in_a_fresh_process(mode, int4_llama_dir, tmp
     engine = Builder(BuildConfig(max_batch_size=1, max_seq_len=64, quantization=mode, quant_group_size=64,
                                  calibration_tokens=128)).build(load_model(int4_llama_dir, "float32"))
     names = {la.attrs.get("name") for la in engine.network.layers}
-    assert ("trtdsl.int4_tile_gemm" if mode == "int4_awq" else "trtdsl.swiglu_fp8") in names
+    assert ("trtdsl.int4_tile_gemm_add_norm" if mode == "int4_awq" else "trtdsl.swiglu_fp8") in names
     engine.save(tmp_path / "e")
     runner = ModelRunner.from_dir(tmp_path / "e")
     want = runner.generate([PROMPT], max_new_tokens=4, end_id=-1, top_k=1)["output_ids"].tolist()

@@ -44,7 +44,7 @@ from . import fused_plugins
 from .dce import eliminate_dead_code
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
 
-__all__ = ["INT4_TILE_GEMM", "int4_tile_gemm_reference", "pack_int4_gemms"]
+__all__ = ["INT4_TILE_GEMM", "int4_tile_gemm_reference", "pack_int4_gemms", "tile_gemm_shape"]
 
 INT4_TILE_GEMM = "trtdsl.int4_tile_gemm"
 _FLOAT = (DType.float32, DType.float16, DType.bfloat16)
@@ -59,7 +59,8 @@ def _check(cond: bool, problem: str, ins: list, kind: type = ShapeError) -> None
     check_plugin(cond, INT4_TILE_GEMM, problem, ins, kind)
 
 
-def _shape(ins: list, fields: dict) -> list:
+def tile_gemm_shape(ins: list, fields: dict) -> list:
+    """The plugin's shape rule (also the first three inputs of :mod:`.deferred_norm`'s plugins)."""
     _check(len(ins) == 3, f"expects 3 inputs (x, qpacked, sz), got {len(ins)}", ins)
     x, qp, sz = ins
     k, group = int(fields["in_features"]), int(fields["group_size"])
@@ -89,7 +90,7 @@ def int4_tile_gemm_reference(ins: list, fields: dict, hints: dict | None = None)
 def register() -> None:
     """Register the plugin (idempotent: kernels attached to an existing spec survive)."""
     if INT4_TILE_GEMM not in registered_plugins():
-        register_plugin(PluginSpec(INT4_TILE_GEMM, _shape, int4_tile_gemm_reference,
+        register_plugin(PluginSpec(INT4_TILE_GEMM, tile_gemm_shape, int4_tile_gemm_reference,
                                    doc="int4 weight-only GEMM over the tile-16 layout, optionally with SwiGLU"))
 
 

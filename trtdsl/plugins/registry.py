@@ -62,7 +62,8 @@ def registered_plugins() -> dict[str, PluginSpec]:
 # modules too: an engine file holds the plugins its build's passes made, and a fresh process must know
 # them to run it.
 PLUGIN_MODULES = ("trtdsl.plugins.attention", "trtdsl.passes.fused_plugins", "trtdsl.quantization.plugins",
-                  "trtdsl.quantization.kv_cache", "trtdsl.passes.fp8_act_fuse", "trtdsl.passes.int4_tile_gemm")
+                  "trtdsl.quantization.kv_cache", "trtdsl.passes.fp8_act_fuse", "trtdsl.passes.int4_tile_gemm",
+                  "trtdsl.passes.deferred_norm")
 
 
 def _load_builtin_plugins() -> None:

@@ -140,6 +140,17 @@ int trtdsl_weight_only_gemv_packed(const void* x, const void* qpacked, const voi
                                    void* out, int64_t m, int64_t n, int64_t k, int group_size, int num_groups,
                                    int swiglu, int config, int dtype, cudaStream_t stream);
 
+/* The same GEMV with the deferred RMSNorm (wo_gemv_packed.cuh, trtdsl/passes/deferred_norm.py); null pointers
+ * leave a part out. Producer (residual, gamma, scaled [m, n], ssq_out [m, ceil(n / 16)] float32; all four, no
+ * swiglu): out = T(T(x . W^T) + residual), scaled = T(out * gamma), ssq_out = each 16-row tile's sum of
+ * out^2 (rows >= n count 0). Consumer (ssq_in [m, ssq_tiles], ssq_tiles * 16 == k; eps >= 0): the sums are
+ * multiplied by rsqrt(sum(ssq_in[row]) / k + eps) before they are rounded (and before the SwiGLU). */
+int trtdsl_weight_only_gemv_packed_norm(const void* x, const void* qpacked, const void* sz, int has_zeros, int sz_half,
+                                        void* out, int64_t m, int64_t n, int64_t k, int group_size, int num_groups,
+                                        int swiglu, int config, int dtype, const void* residual, const void* gamma,
+                                        void* scaled, float* ssq_out, const float* ssq_in, int64_t ssq_tiles,
+                                        float eps, cudaStream_t stream);
+
 /* Dequantize a tile-16 pack into out [rows, k] (fp16 / bf16, canonical row order; swiglu packs back to
  * [gate rows | up rows]): bitwise trtdsl_weight_only_dequantize_zp of the canonical tensors. */
 int trtdsl_weight_only_dequantize_packed(const void* qpacked, const void* sz, int has_zeros, int sz_half, void* out,

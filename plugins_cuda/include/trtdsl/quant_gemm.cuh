@@ -162,6 +162,20 @@ template <typename T, bool ZP>
 int launch_wo_gemv_tc1(const T* x, const void* qw, const float* scales, const float* zeros, T* out, int m, int n,
                        int k, int group, int num_groups, int config, cudaStream_t stream);
 
+// The tile-16 GEMV's deferred RMSNorm (wo_gemv_packed.cuh, "DEFERRED NORM"); all null: a plain GEMV.
+// Producer (no SwiGLU): out = T(T(x W^T) + residual), scaled = T(out * gamma), ssq_out [m][tiles] = each
+// 16-row tile's sum of out^2. Consumer: ssq_in [m][ssq_tiles] (a producer's ssq_out, ssq_tiles * 16 == k):
+// the fp32 sums are multiplied by rsqrt(sum(ssq_in[row]) / k + eps) before rounding (and the SwiGLU).
+template <typename T> struct PackedNorm {
+  const T* residual = nullptr;
+  const T* gamma = nullptr;
+  T* scaled = nullptr;
+  float* ssq_out = nullptr;
+  const float* ssq_in = nullptr;
+  int ssq_tiles = 0;
+  float eps = 0.f;
+};
+
 // int4 decode GEMV over the pre-shuffled tile-16 layout (wo_gemv_packed.cuh, instantiated in
 // src/wo_gemv_packed_{bf16,f16}{,_h}.cu: float / __half scales S): 1..8 rows, k % 128 == 0, group 64, a
 // multiple of 128 or per channel;
@@ -169,7 +183,8 @@ int launch_wo_gemv_tc1(const T* x, const void* qw, const float* scales, const fl
 // config 0..kWoPackedConfigs - 1 (wo_gemv_packed.cuh); kErrUnsupported when k / 128 is not a whole number of steps.
 template <typename T, typename S>
 int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros, T* out, int m, int n, int k,
-                          int group, int num_groups, bool swiglu, int config, cudaStream_t stream);
+                          int group, int num_groups, bool swiglu, int config, const PackedNorm<T>& norm,
+                          cudaStream_t stream);
 constexpr int kWoPackedConfigs = 7;  // launch shapes 0..6 (wo_gemv_packed.cuh)
 
 // Dequantize codes [n, k] (int4: packed [n, k / 2]) into T [n, k] for the cuBLAS (large-M) path:

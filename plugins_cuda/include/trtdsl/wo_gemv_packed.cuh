@@ -20,6 +20,12 @@
 // (z - bias * s) * sum(x)). SWIGLU (the pack interleaved gate and up: tile rows 0..7 = gate rows 8 tile
 // .., rows 8..15 = up rows 8 tile ..): the block writes silu(gate) * up of its 8 outputs instead, each
 // factor first rounded to T, which is what the GEMV's T output followed by swiglu.cuh computes.
+// DEFERRED NORM (PackedNorm; trtdsl/passes/deferred_norm.py): the RMSNorm between two of these GEMVs,
+// split across them so no kernel of its own runs. The producer (o_proj, down) adds the residual to its
+// outputs (the next residual stream, out), writes them times gamma (`scaled`) and each tile's sum of
+// squares (ssq_out [m][tiles]); the consumer (qkv, gate_up) reads `scaled` as x and multiplies its fp32
+// sums by rsqrt(sum(ssq_in[col]) / k + eps) before rounding: the norm's row scale, applied after the
+// dot product instead of before it (a scalar per activation row commutes with the GEMV).
 // Included only by src/wo_gemv_packed_{bf16,f16}{,_h}.cu.
 #pragma once
 #include "trtdsl/wo_gemv_tc.cuh"
@@ -53,6 +59,72 @@ template <> struct PackedSz<false, __half> {
   __device__ static float z(uint32_t, int) { return 0.f; }
 };
 
+// The consumer's row scale of activation row col: rsqrt(mean of the squares + eps), the RMSNorm's.
+template <int KW, int MT>
+__device__ __forceinline__ float norm_scale(const float (&ssq_red)[KW][MT], int col, int k, float eps) {
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < KW; ++w) total += ssq_red[w][col];
+  return rsqrtf(total / static_cast<float>(k) + eps);
+}
+
+// Consumer tile sums kept per thread from the prologue to the epilogue (the rest, if any, loaded there).
+template <int MT> constexpr int kSsqSlots = MT == 1 ? 2 : 1;
+
+template <int KW, typename T, int MT>
+__device__ __forceinline__ void ssq_load_share(const PackedNorm<T>& norm, int m, float (&part)[MT][kSsqSlots<MT>]) {
+#pragma unroll
+  for (int c = 0; c < MT; ++c) {
+#pragma unroll
+    for (int i = 0; i < kSsqSlots<MT>; ++i) {
+      const int j = threadIdx.x + i * KW * 32;
+      if (c < m && j < norm.ssq_tiles) part[c][i] = __ldg(norm.ssq_in + c * norm.ssq_tiles + j);
+    }
+  }
+}
+
+// Each warp's sum of the tile sums of every activation row into ssq_red[warp][row] (all lanes call it).
+template <int KW, typename T, int MT>
+__device__ __forceinline__ void ssq_warp_sums(const PackedNorm<T>& norm, int m, const float (&part)[MT][kSsqSlots<MT>],
+                                              float (&ssq_red)[KW][MT]) {
+#pragma unroll
+  for (int c = 0; c < MT; ++c) {
+    float v = 0.f;
+#pragma unroll
+    for (int i = 0; i < kSsqSlots<MT>; ++i) v += part[c][i];
+    for (int j = threadIdx.x + kSsqSlots<MT> * KW * 32; c < m && j < norm.ssq_tiles; j += KW * 32)
+      v += __ldg(norm.ssq_in + c * norm.ssq_tiles + j);
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) ssq_red[threadIdx.x >> 5][c] = v;
+  }
+}
+
+// The producer's epilogue, one output per thread (16 * MT <= KW * 32): the residual added with the fused
+// add_rms_norm's roundings (the GEMV output in T, the sum in T), the sum and sum * gamma stored, and each
+// (row, tile)'s sum of squares of the stored sums reduced over its 16 lanes. All threads call it.
+template <int KW, typename T, int MT>
+__device__ __forceinline__ void producer_epilogue(const PackedNorm<T>& norm, const float (&red)[KW][MT][16],
+                                                  const float (&ssq_red)[KW][MT], float res_v, float gamma_v,
+                                                  T* __restrict__ out, int m, int n, int k) {
+  const int r = threadIdx.x & 15, col = threadIdx.x >> 4;
+  const int row = blockIdx.x * 16 + r;
+  float sq = 0.f;
+  if (col < m && row < n) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < KW; ++w) sum += red[w][col][r];
+    if (norm.ssq_in) sum *= norm_scale<KW>(ssq_red, col, k, norm.eps);
+    const T total = from_float<T>(to_float(from_float<T>(sum)) + res_v);
+    const float tf = to_float(total);
+    out[static_cast<int64_t>(col) * n + row] = total;
+    norm.scaled[static_cast<int64_t>(col) * n + row] = from_float<T>(tf * gamma_v);
+    sq = tf * tf;
+  }
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);  // the 16 lanes of one (col, tile)
+  if (r == 0 && col < m) norm.ssq_out[static_cast<int64_t>(col) * gridDim.x + blockIdx.x] = sq;
+}
+
 // KW warps split the k blocks (interleaved: warp w takes blocks w, w + KW, ..; else contiguous runs),
 // U k blocks per step, two steps of loads in registers. GPB: groups per k block (1: group % 128 == 0 or
 // per channel, bpg = k blocks per group; 2: group 64); S: the scales' type (PackedSz).
@@ -60,9 +132,10 @@ template <typename T, int MT, int KW, int U, bool INTERLEAVE, int GPB, bool ZP, 
 __global__ void __launch_bounds__(KW * 32)
     wo_gemv_packed_kernel(const T* __restrict__ x, const uint4* __restrict__ qp,
                           const typename PackedSz<ZP, S>::type* __restrict__ sz, T* __restrict__ out, int m, int n,
-                          int k, int num_groups, int bpg) {
+                          int k, int num_groups, int bpg, const PackedNorm<T> norm) {
   static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
   static_assert(GPB == 1 || GPB == 2, "group % 128 == 0 (or per channel) or group 64");
+  static_assert(16 * MT <= KW * 32, "the producer epilogue takes one output per thread");
   using SZ = PackedSz<ZP, S>;
   using FV = typename SZ::type;
   constexpr float kBias = std::is_same<T, __nv_bfloat16>::value ? 136.f : 1032.f;
@@ -107,6 +180,19 @@ __global__ void __launch_bounds__(KW * 32)
   };
   load(0, first);
   load(1, first + kStride);
+  // Deferred norm, issued behind the weight loads so the latencies overlap; summed in the epilogue.
+  // Consumer: this thread's share of the producer's tile sums (the rest, if any, in the epilogue).
+  float ssq_part[MT][kSsqSlots<MT>] = {};
+  if (norm.ssq_in) ssq_load_share<KW>(norm, m, ssq_part);
+  // Producer: the residual and gamma of the one output this thread writes (see the epilogue).
+  float res_v = 0.f, gamma_v = 0.f;
+  if (norm.residual) {
+    const int row = blockIdx.x * 16 + (threadIdx.x & 15), col = threadIdx.x >> 4;
+    if (col < m && row < n) {
+      res_v = to_float(norm.residual[static_cast<int64_t>(col) * n + row]);
+      gamma_v = to_float(norm.gamma[row]);
+    }
+  }
 
   constexpr int kCols = MT == 1 ? 1 : 2;
   float acc[2][kCols] = {};
@@ -144,22 +230,30 @@ __global__ void __launch_bounds__(KW * 32)
     }
   }
   __shared__ float red[KW][MT][16];
+  __shared__ float ssq_red[KW][MT];
   tc1_stash<KW, MT, kCols>(red, acc, warp, g, t);
+  if (norm.ssq_in) ssq_warp_sums<KW>(norm, m, ssq_part, ssq_red);  // uniform: every lane takes part
   __syncthreads();
   constexpr int kOuts = SWIGLU ? 8 : 16;  // outputs per tile and activation row
+  if (norm.residual) {  // uniform; no SwiGLU (the launcher checks)
+    producer_epilogue<KW>(norm, red, ssq_red, res_v, gamma_v, out, m, n, k);
+    return;
+  }
   for (int idx = threadIdx.x; idx < kOuts * m; idx += KW * 32) {
     const int r = idx % kOuts, col = idx / kOuts;
     const int row = blockIdx.x * kOuts + r;
     if (row < n) {
+      const float scale = norm.ssq_in ? norm_scale<KW>(ssq_red, col, k, norm.eps) : 1.f;
       float sum = 0.f;
 #pragma unroll
       for (int w = 0; w < KW; ++w) sum += red[w][col][r];
+      sum *= scale;
       if constexpr (SWIGLU) {
         float up = 0.f;
 #pragma unroll
         for (int w = 0; w < KW; ++w) up += red[w][col][r + 8];
         const float gf = to_float(from_float<T>(sum));
-        sum = gf / (1.f + __expf(-gf)) * to_float(from_float<T>(up));
+        sum = gf / (1.f + __expf(-gf)) * to_float(from_float<T>(up * scale));
       }
       out[static_cast<int64_t>(col) * n + row] = from_float<T>(sum);
     }
@@ -172,24 +266,25 @@ __global__ void __launch_bounds__(KW * 32)
 
 template <typename T, int KW, int U, bool IL, int GPB, bool ZP, bool SW, typename S>
 inline int launch_wo_packed_shape(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
-                                  int num_groups, int bpg, int tiles, cudaStream_t stream) {
+                                  int num_groups, int bpg, int tiles, const PackedNorm<T>& norm, cudaStream_t stream) {
   using FV = typename PackedSz<ZP, S>::type;
   if ((k >> 7) % U) return kErrUnsupported;  // whole steps
   const auto* q = static_cast<const uint4*>(qp);
   const auto* s = static_cast<const FV*>(sz);
   if (m == 1)
     return launch_pdl(wo_gemv_packed_kernel<T, 1, KW, U, IL, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0, stream, x,
-                      q, s, out, m, n, k, num_groups, bpg);
+                      q, s, out, m, n, k, num_groups, bpg, norm);
   return launch_pdl(wo_gemv_packed_kernel<T, 8, KW, U, IL, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0, stream, x, q,
-                    s, out, m, n, k, num_groups, bpg);
+                    s, out, m, n, k, num_groups, bpg, norm);
 }
 
 template <typename T, int GPB, bool ZP, bool SW, typename S>
 inline int launch_wo_packed_cfg(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
-                                int num_groups, int bpg, int tiles, int config, cudaStream_t stream) {
+                                int num_groups, int bpg, int tiles, int config, const PackedNorm<T>& norm,
+                                cudaStream_t stream) {
 #define TRTDSL_PACKED(KW, U, IL) \
   return launch_wo_packed_shape<T, KW, U, IL, GPB, ZP, SW, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, \
-                                                              stream)
+                                                              norm, stream)
   switch (config) {
     case 0: TRTDSL_PACKED(8, 1, true);
     case 1: TRTDSL_PACKED(8, 1, false);
@@ -205,19 +300,20 @@ inline int launch_wo_packed_cfg(const T* x, const void* qp, const void* sz, T* o
 
 // n: output columns (SwiGLU: the intermediate size, half the packed rows); group: 64, a multiple of 128,
 // or k (per channel); S: float or __half scales. The C launcher (quant_gemm.cu) has checked pointers,
-// alignment and sizes.
+// alignment and sizes (and the deferred norm's: PackedNorm).
 template <typename T, typename S>
 int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros, T* out, int m, int n, int k,
-                          int group, int num_groups, bool swiglu, int config, cudaStream_t stream) {
+                          int group, int num_groups, bool swiglu, int config, const PackedNorm<T>& norm,
+                          cudaStream_t stream) {
   const int rows = swiglu ? 2 * n : n;
   const int tiles = (rows + 15) / 16;
   const int gpb = group == 64 ? 2 : 1;
   const int bpg = group / 128;  // k blocks per group (gpb == 1)
 #define TRTDSL_PACKED_SW(GPB, ZP)                                                                                   \
   return swiglu ? launch_wo_packed_cfg<T, GPB, ZP, true, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles,     \
-                                                            config, stream)                                       \
+                                                            config, norm, stream)                                 \
                 : launch_wo_packed_cfg<T, GPB, ZP, false, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles,    \
-                                                             config, stream)
+                                                             config, norm, stream)
   if (gpb == 2) {
     if (zeros) TRTDSL_PACKED_SW(2, true);
     TRTDSL_PACKED_SW(2, false);

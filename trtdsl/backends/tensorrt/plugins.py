@@ -54,6 +54,8 @@ _WEIGHT_ONLY_FIELDS: tuple[tuple[str, type, Any], ...] = (
 # trtdsl.int4_tile_gemm (trtdsl/passes/int4_tile_gemm.py): swiglu as 0 / 1.
 _INT4_TILE_FIELDS: tuple[tuple[str, type, Any], ...] = (
     ("out_features", int, None), ("in_features", int, None), ("group_size", int, None), ("swiglu", int, 0))
+# Its deferred-norm pair (trtdsl/passes/deferred_norm.py): the norm's epsilon and the GEMV's row limit.
+_DEFERRED_NORM_FIELDS = _INT4_TILE_FIELDS + (("epsilon", float, None), ("max_deferred_rows", int, None))
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,11 @@ PLUGIN_LOWERINGS: dict[str, PluginLowering] = {
     # the tile-16 int4 layout, with the SwiGLU after gate_up fused in (swiglu = 1)
     "trtdsl.int4_tile_gemm": PluginLowering(
         (PluginSignature("int4_tile_gemm", ("x", "qpacked", "sz")),), _INT4_TILE_FIELDS),
+    "trtdsl.int4_tile_gemm_add_norm": PluginLowering(
+        (PluginSignature("int4_tile_gemm_add_norm", ("x", "qpacked", "sz", "residual", "gamma")),),
+        _DEFERRED_NORM_FIELDS, num_outputs=3),
+    "trtdsl.int4_tile_gemm_normed": PluginLowering(
+        (PluginSignature("int4_tile_gemm_normed", ("x", "qpacked", "sz", "ssq")),), _DEFERRED_NORM_FIELDS),
 }
 
 
@@ -365,6 +372,47 @@ def _register_int4_tile_gemm() -> None:
         run_plugin("trtdsl.int4_tile_gemm", [x, qpacked, sz], fields, outputs, stream)
 
 
+def _register_int4_tile_gemm_add_norm() -> None:
+    """The deferred norm's producer: (scaled, total) like the GEMM's output, ssq float32 [..., n / 16]."""
+    import tensorrt as trt
+    import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
+
+    @trtp.register(f"{NAMESPACE}::int4_tile_gemm_add_norm")
+    def describe(x: D, qpacked: D, sz: D, residual: D, gamma: D, out_features: int, in_features: int,
+                 group_size: int, swiglu: int, epsilon: float, max_deferred_rows: int) -> tuple[D, D, D]:
+        lead = list(x.shape_expr)[:-1]
+        out = trtp.from_shape_expr((*lead, out_features), dtype=x.dtype)
+        ssq = trtp.from_shape_expr((*lead, (out_features + 15) // 16), dtype=trt.DataType.FLOAT)
+        return out, trtp.from_shape_expr((*lead, out_features), dtype=x.dtype), ssq
+
+    @trtp.impl(f"{NAMESPACE}::int4_tile_gemm_add_norm")
+    def run(x: T, qpacked: T, sz: T, residual: T, gamma: T, out_features: int, in_features: int,
+            group_size: int, swiglu: int, epsilon: float, max_deferred_rows: int, outputs: tuple[T, T, T],
+            stream: int) -> None:
+        fields = dict(out_features=out_features, in_features=in_features, group_size=group_size,
+                      swiglu=bool(swiglu), epsilon=epsilon, max_deferred_rows=max_deferred_rows)
+        run_plugin("trtdsl.int4_tile_gemm_add_norm", [x, qpacked, sz, residual, gamma], fields, outputs, stream)
+
+
+def _register_int4_tile_gemm_normed() -> None:
+    """The deferred norm's consumer: the tile GEMM's output."""
+    import tensorrt.plugin as trtp
+    from tensorrt.plugin import Tensor as T, TensorDesc as D  # short names for long signatures
+
+    @trtp.register(f"{NAMESPACE}::int4_tile_gemm_normed")
+    def describe(x: D, qpacked: D, sz: D, ssq: D, out_features: int, in_features: int, group_size: int,
+                 swiglu: int, epsilon: float, max_deferred_rows: int) -> D:
+        return trtp.from_shape_expr((*list(x.shape_expr)[:-1], out_features), dtype=x.dtype)
+
+    @trtp.impl(f"{NAMESPACE}::int4_tile_gemm_normed")
+    def run(x: T, qpacked: T, sz: T, ssq: T, out_features: int, in_features: int, group_size: int, swiglu: int,
+            epsilon: float, max_deferred_rows: int, outputs: tuple[T], stream: int) -> None:
+        fields = dict(out_features=out_features, in_features=in_features, group_size=group_size,
+                      swiglu=bool(swiglu), epsilon=epsilon, max_deferred_rows=max_deferred_rows)
+        run_plugin("trtdsl.int4_tile_gemm_normed", [x, qpacked, sz, ssq], fields, outputs, stream)
+
+
 def _register_fp8_gemm() -> None:
     """FP8 with a static (calibrated) per-tensor activation scale."""
     import tensorrt.plugin as trtp
@@ -414,6 +462,8 @@ REGISTRARS: dict[str, Callable[[], None]] = {
     "weight_only_gemm_zeros": _register_weight_only_gemm_zeros,
     "fp8_gemm": _register_fp8_gemm, "fp8_gemm_dynamic": _register_fp8_gemm_dynamic,
     "int8_gemm": _register_int8_gemm, "int4_tile_gemm": _register_int4_tile_gemm,
+    "int4_tile_gemm_add_norm": _register_int4_tile_gemm_add_norm,
+    "int4_tile_gemm_normed": _register_int4_tile_gemm_normed,
 }
 
 

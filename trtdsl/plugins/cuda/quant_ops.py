@@ -43,6 +43,7 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "quantize_per_token_int8", "fp8_gemv_supported", "int8_gemv", "int8_gemv_supported", "int8_gemm",
            "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "WO_PACKED_CONFIGS", "PACKED_CONFIG",
            "PACKED_GEMV_MAX_M", "packed_config", "weight_only_gemv_packed", "dequantize_packed", "int4_tile_gemm",
+           "int4_tile_gemv_add_norm", "int4_tile_gemv_normed",
            "set_programmatic_launch", "programmatic_launch_enabled"]
 
 # The GEMVs take up to 16 rows (kGemvMaxM / kFp8GemvMaxM) but run on CUDA cores, compute bound from
@@ -134,6 +135,8 @@ _SIGNATURES: dict[str, list] = {
     "trtdsl_weight_only_gemv": [_P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_gemv_zp": [_P, _P, _P, _P, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_gemv_packed": [_P, _P, _P, _I, _I, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P],
+    "trtdsl_weight_only_gemv_packed_norm": [_P, _P, _P, _I, _I, _P, _I64, _I64, _I64, _I, _I, _I, _I, _I, _P, _P,
+                                            _P, _P, _P, _I64, ctypes.c_float, _P],
     "trtdsl_weight_only_dequantize_packed": [_P, _P, _I, _I, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize": [_P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
     "trtdsl_weight_only_dequantize_zp": [_P, _P, _P, _P, _I64, _I64, _I, _I, _I, _I, _P],
@@ -314,11 +317,19 @@ def _check_pack(op: str, qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: 
 
 
 def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, group_size: int,
-                            swiglu: bool = False, config: int | None = None) -> torch.Tensor:
+                            swiglu: bool = False, config: int | None = None, *, residual: torch.Tensor | None = None,
+                            gamma: torch.Tensor | None = None, ssq: torch.Tensor | None = None,
+                            eps: float = 0.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int4 decode GEMV over the tile-16 layout (:mod:`trtdsl.quantization.int4_tiles`): ``x2 [m <= 8, k]``
     fp16/bf16 against ``n`` weight rows, or with ``swiglu`` the ``n`` outputs ``silu(gate) * up`` of a pack
     made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..6
-    (``WO_PACKED_CONFIGS``), ``None`` = ``PACKED_CONFIG``."""
+    (``WO_PACKED_CONFIGS``), ``None`` = ``PACKED_CONFIG``.
+
+    The deferred RMSNorm (:mod:`trtdsl.passes.deferred_norm`): with ``residual [m, n]`` and ``gamma [n]``
+    (no ``swiglu``) returns ``(total, scaled, ssq)``: ``total = T(T(x W^T) + residual)``, ``scaled =
+    T(total * gamma)`` and ``ssq [m, ceil(n / 16)]`` float32, each 16-output tile's sum of ``total^2``. With
+    ``ssq [m, k / 16]`` (a producer's), the sums are multiplied by ``rsqrt(ssq.sum(-1) / k + eps)`` before
+    they are rounded (and before the SwiGLU): ``x2`` then is a producer's ``scaled``."""
     op = "weight_only_gemv_packed"
     _check(op, "x", x2, dtypes=_HALF_TYPES, ndim=2)
     m, k = x2.shape
@@ -329,11 +340,39 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
     config = packed_config(m, rows, k, group_size) if config is None else config
     if config not in WO_PACKED_CONFIGS:
         raise PluginError(f"{op}: config must be one of {WO_PACKED_CONFIGS}, got {config}")
+    produce = _check_deferred_norm(op, x2, n, swiglu, residual, gamma, ssq, eps)
     out = x2.new_empty(m, n)
-    call("trtdsl_weight_only_gemv_packed", x2.data_ptr(), qpacked.data_ptr(), sz.data_ptr(),
+    scaled = x2.new_empty(m, n) if produce else None
+    ssq_out = x2.new_empty(m, (n + 15) // 16, dtype=torch.float32) if produce else None
+    call("trtdsl_weight_only_gemv_packed_norm", x2.data_ptr(), qpacked.data_ptr(), sz.data_ptr(),
          int(sz.shape[3] == 4), int(sz.dtype == torch.float16), out.data_ptr(), m, n, k, group_size, sz.shape[1],
-         int(swiglu), config, _DTYPE_CODES[x2.dtype], _stream(x2))
-    return out
+         int(swiglu), config, _DTYPE_CODES[x2.dtype], _ptr(residual), _ptr(gamma), _ptr(scaled), _ptr(ssq_out),
+         _ptr(ssq), k // 16, float(eps), _stream(x2))
+    return (out, scaled, ssq_out) if produce else out
+
+
+def _check_deferred_norm(op: str, x2: torch.Tensor, n: int, swiglu: bool, residual: torch.Tensor | None,
+                         gamma: torch.Tensor | None, ssq: torch.Tensor | None, eps: float) -> bool:
+    """Validate the deferred norm's tensors; True for a producer (residual and gamma given)."""
+    m, k = x2.shape
+    if (residual is None) != (gamma is None):
+        raise PluginError(f"{op}: the deferred norm's producer needs both residual and gamma")
+    if residual is not None and gamma is not None:
+        if swiglu:
+            raise PluginError(f"{op}: a producer (residual + gamma) cannot fuse the SwiGLU")
+        _check(op, "residual", residual, x2.device, (x2.dtype,), ndim=2)
+        _check(op, "gamma", gamma, x2.device, (x2.dtype,), ndim=1)
+        if tuple(residual.shape) != (m, n) or tuple(gamma.shape) != (n,):
+            raise PluginError(f"{op}: residual must be [{m}, {n}] and gamma [{n}], got "
+                              f"{tuple(residual.shape)} and {tuple(gamma.shape)}")
+    if ssq is not None:
+        _check(op, "ssq", ssq, x2.device, (torch.float32,), ndim=2)
+        if tuple(ssq.shape) != (m, k // 16):
+            raise PluginError(f"{op}: ssq must be float32 [{m}, {k // 16}] (a producer's tile sums "
+                              f"of k = {k} outputs), got {tuple(ssq.shape)}")
+        if not eps >= 0.0:
+            raise PluginError(f"{op}: eps must be >= 0, got {eps}")
+    return residual is not None
 
 
 def dequantize_packed(qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int, group_size: int,
@@ -372,6 +411,43 @@ def int4_tile_gemm(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: 
         out = F.linear(x2, w)
         out = swiglu_op(out) if swiglu else out
     return out.view(*x.shape[:-1], n)
+
+
+def int4_tile_gemv_add_norm(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, k: int,
+                            group_size: int, residual: torch.Tensor,
+                            gamma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The deferred norm's producer (``trtdsl.int4_tile_gemm_add_norm`` at up to ``2 * PACKED_GEMV_MAX_M``
+    rows): ``(scaled, total, ssq)`` of :func:`weight_only_gemv_packed` over ``x [..., k]``, one launch per 8
+    rows."""
+    x2, m = _packed_rows("int4_tile_gemv_add_norm", x, k)
+    r2 = residual.reshape(m, n).contiguous()
+    parts = [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size,
+                                     residual=r2[i:i + PACKED_GEMV_MAX_M], gamma=gamma.reshape(-1).contiguous())
+             for i in range(0, m, PACKED_GEMV_MAX_M)]
+    total, scaled, ssq = (torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
+    lead = x.shape[:-1]
+    return scaled.view(*lead, n), total.view(*lead, n), ssq.view(*lead, ssq.shape[-1])
+
+
+def int4_tile_gemv_normed(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, k: int,
+                          group_size: int, swiglu: bool, ssq: torch.Tensor, eps: float) -> torch.Tensor:
+    """The deferred norm's consumer (``trtdsl.int4_tile_gemm_normed`` at up to ``2 * PACKED_GEMV_MAX_M``
+    rows): :func:`weight_only_gemv_packed` of a producer's ``scaled`` with its ``ssq``."""
+    x2, m = _packed_rows("int4_tile_gemv_normed", x, k)
+    s2 = ssq.reshape(m, -1).contiguous()
+    parts = [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size, swiglu,
+                                     ssq=s2[i:i + PACKED_GEMV_MAX_M], eps=eps)
+             for i in range(0, m, PACKED_GEMV_MAX_M)]
+    return (torch.cat(parts) if len(parts) > 1 else parts[0]).view(*x.shape[:-1], n)
+
+
+def _packed_rows(op: str, x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
+    """``x`` as 16-byte aligned ``[m, k]`` rows for the tile GEMV, m in 1..2 * PACKED_GEMV_MAX_M."""
+    x2 = _as_2d(op, x, k)
+    x2 = x2 if x2.data_ptr() % 16 == 0 else x2.clone()
+    if not 1 <= x2.shape[0] <= 2 * PACKED_GEMV_MAX_M:
+        raise PluginError(f"{op}: x must have 1..{2 * PACKED_GEMV_MAX_M} rows, got {x2.shape[0]}")
+    return x2, x2.shape[0]
 
 
 def weight_only_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,

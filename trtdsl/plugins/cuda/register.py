@@ -1,7 +1,8 @@
 """CUDA implementations of the quantized GEMM plugins (``trtdsl.weight_only_gemm``, ``trtdsl.fp8_gemm``,
-``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`; and ``trtdsl.int4_tile_gemm``,
-:mod:`trtdsl.passes.int4_tile_gemm`), every input format included: weight-only
-with or without zeros, FP8 with a static or a dynamic (per-token) activation scale.
+``trtdsl.int8_gemm``; see :mod:`trtdsl.quantization.plugins`; ``trtdsl.int4_tile_gemm``,
+:mod:`trtdsl.passes.int4_tile_gemm`, and its deferred-norm pair, :mod:`trtdsl.passes.deferred_norm`),
+every input format included: weight-only with or without zeros, FP8 with a static or a dynamic
+(per-token) activation scale.
 
 ``register_cuda_implementations()`` sets ``get_plugin(name).implementations["cuda"]`` for the three, each
 with the reference's signature ``(ins, fields, hints) -> tensor``. Cases the kernels do not cover
@@ -71,6 +72,40 @@ def _int4_tile_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict
                           int(fields["group_size"]), bool(fields["swiglu"]))
 
 
+def _add_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> list:
+    """The deferred norm's producer (``trtdsl/passes/deferred_norm.py``): the GEMV's epilogue up to
+    ``max_deferred_rows`` rows, else the tile GEMM then the add + RMSNorm kernel."""
+    from ...passes.deferred_norm import add_norm_reference
+    from .ops import rmsnorm
+    from .quant_ops import int4_tile_gemm, int4_tile_gemv_add_norm
+    x, qpacked, sz, residual, gamma = ins
+    n, k, group = int(fields["out_features"]), int(fields["in_features"]), int(fields["group_size"])
+    rows = x.numel() // k if k else 0
+    if x.dtype not in _HALF or rows == 0:
+        return add_norm_reference(ins, fields, hints)
+    if rows <= int(fields["max_deferred_rows"]):
+        return list(int4_tile_gemv_add_norm(x, qpacked, sz, n, k, group, residual, gamma))
+    y = int4_tile_gemm(x, qpacked, sz, n, k, group)
+    normed, total = rmsnorm(y, gamma.reshape(-1), float(fields["epsilon"]), residual=residual.contiguous())
+    return [normed, total, torch.zeros(*y.shape[:-1], (n + 15) // 16, dtype=torch.float32, device=y.device)]
+
+
+def _normed_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
+    """The deferred norm's consumer: the GEMV with the row scale up to ``max_deferred_rows`` rows, else the
+    plain tile GEMM (its x is then the norm's output)."""
+    from ...passes.deferred_norm import normed_reference
+    from .quant_ops import int4_tile_gemm, int4_tile_gemv_normed
+    x, qpacked, sz, ssq = ins
+    n, k, group = int(fields["out_features"]), int(fields["in_features"]), int(fields["group_size"])
+    rows = x.numel() // k if k else 0
+    if x.dtype not in _HALF or rows == 0:
+        return normed_reference(ins, fields, hints)
+    if rows <= int(fields["max_deferred_rows"]):
+        return int4_tile_gemv_normed(x, qpacked, sz, n, k, group, bool(fields["swiglu"]), ssq,
+                                     float(fields["epsilon"]))
+    return int4_tile_gemm(x, qpacked, sz, n, k, group, bool(fields["swiglu"]))
+
+
 def register_cuda_implementations() -> None:
     """Attach the quantized GEMM kernels to their plugins (idempotent)."""
     from ...quantization.plugins import FP8_GEMM, INT8_GEMM, WEIGHT_ONLY_GEMM
@@ -79,6 +114,9 @@ def register_cuda_implementations() -> None:
     get_plugin(INT8_GEMM).implementations["cuda"] = _int8_cuda
     from ...passes.int4_tile_gemm import INT4_TILE_GEMM
     get_plugin(INT4_TILE_GEMM).implementations["cuda"] = _int4_tile_cuda
+    from ...passes.deferred_norm import ADD_NORM, NORMED
+    get_plugin(ADD_NORM).implementations["cuda"] = _add_norm_cuda
+    get_plugin(NORMED).implementations["cuda"] = _normed_cuda
     # fp8 activation fusion (fused_quant_ops.py): quantizing norm / SwiGLU kernels, and fp8_gemm on codes
     from .fused_quant_ops import register_fused_quant_implementations
     register_fused_quant_implementations(_fp8_cuda)
