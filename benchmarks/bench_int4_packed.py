@@ -16,6 +16,7 @@ canonical kernel's (same codes, another fp32 summation order) before timing.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -48,9 +49,12 @@ def _time(calls: list) -> float:
 
 def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, quick: bool = False,
                 half: bool = False) -> dict:
+    t0 = time.perf_counter()
     nbytes = n * k // 2 + 2 * n * (k // group) * 4
     copies = max(2, int(200e6 // nbytes) + 1)
     ws = [_weights(n, k, group, swiglu) for _ in range(copies)]
+    torch.cuda.synchronize()
+    print(f"{name}: {copies} weight copies in {time.perf_counter() - t0:.1f} s", flush=True)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     groups = k // group
     table = gemv_config("wo", m, n, 4, k, group)
@@ -96,7 +100,8 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
     if best_c and best_p:
         res["packed_speedup"] = round(best_c / best_p, 3)
         res["packed_gb_per_s"] = round(nbytes / best_p / 1e3, 1)
-    print(name, group, m, "swiglu" if swiglu else "", res["us"], res["max_rel_err"], flush=True)
+    print(name, group, m, "swiglu" if swiglu else "", res["us"], res["max_rel_err"],
+          f"({time.perf_counter() - t0:.1f} s)", flush=True)
     del ws
     torch.cuda.empty_cache()
     return res
