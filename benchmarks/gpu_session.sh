@@ -4,7 +4,7 @@
 # back). Usage (from the repository root on the device machine):
 #   bash benchmarks/gpu_session.sh setup tests           # part 1 of SmolLM2 + GPU tests
 #   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
-#   stages: setup tests decode quantgemm profile attention kvquant deferred packedhalf serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
+#   stages: setup tests decode quantgemm profile attention kvquant deferred packedhalf retune serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
 # The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
 # Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
@@ -98,6 +98,16 @@ deferred() {  # the deferred norm (passes/deferred_norm.py): its GPU tests, then
 packedhalf() {  # the tile-16 GEMV's launch configs with float16 tables (m = 1, g64): prints a --packed-configs spec
   timeout ${PACKED_TIMEOUT:-300} python3 benchmarks/bench_int4_packed.py --half 2>&1 | tee "$OUT/int4_packed_half.log" \
     | grep -v Warning | tail -20
+}
+
+retune() {  # packedhalf, then the 8B step with the sweep's picks (--packed-configs) against PACKED_CONFIG, one process
+  packedhalf
+  local spec
+  spec=$(find benchmarks/results -name 'int4_packed_half_*.json' -newer /tmp/session_start -exec python3 -c \
+    "import json, sys; print(json.load(open(sys.argv[1]))['packed_configs'])" {} \; | tail -1)
+  [ -n "$spec" ] || { echo "retune: the sweep wrote no spec"; status=1; return; }
+  PROFILE_ARGS="--batches 1 --name decode_profile_int4_retune --modes bf16,int4_awq:g64:head:half --packed-configs $spec" \
+    profile
 }
 
 results() {  # bring back the result files this run wrote (few files may come back from a call)
