@@ -45,7 +45,7 @@ from ..errors import DTypeError
 from ..ir.network import Layer, LayerKind, Network, Tensor
 from ..ir.symbolic import dim_equal
 from ..plugins.registry import PluginSpec, register_plugin, registered_plugins
-from ..quantization.int4_tiles import TILE_ROWS, unpack_int4_tiles
+from ..quantization.int4_tiles import TILE_ROWS, num_tiles, unpack_int4_tiles
 from ..quantization.plugins import check_plugin, weight_only_gemm_reference
 from . import fused_plugins
 from .graph import consumers, output_ids, sync_bookkeeping, toposort
@@ -64,10 +64,6 @@ def _rows(x: torch.Tensor) -> int:
     return x.numel() // x.shape[-1] if x.shape[-1] else 0
 
 
-def _tiles(n: int) -> int:
-    return (n + TILE_ROWS - 1) // TILE_ROWS
-
-
 def _add_norm_shape(ins: list, fields: dict) -> list:
     check_plugin(len(ins) == 5, ADD_NORM, f"expects 5 inputs (x, qpacked, sz, residual, gamma), got {len(ins)}",
                  ins)
@@ -80,7 +76,7 @@ def _add_norm_shape(ins: list, fields: dict) -> list:
     check_plugin(residual.ndim == len(shape) and all(dim_equal(a, b) for a, b in zip(residual.shape, shape)),
                  ADD_NORM, f"residual must have the GEMM's output shape {shape}", ins)
     check_plugin(_is_row(gamma, n), ADD_NORM, f"gamma must be [{n}] (or [1, .., {n}])", ins)
-    return [(dtype, shape), (dtype, shape), (DType.float32, tuple(shape[:-1]) + (_tiles(n),))]
+    return [(dtype, shape), (dtype, shape), (DType.float32, tuple(shape[:-1]) + (num_tiles(n),))]
 
 
 def _normed_shape(ins: list, fields: dict) -> list:
@@ -90,7 +86,7 @@ def _normed_shape(ins: list, fields: dict) -> list:
     k = int(fields["in_features"])
     check_plugin(ssq.dtype is DType.float32, NORMED, "ssq must be float32 (a producer's tile sums)", ins,
                  DTypeError)
-    want = tuple(x.shape[:-1]) + (_tiles(k),)
+    want = tuple(x.shape[:-1]) + (num_tiles(k),)
     check_plugin(ssq.ndim == len(want) and all(dim_equal(a, b) for a, b in zip(ssq.shape, want)), NORMED,
                  f"ssq must be {want}: the tile sums of the {k} features x was made from", ins)
     return out
@@ -113,13 +109,13 @@ def add_norm_reference(ins: list, fields: dict, hints: dict | None = None) -> li
     if _rows(x) > int(fields["max_deferred_rows"]):
         normed, total = fused_plugins.add_rms_norm_reference(
             [y, residual, gamma], {"axes": (y.ndim - 1,), "epsilon": fields["epsilon"]}, {})
-        ssq = torch.zeros(*y.shape[:-1], _tiles(y.shape[-1]), dtype=torch.float32, device=y.device)
+        ssq = torch.zeros(*y.shape[:-1], num_tiles(y.shape[-1]), dtype=torch.float32, device=y.device)
         return [normed, total, ssq]
     total = y + residual
     scaled = (total.float() * gamma.float()).to(total.dtype)
     n = total.shape[-1]
-    squares = torch.nn.functional.pad(total.float().square(), (0, _tiles(n) * TILE_ROWS - n))
-    ssq = squares.view(*total.shape[:-1], _tiles(n), TILE_ROWS).sum(-1)
+    squares = torch.nn.functional.pad(total.float().square(), (0, num_tiles(n) * TILE_ROWS - n))
+    ssq = squares.view(*total.shape[:-1], num_tiles(n), TILE_ROWS).sum(-1)
     return [scaled, total, ssq]
 
 
@@ -189,7 +185,7 @@ def _rewrite(net: Network, norm: Layer, producer: Layer, residual: Tensor, reade
     fields = dict(producer.attrs["fields"], epsilon=eps, max_deferred_rows=MAX_DEFERRED_ROWS)
     n = int(fields["out_features"])
     scaled = Tensor(f"{producer.name}:scaled", normed.dtype, normed.shape, net, producer)
-    ssq = Tensor(f"{producer.name}:ssq", DType.float32, tuple(total.shape[:-1]) + (_tiles(n),), net, producer)
+    ssq = Tensor(f"{producer.name}:ssq", DType.float32, tuple(total.shape[:-1]) + (num_tiles(n),), net, producer)
     total.producer = producer
     producer.inputs = [*producer.inputs, residual, norm.inputs[2]]
     producer.outputs = [scaled, total, ssq]

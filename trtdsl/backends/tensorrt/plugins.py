@@ -31,6 +31,7 @@ import torch
 from ...errors import BackendError, PluginError
 from ...ir.network import Layer
 from ...plugins.registry import get_plugin
+from ...quantization.int4_tiles import num_tiles
 from ._trt import dtype_of_trt, require_tensorrt
 from .context import LoweringContext
 
@@ -383,7 +384,7 @@ def _register_int4_tile_gemm_add_norm() -> None:
                  group_size: int, swiglu: int, epsilon: float, max_deferred_rows: int) -> tuple[D, D, D]:
         lead = list(x.shape_expr)[:-1]
         out = trtp.from_shape_expr((*lead, out_features), dtype=x.dtype)
-        ssq = trtp.from_shape_expr((*lead, (out_features + 15) // 16), dtype=trt.DataType.FLOAT)
+        ssq = trtp.from_shape_expr((*lead, num_tiles(out_features)), dtype=trt.DataType.FLOAT)
         return out, trtp.from_shape_expr((*lead, out_features), dtype=x.dtype), ssq
 
     @trtp.impl(f"{NAMESPACE}::int4_tile_gemm_add_norm")

@@ -24,12 +24,13 @@ Like :mod:`.ops`, nothing here reads device values or synchronizes (CUDA-graph c
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from trtdsl.errors import PluginError
-from trtdsl.quantization.int4_tiles import packed_shapes
+from trtdsl.quantization.int4_tiles import num_tiles, packed_shapes
 
 from ._lib import call, lib, register_signatures
 from .ops import _DTYPE_CODES, _HALF_TYPES, _check, _stream
@@ -343,7 +344,7 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
     produce = _check_deferred_norm(op, x2, n, swiglu, residual, gamma, ssq, eps)
     out = x2.new_empty(m, n)
     scaled = x2.new_empty(m, n) if produce else None
-    ssq_out = x2.new_empty(m, (n + 15) // 16, dtype=torch.float32) if produce else None
+    ssq_out = x2.new_empty(m, num_tiles(n), dtype=torch.float32) if produce else None
     call("trtdsl_weight_only_gemv_packed_norm", x2.data_ptr(), qpacked.data_ptr(), sz.data_ptr(),
          int(sz.shape[3] == 4), int(sz.dtype == torch.float16), out.data_ptr(), m, n, k, group_size, sz.shape[1],
          int(swiglu), config, _DTYPE_CODES[x2.dtype], _ptr(residual), _ptr(gamma), _ptr(scaled), _ptr(ssq_out),
@@ -397,15 +398,12 @@ def int4_tile_gemm(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: 
     tile-16 GEMV, up to twice that two (each streams the weights: cheaper than dequantizing them), more rows
     :func:`dequantize_packed` then cuBLAS (then SwiGLU, with ``swiglu``)."""
     from .ops import swiglu as swiglu_op
-    x2 = _as_2d("int4_tile_gemm", x, k)
-    x2 = x2 if x2.data_ptr() % 16 == 0 else x2.clone()  # the kernels' 16-byte activation loads
+    x2 = _aligned_2d("int4_tile_gemm", x, k)
     m = x2.shape[0]
     if m == 0:
         return x.new_empty(*x.shape[:-1], n)
     if m <= 2 * PACKED_GEMV_MAX_M:
-        parts = [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size, swiglu)
-                 for i in range(0, m, PACKED_GEMV_MAX_M)]
-        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        out = _cat(_gemv_chunks(x2, qpacked, sz, n, group_size, swiglu))
     else:
         w = dequantize_packed(qpacked, sz, 2 * n if swiglu else n, k, group_size, x2.dtype, swiglu)
         out = F.linear(x2, w)
@@ -420,11 +418,9 @@ def int4_tile_gemv_add_norm(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Te
     rows): ``(scaled, total, ssq)`` of :func:`weight_only_gemv_packed` over ``x [..., k]``, one launch per 8
     rows."""
     x2, m = _packed_rows("int4_tile_gemv_add_norm", x, k)
-    r2 = residual.reshape(m, n).contiguous()
-    parts = [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size,
-                                     residual=r2[i:i + PACKED_GEMV_MAX_M], gamma=gamma.reshape(-1).contiguous())
-             for i in range(0, m, PACKED_GEMV_MAX_M)]
-    total, scaled, ssq = (torch.cat(p) if len(p) > 1 else p[0] for p in zip(*parts))
+    parts = _gemv_chunks(x2, qpacked, sz, n, group_size, row_args={"residual": residual.reshape(m, n).contiguous()},
+                         gamma=gamma.reshape(-1).contiguous())
+    total, scaled, ssq = (_cat(list(p)) for p in zip(*parts))
     lead = x.shape[:-1]
     return scaled.view(*lead, n), total.view(*lead, n), ssq.view(*lead, ssq.shape[-1])
 
@@ -434,20 +430,37 @@ def int4_tile_gemv_normed(x: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tens
     """The deferred norm's consumer (``trtdsl.int4_tile_gemm_normed`` at up to ``2 * PACKED_GEMV_MAX_M``
     rows): :func:`weight_only_gemv_packed` of a producer's ``scaled`` with its ``ssq``."""
     x2, m = _packed_rows("int4_tile_gemv_normed", x, k)
-    s2 = ssq.reshape(m, -1).contiguous()
-    parts = [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size, swiglu,
-                                     ssq=s2[i:i + PACKED_GEMV_MAX_M], eps=eps)
-             for i in range(0, m, PACKED_GEMV_MAX_M)]
-    return (torch.cat(parts) if len(parts) > 1 else parts[0]).view(*x.shape[:-1], n)
+    parts = _gemv_chunks(x2, qpacked, sz, n, group_size, swiglu, row_args={"ssq": ssq.reshape(m, -1).contiguous()},
+                         eps=eps)
+    return _cat(parts).view(*x.shape[:-1], n)
+
+
+def _aligned_2d(op: str, x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` as ``[rows, k]`` starting at a 16-byte boundary (the kernels' 16-byte activation loads)."""
+    x2 = _as_2d(op, x, k)
+    return x2 if x2.data_ptr() % 16 == 0 else x2.clone()
 
 
 def _packed_rows(op: str, x: torch.Tensor, k: int) -> tuple[torch.Tensor, int]:
     """``x`` as 16-byte aligned ``[m, k]`` rows for the tile GEMV, m in 1..2 * PACKED_GEMV_MAX_M."""
-    x2 = _as_2d(op, x, k)
-    x2 = x2 if x2.data_ptr() % 16 == 0 else x2.clone()
+    x2 = _aligned_2d(op, x, k)
     if not 1 <= x2.shape[0] <= 2 * PACKED_GEMV_MAX_M:
         raise PluginError(f"{op}: x must have 1..{2 * PACKED_GEMV_MAX_M} rows, got {x2.shape[0]}")
     return x2, x2.shape[0]
+
+
+def _gemv_chunks(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.Tensor, n: int, group_size: int,
+                 swiglu: bool = False, row_args: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> list:
+    """:func:`weight_only_gemv_packed` over ``x2`` in launches of ``PACKED_GEMV_MAX_M`` rows, the tensors of
+    ``row_args`` (one row per activation row) sliced alike; one result per launch."""
+    rows = range(0, x2.shape[0], PACKED_GEMV_MAX_M)
+    return [weight_only_gemv_packed(x2[i:i + PACKED_GEMV_MAX_M], qpacked, sz, n, group_size, swiglu,
+                                    **{name: t[i:i + PACKED_GEMV_MAX_M] for name, t in (row_args or {}).items()},
+                                    **kwargs) for i in rows]
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def weight_only_gemm(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bits: int,

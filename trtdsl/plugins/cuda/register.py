@@ -76,6 +76,7 @@ def _add_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[
     """The deferred norm's producer (``trtdsl/passes/deferred_norm.py``): the GEMV's epilogue up to
     ``max_deferred_rows`` rows, else the tile GEMM then the add + RMSNorm kernel."""
     from ...passes.deferred_norm import add_norm_reference
+    from ...quantization.int4_tiles import num_tiles
     from .ops import rmsnorm
     from .quant_ops import int4_tile_gemm, int4_tile_gemv_add_norm
     x, qpacked, sz, residual, gamma = ins
@@ -87,7 +88,7 @@ def _add_norm_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[
         return list(int4_tile_gemv_add_norm(x, qpacked, sz, n, k, group, residual, gamma))
     y = int4_tile_gemm(x, qpacked, sz, n, k, group)
     normed, total = rmsnorm(y, gamma.reshape(-1), float(fields["epsilon"]), residual=residual.contiguous())
-    return [normed, total, torch.zeros(*y.shape[:-1], (n + 15) // 16, dtype=torch.float32, device=y.device)]
+    return [normed, total, torch.zeros(*y.shape[:-1], num_tiles(n), dtype=torch.float32, device=y.device)]
 
 
 def _normed_cuda(ins: list[torch.Tensor], fields: dict[str, Any], hints: dict[str, Any]) -> torch.Tensor:
