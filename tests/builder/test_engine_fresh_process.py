@@ -26,8 +26,9 @@ def _fresh(code: str) -> str:
 
 def test_a_fresh_registry_knows_the_plugins_passes_make():
     from trtdsl.passes import deferred_norm, fp8_act_fuse, fused_plugins, int4_tile_gemm
-    made = {int4_tile_gemm.INT4_TILE_GEMM, deferred_norm.ADD_NORM, deferred_norm.NORMED, fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8,
-            fp8_act_fuse.SWIGLU_FP8, fp8_act_fuse.ATTENTION_FP8, fp8_act_fuse.ATTENTION_QUANT_KV_FP8,
+    made = {int4_tile_gemm.INT4_TILE_GEMM, deferred_norm.ADD_NORM, deferred_norm.NORMED,
+            fp8_act_fuse.RMS_NORM_FP8, fp8_act_fuse.ADD_RMS_NORM_FP8, fp8_act_fuse.SWIGLU_FP8,
+            fp8_act_fuse.ATTENTION_FP8, fp8_act_fuse.ATTENTION_QUANT_KV_FP8,
             fused_plugins.ADD_RMS_NORM, fused_plugins.SWIGLU, fused_plugins.POINTWISE}
     known = json.loads(_fresh("import json; from trtdsl.plugins.registry import registered_plugins; "
                               "print(json.dumps(sorted(registered_plugins())))"))

@@ -34,14 +34,15 @@ def optimize(net: Network, *, fold: bool = True, max_fold_elements: int = 1 << 1
              fuse_fp8_activations: bool | None = None, pack_int4: bool | None = None,
              defer_norms: bool | None = None) -> dict[str, int]:
     """Run the passes in their order (DCE, folding, DCE, channel-scale folding, norm fusion, SwiGLU
-    fusion, fp8 activation fusion, int4 tile packing, norm deferral, pointwise fusion); returns per-pass counts. The
-    fp8 activation fusion (:mod:`.fp8_act_fuse`: static fp8 GEMM inputs quantized by the norm / SwiGLU
-    that makes them) runs, by default (``None``), wherever the norm or SwiGLU fusion does, i.e. where
-    the backend has fused kernels; ``pack_int4`` (:mod:`.int4_tile_gemm`: int4 weight-only GEMMs
-    repacked for the tile-16 GEMV, the SwiGLU after gate_up fused in) by default where the SwiGLU
-    fusion runs; ``defer_norms`` (:mod:`.deferred_norm`: an add + RMSNorm between two int4 tile GEMMs
-    moved into them) by default where the packing runs. Norm fusion runs first so the pointwise pass cannot swallow its residual add;
-    channel scales fold before the SwiGLU fusion, which would hide the pattern they fold through."""
+    fusion, fp8 activation fusion, int4 tile packing, norm deferral, pointwise fusion); returns per-pass
+    counts. The fp8 activation fusion (:mod:`.fp8_act_fuse`: static fp8 GEMM inputs quantized by the norm /
+    SwiGLU that makes them) runs, by default (``None``), wherever the norm or SwiGLU fusion does, i.e.
+    where the backend has fused kernels; ``pack_int4`` (:mod:`.int4_tile_gemm`: int4 weight-only GEMMs
+    repacked for the tile-16 GEMV, the SwiGLU after gate_up fused in) by default where the SwiGLU fusion
+    runs; ``defer_norms`` (:mod:`.deferred_norm`: an add + RMSNorm between two int4 tile GEMMs moved into
+    them) by default where the packing runs. Norm fusion runs first so the pointwise pass cannot swallow
+    its residual add; channel scales fold before the SwiGLU fusion, which would hide the pattern they fold
+    through."""
     from . import fusion
     stats = {"dead_code": eliminate_dead_code(net), "folded": 0, "scale_fold": 0, "add_rms_norm": 0,
              "swiglu": 0, "fp8_activations": 0, "int4_tiles": 0, "deferred_norms": 0, "pointwise": 0}
