@@ -100,7 +100,7 @@ packedhalf() {  # the tile-16 GEMV's launch configs with float16 tables (m = 1, 
     | grep -v Warning | tail -20
 }
 
-retune() {  # packedhalf, then the 8B step with the sweep's picks (--packed-configs) against PACKED_CONFIG, one process
+retune() {  # packedhalf, then the 8B step with the sweep's picks (--packed-configs) against PACKED_CONFIG_HALF, one process
   packedhalf
   local spec
   spec=$(find benchmarks/results -name 'int4_packed_half_*.json' -newer /tmp/session_start -exec python3 -c \

@@ -50,7 +50,7 @@ def gemm_bytes(engine: OurEngine, layer: int = 0) -> dict[str, int]:
     return out
 
 
-def step_kernels(engine: OurEngine, prompt: int, steps: int = 3) -> list[list[tuple[str, float, float]]]:
+def step_kernels(engine: OurEngine, prompt: int, steps: int = 5) -> list[list[tuple[str, float, float]]]:
     """(name, start us, end us) of each kernel of `steps` graph-replayed b=1 decode steps."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -157,9 +157,10 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
         variants += [("pdl_on_fp8cfg" + tag(cfgs), True, [(quant_ops.FP8_GEMV_CONFIG, (1, wide), cfg)
                                                           for wide, cfg in zip((False, True), cfgs)])
                      for cfgs in fp8_configs]
-    if mode.startswith("int4") and ":g64" in mode:  # PACKED_CONFIG's m = 1 group-64 keys (quant_ops.packed_config)
+    if mode.startswith("int4") and ":g64" in mode:  # the m = 1 group-64 keys of quant_ops.packed_config's table
         keys = ((True, 0, False, True), (True, 1, False, True), (True, 2, False, True), (True, 0, True, True))
-        variants += [("pdl_on_packed" + tag(cfgs), True, [(quant_ops.PACKED_CONFIG, key, cfg)
+        table = quant_ops.PACKED_CONFIG_HALF if ":half" in mode else quant_ops.PACKED_CONFIG
+        variants += [("pdl_on_packed" + tag(cfgs), True, [(table, key, cfg)
                                                           for key, cfg in zip(keys, cfgs)])
                      for cfgs in packed_configs or []]
     for prefix, rows in (gemv_max_m or {}).items():
@@ -286,7 +287,8 @@ def main() -> None:
                     help="also time the fused decode attention with these fixed cluster sizes (PDL on; "
                          "ops.FUSED_DECODE_SPLITS), e.g. 1,4 (1 = one block per sequence and kv head)")
     ap.add_argument("--packed-configs", default="",
-                    help="int4 g64: also time these m = 1 tile-16 GEMV configs (PDL on; quant_ops.PACKED_CONFIG): "
+                    help="int4 g64: also time these m = 1 tile-16 GEMV configs (PDL on; quant_ops.PACKED_CONFIG, "
+                         "PACKED_CONFIG_HALF for :half modes): "
                          "O/Q/W/L for o (n <= 4096), qkv, wide n (gate_up, LM head), long k (down); empty parts "
                          "keep the table's, e.g. 6/0/4/6")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
@@ -307,7 +309,7 @@ def main() -> None:
                                                [int(n) for n in args.fused_splits.split(",") if n],
                                                parse_configs(args.packed_configs, 4, "--packed-configs"))
         write_result(name, results)  # after each mode, so a timeout keeps what finished
-    ratios = {}
+    ratios, gpu_ratios = {}, {}
     bf = results["modes"].get("bf16")
     for mode, r in results["modes"].items():
         if bf and mode != "bf16":
@@ -317,8 +319,12 @@ def main() -> None:
                     ratios[f"{mode}_{key}_b{b}_vs_bf16_{ref}"] = bf[ref]["decode_ms"][b] / t
                     if ref == "pdl_on":
                         ratios[f"{mode}_{key}_b{b}_vs_bf16_pdl_off"] = bf["pdl_off"]["decode_ms"][b] / t
-    results["ratios"] = ratios
-    print("ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()), flush=True)
+                # GPU time per b=1 step (first kernel start to last kernel end), against the same PDL setting
+                gpu_ratios[f"{mode}_{key}_b1_vs_bf16_{ref}"] = \
+                    bf[ref]["b1_first_to_last_us"] / r[key]["b1_first_to_last_us"]
+    results["ratios"], results["gpu_time_ratios"] = ratios, gpu_ratios
+    print("step-time ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()), flush=True)
+    print("GPU-time ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in gpu_ratios.items()), flush=True)
     write_result(name, results)
 
 

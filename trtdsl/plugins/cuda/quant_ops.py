@@ -42,7 +42,7 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
            "quantize_per_token_int8", "fp8_gemv_supported", "int8_gemv", "int8_gemv_supported", "int8_gemm",
-           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "WO_PACKED_CONFIGS", "PACKED_CONFIG",
+           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "WO_PACKED_CONFIGS", "PACKED_CONFIG", "PACKED_CONFIG_HALF",
            "PACKED_GEMV_MAX_M", "packed_config", "weight_only_gemv_packed", "dequantize_packed", "int4_tile_gemm",
            "int4_tile_gemv_add_norm", "int4_tile_gemv_normed",
            "set_programmatic_launch", "programmatic_launch_enabled"]
@@ -297,12 +297,19 @@ PACKED_CONFIG: dict[tuple[bool, int, bool, bool], int] = {
     (False, 0, False, True): 1, (False, 1, False, True): 0, (False, 2, False, True): 4,
     (False, 0, True, True): 1, (False, 1, True, True): 1, (False, 2, True, True): 4,
 }
+# The same keys with float16 scale tables (QuantConfig.half_scales), where a sweep picked another shape;
+# the rest take PACKED_CONFIG's. H100, m = 1, g64 (int4_packed_half_h100.json, 2026-12-07 05:50 UTC, us):
+# o 6.02 (2; 6.49 with 1), qkv 6.78 (0), gate_up 24.33 (4), down 14.73 (2; 15.96 with 1), LM head 97.8 (4);
+# in the 8B step of the same call 2181 us of GPU time against 2208 with PACKED_CONFIG's (1 for o and down;
+# decode_profile_int4_retune.json). m > 1 was not measured: PACKED_CONFIG's.
+PACKED_CONFIG_HALF: dict[tuple[bool, int, bool, bool], int] = {(True, 0, False, True): 2, (True, 0, True, True): 2}
 
 
-def packed_config(m: int, rows: int, k: int, group_size: int) -> int:
+def packed_config(m: int, rows: int, k: int, group_size: int, half_tables: bool = False) -> int:
     """The ``PACKED_CONFIG`` launch shape for ``m`` activation rows against a pack of ``rows`` weight rows,
-    ``k`` inputs, groups of ``group_size``."""
-    return PACKED_CONFIG[(m == 1, tc1_n_class(rows), k >= LONG_K, group_size == 64)]
+    ``k`` inputs, groups of ``group_size``; ``half_tables``: float16 scales (``PACKED_CONFIG_HALF`` first)."""
+    key = (m == 1, tc1_n_class(rows), k >= LONG_K, group_size == 64)
+    return PACKED_CONFIG_HALF.get(key, PACKED_CONFIG[key]) if half_tables else PACKED_CONFIG[key]
 
 
 def _check_pack(op: str, qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int,
@@ -324,7 +331,7 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
     """int4 decode GEMV over the tile-16 layout (:mod:`trtdsl.quantization.int4_tiles`): ``x2 [m <= 8, k]``
     fp16/bf16 against ``n`` weight rows, or with ``swiglu`` the ``n`` outputs ``silu(gate) * up`` of a pack
     made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..6
-    (``WO_PACKED_CONFIGS``), ``None`` = ``PACKED_CONFIG``.
+    (``WO_PACKED_CONFIGS``), ``None`` = ``packed_config`` (by ``sz``'s dtype).
 
     The deferred RMSNorm (:mod:`trtdsl.passes.deferred_norm`): with ``residual [m, n]`` and ``gamma [n]``
     (no ``swiglu``) returns ``(total, scaled, ssq)``: ``total = T(T(x W^T) + residual)``, ``scaled =
@@ -338,7 +345,7 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
     _check_pack(op, qpacked, sz, rows, k, x2.device)
     if not 1 <= m <= PACKED_GEMV_MAX_M:
         raise PluginError(f"{op}: x must have 1..{PACKED_GEMV_MAX_M} rows, got {m}")
-    config = packed_config(m, rows, k, group_size) if config is None else config
+    config = packed_config(m, rows, k, group_size, sz.dtype == torch.float16) if config is None else config
     if config not in WO_PACKED_CONFIGS:
         raise PluginError(f"{op}: config must be one of {WO_PACKED_CONFIGS}, got {config}")
     produce = _check_deferred_norm(op, x2, n, swiglu, residual, gamma, ssq, eps)
