@@ -75,8 +75,8 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
                  "bytes": nbytes, "us": {}, "max_rel_err": {}}
     variants = {f"canonical_{table}": (canonical, table)}
     if quick or half:  # the table's config with both scale tables (and every config with float16 tables)
-        mine, mine_half = packed_config(m, n, k, group), packed_config(m, n, k, group, half_tables=True)
-        variants.update({f"packed_{mine}": (packed, mine), f"half_{mine_half}": (packed_half, mine_half)})
+        mine = packed_config(m, n, k, group)
+        variants.update({f"packed_{mine}": (packed, mine), f"half_{mine}": (packed_half, mine)})
         if half:
             variants.update({f"half_{c}": (packed_half, c) for c in WO_PACKED_CONFIGS})
     else:
@@ -110,7 +110,7 @@ def bench_shape(name: str, k: int, n: int, group: int, m: int, swiglu: bool, qui
 def main() -> None:
     torch.manual_seed(0)
     quick = "--quick" in sys.argv  # the tables' configs only, m = 1
-    half = "--half" in sys.argv  # m = 1, group 64 (int4_awq's), every config with float16 tables: PACKED_CONFIG_HALF
+    half = "--half" in sys.argv  # m = 1, group 64 (int4_awq's), every config with float16 tables
     results = []
     for group in (64,) if half else (128, 64):
         for name, k, n in SHAPES:
@@ -128,7 +128,7 @@ def main() -> None:
 
 def half_spec(results: list[dict]) -> str:
     """The fastest float16-table config of o, qkv, gate_up + SwiGLU and down at m = 1, group 64, as
-    profile_decode's ``--packed-configs`` O/Q/W/L (PACKED_CONFIG_HALF's keys of those shapes)."""
+    profile_decode's ``--packed-configs`` O/Q/W/L (PACKED_CONFIG's keys of those shapes)."""
     by_shape = {r["shape"]: r for r in results if r["m"] == 1 and r["group"] == 64}
     picks = []
     for shape in ("o", "qkv", "gate_up+swiglu", "down"):

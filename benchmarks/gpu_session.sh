@@ -4,7 +4,7 @@
 # back). Usage (from the repository root on the device machine):
 #   bash benchmarks/gpu_session.sh setup tests           # part 1 of SmolLM2 + GPU tests
 #   bash benchmarks/gpu_session.sh setup decode serving  # part 2 of SmolLM2 + benchmarks
-#   stages: setup tests decode quantgemm profile attention kvquant deferred packedhalf retune serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
+#   stages: setup tests decode quantgemm profile attention kvquant deferred packedhalf retune prewait serving results (env: TESTS_PATHS, DECODE_ARGS, ...)
 # The SmolLM2 GGUF (94 MB) is larger than one call may carry, so it travels in two halves
 # (.carry1/smol.part1, .carry2/smol.part2) on consecutive calls to the same warm machine.
 # Compiled kernel objects: `setup` builds into .plugin_cache/ (carry it: objects whose sources are
@@ -100,7 +100,7 @@ packedhalf() {  # the tile-16 GEMV's launch configs with float16 tables (m = 1, 
     | grep -v Warning | tail -20
 }
 
-retune() {  # packedhalf, then the 8B step with the sweep's picks (--packed-configs) against PACKED_CONFIG_HALF, one process
+retune() {  # packedhalf, then the 8B step with the sweep's picks (--packed-configs) against PACKED_CONFIG, one process
   packedhalf
   local spec
   spec=$(find benchmarks/results -name 'int4_packed_half_*.json' -newer /tmp/session_start -exec python3 -c \
@@ -108,6 +108,15 @@ retune() {  # packedhalf, then the 8B step with the sweep's picks (--packed-conf
   [ -n "$spec" ] || { echo "retune: the sweep wrote no spec"; status=1; return; }
   PROFILE_ARGS="--batches 1 --name decode_profile_int4_retune --modes bf16,int4_awq:g64:head:half --packed-configs $spec" \
     profile
+}
+
+prewait() {  # the tile GEMV's pre-wait shapes (7..12; quant_ops.PACKED_CONFIG's m = 1 g64 picks): their GPU tests
+  # with PDL's, then the 8B step with the tables' picks (pdl_on) against other O/Q/W/L sets (PREWAIT_SPECS; the
+  # default: the picks before them, float16 and float32 tables, and 8 = 2 with pre-wait loads), one process
+  TESTS_PATHS="tests/gpu/test_pdl.py tests/gpu/test_int4_packed.py tests/gpu/test_deferred_norm_kernels.py" \
+    TESTS_TIMEOUT=${PREWAIT_TESTS_TIMEOUT:-170} TESTS_ARGS="-x" tests
+  PROFILE_ARGS="--batches 1 --name decode_profile_int4_prewait --modes int4_awq:g64:head:half,int4_awq:g64:head,bf16 \
+    --packed-configs ${PREWAIT_SPECS:-2/0/4/2,1/0/4/1,8/0/4/8}" profile
 }
 
 results() {  # bring back the result files this run wrote (few files may come back from a call)

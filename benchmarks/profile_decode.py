@@ -159,8 +159,7 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
                      for cfgs in fp8_configs]
     if mode.startswith("int4") and ":g64" in mode:  # the m = 1 group-64 keys of quant_ops.packed_config's table
         keys = ((True, 0, False, True), (True, 1, False, True), (True, 2, False, True), (True, 0, True, True))
-        table = quant_ops.PACKED_CONFIG_HALF if ":half" in mode else quant_ops.PACKED_CONFIG
-        variants += [("pdl_on_packed" + tag(cfgs), True, [(table, key, cfg)
+        variants += [("pdl_on_packed" + tag(cfgs), True, [(quant_ops.PACKED_CONFIG, key, cfg)
                                                           for key, cfg in zip(keys, cfgs)])
                      for cfgs in packed_configs or []]
     for prefix, rows in (gemv_max_m or {}).items():
@@ -287,8 +286,7 @@ def main() -> None:
                     help="also time the fused decode attention with these fixed cluster sizes (PDL on; "
                          "ops.FUSED_DECODE_SPLITS), e.g. 1,4 (1 = one block per sequence and kv head)")
     ap.add_argument("--packed-configs", default="",
-                    help="int4 g64: also time these m = 1 tile-16 GEMV configs (PDL on; quant_ops.PACKED_CONFIG, "
-                         "PACKED_CONFIG_HALF for :half modes): "
+                    help="int4 g64: also time these m = 1 tile-16 GEMV configs (PDL on; quant_ops.PACKED_CONFIG): "
                          "O/Q/W/L for o (n <= 4096), qkv, wide n (gate_up, LM head), long k (down); empty parts "
                          "keep the table's, e.g. 6/0/4/6")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")

@@ -21,7 +21,8 @@ from test_quant_gemm import DTYPES, TOL, cuda, rel_err, weight_only_inputs, weig
 # in fp32 (another order), but the kernel's biased codes (code + 1032 for fp16) make the mma's sums large and
 # the zero term cancels them, so a lone output of a short k can be a few fp16 ulps off (1.06e-3 of 1e-3
 # measured for k = 256, n = 1 with float16-valued scales on an H100).
-STEP = {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1, 6: 1}  # k blocks per step of each launch shape (wo_gemv_packed.cuh)
+# k blocks per step of each launch shape (wo_gemv_packed.cuh's kPackedShapes)
+STEP = {0: 1, 1: 1, 2: 2, 3: 2, 4: 1, 5: 1, 6: 1, 7: 1, 8: 2, 9: 1, 10: 1, 11: 1, 12: 1}
 
 
 def _run_all_configs(x, qp, sz, n, group, swiglu, ref, k):
@@ -76,11 +77,11 @@ def test_packed_gemv_swiglu(m, k, inter, group, dtype, half):
 
 @cuda
 def test_packed_gemv_rejects_bad_inputs():
-    from trtdsl.plugins.cuda.quant_ops import weight_only_gemv_packed
+    from trtdsl.plugins.cuda.quant_ops import WO_PACKED_CONFIGS, weight_only_gemv_packed
     x, qweight, scales, zeros = weight_only_inputs(1, 256, 32, 4, 128, torch.bfloat16, zp=True)
     qp, sz = pack_int4_tiles(qweight, scales, zeros, 128)
     with pytest.raises(PluginError, match="config"):
-        weight_only_gemv_packed(x, qp, sz, 32, 128, config=9)
+        weight_only_gemv_packed(x, qp, sz, 32, 128, config=len(WO_PACKED_CONFIGS))
     with pytest.raises(PluginError, match=r"1\.\.8"):
         weight_only_gemv_packed(x.expand(9, 256).contiguous(), qp, sz, 32, 128)
     with pytest.raises(PluginError, match="qpacked"):

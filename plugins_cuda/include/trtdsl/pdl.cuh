@@ -6,9 +6,10 @@
 // * call pdl_wait() before its first read of anything an earlier kernel may write (activations,
 //   dynamic scales, the K/V cache) and before its first global write: the wait returns once every
 //   preceding kernel has completed and its memory is visible;
-// * before the wait, touch only memory no kernel writes during the step, and only through
-//   pdl_prefetch_l2: an L2 prefetch cannot see stale data (every SM writes through the L2, the
-//   coherence point), where a register load through the non-coherent path could;
+// * before the wait, touch only memory no kernel writes during the step: through pdl_prefetch_l2 (an
+//   L2 prefetch cannot see stale data: every SM writes through the L2, the coherence point), or with
+//   register loads of engine constants only (weights, their scales: written when the engine loads, by
+//   copies or kernels that completed before the first step; the tile GEMV's PREWAIT shapes);
 // * call pdl_launch_dependents() early: the next kernel may then launch as soon as every block of this
 //   one has started (it still waits for this one's completion in its own pdl_wait(), and so, through
 //   this one's wait, for every kernel before). Every kernel triggers right AFTER its wait, so at most

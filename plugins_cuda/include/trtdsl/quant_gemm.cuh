@@ -185,7 +185,7 @@ template <typename T, typename S>
 int launch_wo_gemv_packed(const T* x, const void* qp, const void* sz, bool zeros, T* out, int m, int n, int k,
                           int group, int num_groups, bool swiglu, int config, const PackedNorm<T>& norm,
                           cudaStream_t stream);
-constexpr int kWoPackedConfigs = 7;  // launch shapes 0..6 (wo_gemv_packed.cuh)
+constexpr int kWoPackedConfigs = 13;  // launch shapes 0..12 (wo_gemv_packed.cuh: kPackedShapes)
 
 // Dequantize codes [n, k] (int4: packed [n, k / 2]) into T [n, k] for the cuBLAS (large-M) path:
 // code * scale, then + zero when zeros is not null (separately rounded, as numerics.dequantize_weight

@@ -126,15 +126,22 @@ __device__ __forceinline__ void producer_epilogue(const PackedNorm<T>& norm, con
 }
 
 // KW warps split the k blocks (interleaved: warp w takes blocks w, w + KW, ..; else contiguous runs),
-// U k blocks per step, two steps of loads in registers. GPB: groups per k block (1: group % 128 == 0 or
+// U k blocks per step, STAGES steps of loads in registers. GPB: groups per k block (1: group % 128 == 0 or
 // per channel, bpg = k blocks per group; 2: group 64); S: the scales' type (PackedSz).
-template <typename T, int MT, int KW, int U, bool INTERLEAVE, int GPB, bool ZP, bool SWIGLU, typename S>
+// PREWAIT: the weights and scales are engine constants (no kernel of the step writes them), so the
+// STAGES steps that fill the pipeline are loaded into registers BEFORE pdl_wait (and the next STAGES
+// steps prefetched to L2): with PDL the block does its first DRAM round trip while the kernel before it
+// still runs (decode attention at batch 1 holds 8 SMs: o_proj's whole tile is in registers when it ends).
+// Without PREWAIT only L2 prefetches of the first STAGES steps precede the wait (pdl.cuh's contract).
+template <typename T, int MT, int KW, int U, bool INTERLEAVE, int STAGES, bool PREWAIT, int GPB, bool ZP, bool SWIGLU,
+          typename S>
 __global__ void __launch_bounds__(KW * 32)
     wo_gemv_packed_kernel(const T* __restrict__ x, const uint4* __restrict__ qp,
                           const typename PackedSz<ZP, S>::type* __restrict__ sz, T* __restrict__ out, int m, int n,
                           int k, int num_groups, int bpg, const PackedNorm<T> norm) {
   static_assert(MT == 1 || MT == 8, "one row or one 8-row activation tile");
   static_assert(GPB == 1 || GPB == 2, "group % 128 == 0 (or per channel) or group 64");
+  static_assert(STAGES >= 2, "at least two steps in flight");
   static_assert(16 * MT <= KW * 32, "the producer epilogue takes one output per thread");
   using SZ = PackedSz<ZP, S>;
   using FV = typename SZ::type;
@@ -148,24 +155,8 @@ __global__ void __launch_bounds__(KW * 32)
   const uint4* wt = qp + static_cast<int64_t>(blockIdx.x) * kbs * 64 + lane;  // + kb * 64 (+ 32: rows g + 8)
   const FV* st_sz = sz + static_cast<int64_t>(blockIdx.x) * num_groups * 8 + g;  // + group * 8
 
-  // PDL (pdl.cuh): the first two steps' weights to L2 before the wait, one 128-byte line per lane.
-  if (lane < 8) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int st = first + i * kStride;
-      if (st < end) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          pdl_prefetch_l2(qp + static_cast<int64_t>(blockIdx.x) * kbs * 64 + (st * U + u) * 64 + lane * 8);
-        }
-      }
-    }
-  }
-  pdl_wait();
-  pdl_launch_dependents();
-
-  uint4 wa[2][U], wb[2][U];
-  FV sv[2][U][GPB];
+  uint4 wa[STAGES][U], wb[STAGES][U];
+  FV sv[STAGES][U][GPB];
   auto load = [&](int slot, int st) {
     if (st < end) {
 #pragma unroll
@@ -178,8 +169,28 @@ __global__ void __launch_bounds__(KW * 32)
       }
     }
   };
-  load(0, first);
-  load(1, first + kStride);
+  // Step st's weights to L2, one 128-byte line per lane of lanes 0..7.
+  auto prefetch = [&](int st) {
+    if (lane < 8 && st < end) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) pdl_prefetch_l2(wt - lane + (st * U + u) * 64 + lane * 8);
+    }
+  };
+  if constexpr (PREWAIT) {
+#pragma unroll
+    for (int slot = 0; slot < STAGES; ++slot) load(slot, first + slot * kStride);
+#pragma unroll
+    for (int i = 0; i < STAGES; ++i) prefetch(first + (STAGES + i) * kStride);
+    pdl_wait();
+    pdl_launch_dependents();
+  } else {
+#pragma unroll
+    for (int i = 0; i < STAGES; ++i) prefetch(first + i * kStride);
+    pdl_wait();
+    pdl_launch_dependents();
+#pragma unroll
+    for (int slot = 0; slot < STAGES; ++slot) load(slot, first + slot * kStride);
+  }
   // Deferred norm, issued behind the weight loads so the latencies overlap; summed in the epilogue.
   // Consumer: this thread's share of the producer's tile sums (the rest, if any, in the epilogue).
   float ssq_part[MT][kSsqSlots<MT>] = {};
@@ -198,9 +209,9 @@ __global__ void __launch_bounds__(KW * 32)
   float acc[2][kCols] = {};
   // lane t's activations of a k block: uint4 (8 values) w at 16 kb + 4 w + t, of activation row g (m == 1: 0)
   const uint4* xv = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(MT == 1 ? 0 : min(g, m - 1)) * k) + t;
-  for (int s0i = first; s0i < end; s0i += 2 * kStride) {
+  for (int s0i = first; s0i < end; s0i += STAGES * kStride) {
 #pragma unroll
-    for (int slot = 0; slot < 2; ++slot) {
+    for (int slot = 0; slot < STAGES; ++slot) {
       const int st = s0i + slot * kStride;
       if (st >= end) break;  // uniform across the warp
 #pragma unroll
@@ -226,7 +237,7 @@ __global__ void __launch_bounds__(KW * 32)
           }
         }
       }
-      load(slot, st + 2 * kStride);
+      load(slot, st + STAGES * kStride);
     }
   }
   __shared__ float red[KW][MT][16];
@@ -260,42 +271,50 @@ __global__ void __launch_bounds__(KW * 32)
   }
 }
 
-// Launch shapes {KW warps, U k blocks per step, interleaved}, the one-row kernel's 16..19 (wo_gemv_tc1.cuh):
-// 0 = {8, 1, yes}, 1 = {8, 1, no}, 2 = {8, 2, no}, 3 = {4, 2, no}, 4 = {4, 1, no}, 5 = {16, 1, no},
-// 6 = {16, 1, yes} (kWoPackedConfigs). 16 warps: a 4096-wide k is 2 k blocks per warp, all issued at once.
+// Launch shapes {KW warps, U k blocks per step, interleaved, STAGES steps in registers, loads before the
+// PDL wait} (kWoPackedConfigs): 0 = {8, 1, yes}, 1 = {8, 1, no}, 2 = {8, 2, no}, 3 = {4, 2, no},
+// 4 = {4, 1, no}, 5 = {16, 1, no}, 6 = {16, 1, yes}, all with 2 stages and L2 prefetches before the wait;
+// 7, 8, 9 = 0, 2, 4 with the pipeline's fill loaded before the wait (PREWAIT); with PREWAIT and 4 stages,
+// 10 = {8, 1, yes}, 11 = {8, 1, no}, 12 = {4, 1, no} (a 4096-wide k: 10 and 11 load a warp's whole share
+// before the wait, as 8 does). 16 warps: a 4096-wide k is 2 k blocks per warp. 8 warps x 2 k blocks x 4
+// stages would take 178 registers (one 256-thread block per SM), hence no deeper U = 2 shape.
+struct PackedShape { int warps, k_blocks, interleave, stages, prewait; };
+constexpr PackedShape kPackedShapes[] = {
+    {8, 1, 1, 2, 0}, {8, 1, 0, 2, 0}, {8, 2, 0, 2, 0}, {4, 2, 0, 2, 0}, {4, 1, 0, 2, 0}, {16, 1, 0, 2, 0},
+    {16, 1, 1, 2, 0}, {8, 1, 1, 2, 1}, {8, 2, 0, 2, 1}, {4, 1, 0, 2, 1}, {8, 1, 1, 4, 1}, {8, 1, 0, 4, 1},
+    {4, 1, 0, 4, 1}};
+static_assert(sizeof(kPackedShapes) / sizeof(kPackedShapes[0]) == kWoPackedConfigs, "one shape per config");
 
-template <typename T, int KW, int U, bool IL, int GPB, bool ZP, bool SW, typename S>
+template <typename T, int C, int GPB, bool ZP, bool SW, typename S>
 inline int launch_wo_packed_shape(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
                                   int num_groups, int bpg, int tiles, const PackedNorm<T>& norm, cudaStream_t stream) {
+  constexpr PackedShape sh = kPackedShapes[C];
+  constexpr int KW = sh.warps, U = sh.k_blocks, ST = sh.stages;
+  constexpr bool IL = sh.interleave, PW = sh.prewait;
   using FV = typename PackedSz<ZP, S>::type;
   if ((k >> 7) % U) return kErrUnsupported;  // whole steps
   const auto* q = static_cast<const uint4*>(qp);
   const auto* s = static_cast<const FV*>(sz);
   if (m == 1)
-    return launch_pdl(wo_gemv_packed_kernel<T, 1, KW, U, IL, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0, stream, x,
-                      q, s, out, m, n, k, num_groups, bpg, norm);
-  return launch_pdl(wo_gemv_packed_kernel<T, 8, KW, U, IL, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0, stream, x, q,
-                    s, out, m, n, k, num_groups, bpg, norm);
+    return launch_pdl(wo_gemv_packed_kernel<T, 1, KW, U, IL, ST, PW, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0,
+                      stream, x, q, s, out, m, n, k, num_groups, bpg, norm);
+  return launch_pdl(wo_gemv_packed_kernel<T, 8, KW, U, IL, ST, PW, GPB, ZP, SW, S>, dim3(tiles), dim3(KW * 32), 0,
+                    stream, x, q, s, out, m, n, k, num_groups, bpg, norm);
 }
 
-template <typename T, int GPB, bool ZP, bool SW, typename S>
+template <typename T, int GPB, bool ZP, bool SW, typename S, int C = 0>
 inline int launch_wo_packed_cfg(const T* x, const void* qp, const void* sz, T* out, int m, int n, int k,
                                 int num_groups, int bpg, int tiles, int config, const PackedNorm<T>& norm,
                                 cudaStream_t stream) {
-#define TRTDSL_PACKED(KW, U, IL) \
-  return launch_wo_packed_shape<T, KW, U, IL, GPB, ZP, SW, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, \
-                                                              norm, stream)
-  switch (config) {
-    case 0: TRTDSL_PACKED(8, 1, true);
-    case 1: TRTDSL_PACKED(8, 1, false);
-    case 2: TRTDSL_PACKED(8, 2, false);
-    case 3: TRTDSL_PACKED(4, 2, false);
-    case 4: TRTDSL_PACKED(4, 1, false);
-    case 5: TRTDSL_PACKED(16, 1, false);
-    case 6: TRTDSL_PACKED(16, 1, true);
-    default: return kErrUnsupported;
+  if constexpr (C >= kWoPackedConfigs) {
+    return kErrUnsupported;
+  } else {
+    if (config == C)
+      return launch_wo_packed_shape<T, C, GPB, ZP, SW, S>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, norm,
+                                                          stream);
+    return launch_wo_packed_cfg<T, GPB, ZP, SW, S, C + 1>(x, qp, sz, out, m, n, k, num_groups, bpg, tiles, config,
+                                                          norm, stream);
   }
-#undef TRTDSL_PACKED
 }
 
 // n: output columns (SwiGLU: the intermediate size, half the packed rows); group: 64, a multiple of 128,

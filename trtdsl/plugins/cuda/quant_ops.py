@@ -42,7 +42,7 @@ __all__ = ["GEMV_MAX_M", "GEMV_KERNEL_MAX_M", "FP8_GEMV_MAX_M", "NUM_GEMV_CONFIG
            "weight_only_gemm", "weight_only_gemv", "dequantize_weight", "quantize_fp8", "quantize_per_token_fp8",
            "fp8_gemv", "fp8_gemv_static", "fp8_gemm",
            "quantize_per_token_int8", "fp8_gemv_supported", "int8_gemv", "int8_gemv_supported", "int8_gemm",
-           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "WO_PACKED_CONFIGS", "PACKED_CONFIG", "PACKED_CONFIG_HALF",
+           "INT8_GEMV_MAX_M", "INT8_GEMV_CONFIG", "WO_PACKED_CONFIGS", "PACKED_CONFIG",
            "PACKED_GEMV_MAX_M", "packed_config", "weight_only_gemv_packed", "dequantize_packed", "int4_tile_gemm",
            "int4_tile_gemv_add_norm", "int4_tile_gemv_normed",
            "set_programmatic_launch", "programmatic_launch_enabled"]
@@ -280,36 +280,36 @@ def weight_only_gemv(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     return out
 
 
-WO_PACKED_CONFIGS = (0, 1, 2, 3, 4, 5, 6)  # kWoPackedConfigs: launch shapes of the tile-16 GEMV (wo_gemv_packed.cuh)
+WO_PACKED_CONFIGS = tuple(range(13))  # kWoPackedConfigs: launch shapes of the tile-16 GEMV (wo_gemv_packed.cuh)
 PACKED_GEMV_MAX_M = 8  # rows one tile-16 GEMV launch takes (the mma's 8 columns)
 # (m == 1, tc1_n_class(weight rows), k >= LONG_K, group 64) -> tile-16 GEMV launch shape, m <= 8. H100
 # (int4_packed_h100.json, 2026-12-06 21:09 UTC, us with zeros): m = 1, g128: o 5.35 (6), qkv 6.95 (1),
 # gate_up 25.2 (4, with SwiGLU fused 25.2), down 12.7 (6), LM head 100.3 (4); m = 1, g64: o 5.45 (1), qkv 7.51
 # (0), gate_up 27.2 (4), down 14.7 (1), LM head 108.3 (4); m = 4, g128: o 5.91 (2), qkv 7.08 (1), gate_up
-# 25.4 (4), down 15.4 (2); m > 1 with g64 was not measured: its m = 1 picks.
+# 25.4 (4), down 15.4 (2); m > 1 with g64 was not measured: its m = 1 picks. Since 2026-12-07 08:31 UTC m = 1 g64
+# o and down take 11 (8 warps, 4 stages, weights loaded before the PDL wait), from the 8B step with PDL on
+# (decode_profile_int4_prewait_final.json: float16 tables 2091 us against 2203 with o 2 / down 2, float32
+# tables 2356 against 2389 with o 1 / down 1; the committed tree 2065 against 2182 us in
+# decode_profile_int4_prewait.json; the shapes' A/B in docs/quant_kernels.md).
 PACKED_CONFIG: dict[tuple[bool, int, bool, bool], int] = {
     (True, 0, False, False): 6, (True, 1, False, False): 1, (True, 2, False, False): 4,
     (True, 0, True, False): 6, (True, 1, True, False): 2, (True, 2, True, False): 4,
-    (True, 0, False, True): 1, (True, 1, False, True): 0, (True, 2, False, True): 4,
-    (True, 0, True, True): 1, (True, 1, True, True): 1, (True, 2, True, True): 4,
+    (True, 0, False, True): 11, (True, 1, False, True): 0, (True, 2, False, True): 4,
+    (True, 0, True, True): 11, (True, 1, True, True): 1, (True, 2, True, True): 4,
     (False, 0, False, False): 2, (False, 1, False, False): 1, (False, 2, False, False): 4,
     (False, 0, True, False): 2, (False, 1, True, False): 2, (False, 2, True, False): 4,
     (False, 0, False, True): 1, (False, 1, False, True): 0, (False, 2, False, True): 4,
     (False, 0, True, True): 1, (False, 1, True, True): 1, (False, 2, True, True): 4,
 }
-# The same keys with float16 scale tables (QuantConfig.half_scales), where a sweep picked another shape;
-# the rest take PACKED_CONFIG's. H100, m = 1, g64 (int4_packed_half_h100.json, 2026-12-07 05:50 UTC, us):
-# o 6.02 (2; 6.49 with 1), qkv 6.78 (0), gate_up 24.33 (4), down 14.73 (2; 15.96 with 1), LM head 97.8 (4);
-# in the 8B step of the same call 2181 us of GPU time against 2208 with PACKED_CONFIG's (1 for o and down;
-# decode_profile_int4_retune.json). m > 1 was not measured: PACKED_CONFIG's.
-PACKED_CONFIG_HALF: dict[tuple[bool, int, bool, bool], int] = {(True, 0, False, True): 2, (True, 0, True, True): 2}
+# Float32 and float16 scale tables (QuantConfig.half_scales) share these picks: the pre-wait A/B measured the
+# same best shapes for both (from 2026-12-07 05:50 UTC to then float16 tables had their own table, o and down
+# at 2: int4_packed_half_h100.json, decode_profile_int4_retune.json).
 
 
-def packed_config(m: int, rows: int, k: int, group_size: int, half_tables: bool = False) -> int:
+def packed_config(m: int, rows: int, k: int, group_size: int) -> int:
     """The ``PACKED_CONFIG`` launch shape for ``m`` activation rows against a pack of ``rows`` weight rows,
-    ``k`` inputs, groups of ``group_size``; ``half_tables``: float16 scales (``PACKED_CONFIG_HALF`` first)."""
-    key = (m == 1, tc1_n_class(rows), k >= LONG_K, group_size == 64)
-    return PACKED_CONFIG_HALF.get(key, PACKED_CONFIG[key]) if half_tables else PACKED_CONFIG[key]
+    ``k`` inputs, groups of ``group_size`` (either scale table dtype)."""
+    return PACKED_CONFIG[(m == 1, tc1_n_class(rows), k >= LONG_K, group_size == 64)]
 
 
 def _check_pack(op: str, qpacked: torch.Tensor, sz: torch.Tensor, rows: int, k: int,
@@ -330,8 +330,8 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
                             eps: float = 0.0) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """int4 decode GEMV over the tile-16 layout (:mod:`trtdsl.quantization.int4_tiles`): ``x2 [m <= 8, k]``
     fp16/bf16 against ``n`` weight rows, or with ``swiglu`` the ``n`` outputs ``silu(gate) * up`` of a pack
-    made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..6
-    (``WO_PACKED_CONFIGS``), ``None`` = ``packed_config`` (by ``sz``'s dtype).
+    made with ``swiglu=True`` (2 n rows); ``sz`` float32 or float16. ``config``: launch shape 0..12
+    (``WO_PACKED_CONFIGS``), ``None`` = ``packed_config``.
 
     The deferred RMSNorm (:mod:`trtdsl.passes.deferred_norm`): with ``residual [m, n]`` and ``gamma [n]``
     (no ``swiglu``) returns ``(total, scaled, ssq)``: ``total = T(T(x W^T) + residual)``, ``scaled =
@@ -345,7 +345,7 @@ def weight_only_gemv_packed(x2: torch.Tensor, qpacked: torch.Tensor, sz: torch.T
     _check_pack(op, qpacked, sz, rows, k, x2.device)
     if not 1 <= m <= PACKED_GEMV_MAX_M:
         raise PluginError(f"{op}: x must have 1..{PACKED_GEMV_MAX_M} rows, got {m}")
-    config = packed_config(m, rows, k, group_size, sz.dtype == torch.float16) if config is None else config
+    config = packed_config(m, rows, k, group_size) if config is None else config
     if config not in WO_PACKED_CONFIGS:
         raise PluginError(f"{op}: config must be one of {WO_PACKED_CONFIGS}, got {config}")
     produce = _check_deferred_norm(op, x2, n, swiglu, residual, gamma, ssq, eps)
