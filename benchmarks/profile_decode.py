@@ -135,7 +135,8 @@ GEMV_MAX_M_ATTRS = {"fp8": "FP8_GEMV_MAX_M", "int8_sq": "INT8_GEMV_MAX_M"}
 
 def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
                     gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None,
-                    packed_configs: list[PackedConfigs] | None = None) -> list[tuple[str, bool, list[Setting]]]:
+                    packed_configs: list[PackedConfigs] | None = None,
+                    packed_rows: str = "one") -> list[tuple[str, bool, list[Setting]]]:
     """(name, PDL on, settings) per timed variant: PDL off / on with the tables as they are, then (PDL on)
     each requested m = 1 config set of the mode's GEMV kind (int4 g64: of the tile-16 GEMV,
     ``packed_configs``), the mode with another GEMV row limit (``gemv_max_m``: mode prefix -> rows, see
@@ -157,10 +158,12 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
         variants += [("pdl_on_fp8cfg" + tag(cfgs), True, [(quant_ops.FP8_GEMV_CONFIG, (1, wide), cfg)
                                                           for wide, cfg in zip((False, True), cfgs)])
                      for cfgs in fp8_configs]
-    if mode.startswith("int4") and ":g64" in mode:  # the m = 1 group-64 keys of quant_ops.packed_config's table
-        keys = ((True, 0, False, True), (True, 1, False, True), (True, 2, False, True), (True, 0, True, True))
-        variants += [("pdl_on_packed" + tag(cfgs), True, [(quant_ops.PACKED_CONFIG, key, cfg)
-                                                          for key, cfg in zip(keys, cfgs)])
+    if mode.startswith("int4") and ":g64" in mode:  # the group-64 keys of quant_ops.packed_config's table
+        one_row = {"one": (True,), "many": (False,), "both": (True, False)}[packed_rows]  # m == 1 and / or m > 1
+        shapes = ((0, False), (1, False), (2, False), (0, True))  # o, qkv, wide n, long k: (n class, k >= LONG_K)
+        variants += [("pdl_on_packed" + tag(cfgs), True, [(quant_ops.PACKED_CONFIG, (one, cls, long_k, True), cfg)
+                                                          for (cls, long_k), cfg in zip(shapes, cfgs)
+                                                          for one in one_row])
                      for cfgs in packed_configs or []]
     for prefix, rows in (gemv_max_m or {}).items():
         if mode.startswith(prefix):
@@ -172,7 +175,7 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
                  wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
                  gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None,
-                 packed_configs: list[PackedConfigs] | None = None) -> dict[str, Any]:
+                 packed_configs: list[PackedConfigs] | None = None, packed_rows: str = "one") -> dict[str, Any]:
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
     t0 = time.perf_counter()
@@ -184,7 +187,7 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
     res: dict[str, Any] = {"weight_bytes": engine.weight_bytes, "layer_gemm_bytes": bytes_of}
     for b in batches:
         engine.prefill(b, prompt)
-    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m, fused_splits, packed_configs)
+    variants = config_variants(mode, wo_configs, fp8_configs, gemv_max_m, fused_splits, packed_configs, packed_rows)
     defaults = {(id(table), key): _get_entry(table, key) for _, _, settings in variants for table, key, _ in settings}
     for key, pdl, settings in variants:
         set_programmatic_launch(pdl)
@@ -289,6 +292,9 @@ def main() -> None:
                     help="int4 g64: also time these m = 1 tile-16 GEMV configs (PDL on; quant_ops.PACKED_CONFIG): "
                          "O/Q/W/L for o (n <= 4096), qkv, wide n (gate_up, LM head), long k (down); empty parts "
                          "keep the table's, e.g. 6/0/4/6")
+    ap.add_argument("--packed-rows", choices=("one", "many", "both"), default="one",
+                    help="the --packed-configs sets apply to PACKED_CONFIG's one-row keys (m = 1), its 2..8-row "
+                         "keys, or both")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -305,7 +311,8 @@ def main() -> None:
                                                parse_configs(args.fp8_configs, 2, "--fp8-configs"),
                                                parse_gemv_max_m(args.gemv_max_m),
                                                [int(n) for n in args.fused_splits.split(",") if n],
-                                               parse_configs(args.packed_configs, 4, "--packed-configs"))
+                                               parse_configs(args.packed_configs, 4, "--packed-configs"),
+                                               args.packed_rows)
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios, gpu_ratios = {}, {}
     bf = results["modes"].get("bf16")
