@@ -50,13 +50,14 @@ def gemm_bytes(engine: OurEngine, layer: int = 0) -> dict[str, int]:
     return out
 
 
-def step_kernels(engine: OurEngine, prompt: int, steps: int = 5) -> list[list[tuple[str, float, float]]]:
-    """(name, start us, end us) of each kernel of `steps` graph-replayed b=1 decode steps."""
+def step_kernels(engine: OurEngine, prompt: int, steps: int = 5,
+                 batch: int = 1) -> list[list[tuple[str, float, float]]]:
+    """(name, start us, end us) of each kernel of `steps` graph-replayed decode steps of `batch` sequences."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    feed = engine.feed([1], [prompt])
+    feed = engine.feed([1] * batch, [prompt] * batch)
     hints = {"max_q_len": 1, "max_kv_len": prompt + 40}
-    run = lambda: engine.graphs.run(("decode", 1), feed, hints)  # noqa: E731
+    run = lambda: engine.graphs.run(("decode", batch), feed, hints)  # noqa: E731
     run()
     torch.cuda.synchronize()
     per_step: list[list[tuple[str, float, float]]] = []
@@ -175,7 +176,8 @@ def config_variants(mode: str, wo_configs: list[WoConfigs], fp8_configs: list[Fp
 def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: int,
                  wo_configs: list[WoConfigs], fp8_configs: list[Fp8Configs],
                  gemv_max_m: dict[str, int] | None = None, fused_splits: list[int] | None = None,
-                 packed_configs: list[PackedConfigs] | None = None, packed_rows: str = "one") -> dict[str, Any]:
+                 packed_configs: list[PackedConfigs] | None = None, packed_rows: str = "one",
+                 profile_batch: int = 1) -> dict[str, Any]:
     from trtdsl.plugins.cuda.quant_ops import set_programmatic_launch
     from trtdsl.runtime.cuda_graphs import CudaGraphCache
     t0 = time.perf_counter()
@@ -201,11 +203,12 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
             hints = {"max_q_len": 1, "max_kv_len": prompt + steps + 8}
             entry["graph_replay_ms"][str(b)] = cuda_time_ms(
                 lambda: engine.graphs.run(("decode", b), feed, hints), warmup=3, iters=steps)["median_ms"]
-        kernels = step_kernels(engine, prompt)
+        kernels = step_kernels(engine, prompt, batch=profile_batch)
+        pb = f"b{profile_batch}_"  # the profiled batch's keys: b1_... by default
         busy = [sum(k[2] - k[1] for k in ks) for ks in kernels]
-        entry["b1_kernels_per_step"] = len(kernels[0])
-        entry["b1_kernel_busy_us"] = statistics.median(busy)
-        entry["b1_first_to_last_us"] = statistics.median(ks[-1][2] - ks[0][1] for ks in kernels)
+        entry[pb + "kernels_per_step"] = len(kernels[0])
+        entry[pb + "kernel_busy_us"] = statistics.median(busy)
+        entry[pb + "first_to_last_us"] = statistics.median(ks[-1][2] - ks[0][1] for ks in kernels)
         entry["by_name"] = by_name(kernels)[:30]
         try:
             entry["layer"] = layer_table(kernels[-1], layers, bytes_of)
@@ -215,9 +218,9 @@ def profile_mode(model: Any, mode: str, batches: list[int], prompt: int, steps: 
         lay = entry["layer"]
         print(f"[{mode}] {key}: decode " + ", ".join(f"b={b} {t:.3f} ms (graph {entry['graph_replay_ms'][b]:.3f})"
                                                      for b, t in entry["decode_ms"].items())
-              + f"; b=1 {entry['b1_kernels_per_step']} kernels, busy {entry['b1_kernel_busy_us']:.0f} us of "
-              f"{entry['b1_first_to_last_us']:.0f} us; layer {lay.get('layer_us_median_span', 0):.1f} us in "
-              f"{lay.get('kernels_per_layer')} kernels", flush=True)
+              + f"; b={profile_batch} {entry[pb + 'kernels_per_step']} kernels, busy "
+              f"{entry[pb + 'kernel_busy_us']:.0f} us of {entry[pb + 'first_to_last_us']:.0f} us; layer "
+              f"{lay.get('layer_us_median_span', 0):.1f} us in {lay.get('kernels_per_layer')} kernels", flush=True)
         for row in lay.get("sequence", []):
             extra = f" {row['gemm']} {row['gb_per_s']:.0f} GB/s" if "gemm" in row else ""
             gap = row["gap_before_us"]
@@ -295,6 +298,8 @@ def main() -> None:
     ap.add_argument("--packed-rows", choices=("one", "many", "both"), default="one",
                     help="the --packed-configs sets apply to PACKED_CONFIG's one-row keys (m = 1), its 2..8-row "
                          "keys, or both")
+    ap.add_argument("--profile-batch", type=int, default=1,
+                    help="batch whose graph replays the kernel timelines and GPU-time ratios come from (keys b<B>_...)")
     ap.add_argument("--name", default=None, help="results file name (default decode_profile_<device>)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
@@ -312,7 +317,7 @@ def main() -> None:
                                                parse_gemv_max_m(args.gemv_max_m),
                                                [int(n) for n in args.fused_splits.split(",") if n],
                                                parse_configs(args.packed_configs, 4, "--packed-configs"),
-                                               args.packed_rows)
+                                               args.packed_rows, args.profile_batch)
         write_result(name, results)  # after each mode, so a timeout keeps what finished
     ratios, gpu_ratios = {}, {}
     bf = results["modes"].get("bf16")
@@ -324,9 +329,9 @@ def main() -> None:
                     ratios[f"{mode}_{key}_b{b}_vs_bf16_{ref}"] = bf[ref]["decode_ms"][b] / t
                     if ref == "pdl_on":
                         ratios[f"{mode}_{key}_b{b}_vs_bf16_pdl_off"] = bf["pdl_off"]["decode_ms"][b] / t
-                # GPU time per b=1 step (first kernel start to last kernel end), against the same PDL setting
-                gpu_ratios[f"{mode}_{key}_b1_vs_bf16_{ref}"] = \
-                    bf[ref]["b1_first_to_last_us"] / r[key]["b1_first_to_last_us"]
+                # GPU time per step of the profiled batch (first kernel start to last kernel end), same PDL setting
+                span = f"b{args.profile_batch}_first_to_last_us"
+                gpu_ratios[f"{mode}_{key}_b{args.profile_batch}_vs_bf16_{ref}"] = bf[ref][span] / r[key][span]
     results["ratios"], results["gpu_time_ratios"] = ratios, gpu_ratios
     print("step-time ratios: " + ", ".join(f"{k}={v:.2f}" for k, v in ratios.items()), flush=True)
     print("GPU-time ratios: " + ", ".join(f"{k}={v:.3f}" for k, v in gpu_ratios.items()), flush=True)
