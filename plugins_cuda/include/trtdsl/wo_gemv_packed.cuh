@@ -176,21 +176,17 @@ __global__ void __launch_bounds__(KW * 32)
       for (int u = 0; u < U; ++u) pdl_prefetch_l2(wt - lane + (st * U + u) * 64 + lane * 8);
     }
   };
-  if constexpr (PREWAIT) {
+  auto fill = [&] {  // the pipeline's first STAGES steps into registers
 #pragma unroll
     for (int slot = 0; slot < STAGES; ++slot) load(slot, first + slot * kStride);
+  };
+  if constexpr (PREWAIT) fill();
+  constexpr int kPrefetchFrom = PREWAIT ? STAGES : 0;  // the next STAGES steps not in registers yet
 #pragma unroll
-    for (int i = 0; i < STAGES; ++i) prefetch(first + (STAGES + i) * kStride);
-    pdl_wait();
-    pdl_launch_dependents();
-  } else {
-#pragma unroll
-    for (int i = 0; i < STAGES; ++i) prefetch(first + i * kStride);
-    pdl_wait();
-    pdl_launch_dependents();
-#pragma unroll
-    for (int slot = 0; slot < STAGES; ++slot) load(slot, first + slot * kStride);
-  }
+  for (int i = 0; i < STAGES; ++i) prefetch(first + (kPrefetchFrom + i) * kStride);
+  pdl_wait();
+  pdl_launch_dependents();
+  if constexpr (!PREWAIT) fill();
   // Deferred norm, issued behind the weight loads so the latencies overlap; summed in the epilogue.
   // Consumer: this thread's share of the producer's tile sums (the rest, if any, in the epilogue).
   float ssq_part[MT][kSsqSlots<MT>] = {};
